@@ -1,0 +1,173 @@
+// bindings: the pybind11 module linalign._core. Declarations and argument
+// conversion only; the work happens in model, engine and sampling. Calls
+// that decode release the GIL.
+#include "engine.h"
+#include "linear_alignment_sampler.h"
+#include "model.h"
+#include "sampling.h"
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <chrono>
+#include <cstdint>
+#include <vector>
+
+namespace py = pybind11;
+using namespace linalign;
+
+using float_array = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+static py::array_t<float> to_array(std::vector<float> && values, int32_t n_vocab) {
+    const py::ssize_t rows = n_vocab > 0 ? (py::ssize_t) (values.size() / n_vocab) : 0;
+    py::array_t<float> out({rows, (py::ssize_t) n_vocab});
+    std::copy(values.begin(), values.end(), out.mutable_data());
+    return out;
+}
+
+// Runs the linear-alignment sampler alone over full logit vectors: the unit
+// under test of the sampler math. Returns the surviving ids and their logits.
+static py::tuple linear_alignment_apply(float_array logits_p, float_array logits_b, float ratio, float top_p, float temperature) {
+    if (logits_p.ndim() != 1 || logits_b.ndim() != 1 || logits_p.size() != logits_b.size() || logits_p.size() == 0) {
+        throw std::invalid_argument("logits_p and logits_b must be non-empty 1-D arrays of the same length");
+    }
+    const int32_t n_vocab = (int32_t) logits_p.size();
+    llama_sampler * smpl = llama_sampler_init_linear_alignment({ratio, top_p, temperature}, n_vocab);
+    std::vector<llama_token_data> cur(n_vocab);
+    for (int32_t i = 0; i < n_vocab; ++i) {
+        cur[i] = {i, logits_p.data()[i], 0.0f};
+    }
+    llama_token_data_array cur_p = {cur.data(), cur.size(), -1, false};
+    llama_sampler_linear_alignment_set_base(smpl, logits_b.data());
+    llama_sampler_apply(smpl, &cur_p);
+    llama_sampler_free(smpl);
+
+    py::array_t<int32_t> ids(cur_p.size);
+    py::array_t<float>   out(cur_p.size);
+    for (size_t i = 0; i < cur_p.size; ++i) {
+        ids.mutable_data()[i] = cur_p.data[i].id;
+        out.mutable_data()[i] = cur_p.data[i].logit;
+    }
+    return py::make_tuple(ids, out);
+}
+
+// Microseconds per combine step (candidate fill + linear-alignment apply)
+// over given logit vectors: the benchmark's "combine step alone".
+static double time_combine_us(float_array logits_p, float_array logits_b, int32_t n_iter, float ratio, float top_p) {
+    if (logits_p.ndim() != 1 || logits_b.ndim() != 1 || logits_p.size() != logits_b.size() || logits_p.size() == 0) {
+        throw std::invalid_argument("logits_p and logits_b must be non-empty 1-D arrays of the same length");
+    }
+    if (n_iter <= 0) {
+        throw std::invalid_argument("n_iter must be positive");
+    }
+    const int32_t n_vocab = (int32_t) logits_p.size();
+    const float * lp = logits_p.data();
+    llama_sampler * smpl = llama_sampler_init_linear_alignment({ratio, top_p, 1.0f}, n_vocab);
+    llama_sampler_linear_alignment_set_base(smpl, logits_b.data());
+    std::vector<llama_token_data> cur(n_vocab);
+    double elapsed_us = 0.0;
+    {
+        py::gil_scoped_release release;
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int32_t it = 0; it < n_iter; ++it) {
+            for (int32_t i = 0; i < n_vocab; ++i) {
+                cur[i] = {i, lp[i], 0.0f};
+            }
+            llama_token_data_array cur_p = {cur.data(), cur.size(), -1, false};
+            llama_sampler_apply(smpl, &cur_p);
+        }
+        elapsed_us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+    }
+    llama_sampler_free(smpl);
+    return elapsed_us / n_iter;
+}
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "linalign native core: linear-alignment sampler and two-stream engine over llama.cpp";
+
+    py::class_<model, std::shared_ptr<model>>(m, "Model")
+        .def(py::init<const std::string &, int32_t, bool>(), py::arg("path"), py::arg("n_gpu_layers") = 0,
+             py::arg("use_mmap") = true, py::call_guard<py::gil_scoped_release>())
+        .def_static("borrow", [](uintptr_t address) { return std::make_shared<model>(reinterpret_cast<llama_model *>(address)); },
+                    py::arg("address"), "Wrap a llama_model owned elsewhere (a llama_cpp.Llama's), without copying weights.")
+        .def_property_readonly("n_vocab", &model::n_vocab)
+        .def_property_readonly("n_ctx_train", &model::n_ctx_train)
+        .def_property_readonly("owns_weights", &model::owns_weights)
+        .def_property_readonly("bos", &model::bos)
+        .def_property_readonly("eos", &model::eos)
+        .def_property_readonly("add_bos", &model::add_bos)
+        .def_property_readonly("description", &model::description)
+        .def_property_readonly("closed", &model::closed)
+        .def("tokenize", [](const model & self, py::bytes text, bool add_special, bool parse_special) {
+                 return self.tokenize(std::string(text), add_special, parse_special);
+             }, py::arg("text"), py::arg("add_special") = true, py::arg("parse_special") = true)
+        .def("token_to_piece", [](const model & self, llama_token token, bool special) {
+                 return py::bytes(self.token_to_piece(token, special));
+             }, py::arg("token"), py::arg("special") = false)
+        .def("is_eog", &model::is_eog, py::arg("token"))
+        .def("meta", &model::meta, py::arg("key"))
+        .def("chat_template", &model::chat_template)
+        .def("close", &model::close);
+
+    py::class_<sampling_params>(m, "SamplingParams")
+        .def(py::init<>())
+        .def_readwrite("ratio", &sampling_params::ratio)
+        .def_readwrite("top_p", &sampling_params::top_p)
+        .def_readwrite("temperature", &sampling_params::temperature)
+        .def_readwrite("top_k", &sampling_params::top_k)
+        .def_readwrite("min_p", &sampling_params::min_p)
+        .def_readwrite("repeat_penalty", &sampling_params::repeat_penalty)
+        .def_readwrite("frequency_penalty", &sampling_params::frequency_penalty)
+        .def_readwrite("presence_penalty", &sampling_params::presence_penalty)
+        .def_readwrite("penalty_last_n", &sampling_params::penalty_last_n)
+        .def_readwrite("seed", &sampling_params::seed)
+        .def_readwrite("grammar", &sampling_params::grammar)
+        .def_readwrite("grammar_root", &sampling_params::grammar_root)
+        .def("validate", &sampling_params::validate);
+
+    py::class_<prefill_stats>(m, "PrefillStats")
+        .def_property_readonly("reused", [](const prefill_stats & s) { return py::make_tuple(s.reused[0], s.reused[1]); })
+        .def_property_readonly("decoded", [](const prefill_stats & s) { return py::make_tuple(s.decoded[0], s.decoded[1]); })
+        .def_readonly("shared", &prefill_stats::shared);
+
+    py::class_<engine>(m, "Engine")
+        .def(py::init([](std::shared_ptr<model> mdl, int32_t n_ctx, int32_t n_threads, int32_t n_threads_batch, bool two_call) {
+                 engine_params p;
+                 p.n_ctx = n_ctx;
+                 p.n_threads = n_threads;
+                 p.n_threads_batch = n_threads_batch;
+                 p.two_call = two_call;
+                 return new engine(std::move(mdl), p);
+             }), py::arg("model"), py::arg("n_ctx") = 4096, py::arg("n_threads") = 0, py::arg("n_threads_batch") = 0,
+             py::arg("two_call") = false)
+        .def("start", &engine::start, py::arg("prompt"), py::arg("base_prompt"), py::arg("params"),
+             py::call_guard<py::gil_scoped_release>())
+        .def("sample", &engine::sample, py::call_guard<py::gil_scoped_release>())
+        .def("decode", &engine::decode, py::arg("token"), py::call_guard<py::gil_scoped_release>())
+        .def("eval_logits", [](engine & self, const std::vector<llama_token> & prompt, const std::vector<llama_token> & base_prompt,
+                               int32_t n_tail_p, int32_t n_tail_b) {
+                 std::vector<float> out_p, out_b;
+                 {
+                     py::gil_scoped_release release;
+                     self.eval_logits(prompt, base_prompt, n_tail_p, n_tail_b, out_p, out_b);
+                 }
+                 const int32_t n_vocab = self.get_model().n_vocab();
+                 return py::make_tuple(to_array(std::move(out_p), n_vocab), to_array(std::move(out_b), n_vocab));
+             }, py::arg("prompt"), py::arg("base_prompt"), py::arg("n_tail_p") = 1, py::arg("n_tail_b") = 1)
+        .def("decode_floor", &engine::decode_floor, py::arg("token"), py::arg("n_steps"),
+             py::call_guard<py::gil_scoped_release>())
+        .def("clear", &engine::clear)
+        .def("close", &engine::close)
+        .def_property_readonly("closed", &engine::closed)
+        .def_property_readonly("n_ctx", &engine::n_ctx)
+        .def("n_past", &engine::n_past, py::arg("stream"))
+        .def_property_readonly("streams_identical", &engine::streams_identical)
+        .def_property_readonly("last_prefill", &engine::last_prefill)
+        .def_property_readonly("n_decode_calls", &engine::n_decode_calls);
+
+    m.def("linear_alignment_apply", &linear_alignment_apply, py::arg("logits_p"), py::arg("logits_b"), py::arg("ratio"),
+          py::arg("top_p"), py::arg("temperature") = 1.0f);
+    m.def("time_combine_us", &time_combine_us, py::arg("logits_p"), py::arg("logits_b"), py::arg("n_iter") = 200,
+          py::arg("ratio") = 2.0f, py::arg("top_p") = 0.8f);
+}

@@ -1,0 +1,184 @@
+// linear-alignment sampler, written in the form of llama.cpp's own samplers
+// (src/llama-sampler.cpp): a context struct with const parameters and reused
+// scratch, static interface functions, one llama_sampler_i table, a factory.
+#include "linear_alignment_sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+// linear-alignment
+
+struct llama_sampler_linear_alignment {
+    const float   ratio;
+    const float   top_p;
+    const float   temperature;
+    const int32_t n_vocab;
+
+    const float * logits_base = nullptr;
+
+    // scratch reused across calls
+    std::vector<int32_t>          order;  // candidate indices by decreasing logit
+    std::vector<float>            weight; // unnormalised probabilities at the mask temperature
+    std::vector<llama_token_data> kept;  // the nucleus, before it is copied back
+};
+
+static const char * llama_sampler_linear_alignment_name(const struct llama_sampler * /*smpl*/) {
+    return "linear-alignment";
+}
+
+// Size of the nucleus: the smallest prefix of `order` (candidates by
+// decreasing logit) whose probability mass reaches top_p. The first token is
+// always kept.
+static size_t linear_alignment_nucleus(llama_sampler_linear_alignment * ctx, const llama_token_data_array * cur_p) {
+    const size_t n = cur_p->size;
+    const llama_token_data * data = cur_p->data;
+
+    float max_logit = -INFINITY;
+    for (size_t i = 0; i < n; ++i) {
+        max_logit = std::max(max_logit, data[i].logit);
+    }
+    if (!std::isfinite(max_logit)) {
+        return n; // nothing is plausible (e.g. a grammar masked all): leave the set alone
+    }
+
+    const float inv_t = ctx->temperature > 0.0f ? 1.0f / ctx->temperature : 1.0f;
+    auto & weight = ctx->weight;
+    weight.resize(n);
+    double total = 0.0;
+    for (size_t i = 0; i < n; ++i) {
+        weight[i] = std::exp((data[i].logit - max_logit) * inv_t);
+        total += weight[i];
+    }
+    const double target = ctx->top_p * total;
+
+    auto & order = ctx->order;
+    order.resize(n);
+    for (size_t i = 0; i < n; ++i) {
+        order[i] = (int32_t) i;
+    }
+    const auto by_logit = [data](int32_t a, int32_t b) { return data[a].logit > data[b].logit; };
+
+    // Nuclei are usually a handful of tokens: sort a small head first and
+    // widen it geometrically only while its mass falls short.
+    size_t sorted_end = std::min<size_t>(n, 64);
+    std::partial_sort(order.begin(), order.begin() + sorted_end, order.end(), by_logit);
+
+    double cum = 0.0;
+    for (size_t i = 0; i < n; ++i) {
+        if (i == sorted_end) {
+            sorted_end = std::min(n, sorted_end * 8);
+            std::partial_sort(order.begin() + i, order.begin() + sorted_end, order.end(), by_logit);
+        }
+        cum += weight[order[i]];
+        if (cum >= target) {
+            return i + 1;
+        }
+    }
+    return n;
+}
+
+static void llama_sampler_linear_alignment_apply(struct llama_sampler * smpl, llama_token_data_array * cur_p) {
+    auto * ctx = (llama_sampler_linear_alignment *) smpl->ctx;
+    if (cur_p->size == 0) {
+        return;
+    }
+
+    const size_t n_keep = ctx->top_p >= 1.0f ? cur_p->size : linear_alignment_nucleus(ctx, cur_p);
+    if (n_keep < cur_p->size) {
+        // move the nucleus to the front, in decreasing order of l_p
+        auto & kept = ctx->kept;
+        kept.resize(n_keep);
+        for (size_t i = 0; i < n_keep; ++i) {
+            kept[i] = cur_p->data[ctx->order[i]];
+        }
+        std::copy(kept.begin(), kept.end(), cur_p->data);
+        cur_p->size = n_keep;
+    }
+
+    const float * l0 = ctx->logits_base;
+    if (l0 != nullptr && ctx->ratio != 0.0f) {
+        const float r = ctx->ratio;
+        for (size_t i = 0; i < cur_p->size; ++i) {
+            llama_token_data & td = cur_p->data[i];
+            // -inf stays -inf: (1 + r) * -inf would flip sign for r < -1
+            if (td.id < 0 || td.id >= ctx->n_vocab || !std::isfinite(td.logit)) {
+                continue;
+            }
+            td.logit = (1.0f + r) * td.logit - r * l0[td.id];
+        }
+    }
+
+    cur_p->sorted   = false; // the combine reorders tokens
+    cur_p->selected = -1;
+}
+
+static struct llama_sampler * llama_sampler_linear_alignment_clone(const struct llama_sampler * smpl) {
+    const auto * ctx = (const llama_sampler_linear_alignment *) smpl->ctx;
+    llama_sampler * result = llama_sampler_init_linear_alignment({ctx->ratio, ctx->top_p, ctx->temperature}, ctx->n_vocab);
+    llama_sampler_linear_alignment_set_base(result, ctx->logits_base);
+    return result;
+}
+
+static void llama_sampler_linear_alignment_free(struct llama_sampler * smpl) {
+    delete (llama_sampler_linear_alignment *) smpl->ctx;
+}
+
+static struct llama_sampler_i llama_sampler_linear_alignment_i = {
+    /* .name              = */ llama_sampler_linear_alignment_name,
+    /* .accept            = */ nullptr,
+    /* .apply             = */ llama_sampler_linear_alignment_apply,
+    /* .reset             = */ nullptr,
+    /* .clone             = */ llama_sampler_linear_alignment_clone,
+    /* .free              = */ llama_sampler_linear_alignment_free,
+    /* .backend_init      = */ nullptr,
+    /* .backend_accept    = */ nullptr,
+    /* .backend_apply     = */ nullptr,
+    /* .backend_set_input = */ nullptr,
+    /* .backend_reset     = */ nullptr,
+    /* .copy_state        = */ nullptr,
+};
+
+void linear_alignment_validate(const llama_sampler_linear_alignment_params & params) {
+    if (!std::isfinite(params.ratio)) {
+        throw std::invalid_argument("ratio must be a finite number, got " + std::to_string(params.ratio));
+    }
+    if (!std::isfinite(params.top_p) || params.top_p <= 0.0f || params.top_p > 1.0f) {
+        throw std::invalid_argument("top_p must be in (0, 1], got " + std::to_string(params.top_p));
+    }
+    if (!std::isfinite(params.temperature) || params.temperature < 0.0f) {
+        throw std::invalid_argument("temperature must be a finite number >= 0, got " + std::to_string(params.temperature));
+    }
+}
+
+llama_sampler * llama_sampler_init_linear_alignment(const llama_sampler_linear_alignment_params & params, int32_t n_vocab) {
+    linear_alignment_validate(params);
+    if (n_vocab <= 0) {
+        throw std::invalid_argument("n_vocab must be positive");
+    }
+    return llama_sampler_init(
+        /* .iface = */ &llama_sampler_linear_alignment_i,
+        /* .ctx   = */ new llama_sampler_linear_alignment {
+            /* .ratio       = */ params.ratio,
+            /* .top_p       = */ params.top_p,
+            /* .temperature = */ params.temperature,
+            /* .n_vocab     = */ n_vocab,
+            /* .logits_base = */ nullptr,
+            /* .order       = */ {},
+            /* .weight      = */ {},
+            /* .kept        = */ {},
+        });
+}
+
+void llama_sampler_linear_alignment_set_base(llama_sampler * smpl, const float * logits_base) {
+    if (!llama_sampler_is_linear_alignment(smpl)) {
+        throw std::invalid_argument("not a linear-alignment sampler");
+    }
+    ((llama_sampler_linear_alignment *) smpl->ctx)->logits_base = logits_base;
+}
+
+bool llama_sampler_is_linear_alignment(const llama_sampler * smpl) {
+    return smpl != nullptr && smpl->iface == &llama_sampler_linear_alignment_i;
+}

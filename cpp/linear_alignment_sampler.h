@@ -1,0 +1,34 @@
+// linear-alignment: a llama.cpp sampler that steers stream P's candidates
+// with stream B's logits (ALGORITHM.md steps 1-3).
+//
+// It is an ordinary llama_sampler, so it sits in a llama_sampler_chain and the
+// stock samplers (penalties, top-k, min-p, temperature, dist, greedy) compose
+// after it. Stream B's logits are not part of llama_token_data_array, so the
+// owner hands them in before each apply with
+// llama_sampler_linear_alignment_set_base().
+#pragma once
+
+#include "llama.h"
+
+#include <cstdint>
+
+struct llama_sampler_linear_alignment_params {
+    float ratio;       // step size r: l = l_p + r * (l_p - l_0)
+    float top_p;       // plausibility nucleus of stream P, in (0, 1]
+    float temperature; // temperature of the nucleus mask (<= 0 means 1)
+};
+
+// Throws std::invalid_argument on non-finite or out-of-range parameters.
+llama_sampler * llama_sampler_init_linear_alignment(
+        const llama_sampler_linear_alignment_params & params, int32_t n_vocab);
+
+// Points the sampler at stream B's logits for the next apply; the array must
+// hold n_vocab floats and stay alive until then. nullptr means "no base
+// stream": apply then only masks (the same as ratio = 0).
+void llama_sampler_linear_alignment_set_base(llama_sampler * smpl, const float * logits_base);
+
+bool llama_sampler_is_linear_alignment(const llama_sampler * smpl);
+
+// Checks the parameters the same way the factory does, for callers that
+// build several samplers and want to fail before allocating any.
+void linear_alignment_validate(const llama_sampler_linear_alignment_params & params);

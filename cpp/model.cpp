@@ -1,0 +1,130 @@
+// model: loading or borrowing a llama_model and its vocabulary helpers.
+#include "model.h"
+
+#include <cstring>
+#include <fstream>
+#include <stdexcept>
+
+namespace linalign {
+
+static void check_gguf_file(const std::string & path) {
+    std::ifstream f(path, std::ios::binary);
+    if (!f) {
+        throw std::invalid_argument("model file not found or not readable: " + path);
+    }
+    char magic[4] = {0, 0, 0, 0};
+    f.read(magic, 4);
+    if (f.gcount() != 4 || std::memcmp(magic, "GGUF", 4) != 0) {
+        throw std::invalid_argument("not a GGUF file (bad magic): " + path);
+    }
+}
+
+model::model(const std::string & path, int32_t n_gpu_layers, bool use_mmap) {
+    check_gguf_file(path);
+    llama_model_params params = llama_model_default_params();
+    params.n_gpu_layers = n_gpu_layers;
+    params.load_mode    = use_mmap ? LLAMA_LOAD_MODE_AUTO : LLAMA_LOAD_MODE_NONE;
+    ptr_ = llama_model_load_from_file(path.c_str(), params);
+    if (ptr_ == nullptr) {
+        throw std::runtime_error("llama.cpp failed to load the model (corrupt or unsupported GGUF?): " + path);
+    }
+    owned_ = true;
+}
+
+model::model(llama_model * borrowed) : ptr_(borrowed), owned_(false) {
+    if (borrowed == nullptr) {
+        throw std::invalid_argument("borrowed model pointer is null (was the Llama closed?)");
+    }
+}
+
+model::~model() { close(); }
+
+void model::close() {
+    if (ptr_ != nullptr && owned_) {
+        llama_model_free(ptr_);
+    }
+    ptr_ = nullptr;
+}
+
+llama_model * model::get() const {
+    if (ptr_ == nullptr) {
+        throw std::runtime_error("model is closed");
+    }
+    return ptr_;
+}
+
+const llama_vocab * model::vocab() const { return llama_model_get_vocab(get()); }
+
+int32_t model::n_vocab()     const { return llama_vocab_n_tokens(vocab()); }
+int32_t model::n_ctx_train() const { return llama_model_n_ctx_train(get()); }
+
+std::vector<llama_token> model::tokenize(const std::string & text, bool add_special, bool parse_special) const {
+    if (text.size() > (size_t) INT32_MAX / 2) {
+        throw std::invalid_argument("text too long to tokenize");
+    }
+    std::vector<llama_token> tokens(text.size() + 2);
+    int32_t n = llama_tokenize(vocab(), text.data(), (int32_t) text.size(), tokens.data(), (int32_t) tokens.size(),
+                               add_special, parse_special);
+    if (n < 0) {
+        tokens.resize(-n);
+        n = llama_tokenize(vocab(), text.data(), (int32_t) text.size(), tokens.data(), (int32_t) tokens.size(),
+                           add_special, parse_special);
+    }
+    if (n < 0) {
+        throw std::runtime_error("tokenization failed");
+    }
+    tokens.resize(n);
+    return tokens;
+}
+
+std::string model::token_to_piece(llama_token token, bool special) const {
+    check_token(token);
+    char buf[256];
+    int32_t n = llama_token_to_piece(vocab(), token, buf, sizeof(buf), 0, special);
+    if (n >= 0) {
+        return std::string(buf, n);
+    }
+    std::string out(-n, '\0');
+    n = llama_token_to_piece(vocab(), token, out.data(), (int32_t) out.size(), 0, special);
+    out.resize(n < 0 ? 0 : n);
+    return out;
+}
+
+bool model::is_eog(llama_token token) const { return llama_vocab_is_eog(vocab(), token); }
+llama_token model::bos() const { return llama_vocab_bos(vocab()); }
+llama_token model::eos() const { return llama_vocab_eos(vocab()); }
+bool model::add_bos() const { return llama_vocab_get_add_bos(vocab()); }
+
+std::optional<std::string> model::meta(const std::string & key) const {
+    const int32_t n = llama_model_meta_val_str(get(), key.c_str(), nullptr, 0);
+    if (n < 0) {
+        return std::nullopt;
+    }
+    std::string out(n + 1, '\0');
+    llama_model_meta_val_str(get(), key.c_str(), out.data(), out.size());
+    out.resize(n);
+    return out;
+}
+
+std::optional<std::string> model::chat_template() const {
+    const char * tmpl = llama_model_chat_template(get(), nullptr);
+    if (tmpl == nullptr) {
+        return std::nullopt;
+    }
+    return std::string(tmpl);
+}
+
+std::string model::description() const {
+    char buf[256];
+    const int32_t n = llama_model_desc(get(), buf, sizeof(buf));
+    return std::string(buf, n > 0 ? std::min<int32_t>(n, sizeof(buf) - 1) : 0);
+}
+
+void model::check_token(llama_token token) const {
+    if (token < 0 || token >= n_vocab()) {
+        throw std::invalid_argument("token id " + std::to_string(token) + " is outside the vocabulary [0, " +
+                                    std::to_string(n_vocab()) + ")");
+    }
+}
+
+} // namespace linalign

@@ -1,0 +1,56 @@
+// model: a GGUF model as the engine sees it, owned (loaded from a file) or
+// borrowed (a llama_cpp.Llama's model, so its weights are not loaded twice),
+// plus the vocabulary operations the Python layer needs.
+#pragma once
+
+#include "llama.h"
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace linalign {
+
+class model {
+public:
+    // Loads a GGUF file. Throws std::invalid_argument for a missing or
+    // non-GGUF file and std::runtime_error when llama.cpp cannot load it.
+    model(const std::string & path, int32_t n_gpu_layers, bool use_mmap);
+
+    // Wraps a model someone else owns (and keeps alive longer than this).
+    explicit model(llama_model * borrowed);
+
+    ~model();
+    model(const model &) = delete;
+    model & operator=(const model &) = delete;
+
+    llama_model       * get() const;
+    const llama_vocab * vocab() const;
+
+    int32_t n_vocab() const;
+    int32_t n_ctx_train() const;
+    bool    owns_weights() const { return owned_; }
+
+    std::vector<llama_token> tokenize(const std::string & text, bool add_special, bool parse_special) const;
+    std::string token_to_piece(llama_token token, bool special) const;
+    bool is_eog(llama_token token) const;
+    llama_token bos() const;
+    llama_token eos() const;
+    bool add_bos() const;
+
+    std::optional<std::string> meta(const std::string & key) const;
+    std::optional<std::string> chat_template() const;
+    std::string description() const;
+
+    void check_token(llama_token token) const;
+
+    void close();
+    bool closed() const { return ptr_ == nullptr; }
+
+private:
+    llama_model * ptr_   = nullptr;
+    bool          owned_ = false;
+};
+
+} // namespace linalign

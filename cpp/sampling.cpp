@@ -1,0 +1,90 @@
+// sampling: validating parameters and building the sampler chain.
+#include "sampling.h"
+
+#include <cmath>
+#include <stdexcept>
+
+namespace linalign {
+
+static void require(bool ok, const std::string & message) {
+    if (!ok) {
+        throw std::invalid_argument(message);
+    }
+}
+
+void sampling_params::validate() const {
+    linear_alignment_validate({ratio, top_p, temperature});
+    require(std::isfinite(min_p) && min_p >= 0.0f && min_p <= 1.0f, "min_p must be in [0, 1]");
+    require(std::isfinite(repeat_penalty) && repeat_penalty > 0.0f, "repeat_penalty must be a finite number > 0");
+    require(std::isfinite(frequency_penalty), "frequency_penalty must be finite");
+    require(std::isfinite(presence_penalty), "presence_penalty must be finite");
+    require(penalty_last_n >= -1, "penalty_last_n must be >= -1");
+}
+
+sampler_chain::sampler_chain(const sampling_params & params, const llama_vocab * vocab) {
+    params.validate();
+    n_vocab_ = llama_vocab_n_tokens(vocab);
+
+    llama_sampler_chain_params cparams = llama_sampler_chain_default_params();
+    cparams.no_perf = true;
+    chain_ = llama_sampler_chain_init(cparams);
+
+    try {
+        if (!params.grammar.empty()) {
+            llama_sampler * grammar = llama_sampler_init_grammar(vocab, params.grammar.c_str(), params.grammar_root.c_str());
+            if (grammar == nullptr) {
+                throw std::invalid_argument("invalid GBNF grammar (llama.cpp could not parse it; see its log)");
+            }
+            llama_sampler_chain_add(chain_, grammar);
+        }
+        la_ = llama_sampler_init_linear_alignment({params.ratio, params.top_p, params.temperature}, n_vocab_);
+        llama_sampler_chain_add(chain_, la_);
+        llama_sampler_chain_add(chain_, llama_sampler_init_penalties(n_vocab_, params.penalty_last_n, params.repeat_penalty,
+                                                                     params.frequency_penalty, params.presence_penalty));
+        if (params.temperature <= 0.0f) {
+            llama_sampler_chain_add(chain_, llama_sampler_init_greedy());
+        } else {
+            if (params.top_k > 0) {
+                llama_sampler_chain_add(chain_, llama_sampler_init_top_k(params.top_k));
+            }
+            if (params.min_p > 0.0f) {
+                llama_sampler_chain_add(chain_, llama_sampler_init_min_p(params.min_p, 1));
+            }
+            llama_sampler_chain_add(chain_, llama_sampler_init_temp(params.temperature));
+            llama_sampler_chain_add(chain_, llama_sampler_init_dist(params.seed));
+        }
+    } catch (...) {
+        llama_sampler_free(chain_);
+        throw;
+    }
+}
+
+sampler_chain::~sampler_chain() {
+    if (chain_ != nullptr) {
+        llama_sampler_free(chain_);
+    }
+}
+
+llama_token sampler_chain::sample(const float * logits_p, const float * logits_b) {
+    cur_.resize(n_vocab_);
+    for (llama_token id = 0; id < n_vocab_; ++id) {
+        cur_[id] = llama_token_data{id, logits_p[id], 0.0f};
+    }
+    llama_token_data_array cur_p = {
+        /* .data     = */ cur_.data(),
+        /* .size     = */ cur_.size(),
+        /* .selected = */ -1,
+        /* .sorted   = */ false,
+    };
+    llama_sampler_linear_alignment_set_base(la_, logits_b);
+    llama_sampler_apply(chain_, &cur_p);
+    llama_sampler_linear_alignment_set_base(la_, nullptr);
+    if (cur_p.selected < 0 || cur_p.selected >= (int64_t) cur_p.size) {
+        throw std::runtime_error("sampler chain selected no token");
+    }
+    const llama_token token = cur_p.data[cur_p.selected].id;
+    llama_sampler_accept(chain_, token);
+    return token;
+}
+
+} // namespace linalign

@@ -1,0 +1,57 @@
+// sampling: the parameters of one aligned generation and the llama.cpp
+// sampler chain they build, with the linear-alignment sampler first.
+#pragma once
+
+#include "llama.h"
+#include "linear_alignment_sampler.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace linalign {
+
+struct sampling_params {
+    float    ratio             = 2.0f;
+    float    top_p             = 0.8f;  // the linear-alignment nucleus
+    float    temperature       = 0.8f;  // 0 = greedy
+    int32_t  top_k             = 40;    // <= 0 disables
+    float    min_p             = 0.0f;
+    float    repeat_penalty    = 1.0f;
+    float    frequency_penalty = 0.0f;
+    float    presence_penalty  = 0.0f;
+    int32_t  penalty_last_n    = 64;
+    uint32_t seed              = LLAMA_DEFAULT_SEED;
+    std::string grammar;                // GBNF, empty for none
+    std::string grammar_root   = "root";
+
+    void validate() const; // throws std::invalid_argument
+};
+
+// Owns a llama_sampler_chain: [grammar] -> linear-alignment -> penalties ->
+// top-k -> min-p -> temperature -> dist (or greedy when temperature == 0).
+//
+// The grammar, when given, runs before linear-alignment so that the
+// plausibility nucleus is taken among the tokens the grammar allows; after
+// it, a nucleus of grammar-invalid tokens could leave nothing to sample.
+class sampler_chain {
+public:
+    sampler_chain(const sampling_params & params, const llama_vocab * vocab);
+    ~sampler_chain();
+    sampler_chain(const sampler_chain &) = delete;
+    sampler_chain & operator=(const sampler_chain &) = delete;
+
+    // Runs the chain over stream P's logits, steered by stream B's, and
+    // accepts the chosen token into the stateful samplers.
+    llama_token sample(const float * logits_p, const float * logits_b);
+
+    llama_sampler * chain() const { return chain_; }
+
+private:
+    llama_sampler * chain_  = nullptr;
+    llama_sampler * la_     = nullptr; // owned by chain_
+    int32_t         n_vocab_ = 0;
+    std::vector<llama_token_data> cur_;
+};
+
+} // namespace linalign

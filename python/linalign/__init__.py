@@ -1,0 +1,21 @@
+"""linalign: Linear Alignment (Gao et al., ICML 2024) for local llama.cpp
+inference. Steers a GGUF model towards a natural-language principle at
+decoding time, with no training: ``l = l_p + ratio * (l_p - l_0)`` inside the
+top-p nucleus of the principled distribution.
+"""
+# llama_cpp first: it maps the libllama that linalign._core then links to,
+# so the process holds exactly one.
+import llama_cpp  # noqa: F401
+
+from ._core import linear_alignment_apply
+from .aligner import Aligner, AlignerClosedError, GenerationSuperseded
+from .default_model import default_model_path
+
+__all__ = [
+    "Aligner",
+    "AlignerClosedError",
+    "GenerationSuperseded",
+    "default_model_path",
+    "linear_alignment_apply",
+]
+__version__ = "0.1.0"

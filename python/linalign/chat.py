@@ -1,0 +1,87 @@
+"""Chat prompts for the two streams: P gets the principle appended to the
+system message (one is added when there is none), B gets the messages as
+given. Both are rendered with the GGUF's own chat template, the way
+llama-cpp-python renders them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+__all__ = ["ROLES", "ChatPrompts", "with_principle", "validate_messages", "ChatRenderer"]
+
+ROLES = ("system", "user", "assistant", "tool")
+
+# Used only for a GGUF that carries no chat template.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class ChatPrompts:
+    prompt: str        # stream P, with the principle
+    base_prompt: str   # stream B, without it
+    stop: list[str]    # the template's own stop strings
+    add_bos: bool      # whether tokenization should add BOS (the template did not)
+
+
+def validate_messages(messages: Any) -> list[dict[str, Any]]:
+    """Checks an OpenAI-style message list; raises ValueError or TypeError."""
+    if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)) or len(messages) == 0:
+        raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} objects")
+    checked = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise TypeError(f"messages[{i}] must be an object with 'role' and 'content', got {type(message).__name__}")
+        role = message.get("role")
+        if role not in ROLES:
+            raise ValueError(f"messages[{i}].role must be one of {', '.join(ROLES)}; got {role!r}")
+        content = message.get("content")
+        if content is None:
+            content = ""
+        if isinstance(content, list):  # OpenAI content parts: keep the text ones
+            texts = [part.get("text", "") for part in content if isinstance(part, Mapping) and part.get("type") == "text"]
+            content = "".join(texts)
+        if not isinstance(content, str):
+            raise TypeError(f"messages[{i}].content must be a string, got {type(content).__name__}")
+        checked.append({**message, "content": content})
+    return checked
+
+
+def with_principle(messages: Sequence[Mapping[str, Any]], principle: str) -> list[dict[str, Any]]:
+    """The messages of stream P: the principle appended to the system message."""
+    out = [dict(m) for m in messages]
+    if not principle:
+        return out
+    if out and out[0]["role"] == "system":
+        system = out[0]["content"]
+        out[0]["content"] = f"{system}\n{principle}" if system else principle
+    else:
+        out.insert(0, {"role": "system", "content": principle})
+    return out
+
+
+class ChatRenderer:
+    """Renders messages with a model's chat template."""
+
+    def __init__(self, template: str | None, *, bos_token: str, eos_token: str) -> None:
+        self._formatter = Jinja2ChatFormatter(
+            template=template or CHATML_TEMPLATE, eos_token=eos_token, bos_token=bos_token, add_generation_prompt=True
+        )
+
+    def render(self, messages: Sequence[Mapping[str, Any]]) -> tuple[str, list[str], bool]:
+        result = self._formatter(messages=list(messages))
+        stop = result.stop or []
+        if isinstance(stop, str):
+            stop = [stop]
+        return result.prompt, [s for s in stop if s], not result.added_special
+
+    def prompts(self, messages: Any, principle: str) -> ChatPrompts:
+        checked = validate_messages(messages)
+        prompt, stop, add_bos = self.render(with_principle(checked, principle))
+        base_prompt, _, _ = self.render(checked)
+        return ChatPrompts(prompt=prompt, base_prompt=base_prompt, stop=stop, add_bos=add_bos)
