@@ -132,18 +132,25 @@ PYBIND11_MODULE(_core, m) {
         .def_readonly("shared", &prefill_stats::shared);
 
     py::class_<engine>(m, "Engine")
-        .def(py::init([](std::shared_ptr<model> mdl, int32_t n_ctx, int32_t n_threads, int32_t n_threads_batch, bool two_call) {
+        .def(py::init([](std::shared_ptr<model> mdl, int32_t n_ctx, int32_t n_threads, int32_t n_threads_batch, bool two_call,
+                             bool flash_attn) {
                  engine_params p;
                  p.n_ctx = n_ctx;
                  p.n_threads = n_threads;
                  p.n_threads_batch = n_threads_batch;
                  p.two_call = two_call;
+                 p.flash_attn = flash_attn;
                  return new engine(std::move(mdl), p);
              }), py::arg("model"), py::arg("n_ctx") = 4096, py::arg("n_threads") = 0, py::arg("n_threads_batch") = 0,
-             py::arg("two_call") = false)
+             py::arg("two_call") = false, py::arg("flash_attn") = false)
         .def("start", &engine::start, py::arg("prompt"), py::arg("base_prompt"), py::arg("params"),
              py::call_guard<py::gil_scoped_release>())
         .def("sample", &engine::sample, py::call_guard<py::gil_scoped_release>())
+        .def("logits", [](const engine & self, int stream) {
+                 const int32_t n_vocab = self.get_model().n_vocab();
+                 const float * src = self.logits(stream);
+                 return to_array(std::vector<float>(src, src + n_vocab), n_vocab).reshape({(py::ssize_t) n_vocab});
+             }, py::arg("stream"), "A copy of the current next-token logits of stream 0 (P) or 1 (B).")
         .def("decode", &engine::decode, py::arg("token"), py::call_guard<py::gil_scoped_release>())
         .def("eval_logits", [](engine & self, const std::vector<llama_token> & prompt, const std::vector<llama_token> & base_prompt,
                                int32_t n_tail_p, int32_t n_tail_b) {

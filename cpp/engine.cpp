@@ -38,6 +38,7 @@ engine::engine(std::shared_ptr<model> mdl, const engine_params & params) : model
     cparams.n_seq_max  = 2;
     cparams.kv_unified = true;
     cparams.no_perf    = true;
+    cparams.flash_attn_type = params.flash_attn ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
     if (params.n_threads > 0) {
         cparams.n_threads = params.n_threads;
     }
@@ -138,10 +139,13 @@ const float * engine::logits_at(int32_t batch_index) const {
 }
 
 prefill_stats engine::prefill(const std::vector<llama_token> & prompt_p, const std::vector<llama_token> & prompt_b,
-                              int32_t n_tail_p, int32_t n_tail_b) {
+                              int32_t n_tail_p, int32_t n_tail_b, bool with_base) {
     require_open();
     check_prompt(prompt_p, "prompt");
     check_prompt(prompt_b, "base_prompt");
+    if (!with_base) {
+        return prefill_prompt_only(prompt_p);
+    }
     const std::array<const std::vector<llama_token> *, 2> prompts = {&prompt_p, &prompt_b};
     const std::array<int32_t, 2> n_tail = {n_tail_p, n_tail_b};
     chain_.reset();
@@ -163,10 +167,26 @@ prefill_stats engine::prefill(const std::vector<llama_token> & prompt_p, const s
         stats.decoded[s] = n - keep[s];
     }
 
-    // 2. one batch: positions both streams need and agree on from the start
-    //    are added once with both sequence ids, then each stream's own tail
+    // 2. where the prompts agree from the start, a stream may take from the
+    //    other's cache what it lacks (llama.cpp adds a sequence id to the
+    //    cells; nothing is decoded)
     const int32_t n_common = params_.two_call ? 0 : (int32_t) common_prefix(prompt_p, prompt_b);
-    const int32_t shared_begin = std::max(keep[0], keep[1]);
+    for (int s = 0; s < 2; ++s) {
+        const int other = 1 - s;
+        const int32_t upto = std::min(keep[other], n_common);
+        if (keep[s] < upto) {
+            llama_memory_seq_cp(mem, other, s, keep[s], upto);
+            stats.reused[s] = upto;
+            stats.decoded[s] -= upto - keep[s];
+            keep[s] = upto;
+            cached_[s].assign(prompts[s]->begin(), prompts[s]->begin() + upto);
+        }
+    }
+
+    // 3. one batch: positions both streams need and agree on from the start
+    //    are added once with both sequence ids (llama.cpp requires the two
+    //    sequences to hold the same positions then), then each stream's tail
+    const int32_t shared_begin = std::max(keep[0], keep[1]); // after step 2, unequal keeps leave no room to share
     const int32_t shared_end   = std::max(shared_begin, n_common);
     const auto wants_logits = [&](int s, int32_t pos) {
         return pos >= (int32_t) prompts[s]->size() - n_tail[s];
@@ -219,6 +239,39 @@ prefill_stats engine::prefill(const std::vector<llama_token> & prompt_p, const s
     cached_[1] = prompt_b;
     out_idx_   = {tail_rows_[0].back(), tail_rows_[1].back()};
     identical_ = !params_.two_call && prompt_p == prompt_b;
+    base_active_ = true;
+    last_prefill_ = stats;
+    return stats;
+}
+
+// With ratio 0 stream B's logits are never read (ALGORITHM.md: ordinary
+// decoding of P with a top-p), so only P is decoded, one token per step as a
+// plain llama.cpp context does. B's cache is left as it was.
+prefill_stats engine::prefill_prompt_only(const std::vector<llama_token> & prompt_p) {
+    llama_memory_t mem = llama_get_memory(ctx_);
+    const int32_t n = (int32_t) prompt_p.size();
+    int32_t keep = std::min<int32_t>((int32_t) common_prefix(cached_[0], prompt_p), n - 1);
+    if (!llama_memory_seq_rm(mem, STREAM_P, keep, -1)) {
+        llama_memory_seq_rm(mem, STREAM_P, -1, -1);
+        keep = 0;
+    }
+    cached_[0].resize(keep);
+    tail_rows_[0].assign(1, -1);
+    tail_rows_[1].clear();
+    batch_.n_tokens = 0;
+    for (int32_t pos = keep; pos < n; ++pos) {
+        batch_add(prompt_p[pos], pos, true, false, pos == n - 1);
+    }
+    run_decode("prefill");
+    cached_[0]   = prompt_p;
+    out_idx_     = {batch_.n_tokens - 1, -1};
+    tail_rows_[0][0] = out_idx_[0];
+    identical_   = false;
+    base_active_ = false;
+    prefill_stats stats;
+    stats.reused[0]  = keep;
+    stats.decoded[0] = n - keep;
+    stats.reused[1]  = (int32_t) cached_[1].size();
     last_prefill_ = stats;
     return stats;
 }
@@ -228,9 +281,23 @@ prefill_stats engine::start(const std::vector<llama_token> & prompt_p, const std
     require_open();
     params.validate();
     auto chain = std::make_unique<sampler_chain>(params, model_->vocab());
-    prefill_stats stats = prefill(prompt_p, prompt_b, 1, 1);
+    prefill_stats stats = prefill(prompt_p, prompt_b, 1, 1, params.ratio != 0.0f);
     chain_ = std::move(chain);
     return stats;
+}
+
+const float * engine::logits(int stream) const {
+    require_open();
+    if (stream != STREAM_P && stream != STREAM_B) {
+        throw std::invalid_argument("stream must be 0 (P) or 1 (B)");
+    }
+    if (out_idx_[stream] < 0) {
+        throw std::runtime_error("no logits yet: call start() first");
+    }
+    if (stream == STREAM_P && params_.two_call) {
+        return logits_p_copy_.data();
+    }
+    return logits_at(out_idx_[stream]);
 }
 
 llama_token engine::sample() {
@@ -238,9 +305,7 @@ llama_token engine::sample() {
     if (!chain_ || out_idx_[0] < 0) {
         throw std::runtime_error("sample() called before start()");
     }
-    const float * logits_p = params_.two_call ? logits_p_copy_.data() : logits_at(out_idx_[0]);
-    const float * logits_b = logits_at(out_idx_[1]);
-    return chain_->sample(logits_p, logits_b);
+    return chain_->sample(logits(STREAM_P), base_active_ ? logits(STREAM_B) : nullptr);
 }
 
 bool engine::decode(llama_token token) {
@@ -249,12 +314,19 @@ bool engine::decode(llama_token token) {
         throw std::runtime_error("decode() called before start()");
     }
     model_->check_token(token);
-    if (n_past(STREAM_P) >= params_.n_ctx || n_past(STREAM_B) >= params_.n_ctx) {
+    if (n_past(STREAM_P) >= params_.n_ctx || (base_active_ && n_past(STREAM_B) >= params_.n_ctx)) {
         return false;
     }
     const llama_pos pos_p = n_past(STREAM_P);
     const llama_pos pos_b = n_past(STREAM_B);
     batch_.n_tokens = 0;
+    if (!base_active_) {
+        batch_add(token, pos_p, true, false, true);
+        run_decode("decode");
+        out_idx_ = {0, -1};
+        cached_[0].push_back(token);
+        return true;
+    }
     if (params_.two_call) {
         batch_add(token, pos_p, true, false, true);
         run_decode("decode of the prompt stream");
@@ -287,7 +359,7 @@ void engine::eval_logits(const std::vector<llama_token> & prompt_p, const std::v
     if (n_tail_p < 1 || n_tail_p > (int32_t) prompt_p.size() || n_tail_b < 1 || n_tail_b > (int32_t) prompt_b.size()) {
         throw std::invalid_argument("n_tail must be between 1 and the prompt length");
     }
-    prefill(prompt_p, prompt_b, n_tail_p, n_tail_b);
+    prefill(prompt_p, prompt_b, n_tail_p, n_tail_b, true);
     const std::array<std::vector<float> *, 2> outs = {&out_p, &out_b};
     for (int s = 0; s < 2; ++s) {
         outs[s]->resize(tail_rows_[s].size() * (size_t) n_vocab_);
@@ -315,6 +387,7 @@ void engine::decode_floor(llama_token token, int32_t n_steps) {
         cached_[1].push_back(token);
     }
     identical_ = false;
+    out_idx_ = {0, 1};
 }
 
 } // namespace linalign

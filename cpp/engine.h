@@ -25,6 +25,7 @@ struct engine_params {
     int32_t n_threads       = 0;    // 0 = llama.cpp's default
     int32_t n_threads_batch = 0;
     bool    two_call        = false; // benchmark baseline: one llama_decode per stream per step
+    bool    flash_attn      = false; // llama-cpp-python's default, so logits match a plain Llama
 };
 
 enum stream_id : int { STREAM_P = 0, STREAM_B = 1 };
@@ -51,6 +52,10 @@ public:
 
     // Samples the next token from the current logits of both streams.
     llama_token sample();
+
+    // The current next-token logits of a stream (n_vocab floats, valid until
+    // the next decode).
+    const float * logits(int stream) const;
 
     // Appends a token to both streams. Returns false when the context is
     // full (the caller finishes with "length").
@@ -79,7 +84,8 @@ private:
     void require_open() const;
     void check_prompt(const std::vector<llama_token> & prompt, const char * name) const;
     prefill_stats prefill(const std::vector<llama_token> & prompt_p, const std::vector<llama_token> & prompt_b,
-                          int32_t n_tail_p, int32_t n_tail_b);
+                          int32_t n_tail_p, int32_t n_tail_b, bool with_base);
+    prefill_stats prefill_prompt_only(const std::vector<llama_token> & prompt_p);
     void run_decode(const char * what);
     void batch_add(llama_token token, llama_pos pos, bool in_p, bool in_b, bool logits);
     const float * logits_at(int32_t batch_index) const;
@@ -95,6 +101,7 @@ private:
     std::array<int32_t, 2>                  out_idx_ = {-1, -1}; // batch index of each stream's logits
     std::array<std::vector<int32_t>, 2>     tail_rows_;          // batch index of each wanted logits row
     bool                                    identical_ = false;
+    bool                                    base_active_ = true; // false when ratio == 0: B is never read
     std::vector<float>                      logits_p_copy_; // two-call mode keeps P's logits here
     std::unique_ptr<sampler_chain>          chain_;
     prefill_stats                           last_prefill_;

@@ -113,6 +113,9 @@ class Aligner:
         CPU threads for decoding; default as llama-cpp-python's.
     seed
         Default seed of the sampler; ``None`` draws a random one per call.
+    flash_attn
+        Use flash attention (off by default, as in llama_cpp.Llama, so that
+        the logits match a plain Llama's).
     verbose
         Let llama.cpp print its load log.
     """
@@ -126,6 +129,7 @@ class Aligner:
         n_gpu_layers: int = 0,
         n_threads: int | None = None,
         seed: int | None = None,
+        flash_attn: bool = False,
         verbose: bool = False,
         two_call: bool = False,
     ) -> None:
@@ -142,6 +146,7 @@ class Aligner:
         self._llama = llama
         self._two_call = two_call
         self._n_threads = n_threads
+        self._flash_attn = flash_attn
         set_verbose(verbose)  # llama.cpp's log level, as llama_cpp.Llama sets it
         self._lock = threading.RLock()
         self._generation = 0
@@ -168,7 +173,7 @@ class Aligner:
         n_threads = n_threads or max((os.cpu_count() or 2) // 2, 1)
         n_threads_batch = max(os.cpu_count() or 1, n_threads)
         with suppress_stdout_stderr(disable=verbose):
-            self._engine = _core.Engine(self._model, n_ctx, n_threads, n_threads_batch, two_call)
+            self._engine = _core.Engine(self._model, n_ctx, n_threads, n_threads_batch, two_call, bool(flash_attn))
         self.n_ctx = n_ctx
         self._renderer = ChatRenderer(
             self._model.chat_template(),
@@ -188,7 +193,7 @@ class Aligner:
         return Aligner(
             _SharedModel(self.model_path, self._model, self._llama),
             n_ctx=n_ctx or self.n_ctx, n_threads=self._n_threads, seed=self._seed, verbose=self._verbose,
-            two_call=self._two_call,
+            flash_attn=self._flash_attn, two_call=self._two_call,
         )
 
     def close(self) -> None:

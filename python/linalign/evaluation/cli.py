@@ -1,0 +1,215 @@
+"""``linalign eval``: the paper's evaluation protocols on a local model.
+
+    linalign eval persona --data FILE.jsonl [--ratios 0,0.5,1,2,4] [--json OUT] [--plot OUT.png]
+    linalign eval pairs   --data FILE.jsonl [--ratios ...] [--json OUT] [--plot OUT.png]
+    linalign eval compare --prompts FILE --principle TEXT [--ratios 1,2] [--html OUT.html]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from typing import Any, Sequence
+
+from .compare import comparison_html, format_comparison, generate_comparison
+from .data import load_pairs, load_persona_items, load_prompts
+from .pairs import DEFAULT_FLOOR, evaluate_pairs
+from .persona import DEFAULT_PRINCIPLE_TEMPLATE, DEFAULT_SYSTEM, evaluate_persona, method_name
+from .report import ProgressBar, format_table, plot_sensitivity, write_json
+
+__all__ = ["main"]
+
+
+def _ratios(text: str) -> list[float]:
+    values = []
+    for part in text.split(","):
+        try:
+            value = float(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"ratios must be finite, got {part!r}")
+        if value not in values:
+            values.append(value)
+    return values
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _top_p(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"top-p must be in (0, 1], got {value}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="linalign eval", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="protocol", required=True, metavar="{persona,pairs,compare}")
+
+    def common(p: argparse.ArgumentParser, ratios: str) -> None:
+        p.add_argument("--model", default=None, help="GGUF file (default: SmolLM2-135M-Instruct Q4_1)")
+        p.add_argument("--ratios", type=_ratios, default=_ratios(ratios), help=f"step sizes r (default {ratios})")
+        p.add_argument("--n-ctx", type=_positive_int, default=2048, help="context window per stream (default 2048)")
+        p.add_argument("--limit", type=_positive_int, default=None, help="use only the first N items")
+        p.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="write the results as JSON")
+
+    persona = sub.add_parser("persona", help="personal-preference accuracy (four answers, one per persona)")
+    persona.add_argument("--data", required=True, help="JSONL of {question, answers{a-d}, personas{a-d}}")
+    common(persona, "0,0.5,1,2,4")
+    persona.add_argument("--principle-template", default=DEFAULT_PRINCIPLE_TEMPLATE,
+                         help="principle wording; {persona} is replaced (default: the paper's)")
+    persona.add_argument("--system", default=DEFAULT_SYSTEM,
+                         help=f"system message of both streams ('' for none; default {DEFAULT_SYSTEM!r})")
+    persona.add_argument("--generate", action="store_true",
+                         help="also score the first letter of a greedy aligned generation")
+    persona.add_argument("--top-p", type=_top_p, default=0.8, help="nucleus of --generate's decoding (default 0.8)")
+    persona.add_argument("--plot", default=None, metavar="OUT.png", help="accuracy against ratio")
+
+    pairs = sub.add_parser("pairs", help="how often the aligned policy prefers the chosen response")
+    pairs.add_argument("--data", required=True, help="JSONL of {prompt, principle, chosen, rejected}")
+    common(pairs, "0,0.5,1,2,4")
+    pairs.add_argument("--system", default=DEFAULT_SYSTEM,
+                       help=f"system message of both streams ('' for none; default {DEFAULT_SYSTEM!r})")
+    pairs.add_argument("--top-p", type=_top_p, default=0.8, help="nucleus of every policy (default 0.8; 1 = no mask)")
+    pairs.add_argument("--floor", type=float, default=DEFAULT_FLOOR,
+                       help=f"log-prob charged to a token outside the nucleus (default {DEFAULT_FLOOR})")
+    pairs.add_argument("--plot", default=None, metavar="OUT.png", help="accuracy against ratio")
+
+    compare = sub.add_parser("compare", help="side-by-side generations")
+    compare.add_argument("--prompts", required=True, help="text file, one prompt per line ('#' lines skipped)")
+    compare.add_argument("--principle", required=True, help="the principle of the prompt-only and aligned columns")
+    common(compare, "1,2")
+    compare.add_argument("--system", default="", help="system message of both streams (default none)")
+    compare.add_argument("--max-tokens", type=_positive_int, default=128, help="tokens per generation (default 128)")
+    compare.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
+    compare.add_argument("--top-p", type=_top_p, default=0.8, help="nucleus (default 0.8)")
+    compare.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
+    compare.add_argument("--html", default=None, metavar="OUT.html", help="write a self-contained HTML page")
+    return parser
+
+
+def _check_output(path: str | None, flag: str) -> None:
+    """Fails before the model runs when an output file cannot be written."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{flag}: folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise ValueError(f"{flag}: {path} is a directory")
+
+
+def _fmt_interval(lo: float, hi: float) -> str:
+    return f"[{lo:.3f}, {hi:.3f}]"
+
+
+def _accuracy_rows(result: dict[str, Any], extra: dict[str, dict[str, Any]] | None = None) -> list[list[str]]:
+    rows = []
+    for m in result["methods"]:
+        row = [m, f"{result['correct'][m]}/{result['n']}", f"{result['accuracy'][m]:.3f}",
+               _fmt_interval(*result["interval"][m])]
+        for values in (extra or {}).values():
+            row.append(values[m])
+        rows.append(row)
+    return rows
+
+
+def _print_persona(result: dict[str, Any]) -> None:
+    print(f"persona protocol: {result['n_items']} items x 4 personas = {result['n']} questions (chance 0.25)")
+    picks = {m: " ".join(f"{k}:{v}" for k, v in result["choices"][m].items()) for m in result["methods"]}
+    print(format_table(["method", "correct", "accuracy", "95% interval", "choices"],
+                       _accuracy_rows(result, {"choices": picks})))
+
+
+def _print_pairs(result: dict[str, Any]) -> None:
+    print(f"pairs protocol: {result['n']} pairs, {result['n_response_tokens']} response tokens, "
+          f"top_p {result['top_p']}, floor {result['floor']}")
+    extra = {"margin": {m: f"{v:+.2f}" for m, v in result["mean_margin"].items()},
+             "outside": {m: f"{v:.1%}" for m, v in result["out_of_nucleus"].items()}}
+    print(format_table(["method", "chosen>rejected", "accuracy", "95% interval", "mean margin (nats)",
+                        "tokens outside nucleus"], _accuracy_rows(result, extra)))
+
+
+def _plot(path: str, result: dict[str, Any], title: str, chance: float | None) -> None:
+    ratios = result["ratios"]
+    keys = [method_name(r) for r in ratios]
+    plot_sensitivity(path, ratios, [result["accuracy"][k] for k in keys],
+                     intervals=[tuple(result["interval"][k]) for k in keys],
+                     baselines={"none (no principle)": result["accuracy"]["none"],
+                                "prompt (principle in system message)": result["accuracy"]["prompt"]},
+                     title=title, chance=chance)
+
+
+def _run(args: argparse.Namespace) -> int:
+    for path, flag in ((args.json_out, "--json"), (getattr(args, "plot", None), "--plot"),
+                       (getattr(args, "html", None), "--html")):
+        _check_output(path, flag)
+    if args.protocol == "persona":
+        if "{persona}" not in args.principle_template:
+            raise ValueError("--principle-template must contain {persona}, where the persona's description goes")
+        data = load_persona_items(args.data)
+    elif args.protocol == "pairs":
+        data = load_pairs(args.data)
+    else:
+        data = load_prompts(args.prompts)
+    data = data[:args.limit] if args.limit else data
+
+    from ..aligner import Aligner  # the model loads only once the input is known to be good
+
+    with Aligner(args.model, n_ctx=args.n_ctx) as aligner:
+        model = os.path.basename(str(aligner.model_path))
+        if args.protocol == "persona":
+            bar = ProgressBar(len(data) * 4, "persona")
+            result = evaluate_persona(aligner, data, ratios=args.ratios, principle_template=args.principle_template,
+                                      system=args.system, generate=args.generate, top_p=args.top_p,
+                                      progress=bar.update)
+        elif args.protocol == "pairs":
+            bar = ProgressBar(len(data), "pairs")
+            result = evaluate_pairs(aligner, data, ratios=args.ratios, system=args.system, top_p=args.top_p,
+                                    floor=args.floor, progress=bar.update)
+        else:
+            bar = ProgressBar(len(data) * (2 + len(args.ratios)), "compare")
+            result = generate_comparison(aligner, data, args.principle, ratios=args.ratios, system=args.system,
+                                         max_tokens=args.max_tokens, temperature=args.temperature,
+                                         top_p=args.top_p, seed=args.seed, progress=bar.update)
+        bar.close()
+    result = {"model": model, **result}
+
+    if args.protocol == "persona":
+        _print_persona(result)
+        if args.plot:
+            _plot(args.plot, result, f"persona accuracy, {model}, n={result['n']}", chance=0.25)
+    elif args.protocol == "pairs":
+        _print_pairs(result)
+        if args.plot:
+            _plot(args.plot, result, f"pairs: chosen preferred, {model}, n={result['n']}", chance=None)
+    else:
+        print(format_comparison(result))
+        if args.html:
+            with open(args.html, "w", encoding="utf-8") as f:
+                f.write(comparison_html(result))
+    if args.json_out:
+        write_json(args.json_out, result)
+    return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    args = _parser().parse_args(list(argv))
+    try:
+        return _run(args)
+    except (ValueError, TypeError, FileNotFoundError, OSError) as e:
+        print(f"linalign eval {args.protocol}: error: {e}", file=sys.stderr)
+        return 2

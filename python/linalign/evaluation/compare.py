@@ -1,0 +1,99 @@
+"""Side-by-side generations for a list of prompts: plain (no principle),
+prompt-only (the principle in the system message, ratio 0) and linear
+alignment at each ratio; as a terminal table and a self-contained HTML page.
+"""
+from __future__ import annotations
+
+import html
+import shutil
+import textwrap
+from typing import Any, Callable, Sequence
+
+from .chat_streams import chat_messages
+from .persona import method_name
+
+__all__ = ["generate_comparison", "format_comparison", "comparison_html"]
+
+
+def generate_comparison(
+    aligner: Any,
+    prompts: Sequence[str],
+    principle: str,
+    *,
+    ratios: Sequence[float] = (1.0, 2.0),
+    system: str = "",
+    max_tokens: int = 128,
+    temperature: float = 0.0,
+    top_p: float = 0.8,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Generates every column for every prompt; returns the JSON-shaped result
+    (``columns`` in order, ``rows`` of ``{"prompt", "outputs": {column: text}}``)."""
+    if not isinstance(principle, str) or not principle.strip():
+        raise ValueError("compare needs a non-empty --principle")
+    if not prompts:
+        raise ValueError("no prompts to compare")
+    ratios = [float(r) for r in ratios]
+    columns = {"plain": ("", 0.0), "prompt-only": (principle, 0.0)}
+    columns.update({method_name(r): (principle, r) for r in ratios})
+    rows = []
+    for prompt in prompts:
+        outputs = {}
+        for column, (column_principle, ratio) in columns.items():
+            out = aligner.create_chat_completion(
+                chat_messages(prompt, system), principle=column_principle, ratio=ratio, temperature=temperature,
+                top_p=top_p, max_tokens=max_tokens, seed=seed)
+            outputs[column] = out["choices"][0]["message"]["content"].strip()
+            if progress is not None:
+                progress(1)
+        rows.append({"prompt": prompt, "outputs": outputs})
+    return {"protocol": "compare", "principle": principle, "system": system, "ratios": ratios,
+            "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens, "seed": seed,
+            "columns": list(columns), "rows": rows}
+
+
+def format_comparison(result: dict[str, Any], *, width: int | None = None) -> str:
+    """The generations of each prompt in columns wrapped to the terminal."""
+    width = width or shutil.get_terminal_size((120, 24)).columns
+    columns = result["columns"]
+    col_width = max((width - 3 * (len(columns) - 1)) // len(columns), 12)
+    blocks = [f"principle: {result['principle']}"]
+    for i, row in enumerate(result["rows"], start=1):
+        wrapped = [textwrap.wrap(row["outputs"][c], col_width) or ["(empty)"] for c in columns]
+        height = max(len(w) for w in wrapped)
+        lines = [" | ".join(c[:col_width].ljust(col_width) for c in columns),
+                 "-+-".join("-" * col_width for _ in columns)]
+        for k in range(height):
+            lines.append(" | ".join((w[k] if k < len(w) else "").ljust(col_width) for w in wrapped).rstrip())
+        blocks.append(f"\n[{i}] {row['prompt']}\n" + "\n".join(lines))
+    return "\n".join(blocks)
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; width: 100%; table-layout: fixed; margin-bottom: 2em; }
+th, td { border: 1px solid #ccc; padding: 0.5em; vertical-align: top; text-align: left; }
+th { background: #f3f3f3; }
+td { white-space: pre-wrap; font-size: 0.9em; }
+.prompt { font-weight: bold; background: #fafafa; }
+.meta { color: #666; font-size: 0.9em; }
+"""
+
+
+def comparison_html(result: dict[str, Any]) -> str:
+    """A self-contained page (inline CSS, no scripts); all text escaped."""
+    esc = html.escape
+    columns = result["columns"]
+    meta = (f"temperature {result['temperature']}, top_p {result['top_p']}, max_tokens {result['max_tokens']}, "
+            f"seed {result['seed']}; system message: {result['system'] or '(none)'}")
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             "<title>linalign: side-by-side generations</title>", f"<style>{_CSS}</style></head><body>",
+             "<h1>Side-by-side generations</h1>",
+             f"<p><b>Principle:</b> {esc(result['principle'])}</p>", f'<p class="meta">{esc(meta)}</p>',
+             "<table><thead><tr>" + "".join(f"<th>{esc(c)}</th>" for c in columns) + "</tr></thead><tbody>"]
+    for row in result["rows"]:
+        parts.append(f'<tr><td class="prompt" colspan="{len(columns)}">{esc(row["prompt"])}</td></tr>')
+        parts.append("<tr>" + "".join(f"<td>{esc(row['outputs'][c])}</td>" for c in columns) + "</tr>")
+    parts.append("</tbody></table></body></html>")
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,24 @@
+"""Confidence intervals for the accuracies the evaluation reports."""
+from __future__ import annotations
+
+import math
+
+__all__ = ["wilson_interval"]
+
+
+def wilson_interval(successes: int, n: int, *, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95% by default).
+
+    Unlike the normal approximation it stays inside [0, 1] and is sensible
+    for small ``n`` and for proportions near 0 or 1, which small evaluation
+    sets produce. ``n == 0`` gives the uninformative (0, 1).
+    """
+    if n < 0 or successes < 0 or successes > n:
+        raise ValueError(f"need 0 <= successes <= n, got {successes} of {n}")
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)

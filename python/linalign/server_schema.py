@@ -1,0 +1,182 @@
+"""Request bodies of the OpenAI-compatible server and their mapping onto
+:class:`linalign.Aligner` calls; OpenAI-style error bodies.
+
+Validation is strict: wrong JSON types, NaN or infinities, out-of-range
+numbers and unsupported options are refused with a message naming the field.
+Unknown fields are ignored, as OpenAI clients send many.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .chat import validate_messages
+
+__all__ = [
+    "ApiError",
+    "ChatCompletionRequest",
+    "CompletionRequest",
+    "error_body",
+    "parse_request",
+    "param_of_error",
+]
+
+_UINT32_MAX = 2**32 - 1
+
+# Defaults of the sampling fields: the Aligner's own (and llama-cpp-python's).
+_DEFAULTS: dict[str, Any] = {
+    "alignment_ratio": 2.0, "temperature": 0.8, "top_p": 0.8, "top_k": 40, "min_p": 0.0,
+    "repeat_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+}
+# Aligner argument names that differ from the request's.
+_ALIGNER_TO_REQUEST = {"ratio": "alignment_ratio", "grammar": "response_format"}
+
+
+class ApiError(Exception):
+    """An error answered with an OpenAI-style body."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, type=self.type, param=self.param, code=self.code)
+
+
+def error_body(message: str, *, type: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def param_of_error(message: str) -> str | None:
+    """The request field an Aligner error message starts with, if any."""
+    head = message.split(" ", 1)[0].split("[", 1)[0].split(".", 1)[0].rstrip(":")
+    head = _ALIGNER_TO_REQUEST.get(head, head)
+    fields = set(ChatCompletionRequest.model_fields) | set(CompletionRequest.model_fields)
+    return head if head in fields else None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    include_usage: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
+class _SamplingRequest(BaseModel):
+    """Fields shared by both endpoints. ``None`` means the default."""
+
+    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
+
+    model: str | None = None
+    principle: str | None = None
+    alignment_ratio: float | None = None
+    temperature: float | None = Field(None, ge=0.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=-1, le=2**31 - 1)
+    min_p: float | None = Field(None, ge=0.0, le=1.0)
+    repeat_penalty: float | None = Field(None, gt=0.0)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=0, le=_UINT32_MAX - 1)
+    n: int | None = Field(None, ge=1, le=1)  # one choice per request
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    response_format: ResponseFormat | None = None
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def sampling_kwargs(self, default_max_tokens: int | None) -> dict[str, Any]:
+        """Keyword arguments for ``Aligner.create_*`` (without the prompt)."""
+        kwargs = {name: getattr(self, name) for name in _DEFAULTS}
+        kwargs = {name: _DEFAULTS[name] if value is None else value for name, value in kwargs.items()}
+        kwargs["ratio"] = kwargs.pop("alignment_ratio")
+        max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        kwargs["max_tokens"] = default_max_tokens if max_tokens is None else max_tokens
+        kwargs["stop"] = self.stop
+        kwargs["seed"] = self.seed
+        kwargs["grammar"] = _grammar(self.response_format)
+        return kwargs
+
+
+def _grammar(response_format: ResponseFormat | None) -> str | None:
+    if response_format is None or response_format.type == "text":
+        return None
+    if response_format.type == "json_object":
+        return JSON_GBNF
+    spec = response_format.json_schema or {}
+    schema = spec.get("schema")
+    if not isinstance(schema, dict):
+        raise ApiError(400, "response_format.json_schema.schema must be a JSON schema object", param="response_format")
+    try:
+        return json_schema_to_gbnf(json.dumps(schema))
+    except Exception as e:  # the converter raises assorted errors on schemas it cannot express
+        raise ApiError(400, f"response_format.json_schema: unsupported schema ({e})", param="response_format") from None
+
+
+class ChatCompletionRequest(_SamplingRequest):
+    messages: list[dict[str, Any]]
+    logprobs: bool | None = None
+
+    def aligner_kwargs(self) -> dict[str, Any]:
+        if self.logprobs:
+            raise ApiError(400, "logprobs is not supported by this server", param="logprobs")
+        try:
+            messages = validate_messages(self.messages)
+        except (TypeError, ValueError) as e:
+            raise ApiError(400, str(e), param="messages") from None
+        return {"messages": messages, "principle": self.principle or "", **self.sampling_kwargs(None)}
+
+
+class CompletionRequest(_SamplingRequest):
+    prompt: str | list[int] | list[str]
+    base_prompt: str | list[int] | None = None
+    echo: bool | None = None
+    suffix: str | None = None
+    logprobs: int | None = None
+
+    def aligner_kwargs(self) -> dict[str, Any]:
+        for name in ("echo", "suffix", "logprobs"):
+            if getattr(self, name):
+                raise ApiError(400, f"{name} is not supported by this server", param=name)
+        prompt: str | list[int]
+        if isinstance(self.prompt, list) and self.prompt and all(isinstance(p, str) for p in self.prompt):
+            if len(self.prompt) != 1:
+                raise ApiError(400, "prompt: one prompt per request (a list of several is not supported)",
+                               param="prompt")
+            prompt = self.prompt[0]
+        else:
+            prompt = self.prompt  # type: ignore[assignment]
+        base_prompt = prompt if self.base_prompt is None else self.base_prompt
+        if self.principle:
+            if not isinstance(prompt, str):
+                raise ApiError(400, "principle needs a text prompt (not token ids); put the principle in the "
+                                    "prompt and pass base_prompt instead", param="principle")
+            prompt = f"{self.principle}\n\n{prompt}"
+        return {"prompt": prompt, "base_prompt": base_prompt, **self.sampling_kwargs(16)}
+
+
+def parse_request(raw: bytes, model: type[_SamplingRequest]) -> Any:
+    """Parses and validates a JSON body; raises :class:`ApiError` (400)."""
+    try:
+        # pydantic's JSON parser reads NaN and Infinity, as Python's does; the models refuse them
+        return model.model_validate_json(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = [str(part) for part in first["loc"]]
+        where = ".".join(loc) or "body"
+        raise ApiError(400, f"{where}: {first['msg']}", param=loc[0] if loc else None) from None

@@ -1,0 +1,52 @@
+"""Shared fixtures: the real default model, a reference llama_cpp.Llama, and
+a tiny random-weight GGUF written by models/make_tiny_gguf.py."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import llama_cpp
+import linalign
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHAT_PAIRS = [
+    ("Why is the sky blue?", "The user is a five-year-old child."),
+    ("Give me a tip for cooking pasta.", "Always answer like a pirate."),
+    ("What is a good way to learn programming?", "The user is a retired professor of mathematics."),
+]
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    return linalign.default_model_path()
+
+
+@pytest.fixture(scope="session")
+def aligner(model_path):
+    with linalign.Aligner(model_path, n_ctx=1024, n_threads=2, seed=0) as a:
+        yield a
+
+
+@pytest.fixture(scope="session")
+def reference_llama(model_path):
+    llm = llama_cpp.Llama(str(model_path), n_ctx=1024, n_threads=2, n_threads_batch=2, verbose=False)
+    yield llm
+    llm.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory) -> Path:
+    spec = importlib.util.spec_from_file_location("make_tiny_gguf", ROOT / "models" / "make_tiny_gguf.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.write_tiny_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf", seed=3)
+
+
+def last_logits(llm: llama_cpp.Llama) -> np.ndarray:
+    """Logits of the last evaluated token of a llama_cpp.Llama (not copied to
+    .scores unless logits_all)."""
+    return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),)).copy()

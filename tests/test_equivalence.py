@@ -1,0 +1,89 @@
+"""The native path against llama-cpp-python and against an independent numpy
+implementation of ALGORITHM.md over two separate llama_cpp.Llama contexts."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import llama_cpp
+import linalign
+
+from conftest import CHAT_PAIRS, last_logits
+from reference import combine
+
+GREEDY = {"temperature": 0.0, "top_k": 40, "repeat_penalty": 1.0}
+
+
+@pytest.mark.parametrize("prompt", ["The capital of France is", "Once upon a time, a little robot"])
+def test_ratio_zero_top_p_one_is_llama_cpp_greedy(aligner, reference_llama, prompt):
+    ours = aligner.create_completion(prompt, "unrelated base prompt", ratio=0.0, top_p=1.0, max_tokens=32, **GREEDY)
+    theirs = reference_llama.create_completion(prompt, max_tokens=32, temperature=0.0, repeat_penalty=1.0)
+    assert ours["choices"][0]["text"] == theirs["choices"][0]["text"]
+    assert ours["usage"] == theirs["usage"]
+
+
+@pytest.fixture(scope="module")
+def second_llama(model_path):
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(model_path), n_ctx=1024, n_threads=2, n_threads_batch=2, verbose=False)
+    yield llm
+    llm.close()
+
+
+# llama.cpp's logits depend on batch shape and KV layout at the 0.5 level on
+# this Q4_1 model (measured: single-token vs batched decode of the same
+# tokens differ by up to 0.48), and ratio 2 multiplies that noise by up to 5.
+# Exact token equality with separate contexts therefore breaks at near-ties,
+# even for the two-call path. The reference is held to: identical first-step
+# combined logits, and at every later step the native token is the one the
+# reference (teacher-forced on the native tokens) ranks first, up to that noise.
+STEP_TOLERANCE = 1.5
+
+
+@pytest.mark.parametrize("question, principle", CHAT_PAIRS)
+def test_greedy_tokens_follow_numpy_reference(aligner, reference_llama, second_llama, question, principle):
+    ratio, top_p = 2.0, 0.8
+    messages = [{"role": "user", "content": question}]
+    text_p, text_b = aligner.render_chat(messages, principle)
+    tokens_p = aligner.tokenize(text_p, add_bos=False)
+    tokens_b = aligner.tokenize(text_b, add_bos=False)
+    engine = aligner.engine
+
+    params = linalign._core.SamplingParams()
+    params.ratio, params.top_p, params.temperature = ratio, top_p, 0.0
+    engine.clear()  # a fresh prefill: KV reuse changes llama.cpp's rounding too
+    engine.start(tokens_p, tokens_b, params)
+    reference_llama.reset()
+    second_llama.reset()
+    reference_llama.eval(tokens_p)
+    second_llama.eval(tokens_b)
+    for step in range(48):
+        want = combine(last_logits(reference_llama), last_logits(second_llama), ratio, top_p)
+        if step == 0:  # the prefill: same kernels on both sides, so the spec's 1e-3 holds
+            ids, values = linalign.linear_alignment_apply(engine.logits(0), engine.logits(1), ratio, top_p)
+            assert sorted(ids.tolist()) == np.flatnonzero(~np.isinf(want)).tolist()
+            np.testing.assert_allclose(values, want[ids], atol=1e-3)
+        token = engine.sample()
+        assert np.isfinite(want[token]), f"step {step}: token {token} is outside the reference's nucleus"
+        assert want.max() - want[token] <= STEP_TOLERANCE, f"step {step}: reference ranks token {token} far below its best"
+        if aligner._model.is_eog(token):
+            break
+        engine.decode(token)
+        reference_llama.eval([token])
+        second_llama.eval([token])
+
+
+def test_aligned_differs_from_plain(aligner):
+    messages = [{"role": "user", "content": CHAT_PAIRS[1][0]}]
+    plain = aligner.create_chat_completion(messages, principle="", max_tokens=24, **GREEDY)
+    aligned = aligner.create_chat_completion(messages, principle=CHAT_PAIRS[1][1], ratio=2.0, max_tokens=24, **GREEDY)
+    assert plain["choices"][0]["message"]["content"] != aligned["choices"][0]["message"]["content"]
+
+
+def test_empty_principle_is_plain_decoding_of_one_stream(aligner):
+    messages = [{"role": "user", "content": "Name a fruit."}]
+    result = aligner.create_chat_completion(messages, principle="", ratio=5.0, max_tokens=8, **GREEDY)
+    assert aligner.engine.streams_identical
+    same = aligner.create_chat_completion(messages, principle="", ratio=0.0, max_tokens=8, **GREEDY)
+    assert result["choices"][0]["message"]["content"] == same["choices"][0]["message"]["content"]

@@ -1,0 +1,113 @@
+"""The linear-alignment sampler's math, checked against ALGORITHM.md in
+numpy: on synthetic logits (to 1e-5) and on a tiny real GGUF model."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import llama_cpp
+import linalign
+from linalign import _core
+
+from conftest import last_logits
+from reference import combine, nucleus_mask
+
+
+def native_combined(logits_p, logits_b, ratio, top_p, temperature=1.0) -> np.ndarray:
+    """The sampler's output as a dense vector (-inf where it dropped a token)."""
+    ids, values = _core.linear_alignment_apply(logits_p.astype(np.float32), logits_b.astype(np.float32),
+                                              ratio, top_p, temperature)
+    dense = np.full(logits_p.shape, -np.inf)
+    dense[ids] = values
+    return dense
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.5, 2.0, -1.5])
+@pytest.mark.parametrize("top_p", [0.1, 0.8, 1.0])
+@pytest.mark.parametrize("temperature", [0.5, 1.0])
+def test_matches_numpy_formula(ratio, top_p, temperature):
+    rng = np.random.default_rng(abs(int(ratio * 10 + top_p * 100 + temperature * 7)))
+    logits_p = rng.normal(0, 3, 2000).astype(np.float32)
+    logits_b = (logits_p + rng.normal(0, 1, 2000)).astype(np.float32)
+    got = native_combined(logits_p, logits_b, ratio, top_p, temperature)
+    want = combine(logits_p, logits_b, ratio, top_p, temperature)
+    assert np.array_equal(np.isinf(got), np.isinf(want))
+    kept = ~np.isinf(want)
+    np.testing.assert_allclose(got[kept], want[kept], rtol=1e-5, atol=1e-5)
+
+
+def test_nucleus_keeps_smallest_set_reaching_top_p():
+    # probabilities 0.5, 0.3, 0.15, 0.05: top_p 0.8 keeps the first two
+    # (mass before the third is exactly 0.8, not < 0.8)
+    probs = np.array([0.5, 0.3, 0.15, 0.05])
+    logits = np.log(probs).astype(np.float32)
+    ids, _ = _core.linear_alignment_apply(logits, logits, 0.0, 0.79)
+    assert sorted(ids.tolist()) == [0, 1]
+    ids, _ = _core.linear_alignment_apply(logits, logits, 0.0, 0.81)
+    assert sorted(ids.tolist()) == [0, 1, 2]
+
+
+def test_first_token_always_kept():
+    logits = np.array([10.0, 0.0, 0.0], dtype=np.float32)
+    ids, _ = _core.linear_alignment_apply(logits, logits, 2.0, 1e-6)
+    assert ids.tolist() == [0]
+
+
+def test_ratio_zero_leaves_logits_of_p():
+    rng = np.random.default_rng(1)
+    logits_p = rng.normal(size=500).astype(np.float32)
+    logits_b = rng.normal(size=500).astype(np.float32)
+    ids, values = _core.linear_alignment_apply(logits_p, logits_b, 0.0, 1.0)
+    np.testing.assert_array_equal(values, logits_p[ids])
+
+
+def test_masked_tokens_stay_masked_for_negative_ratio():
+    # a token a grammar removed (-inf) must not come back as +inf when 1 + r < 0
+    logits_p = np.array([1.0, -np.inf, 0.5], dtype=np.float32)
+    logits_b = np.array([0.0, 0.0, 0.0], dtype=np.float32)
+    ids, values = _core.linear_alignment_apply(logits_p, logits_b, -3.0, 1.0)
+    dense = dict(zip(ids.tolist(), values.tolist()))
+    assert dense.get(1, -math.inf) == -math.inf
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"ratio": float("nan"), "top_p": 0.8}, "ratio"),
+    ({"ratio": float("inf"), "top_p": 0.8}, "ratio"),
+    ({"ratio": 1.0, "top_p": 0.0}, "top_p"),
+    ({"ratio": 1.0, "top_p": 1.5}, "top_p"),
+    ({"ratio": 1.0, "top_p": 0.8, "temperature": -1.0}, "temperature"),
+])
+def test_native_validation(kwargs, match):
+    logits = np.zeros(10, dtype=np.float32)
+    with pytest.raises(ValueError, match=match):
+        _core.linear_alignment_apply(logits, logits, **kwargs)
+
+
+def test_mismatched_shapes_are_rejected():
+    with pytest.raises(ValueError, match="same length"):
+        _core.linear_alignment_apply(np.zeros(10, np.float32), np.zeros(11, np.float32), 1.0, 0.8)
+
+
+def test_engine_logits_on_tiny_model_match_separate_contexts(tiny_gguf):
+    """The batched two-stream prefill gives each stream the logits a
+    separate context gives it, and the sampler combines them per the spec."""
+    prompt_p, prompt_b = "hello world the cat", "hello world no"
+    with linalign.Aligner(tiny_gguf, n_ctx=128, n_threads=2) as aligner:
+        tokens_p, tokens_b = aligner.tokenize(prompt_p), aligner.tokenize(prompt_b)
+        lp, lb = aligner.engine.eval_logits(tokens_p, tokens_b, 1, 1)
+        assert aligner.last_prefill["shared"] >= 2  # BOS and " hello" decoded once for both
+    refs = []
+    for tokens in (tokens_p, tokens_b):
+        llm = llama_cpp.Llama(str(tiny_gguf), n_ctx=128, n_threads=2, verbose=False)
+        llm.eval(tokens)
+        refs.append(last_logits(llm))
+        llm.close()
+    np.testing.assert_allclose(lp[0], refs[0], atol=1e-4)
+    np.testing.assert_allclose(lb[0], refs[1], atol=1e-4)
+    got = native_combined(lp[0], lb[0], 2.0, 0.8)
+    want = combine(refs[0], refs[1], 2.0, 0.8)
+    assert np.array_equal(np.isinf(got), np.isinf(want))
+    np.testing.assert_allclose(got[~np.isinf(want)], want[~np.isinf(want)], atol=1e-3)
+    assert nucleus_mask(refs[0], 0.8).sum() >= 1
