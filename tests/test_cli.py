@@ -1,0 +1,31 @@
+"""The linalign command on the default model."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def run(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "linalign", *args], input=stdin, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_demo_compare_prints_three_answers():
+    result = run("Why is the sky blue?", "--principle", "The user is a five-year-old child.", "--compare",
+                 "-n", "12", "--seed", "1", "--n-ctx", "512")
+    assert result.returncode == 0, result.stderr
+    for title in ("plain (no principle)", "principle in the prompt only", "aligned (ratio 2)"):
+        assert title in result.stdout
+
+
+def test_chat_reads_commands():
+    result = run("chat", "-p", "Answer like a pirate.", "-n", "8", "--n-ctx", "512",
+                 stdin="hello\n/ratio 1.5\n/principle Be brief.\nbye\n")
+    assert result.returncode == 0, result.stderr
+    assert "ratio: 1.5" in result.stdout and "principle: Be brief." in result.stdout
+
+
+def test_missing_model_is_a_clear_error():
+    result = run("hi", "--model", "/nonexistent.gguf")
+    assert result.returncode == 2
+    assert "not found" in result.stderr

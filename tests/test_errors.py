@@ -1,0 +1,116 @@
+"""Bad input raises a clear Python exception and the object stays usable."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import linalign
+
+MESSAGES = [{"role": "user", "content": "Hello"}]
+
+
+def test_missing_model_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        linalign.Aligner(tmp_path / "nope.gguf")
+
+
+def test_non_gguf_file(tmp_path):
+    bogus = tmp_path / "model.gguf"
+    bogus.write_bytes(b"this is not a model" * 10)
+    with pytest.raises(ValueError, match="not a GGUF"):
+        linalign.Aligner(bogus)
+
+
+def test_truncated_gguf(tmp_path, model_path):
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(model_path.read_bytes()[:4096])
+    with pytest.raises((ValueError, RuntimeError), match="load"):
+        linalign.Aligner(broken)
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    ({"ratio": math.nan}, ValueError),
+    ({"ratio": math.inf}, ValueError),
+    ({"temperature": math.nan}, ValueError),
+    ({"temperature": -1.0}, ValueError),
+    ({"top_p": 0.0}, ValueError),
+    ({"top_p": 1.5}, ValueError),
+    ({"top_p": math.nan}, ValueError),
+    ({"min_p": 2.0}, ValueError),
+    ({"repeat_penalty": 0.0}, ValueError),
+    ({"seed": -1}, ValueError),
+    ({"ratio": "2"}, TypeError),
+    ({"max_tokens": 1.5}, TypeError),
+    ({"grammar": "root ::= ("}, ValueError),
+    ({"stop": 3}, TypeError),
+])
+def test_bad_parameters(aligner, kwargs, error):
+    with pytest.raises(error):
+        aligner.create_chat_completion(MESSAGES, principle="Be kind.", **kwargs)
+    assert aligner.create_chat_completion(MESSAGES, principle="Be kind.", max_tokens=2)["choices"]
+
+
+def test_prompt_longer_than_context(aligner):
+    with pytest.raises(ValueError, match="context window"):
+        aligner.create_completion("word " * 2000, None, max_tokens=4)
+    assert aligner.create_completion("Still works", None, max_tokens=2)["choices"]
+
+
+def test_invalid_utf8(aligner):
+    with pytest.raises(ValueError, match="UTF-8"):
+        aligner.create_completion(b"\xff\xfe bad bytes", None, max_tokens=2)
+    with pytest.raises(ValueError, match="Unicode"):
+        aligner.create_completion("lone surrogate \ud800", None, max_tokens=2)
+
+
+@pytest.mark.parametrize("messages, error", [
+    ([], ValueError),
+    ([{"role": "wizard", "content": "hi"}], ValueError),
+    ([{"role": "user", "content": 5}], TypeError),
+    (["hello"], TypeError),
+    ("hello", ValueError),
+])
+def test_bad_messages(aligner, messages, error):
+    with pytest.raises(error):
+        aligner.create_chat_completion(messages, principle="x")
+
+
+def test_token_ids_outside_vocabulary(aligner):
+    with pytest.raises(ValueError, match="vocabulary"):
+        aligner.create_completion([1, 2, 10**9], None, max_tokens=2)
+
+
+def test_empty_principle_is_not_an_error(aligner):
+    assert aligner.create_chat_completion(MESSAGES, principle="", max_tokens=2)["choices"]
+
+
+def test_closed_aligner(model_path):
+    aligner = linalign.Aligner(model_path, n_ctx=128)
+    stream = aligner.create_completion("Hello there", None, max_tokens=8, stream=True)
+    next(stream)
+    aligner.close()
+    aligner.close()  # idempotent
+    with pytest.raises(linalign.AlignerClosedError):
+        aligner.create_completion("Hello", None)
+    with pytest.raises(linalign.AlignerClosedError):
+        next(stream)
+
+
+def test_newer_call_supersedes_an_abandoned_stream(aligner):
+    stream = aligner.create_completion("One two three", None, max_tokens=8, stream=True)
+    next(stream)
+    aligner.create_completion("Another prompt", None, max_tokens=2)
+    with pytest.raises(linalign.GenerationSuperseded):
+        list(stream)
+
+
+def test_closed_llama_is_detected(model_path):
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(model_path), n_ctx=64, verbose=False)
+    aligner = linalign.Aligner(llama=llm, n_ctx=128)
+    assert aligner.create_completion("Hi", None, max_tokens=2)["choices"]
+    llm.close()
+    with pytest.raises(linalign.AlignerClosedError):
+        aligner.create_completion("Hi", None, max_tokens=2)
