@@ -3,6 +3,7 @@ a tiny random-weight GGUF written by models/make_tiny_gguf.py."""
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,10 @@ import llama_cpp
 import linalign
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Layers to offload in the tests' model fixtures: 0 on CPU; the GPU run sets
+# LINALIGN_TEST_N_GPU_LAYERS=-1 to run the same suite fully offloaded.
+N_GPU_LAYERS = int(os.environ.get("LINALIGN_TEST_N_GPU_LAYERS", "0"))
 
 CHAT_PAIRS = [
     ("Why is the sky blue?", "The user is a five-year-old child."),
@@ -27,13 +32,14 @@ def model_path() -> Path:
 
 @pytest.fixture(scope="session")
 def aligner(model_path):
-    with linalign.Aligner(model_path, n_ctx=1024, n_threads=2, seed=0) as a:
+    with linalign.Aligner(model_path, n_ctx=1024, n_threads=2, seed=0, n_gpu_layers=N_GPU_LAYERS) as a:
         yield a
 
 
 @pytest.fixture(scope="session")
 def reference_llama(model_path):
-    llm = llama_cpp.Llama(str(model_path), n_ctx=1024, n_threads=2, n_threads_batch=2, verbose=False)
+    llm = llama_cpp.Llama(str(model_path), n_ctx=1024, n_threads=2, n_threads_batch=2, n_gpu_layers=N_GPU_LAYERS,
+                          verbose=False)
     yield llm
     llm.close()
 

@@ -8,7 +8,7 @@ import pytest
 import llama_cpp
 import linalign
 
-from conftest import CHAT_PAIRS, last_logits
+from conftest import CHAT_PAIRS, N_GPU_LAYERS, last_logits
 from reference import combine
 
 GREEDY = {"temperature": 0.0, "top_k": 40, "repeat_penalty": 1.0}
@@ -26,19 +26,21 @@ def test_ratio_zero_top_p_one_is_llama_cpp_greedy(aligner, reference_llama, prom
 def second_llama(model_path):
     import llama_cpp
 
-    llm = llama_cpp.Llama(str(model_path), n_ctx=1024, n_threads=2, n_threads_batch=2, verbose=False)
+    llm = llama_cpp.Llama(str(model_path), n_ctx=1024, n_threads=2, n_threads_batch=2, n_gpu_layers=N_GPU_LAYERS,
+                          verbose=False)
     yield llm
     llm.close()
 
 
 # llama.cpp's logits depend on batch shape and KV layout at the 0.5 level on
-# this Q4_1 model (measured: single-token vs batched decode of the same
-# tokens differ by up to 0.48), and ratio 2 multiplies that noise by up to 5.
-# Exact token equality with separate contexts therefore breaks at near-ties,
-# even for the two-call path. The reference is held to: identical first-step
-# combined logits, and at every later step the native token is the one the
-# reference (teacher-forced on the native tokens) ranks first, up to that noise.
-STEP_TOLERANCE = 1.5
+# this Q4_1 model (measured: single-token vs batched decode of the same tokens
+# differ by up to 0.48), so exact token equality with separate contexts breaks
+# at near-ties, even for the two-call path. The reference is held to what the
+# math guarantees: identical first-step combined logits (the prefill runs the
+# same kernels on both sides), and at every later step, with the reference
+# teacher-forced on the native tokens, the native token is the reference's
+# best up to the measured discrepancy of the two sides' logits at the two
+# tokens involved: |delta combined[x]| <= (1 + r)|delta l_p[x]| + r|delta l_0[x]|.
 
 
 @pytest.mark.parametrize("question, principle", CHAT_PAIRS)
@@ -58,20 +60,31 @@ def test_greedy_tokens_follow_numpy_reference(aligner, reference_llama, second_l
     second_llama.reset()
     reference_llama.eval(tokens_p)
     second_llama.eval(tokens_b)
+    same = 0
     for step in range(48):
-        want = combine(last_logits(reference_llama), last_logits(second_llama), ratio, top_p)
-        if step == 0:  # the prefill: same kernels on both sides, so the spec's 1e-3 holds
-            ids, values = linalign.linear_alignment_apply(engine.logits(0), engine.logits(1), ratio, top_p)
+        ref_p, ref_b = last_logits(reference_llama), last_logits(second_llama)
+        nat_p, nat_b = engine.logits(0), engine.logits(1)
+        want = combine(ref_p, ref_b, ratio, top_p)
+        if step == 0:
+            ids, values = linalign.linear_alignment_apply(nat_p, nat_b, ratio, top_p)
             assert sorted(ids.tolist()) == np.flatnonzero(~np.isinf(want)).tolist()
             np.testing.assert_allclose(values, want[ids], atol=1e-3)
         token = engine.sample()
-        assert np.isfinite(want[token]), f"step {step}: token {token} is outside the reference's nucleus"
-        assert want.max() - want[token] <= STEP_TOLERANCE, f"step {step}: reference ranks token {token} far below its best"
+        best = int(np.argmax(want))
+        same += token == best
+        unmasked = ref_p + ratio * (ref_p - ref_b)
+        bound = lambda x: (1 + ratio) * abs(nat_p[x] - ref_p[x]) + ratio * abs(nat_b[x] - ref_b[x])
+        assert unmasked[best] - unmasked[token] <= bound(best) + bound(token) + 1e-3, (
+            f"step {step}: native token {token} is not the reference's best {best} within the logits' discrepancy"
+        )
+        if step == 0:
+            assert token == best
         if aligner._model.is_eog(token):
             break
         engine.decode(token)
         reference_llama.eval([token])
         second_llama.eval([token])
+    print(f"{same}/{step + 1} steps picked the reference's token exactly")
 
 
 def test_aligned_differs_from_plain(aligner):

@@ -289,7 +289,9 @@ def test_wrong_key_raises_authentication_error_in_the_client(server: Server) -> 
 
 # -- slots, queue, disconnects ------------------------------------------------
 
-def _open_long_stream(srv: Server) -> tuple[httpx.Client, httpx.Response]:
+def _open_long_stream(srv: Server) -> tuple[httpx.Client, httpx.Response, Iterator[str]]:
+    """A stream that would run for many seconds, its first chunk read. Keep
+    the line iterator: dropping it closes the connection."""
     client = httpx.Client(timeout=60)
     body = {"prompt": LONG_PROMPT, "max_tokens": 900, "temperature": 0, "stream": True}
     request = client.build_request("POST", f"{srv.url}/v1/completions", json=body)
@@ -297,12 +299,12 @@ def _open_long_stream(srv: Server) -> tuple[httpx.Client, httpx.Response]:
     assert response.status_code == 200
     lines = response.iter_lines()
     assert next(line for line in lines if line).startswith("data: {")
-    return client, response
+    return client, response, lines
 
 
 def test_full_queue_answers_503(one_slot_server: Server) -> None:
     one_slot_server.wait_idle(30)
-    client, stream = _open_long_stream(one_slot_server)
+    client, stream, _lines = _open_long_stream(one_slot_server)
     try:
         r = one_slot_server.post("/v1/completions", {"prompt": "Hi", "max_tokens": 2})
         assert r.status_code == 503
@@ -314,7 +316,7 @@ def test_full_queue_answers_503(one_slot_server: Server) -> None:
 
 def test_disconnect_mid_stream_frees_the_slot_at_once(one_slot_server: Server) -> None:
     one_slot_server.wait_idle(30)
-    client, stream = _open_long_stream(one_slot_server)
+    client, stream, _lines = _open_long_stream(one_slot_server)
     assert one_slot_server.health()["slots_idle"] == 0
     stream.close()
     client.close()
@@ -329,4 +331,5 @@ def test_disconnect_while_waiting_for_a_whole_answer_frees_the_slot(one_slot_ser
     body = {"prompt": LONG_PROMPT, "max_tokens": 900, "temperature": 0}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{one_slot_server.url}/v1/completions", json=body, timeout=1.0)
-    assert one_slot_server.wait_idle(5) < 3
+    # noticed by polling, so less promptly than a stream, yet well before the ~20 s answer
+    assert one_slot_server.wait_idle(10) < 8

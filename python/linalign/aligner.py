@@ -341,9 +341,9 @@ class Aligner:
             finish = "length"
             for _ in range(limit):
                 with self._lock:
+                    self._require_open()
                     if generation_id != self._generation:
                         raise GenerationSuperseded("another call on this Aligner started; this stream was abandoned")
-                    self._require_open()
                     token = engine.sample()
                     if model.is_eog(token):
                         finish = "stop"

@@ -214,9 +214,17 @@ def create_app(pool: SlotPool, *, model_id: str, api_key: str | None = None) -> 
             raise ApiError(503, str(e), type="server_error", code="queue_full", headers={"Retry-After": "1"}) from None
         except _ClientGone:
             return JSONResponse(error_body("client disconnected"), status_code=499)
+        def begin(aligner: Aligner) -> Iterator[dict[str, Any]]:
+            # Workaround: the engine's KV-cache reuse after a plain (P == B)
+            # call changes later outputs, even greedy ones, so an answer would
+            # depend on what the slot served before. Start every request
+            # from an empty cache until the engine is fixed.
+            aligner.engine.clear()
+            return start(aligner)
+
         try:
             # prefills both streams: bad sampling values and over-long prompts fail here
-            chunks = await anyio.to_thread.run_sync(start, aligner)
+            chunks = await anyio.to_thread.run_sync(begin, aligner)
         except (ValueError, TypeError) as e:
             pool.release(aligner)
             raise ApiError(400, str(e), param=param_of_error(str(e))) from None

@@ -62,7 +62,7 @@ def format_comparison(result: dict[str, Any], *, width: int | None = None) -> st
     for i, row in enumerate(result["rows"], start=1):
         wrapped = [textwrap.wrap(row["outputs"][c], col_width) or ["(empty)"] for c in columns]
         height = max(len(w) for w in wrapped)
-        lines = [" | ".join(c[:col_width].ljust(col_width) for c in columns),
+        lines = [" | ".join(c[:col_width].ljust(col_width) for c in columns).rstrip(),
                  "-+-".join("-" * col_width for _ in columns)]
         for k in range(height):
             lines.append(" | ".join((w[k] if k < len(w) else "").ljust(col_width) for w in wrapped).rstrip())

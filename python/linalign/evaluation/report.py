@@ -13,7 +13,7 @@ __all__ = ["ProgressBar", "format_table", "write_json", "plot_sensitivity"]
 
 class ProgressBar:
     """``label [#####.....] 12/80 3.1s``, redrawn in place on a terminal, at
-    most every 0.1 s; on a pipe only the finished bar is written."""
+    most every 0.1 s; on a pipe or log file, one line per tenth of the work."""
 
     def __init__(self, total: int, label: str, *, stream: TextIO | None = None, width: int = 30) -> None:
         self.total = max(int(total), 1)
@@ -31,11 +31,15 @@ class ProgressBar:
         return f"{self.label} [{'#' * filled}{'.' * (self._width - filled)}] {self.done}/{self.total} {elapsed:.1f}s"
 
     def update(self, n: int = 1) -> None:
+        before = self.done
         self.done = min(self.done + n, self.total)
         now = time.monotonic()
         if self._tty and (now - self._last_draw >= 0.1 or self.done == self.total):
             self._last_draw = now
             self._stream.write("\r" + self._line())
+            self._stream.flush()
+        elif not self._tty and self.done < self.total and 10 * self.done // self.total > 10 * before // self.total:
+            self._stream.write(self._line() + "\n")
             self._stream.flush()
 
     def close(self) -> None:
