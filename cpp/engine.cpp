@@ -173,7 +173,8 @@ prefill_stats engine::prefill(const std::vector<llama_token> & prompt_p, const s
     const int32_t n_common = params_.two_call ? 0 : (int32_t) common_prefix(prompt_p, prompt_b);
     for (int s = 0; s < 2; ++s) {
         const int other = 1 - s;
-        const int32_t upto = std::min(keep[other], n_common);
+        // never past the positions whose logits this call must compute
+        const int32_t upto = std::min({keep[other], n_common, (int32_t) prompts[s]->size() - n_tail[s]});
         if (keep[s] < upto) {
             llama_memory_seq_cp(mem, other, s, keep[s], upto);
             stats.reused[s] = upto;

@@ -33,11 +33,18 @@ TINY_ITEM = {
 }
 
 
-@pytest.fixture
-def tiny_persona(tmp_path):
-    path = tmp_path / "tiny.jsonl"
-    path.write_text(json.dumps(TINY_ITEM) + "\n")
-    return path
+@pytest.fixture(scope="module")
+def persona_run(tmp_path_factory):
+    """One persona run (four questions, ratios 0 and 2, with generation)
+    shared by the tests that read its outputs."""
+    folder = tmp_path_factory.mktemp("persona")
+    data = folder / "tiny.jsonl"
+    data.write_text(json.dumps(TINY_ITEM) + "\n")
+    out, plot = folder / "persona.json", folder / "persona.png"
+    proc = run_eval("persona", "--data", str(data), "--ratios", "0,2", "--generate", "--json", str(out),
+                    "--plot", str(plot))
+    assert proc.returncode == 0, proc.stderr
+    return proc, json.loads(out.read_text()), plot
 
 
 def run_eval(*args: str) -> subprocess.CompletedProcess:
@@ -51,30 +58,25 @@ def aligner():
         yield a
 
 
-def test_persona_json_has_every_method_and_la0_equals_prompt(tmp_path, tiny_persona):
-    out, plot = tmp_path / "persona.json", tmp_path / "persona.png"
-    proc = run_eval("persona", "--data", str(tiny_persona), "--ratios", "0,2",
-                    "--json", str(out), "--plot", str(plot))
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(out.read_text())
+def test_persona_json_has_every_method_with_intervals(persona_run):
+    proc, result, _ = persona_run
     assert result["n"] == 4 and result["n_items"] == 1
-    assert list(result["accuracy"]) == ["none", "prompt", "la@0.0", "la@2.0"]
+    assert list(result["accuracy"]) == ["none", "prompt", "la@0.0", "la@2.0", "gen:none", "gen:la@0.0", "gen:la@2.0"]
     for method, (lo, hi) in result["interval"].items():
         assert 0.0 <= lo <= result["accuracy"][method] <= hi <= 1.0
-    assert result["accuracy"]["la@0.0"] == result["accuracy"]["prompt"]
-    assert all(rec["choice"]["la@0.0"] == rec["choice"]["prompt"] for rec in result["records"])
+    assert [rec["target"] for rec in result["records"]] == ["A", "B", "C", "D"]
     assert "la@2.0" in proc.stdout and "95% interval" in proc.stdout
     assert "persona [" in proc.stderr  # the progress bar
-    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_persona_generate_adds_generation_methods(tmp_path, tiny_persona):
-    out = tmp_path / "persona.json"
-    proc = run_eval("persona", "--data", str(tiny_persona), "--ratios", "1", "--generate",
-                    "--json", str(out))
-    assert proc.returncode == 0, proc.stderr
-    accuracy = json.loads(out.read_text())["accuracy"]
-    assert {"gen:none", "gen:la@1.0"} <= set(accuracy)
+def test_persona_la0_equals_prompt_exactly(persona_run):
+    _, result, _ = persona_run
+    assert result["accuracy"]["la@0.0"] == result["accuracy"]["prompt"]
+    assert all(rec["choice"]["la@0.0"] == rec["choice"]["prompt"] for rec in result["records"])
+
+
+def test_persona_plot_is_a_png(persona_run):
+    assert persona_run[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_la0_combine_is_the_prompt_logits_exactly(aligner):

@@ -339,11 +339,14 @@ class Aligner:
         def deltas() -> Iterator[str]:
             assembler = TextAssembler(stop)
             finish = "length"
+            pending = None  # the last token handed out, decoded only when the next one is wanted
             for _ in range(limit):
                 with self._lock:
                     self._require_open()
                     if generation_id != self._generation:
                         raise GenerationSuperseded("another call on this Aligner started; this stream was abandoned")
+                    if pending is not None and not engine.decode(pending):
+                        break  # the context is full: finish "length"
                     token = engine.sample()
                     if model.is_eog(token):
                         finish = "stop"
@@ -353,14 +356,10 @@ class Aligner:
                     delta = assembler.push(piece)
                     if assembler.stopped:
                         finish = "stop"
-                    elif not engine.decode(token):
-                        finish = "length"  # the context is full
-                        assembler_done = True
-                    else:
-                        assembler_done = False
+                    pending = token
                 if delta:
                     yield delta
-                if assembler.stopped or assembler_done:
+                if assembler.stopped:
                     break
             tail = assembler.finish()
             if assembler.stopped:
@@ -489,6 +488,15 @@ class Aligner:
         """The (P, B) prompt texts a chat call would decode."""
         prompts = self._renderer.prompts(messages, principle)
         return prompts.prompt, prompts.base_prompt
+
+    def chat_tokens(self, messages: Sequence[dict[str, Any]], principle: str = "", *,
+                    assistant_prefix: str = "") -> tuple[list[int], list[int]]:
+        """The (P, B) token lists a chat call would decode, with optional text
+        after the generation prompt (e.g. "The best answer is")."""
+        self._require_open()
+        prompts = self._renderer.prompts(messages, principle)
+        return (self._prompt_tokens("messages", prompts.prompt + assistant_prefix, add_bos=prompts.add_bos),
+                self._prompt_tokens("messages", prompts.base_prompt + assistant_prefix, add_bos=prompts.add_bos))
 
     def _chat_chunks(self, gen: _Generation) -> Iterator[dict[str, Any]]:
         completion_id = f"chatcmpl-{uuid.uuid4()}"

