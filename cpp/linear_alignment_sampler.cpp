@@ -45,31 +45,40 @@ static size_t linear_alignment_nucleus(llama_sampler_linear_alignment * ctx, con
     }
 
     const float inv_t = ctx->temperature > 0.0f ? 1.0f / ctx->temperature : 1.0f;
+
+    // A token whose scaled logit is more than 30 below the best has weight
+    // < 1e-13 of the best's: it changes the total by less than float
+    // rounding, even over a 152k vocabulary, and cannot be in a nucleus of
+    // top_p < 1 unless nothing else is. Skipping its exp and keeping it out
+    // of the sort is what makes the combine cheap.
+    const float cutoff = max_logit - 30.0f / inv_t;
+
+    auto & order  = ctx->order;
     auto & weight = ctx->weight;
+    order.clear();
     weight.resize(n);
     double total = 0.0;
     for (size_t i = 0; i < n; ++i) {
+        if (data[i].logit < cutoff) {
+            continue;
+        }
         weight[i] = std::exp((data[i].logit - max_logit) * inv_t);
         total += weight[i];
+        order.push_back((int32_t) i);
     }
     const double target = ctx->top_p * total;
-
-    auto & order = ctx->order;
-    order.resize(n);
-    for (size_t i = 0; i < n; ++i) {
-        order[i] = (int32_t) i;
-    }
     const auto by_logit = [data](int32_t a, int32_t b) { return data[a].logit > data[b].logit; };
+    const size_t m = order.size();
 
     // Nuclei are usually a handful of tokens: sort a small head first and
     // widen it geometrically only while its mass falls short.
-    size_t sorted_end = std::min<size_t>(n, 64);
+    size_t sorted_end = std::min<size_t>(m, 64);
     std::partial_sort(order.begin(), order.begin() + sorted_end, order.end(), by_logit);
 
     double cum = 0.0;
-    for (size_t i = 0; i < n; ++i) {
+    for (size_t i = 0; i < m; ++i) {
         if (i == sorted_end) {
-            sorted_end = std::min(n, sorted_end * 8);
+            sorted_end = std::min(m, sorted_end * 8);
             std::partial_sort(order.begin() + i, order.begin() + sorted_end, order.end(), by_logit);
         }
         cum += weight[order[i]];
@@ -77,7 +86,7 @@ static size_t linear_alignment_nucleus(llama_sampler_linear_alignment * ctx, con
             return i + 1;
         }
     }
-    return n;
+    return n; // the mass below the cutoff was needed: keep everything
 }
 
 static void llama_sampler_linear_alignment_apply(struct llama_sampler * smpl, llama_token_data_array * cur_p) {

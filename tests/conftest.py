@@ -6,11 +6,13 @@ import importlib.util
 import os
 from pathlib import Path
 
-import numpy as np
-import pytest
-
+# llama_cpp (and its libllama/libggml) before numpy: on a CUDA image whose
+# numpy bundles its own OpenMP runtime, the other order crashed at model load.
 import llama_cpp
 import linalign
+
+import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
