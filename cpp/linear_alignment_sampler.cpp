@@ -2,6 +2,7 @@
 // (src/llama-sampler.cpp): a context struct with const parameters and reused
 // scratch, static interface functions, one llama_sampler_i table, a factory.
 #include "linear_alignment_sampler.h"
+#include "linear_alignment_weights.h"
 
 #include <algorithm>
 #include <cmath>
@@ -46,25 +47,20 @@ static size_t linear_alignment_nucleus(llama_sampler_linear_alignment * ctx, con
 
     const float inv_t = ctx->temperature > 0.0f ? 1.0f / ctx->temperature : 1.0f;
 
-    // A token whose scaled logit is more than 30 below the best has weight
-    // < 1e-13 of the best's: it changes the total by less than float
-    // rounding, even over a 152k vocabulary, and cannot be in a nucleus of
-    // top_p < 1 unless nothing else is. Skipping its exp and keeping it out
-    // of the sort is what makes the combine cheap.
-    const float cutoff = max_logit - 30.0f / inv_t;
-
     auto & order  = ctx->order;
     auto & weight = ctx->weight;
-    order.clear();
     weight.resize(n);
-    double total = 0.0;
+    const double total = linear_alignment_weights(data, n, max_logit, inv_t, weight.data());
+
+    // A token with weight < 1e-13 of the best's changes the total by less
+    // than float rounding, even over a 152k vocabulary, and cannot be in a
+    // nucleus of top_p < 1 unless nothing else is: keeping it out of the
+    // sort keeps the sort small.
+    order.clear();
     for (size_t i = 0; i < n; ++i) {
-        if (data[i].logit < cutoff) {
-            continue;
+        if (weight[i] >= 1e-13f) {
+            order.push_back((int32_t) i);
         }
-        weight[i] = std::exp((data[i].logit - max_logit) * inv_t);
-        total += weight[i];
-        order.push_back((int32_t) i);
     }
     const double target = ctx->top_p * total;
     const auto by_logit = [data](int32_t a, int32_t b) { return data[a].logit > data[b].logit; };
