@@ -354,8 +354,6 @@ class Aligner:
                     gen.completion_tokens += 1
                     piece = model.token_to_piece(token, False)
                     delta = assembler.push(piece)
-                    if assembler.stopped:
-                        finish = "stop"
                     pending = token
                 if delta:
                     yield delta
