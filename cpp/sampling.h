@@ -45,8 +45,6 @@ public:
     // accepts the chosen token into the stateful samplers.
     llama_token sample(const float * logits_p, const float * logits_b);
 
-    llama_sampler * chain() const { return chain_; }
-
 private:
     llama_sampler * chain_  = nullptr;
     llama_sampler * la_     = nullptr; // owned by chain_

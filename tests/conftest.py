@@ -38,10 +38,23 @@ def aligner(model_path):
         yield a
 
 
+def open_reference_llama(model_path) -> llama_cpp.Llama:
+    """A plain llama_cpp.Llama with the settings the Aligner fixture uses."""
+    return llama_cpp.Llama(str(model_path), n_ctx=1024, n_threads=2, n_threads_batch=2, n_gpu_layers=N_GPU_LAYERS,
+                           verbose=False)
+
+
 @pytest.fixture(scope="session")
 def reference_llama(model_path):
-    llm = llama_cpp.Llama(str(model_path), n_ctx=1024, n_threads=2, n_threads_batch=2, n_gpu_layers=N_GPU_LAYERS,
-                          verbose=False)
+    llm = open_reference_llama(model_path)
+    yield llm
+    llm.close()
+
+
+@pytest.fixture(scope="session")
+def second_llama(model_path):
+    """A second, separate context: stream B of the numpy reference."""
+    llm = open_reference_llama(model_path)
     yield llm
     llm.close()
 

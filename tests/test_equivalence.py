@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import llama_cpp
 import linalign
 
-from conftest import CHAT_PAIRS, N_GPU_LAYERS, last_logits
+from conftest import CHAT_PAIRS, last_logits
 from reference import combine
 
 GREEDY = {"temperature": 0.0, "top_k": 40, "repeat_penalty": 1.0}
@@ -20,16 +19,6 @@ def test_ratio_zero_top_p_one_is_llama_cpp_greedy(aligner, reference_llama, prom
     theirs = reference_llama.create_completion(prompt, max_tokens=32, temperature=0.0, repeat_penalty=1.0)
     assert ours["choices"][0]["text"] == theirs["choices"][0]["text"]
     assert ours["usage"] == theirs["usage"]
-
-
-@pytest.fixture(scope="module")
-def second_llama(model_path):
-    import llama_cpp
-
-    llm = llama_cpp.Llama(str(model_path), n_ctx=1024, n_threads=2, n_threads_batch=2, n_gpu_layers=N_GPU_LAYERS,
-                          verbose=False)
-    yield llm
-    llm.close()
 
 
 # llama.cpp's logits depend on batch shape and KV layout at the 0.5 level on

@@ -32,7 +32,7 @@ def test_shared_llama_model(model_path):
 
     llm = llama_cpp.Llama(str(model_path), n_ctx=128, verbose=False)
     with linalign.Aligner(llama=llm, n_ctx=128) as aligner:
-        assert not aligner.engine.last_prefill.shared  # usable
+        assert not aligner._model.owns_weights  # borrowed: the weights are the Llama's
         assert aligner.create_completion("Hello", None, max_tokens=2)["choices"]
         assert aligner.model_path == llm.model_path or str(aligner.model_path) == llm.model_path
     llm.close()

@@ -28,7 +28,7 @@ import numpy as np
 from .chat_streams import chat_messages, stream_tokens
 from .persona import DEFAULT_SYSTEM, method_name
 from .scoring import nucleus_mask, policy_log_probs, token_log_likelihood
-from .stats import wilson_interval
+from .stats import accuracy_summary
 
 __all__ = ["DEFAULT_FLOOR", "evaluate_pairs"]
 
@@ -104,9 +104,7 @@ def evaluate_pairs(
         "system": system,
         "top_p": top_p,
         "floor": floor,
-        "accuracy": {m: correct[m] / n for m in methods},
-        "correct": correct,
-        "interval": {m: list(wilson_interval(correct[m], n)) for m in methods},
+        **accuracy_summary({m: correct[m] for m in methods}, n),
         "mean_margin": {m: float(np.mean(margins[m])) for m in methods},
         "out_of_nucleus": {m: n_outside[m] / n_tokens for m in methods},
         "n_response_tokens": n_tokens,

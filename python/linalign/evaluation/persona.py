@@ -27,7 +27,7 @@ import numpy as np
 from .chat_streams import chat_messages, stream_tokens
 from .data import LETTERS
 from .scoring import combine
-from .stats import wilson_interval
+from .stats import accuracy_summary
 
 __all__ = ["DEFAULT_PRINCIPLE_TEMPLATE", "DEFAULT_SYSTEM", "ANSWER_PREFIX", "method_name", "persona_question",
            "letter_token_ids", "evaluate_persona"]
@@ -172,9 +172,7 @@ def _summary(records: list[dict[str, Any]], methods: list[str], ratios: list[flo
         "system": system,
         "answer_prefix": ANSWER_PREFIX,
         "generate": generate,
-        "accuracy": {m: correct[m] / n for m in methods},
-        "correct": correct,
-        "interval": {m: list(wilson_interval(correct[m], n)) for m in methods},
+        **accuracy_summary({m: correct[m] for m in methods}, n),
         "choices": choices,
         "records": records,
     }

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["wilson_interval"]
+__all__ = ["wilson_interval", "accuracy_summary"]
 
 
 def wilson_interval(successes: int, n: int, *, z: float = 1.959964) -> tuple[float, float]:
@@ -22,3 +22,13 @@ def wilson_interval(successes: int, n: int, *, z: float = 1.959964) -> tuple[flo
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def accuracy_summary(correct: dict[str, int], n: int) -> dict[str, dict]:
+    """The report fields both protocols share: accuracy, counts and 95%
+    intervals, per method."""
+    return {
+        "accuracy": {m: c / n for m, c in correct.items()},
+        "correct": dict(correct),
+        "interval": {m: list(wilson_interval(c, n)) for m, c in correct.items()},
+    }
