@@ -29,14 +29,17 @@ engine::engine(std::shared_ptr<model> mdl, const engine_params & params) : model
     }
     n_vocab_ = model_->n_vocab();
 
-    // Both streams live in one unified KV cache so that a token can belong to
-    // both sequences (the shared prompt prefix is stored and computed once).
-    // Each stream may use up to n_ctx positions, hence 2 * n_ctx cells.
+    // Each stream gets its own KV buffer (kv_unified = false), laid out as in a
+    // context of its own: cell i holds position i. llama.cpp's rounding
+    // depends on the cell layout and on how many of a stream's tokens share a
+    // matrix product, and on this layout each stream's logits are bit for bit
+    // those of a separate context decoding the same tokens (tests hold the
+    // engine to that). n_ctx cells per stream.
     llama_context_params cparams = llama_context_default_params();
     cparams.n_ctx      = 2 * (uint32_t) params.n_ctx;
     cparams.n_batch    = 2 * (uint32_t) params.n_ctx;
     cparams.n_seq_max  = 2;
-    cparams.kv_unified = true;
+    cparams.kv_unified = false;
     cparams.no_perf    = true;
     cparams.flash_attn_type = params.flash_attn ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
     if (params.n_threads > 0) {
@@ -97,21 +100,16 @@ void engine::check_prompt(const std::vector<llama_token> & prompt, const char * 
     }
 }
 
-void engine::batch_add(llama_token token, llama_pos pos, bool in_p, bool in_b, bool logits) {
+void engine::batch_add(llama_token token, llama_pos pos, int stream, bool logits) {
     const int32_t i = batch_.n_tokens;
     if (i >= batch_capacity_) {
         throw std::logic_error("batch overflow");
     }
-    batch_.token[i]    = token;
-    batch_.pos[i]      = pos;
-    batch_.n_seq_id[i] = 0;
-    if (in_p) {
-        batch_.seq_id[i][batch_.n_seq_id[i]++] = STREAM_P;
-    }
-    if (in_b) {
-        batch_.seq_id[i][batch_.n_seq_id[i]++] = STREAM_B;
-    }
-    batch_.logits[i] = logits;
+    batch_.token[i]     = token;
+    batch_.pos[i]       = pos;
+    batch_.n_seq_id[i]  = 1;
+    batch_.seq_id[i][0] = stream;
+    batch_.logits[i]    = logits;
     batch_.n_tokens++;
 }
 
@@ -138,141 +136,144 @@ const float * engine::logits_at(int32_t batch_index) const {
     return logits;
 }
 
+// A shared prompt prefix is handed from one stream to the other by copying
+// the source stream's whole KV buffer (a non-unified cache cannot copy part
+// of one, nor hold a token in two streams). That costs a pass over the buffer
+// and, when the prefix is not cached yet, a llama_decode of its own, so it is
+// done only for prefixes at least this long; shorter ones are decoded twice
+// in the one prefill batch, which costs less.
+static constexpr int32_t MIN_SHARED_TO_COPY = 32;
+
 prefill_stats engine::prefill(const std::vector<llama_token> & prompt_p, const std::vector<llama_token> & prompt_b,
                               int32_t n_tail_p, int32_t n_tail_b, bool with_base) {
     require_open();
     check_prompt(prompt_p, "prompt");
     check_prompt(prompt_b, "base_prompt");
     if (!with_base) {
-        return prefill_prompt_only(prompt_p);
+        return prefill_prompt_only(prompt_p, false);
+    }
+    if (prompt_p == prompt_b && n_tail_p == n_tail_b && !params_.two_call) {
+        return prefill_prompt_only(prompt_p, true, n_tail_p);
     }
     const std::array<const std::vector<llama_token> *, 2> prompts = {&prompt_p, &prompt_b};
     const std::array<int32_t, 2> n_tail = {n_tail_p, n_tail_b};
+    const std::array<int32_t, 2> n_prompt = {(int32_t) prompt_p.size(), (int32_t) prompt_b.size()};
     chain_.reset();
+    out_idx_ = {-1, -1};
 
-    // 1. keep what the cache already holds of each prompt; at least the
-    //    positions whose logits are wanted are decoded again
-    llama_memory_t mem = llama_get_memory(ctx_);
+    // 1. keep what each stream's cache already holds of its prompt; at least
+    //    the positions whose logits are wanted are decoded again
     std::array<int32_t, 2> keep{};
     prefill_stats stats;
     for (int s = 0; s < 2; ++s) {
-        const int32_t n = (int32_t) prompts[s]->size();
-        keep[s] = std::min<int32_t>((int32_t) common_prefix(cached_[s], *prompts[s]), n - n_tail[s]);
-        if (!llama_memory_seq_rm(mem, s, keep[s], -1)) {
-            llama_memory_seq_rm(mem, s, -1, -1);
-            keep[s] = 0;
-        }
-        cached_[s].resize(keep[s]);
+        keep[s] = keep_prefix(s, std::min<int32_t>((int32_t) common_prefix(cached_[s], *prompts[s]),
+                                                   n_prompt[s] - n_tail[s]));
         stats.reused[s]  = keep[s];
-        stats.decoded[s] = n - keep[s];
+        stats.decoded[s] = n_prompt[s] - keep[s];
     }
 
-    // 2. where the prompts agree from the start, a stream may take from the
-    //    other's cache what it lacks (llama.cpp adds a sequence id to the
-    //    cells; nothing is decoded)
+    // 2. where the prompts agree from the start, the stream with less of
+    //    that part cached takes it from the other; what neither holds yet is
+    //    decoded first, once, in the stream that will be copied
     const int32_t n_common = params_.two_call ? 0 : (int32_t) common_prefix(prompt_p, prompt_b);
-    for (int s = 0; s < 2; ++s) {
-        const int other = 1 - s;
-        // never past the positions whose logits this call must compute
-        const int32_t upto = std::min({keep[other], n_common, (int32_t) prompts[s]->size() - n_tail[s]});
-        if (keep[s] < upto) {
-            llama_memory_seq_cp(mem, other, s, keep[s], upto);
-            stats.reused[s] = upto;
-            stats.decoded[s] -= upto - keep[s];
-            keep[s] = upto;
-            cached_[s].assign(prompts[s]->begin(), prompts[s]->begin() + upto);
-        }
-    }
-
-    // 3. one batch: positions both streams need and agree on from the start
-    //    are added once with both sequence ids (llama.cpp requires the two
-    //    sequences to hold the same positions then), then each stream's tail
-    const int32_t shared_begin = std::max(keep[0], keep[1]); // after step 2, unequal keeps leave no room to share
-    const int32_t shared_end   = std::max(shared_begin, n_common);
-    const auto wants_logits = [&](int s, int32_t pos) {
-        return pos >= (int32_t) prompts[s]->size() - n_tail[s];
-    };
-    tail_rows_[0].assign(n_tail_p, -1);
-    tail_rows_[1].assign(n_tail_b, -1);
-    const auto note_row = [&](int s, int32_t pos) {
-        const int32_t first_tail = (int32_t) prompts[s]->size() - n_tail[s];
-        if (pos >= first_tail) {
-            tail_rows_[s][pos - first_tail] = batch_.n_tokens - 1;
-        }
-    };
-
-    const auto add_own = [&](int s, int32_t from, int32_t to) {
-        for (int32_t pos = from; pos < to; ++pos) {
-            batch_add((*prompts[s])[pos], pos, s == STREAM_P, s == STREAM_B, wants_logits(s, pos));
-            note_row(s, pos);
-        }
-    };
-    const int32_t n_p = (int32_t) prompt_p.size();
-    const int32_t n_b = (int32_t) prompt_b.size();
-
-    batch_.n_tokens = 0;
-    if (params_.two_call) {
-        // the baseline decodes each stream in its own call; P's logits must
-        // be saved before B's call overwrites them
-        add_own(STREAM_P, keep[0], n_p);
-        run_decode("prefill of the prompt");
-        std::memcpy(logits_p_copy_.data(), logits_at(tail_rows_[0].back()), sizeof(float) * n_vocab_);
+    const int32_t upto = std::min({n_common, n_prompt[0] - n_tail[0], n_prompt[1] - n_tail[1]});
+    const int src = keep[STREAM_P] >= keep[STREAM_B] ? STREAM_P : STREAM_B;
+    const int dst = 1 - src;
+    if (upto - keep[dst] >= MIN_SHARED_TO_COPY) {
+        const int32_t from_cache = std::min(keep[src], upto);
         batch_.n_tokens = 0;
-        add_own(STREAM_B, keep[1], n_b);
-    } else {
-        // within each sequence, positions go up through the batch
-        add_own(STREAM_P, keep[0], std::min(shared_begin, n_p));
-        add_own(STREAM_B, keep[1], std::min(shared_begin, n_b));
-        for (int32_t pos = shared_begin; pos < shared_end; ++pos) {
-            batch_add(prompt_p[pos], pos, true, true, wants_logits(0, pos) || wants_logits(1, pos));
-            note_row(0, pos);
-            note_row(1, pos);
-            stats.shared++;
+        for (int32_t pos = keep[src]; pos < upto; ++pos) {
+            batch_add((*prompts[src])[pos], pos, src, false);
         }
-        add_own(STREAM_P, std::max(keep[0], shared_end), n_p);
-        add_own(STREAM_B, std::max(keep[1], shared_end), n_b);
-    }
-    if (batch_.n_tokens > 0) {
-        run_decode("prefill");
+        if (batch_.n_tokens > 0) {
+            run_decode("prefill of the shared prefix");
+            cached_[src].assign(prompts[src]->begin(), prompts[src]->begin() + upto);
+            keep[src] = upto;
+        }
+        // the whole buffer; llama.cpp carries the copy out at the next decode
+        llama_memory_seq_cp(llama_get_memory(ctx_), src, dst, -1, -1);
+        cached_[dst] = cached_[src];
+        keep[dst] = keep_prefix(dst, upto);
+        stats.shared       = upto - from_cache;
+        stats.reused[dst]  = from_cache;
+        stats.decoded[dst] = n_prompt[dst] - from_cache;
     }
 
-    cached_[0] = prompt_p;
-    cached_[1] = prompt_b;
-    out_idx_   = {tail_rows_[0].back(), tail_rows_[1].back()};
-    identical_ = !params_.two_call && prompt_p == prompt_b;
+    // 3. one batch with what is left of both prompts
+    batch_.n_tokens = 0;
+    for (int s = 0; s < 2; ++s) {
+        tail_rows_[s].assign(n_tail[s], -1);
+        if (params_.two_call && s == STREAM_B) {
+            // the baseline decodes each stream in its own call; P's logits
+            // must be saved before B's call overwrites them
+            run_decode("prefill of the prompt");
+            std::memcpy(logits_p_copy_.data(), logits_at(tail_rows_[0].back()), sizeof(float) * n_vocab_);
+            batch_.n_tokens = 0;
+        }
+        const int32_t first_tail = n_prompt[s] - n_tail[s];
+        for (int32_t pos = keep[s]; pos < n_prompt[s]; ++pos) {
+            if (pos >= first_tail) {
+                tail_rows_[s][pos - first_tail] = batch_.n_tokens;
+            }
+            batch_add((*prompts[s])[pos], pos, s, pos >= first_tail);
+        }
+    }
+    run_decode("prefill");
+
+    cached_[0]   = prompt_p;
+    cached_[1]   = prompt_b;
+    out_idx_     = {tail_rows_[0].back(), tail_rows_[1].back()};
+    identical_   = false;
     base_active_ = true;
     last_prefill_ = stats;
     return stats;
 }
 
-// With ratio 0 stream B's logits are never read (ALGORITHM.md: ordinary
-// decoding of P with a top-p), so only P is decoded, one token per step as a
-// plain llama.cpp context does. B's cache is left as it was.
-prefill_stats engine::prefill_prompt_only(const std::vector<llama_token> & prompt_p) {
+// Drops a stream's cache past its first n positions (all of it if llama.cpp
+// cannot cut there).
+int32_t engine::keep_prefix(int stream, int32_t n) {
     llama_memory_t mem = llama_get_memory(ctx_);
-    const int32_t n = (int32_t) prompt_p.size();
-    int32_t keep = std::min<int32_t>((int32_t) common_prefix(cached_[0], prompt_p), n - 1);
-    if (!llama_memory_seq_rm(mem, STREAM_P, keep, -1)) {
-        llama_memory_seq_rm(mem, STREAM_P, -1, -1);
-        keep = 0;
+    if (!llama_memory_seq_rm(mem, stream, n, -1)) {
+        llama_memory_seq_rm(mem, stream, -1, -1);
+        n = 0;
     }
-    cached_[0].resize(keep);
-    tail_rows_[0].assign(1, -1);
-    tail_rows_[1].clear();
+    cached_[stream].resize(std::min<size_t>(cached_[stream].size(), n));
+    return n;
+}
+
+// With ratio 0 stream B's logits are never read (ALGORITHM.md: ordinary
+// decoding of P with a top-p), and with identical prompts B's logits are P's:
+// either way only P is decoded, one token per step as a plain llama.cpp
+// context does. B's cache is left as it was.
+prefill_stats engine::prefill_prompt_only(const std::vector<llama_token> & prompt_p, bool identical, int32_t n_tail) {
+    const int32_t n = (int32_t) prompt_p.size();
+    chain_.reset();
+    out_idx_ = {-1, -1};
+    const int32_t keep = keep_prefix(STREAM_P, std::min<int32_t>((int32_t) common_prefix(cached_[0], prompt_p), n - n_tail));
+    tail_rows_[0].assign(n_tail, -1);
     batch_.n_tokens = 0;
     for (int32_t pos = keep; pos < n; ++pos) {
-        batch_add(prompt_p[pos], pos, true, false, pos == n - 1);
+        if (pos >= n - n_tail) {
+            tail_rows_[0][pos - (n - n_tail)] = batch_.n_tokens;
+        }
+        batch_add(prompt_p[pos], pos, STREAM_P, pos >= n - n_tail);
     }
     run_decode("prefill");
     cached_[0]   = prompt_p;
-    out_idx_     = {batch_.n_tokens - 1, -1};
-    tail_rows_[0][0] = out_idx_[0];
-    identical_   = false;
+    tail_rows_[1] = identical ? tail_rows_[0] : std::vector<int32_t>{};
+    out_idx_     = {tail_rows_[0].back(), identical ? tail_rows_[0].back() : -1};
+    identical_   = identical;
     base_active_ = false;
     prefill_stats stats;
     stats.reused[0]  = keep;
     stats.decoded[0] = n - keep;
-    stats.reused[1]  = (int32_t) cached_[1].size();
+    if (identical) {  // B is P: every token decoded counts for both
+        stats.reused[1]  = keep;
+        stats.decoded[1] = n - keep;
+        stats.shared     = n - keep;
+    } else {
+        stats.reused[1] = (int32_t) cached_[1].size();
+    }
     last_prefill_ = stats;
     return stats;
 }
@@ -318,31 +319,25 @@ bool engine::decode(llama_token token) {
     if (n_past(STREAM_P) >= params_.n_ctx || (base_active_ && n_past(STREAM_B) >= params_.n_ctx)) {
         return false;
     }
-    const llama_pos pos_p = n_past(STREAM_P);
-    const llama_pos pos_b = n_past(STREAM_B);
     batch_.n_tokens = 0;
     if (!base_active_) {
-        batch_add(token, pos_p, true, false, true);
+        batch_add(token, n_past(STREAM_P), STREAM_P, true);
         run_decode("decode");
-        out_idx_ = {0, -1};
+        out_idx_ = {0, identical_ ? 0 : -1};
         cached_[0].push_back(token);
         return true;
     }
     if (params_.two_call) {
-        batch_add(token, pos_p, true, false, true);
+        batch_add(token, n_past(STREAM_P), STREAM_P, true);
         run_decode("decode of the prompt stream");
         std::memcpy(logits_p_copy_.data(), logits_at(0), sizeof(float) * n_vocab_);
         batch_.n_tokens = 0;
-        batch_add(token, pos_b, false, true, true);
+        batch_add(token, n_past(STREAM_B), STREAM_B, true);
         run_decode("decode of the base stream");
         out_idx_ = {0, 0};
-    } else if (identical_) {
-        batch_add(token, pos_p, true, true, true);
-        run_decode("decode");
-        out_idx_ = {0, 0};
     } else {
-        batch_add(token, pos_p, true, false, true);
-        batch_add(token, pos_b, false, true, true);
+        batch_add(token, n_past(STREAM_P), STREAM_P, true);
+        batch_add(token, n_past(STREAM_B), STREAM_B, true);
         run_decode("decode");
         out_idx_ = {0, 1};
     }
@@ -381,14 +376,15 @@ void engine::decode_floor(llama_token token, int32_t n_steps) {
             throw std::invalid_argument("decode_floor ran past the context window");
         }
         batch_.n_tokens = 0;
-        batch_add(token, n_past(STREAM_P), true, false, true);
-        batch_add(token, n_past(STREAM_B), false, true, true);
+        batch_add(token, n_past(STREAM_P), STREAM_P, true);
+        batch_add(token, n_past(STREAM_B), STREAM_B, true);
         run_decode("floor decode");
         cached_[0].push_back(token);
         cached_[1].push_back(token);
     }
-    identical_ = false;
-    out_idx_ = {0, 1};
+    identical_   = false;
+    base_active_ = true;
+    out_idx_     = {0, 1};
 }
 
 } // namespace linalign

@@ -1,12 +1,13 @@
 // engine: one llama_context holding the two conditioning streams of linear
 // alignment (P: with the principle, B: without) as two sequences.
 //
-// Both prompts are prefilled in one llama_decode; positions where the two
-// prompts agree from the start are decoded once, as tokens that belong to
-// both sequences. Each step then decodes the shared new token for both
-// sequences in one 2-token batch. What is already in the KV cache is reused:
-// a follow-up call decodes only the tokens past each stream's common prefix
-// with what was cached.
+// Each sequence has a KV buffer of its own, so each stream's logits are bit
+// for bit those of a separate context fed the same tokens. Both prompts are
+// prefilled in one llama_decode; a long prefix the two prompts share is
+// decoded once and the buffer copied to the other stream. Each step then
+// decodes the new token for both sequences in one 2-token batch. What is
+// already in the KV cache is reused: a follow-up call decodes only the tokens
+// past each stream's common prefix with what was cached.
 #pragma once
 
 #include "llama.h"
@@ -33,7 +34,7 @@ enum stream_id : int { STREAM_P = 0, STREAM_B = 1 };
 struct prefill_stats {
     int32_t reused[2]  = {0, 0}; // tokens of each stream found in the KV cache
     int32_t decoded[2] = {0, 0}; // tokens of each stream decoded now
-    int32_t shared     = 0;      // of those, decoded once for both streams
+    int32_t shared     = 0;      // of those, decoded once for both streams (a copied prefix, or identical prompts)
 };
 
 class engine {
@@ -85,9 +86,10 @@ private:
     void check_prompt(const std::vector<llama_token> & prompt, const char * name) const;
     prefill_stats prefill(const std::vector<llama_token> & prompt_p, const std::vector<llama_token> & prompt_b,
                           int32_t n_tail_p, int32_t n_tail_b, bool with_base);
-    prefill_stats prefill_prompt_only(const std::vector<llama_token> & prompt_p);
+    prefill_stats prefill_prompt_only(const std::vector<llama_token> & prompt_p, bool identical, int32_t n_tail = 1);
+    int32_t keep_prefix(int stream, int32_t n);
     void run_decode(const char * what);
-    void batch_add(llama_token token, llama_pos pos, bool in_p, bool in_b, bool logits);
+    void batch_add(llama_token token, llama_pos pos, int stream, bool logits);
     const float * logits_at(int32_t batch_index) const;
 
     std::shared_ptr<model> model_;
@@ -100,7 +102,7 @@ private:
     std::array<std::vector<llama_token>, 2> cached_; // tokens in the KV cache, per stream
     std::array<int32_t, 2>                  out_idx_ = {-1, -1}; // batch index of each stream's logits
     std::array<std::vector<int32_t>, 2>     tail_rows_;          // batch index of each wanted logits row
-    bool                                    identical_ = false;
+    bool                                    identical_ = false;   // B's prompt is P's: B's logits are P's
     bool                                    base_active_ = true; // false when ratio == 0: B is never read
     std::vector<float>                      logits_p_copy_; // two-call mode keeps P's logits here
     std::unique_ptr<sampler_chain>          chain_;

@@ -23,11 +23,33 @@ def test_second_turn_decodes_only_new_tokens(aligner):
         assert second["decoded"][stream] < n / 2
 
 
-def test_shared_prefix_is_decoded_once(aligner):
+def test_long_shared_prefix_is_decoded_once(aligner):
+    document = "Notes on the water cycle: evaporation, condensation, precipitation and collection. " * 3
+    prompt, base = document + "Principle: be brief. Question?", document + "Question?"
     aligner.engine.clear()
-    aligner.create_completion("Common start. Principle: be brief. Question?", "Common start. Question?", max_tokens=1)
+    aligner.create_completion(prompt, base, max_tokens=1)
     stats = aligner.last_prefill
-    assert stats["shared"] >= 3  # "Common start." belongs to both sequences
+    n_p, n_b = len(aligner.tokenize(prompt)), len(aligner.tokenize(base))
+    assert stats["shared"] >= 32  # the document, decoded once and copied to the other stream
+    assert stats["decoded"][0] == n_p and stats["decoded"][1] == n_b  # shared tokens count for both
+    assert stats["reused"] == (0, 0)
+
+    # a new question on the same document: the base stream takes the document
+    # from the prompt stream's cache instead of decoding it again
+    aligner.engine.clear()
+    aligner.create_completion(prompt, "Other words. " + base, max_tokens=1)  # fills P's cache only with the prompt
+    aligner.create_completion(prompt, base, max_tokens=1)
+    stats = aligner.last_prefill
+    assert stats["shared"] == 0
+    assert stats["reused"][1] >= 32
+
+
+def test_short_shared_prefix_is_decoded_in_the_one_batch(aligner):
+    aligner.engine.clear()
+    calls = aligner.engine.n_decode_calls
+    aligner.create_completion("Common start. Principle: be brief. Question?", "Common start. Question?", max_tokens=1)
+    assert aligner.last_prefill["shared"] == 0  # a copy of a stream's buffer costs more than these few tokens
+    assert aligner.engine.n_decode_calls - calls == 1  # both prompts in one llama_decode
 
 
 def test_identical_prompts_repeat_reuses_everything_but_last(aligner):

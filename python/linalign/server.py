@@ -216,11 +216,12 @@ def create_app(pool: SlotPool, *, model_id: str, api_key: str | None = None) -> 
             return JSONResponse(error_body("client disconnected"), status_code=499)
 
         def begin(aligner: Aligner) -> Iterator[dict[str, Any]]:
-            # llama.cpp's logits on a quantized model depend on the KV cache
-            # layout (measured up to ~1 logit on the default Q4_1 model, from
-            # the 8-bit activation rounding), so a reused cache would make an
-            # answer depend on what the slot served before. Every request
-            # starts from an empty cache: reproducible for a given seed.
+            # llama.cpp's logits on a quantized model depend on how the
+            # cached positions were batched (a reused prefix first computed
+            # one token at a time moves the default Q4_1 model's logits by up
+            # to ~0.5), so a reused cache would make an answer depend on what
+            # the slot served before. Every request starts from an empty
+            # cache: reproducible for a given seed.
             aligner.engine.clear()
             return start(aligner)
 
