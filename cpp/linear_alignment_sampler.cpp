@@ -37,10 +37,7 @@ static size_t linear_alignment_nucleus(llama_sampler_linear_alignment * ctx, con
     const size_t n = cur_p->size;
     const llama_token_data * data = cur_p->data;
 
-    float max_logit = -INFINITY;
-    for (size_t i = 0; i < n; ++i) {
-        max_logit = std::max(max_logit, data[i].logit);
-    }
+    const float max_logit = linear_alignment_max_logit(data, n);
     if (!std::isfinite(max_logit)) {
         return n; // nothing is plausible (e.g. a grammar masked all): leave the set alone
     }
@@ -52,17 +49,28 @@ static size_t linear_alignment_nucleus(llama_sampler_linear_alignment * ctx, con
     weight.resize(n);
     const double total = linear_alignment_weights(data, n, max_logit, inv_t, weight.data());
 
-    // A token with weight < 1e-13 of the best's changes the total by less
-    // than float rounding, even over a 152k vocabulary, and cannot be in a
-    // nucleus of top_p < 1 unless nothing else is: keeping it out of the
-    // sort keeps the sort small.
+    // Sorting the whole vocabulary would cost most of the step, while a
+    // nucleus is usually a handful of tokens. The nucleus is a prefix of the
+    // candidates by decreasing weight, so once the tokens of weight >= w hold
+    // top_p of the mass it lies among them: try w = e^-2, e^-4, ... of the
+    // best token's weight (vectorised passes) and sort only those. Below
+    // 1e-13 a token changes the total by less than float rounding, even over
+    // a 152k vocabulary, and cannot be in a nucleus of top_p < 1 unless
+    // nothing else is.
+    const double target = ctx->top_p * total;
+    float threshold = 1e-13f;
+    for (float w = 0.1353352832f; w > threshold; w *= w) {
+        if (linear_alignment_mass_at_least(weight.data(), n, w) >= target) {
+            threshold = w;
+            break;
+        }
+    }
     order.clear();
     for (size_t i = 0; i < n; ++i) {
-        if (weight[i] >= 1e-13f) {
+        if (weight[i] >= threshold) {
             order.push_back((int32_t) i);
         }
     }
-    const double target = ctx->top_p * total;
     const auto by_logit = [data](int32_t a, int32_t b) { return data[a].logit > data[b].logit; };
     const size_t m = order.size();
 
@@ -82,7 +90,9 @@ static size_t linear_alignment_nucleus(llama_sampler_linear_alignment * ctx, con
             return i + 1;
         }
     }
-    return n; // the mass below the cutoff was needed: keep everything
+    // the candidates' mass fell short of the target by rounding (it reached
+    // it in float), or below 1e-13 is needed after all: keep them, or all
+    return threshold > 1e-13f ? m : n;
 }
 
 static void llama_sampler_linear_alignment_apply(struct llama_sampler * smpl, llama_token_data_array * cur_p) {

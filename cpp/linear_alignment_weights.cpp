@@ -1,12 +1,34 @@
-// The hot loop of the linear-alignment nucleus: softmax weights of every
-// candidate at the mask temperature. Compiled on its own with fast math so
-// that the compiler can call a vectorised expf (glibc's libmvec): exp over
-// the whole vocabulary is most of the sampler's cost. Inputs are made finite
-// first, since fast math assumes no infinities.
+// The hot loops of the linear-alignment nucleus: the best logit, softmax
+// weights of every candidate at the mask temperature, and the mass above a
+// threshold. Compiled on their own with fast math so that the compiler can
+// vectorise the reductions and call a vectorised expf (glibc's libmvec): exp
+// over the whole vocabulary is most of the sampler's cost. Inputs are made
+// finite first, since fast math assumes no infinities.
+//
+// Where the toolchain can (GCC on x86-64 ELF), each loop is also built for
+// AVX2 and AVX-512 and the best one is picked when the library loads, so a
+// portable wheel still gets 8- or 16-wide expf instead of SSE's 4.
 #include "linear_alignment_weights.h"
 
 #include <cmath>
 
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__)
+#    define LINALIGN_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#    define LINALIGN_VECTOR_CLONES
+#endif
+
+LINALIGN_VECTOR_CLONES
+float linear_alignment_max_logit(const llama_token_data * data, size_t n) {
+    float best = -INFINITY;
+    for (size_t i = 0; i < n; ++i) {
+        // NaN and -inf compare false: neither can win
+        best = data[i].logit > best ? data[i].logit : best;
+    }
+    return best;
+}
+
+LINALIGN_VECTOR_CLONES
 float linear_alignment_weights(const llama_token_data * data, size_t n, float max_logit, float inv_t, float * weight) {
     float total = 0.0f;
     for (size_t i = 0; i < n; ++i) {
@@ -16,4 +38,13 @@ float linear_alignment_weights(const llama_token_data * data, size_t n, float ma
         total += weight[i];
     }
     return total;
+}
+
+LINALIGN_VECTOR_CLONES
+float linear_alignment_mass_at_least(const float * weight, size_t n, float threshold) {
+    float mass = 0.0f;
+    for (size_t i = 0; i < n; ++i) {
+        mass += weight[i] >= threshold ? weight[i] : 0.0f;
+    }
+    return mass;
 }

@@ -1,10 +1,16 @@
-// Softmax weights of a candidate array (see linear_alignment_weights.cpp).
+// The vectorised loops of the linear-alignment nucleus (see linear_alignment_weights.cpp).
 #pragma once
 
 #include "llama.h"
 
 #include <cstddef>
 
+// The largest logit of a candidate array (-inf if none is finite or larger).
+float linear_alignment_max_logit(const llama_token_data * data, size_t n);
+
 // weight[i] = exp((logit_i - max_logit) * inv_t); returns their sum.
 // Candidates with logit -inf get a weight of about 1e-38.
 float linear_alignment_weights(const llama_token_data * data, size_t n, float max_logit, float inv_t, float * weight);
+
+// Sum of the weights that are >= threshold.
+float linear_alignment_mass_at_least(const float * weight, size_t n, float threshold);
