@@ -29,8 +29,8 @@ float linear_alignment_max_logit(const llama_token_data * data, size_t n) {
 }
 
 LINALIGN_VECTOR_CLONES
-float linear_alignment_weights(const llama_token_data * data, size_t n, float max_logit, float inv_t, float * weight) {
-    float total = 0.0f;
+double linear_alignment_weights(const llama_token_data * data, size_t n, float max_logit, float inv_t, float * weight) {
+    double total = 0.0; // a float sum of 152k small weights drifts by ~1e-4
     for (size_t i = 0; i < n; ++i) {
         float z = (data[i].logit - max_logit) * inv_t;
         z = z > -87.0f ? z : -87.0f; // -inf (masked) and underflow both give ~0
@@ -41,10 +41,10 @@ float linear_alignment_weights(const llama_token_data * data, size_t n, float ma
 }
 
 LINALIGN_VECTOR_CLONES
-float linear_alignment_mass_at_least(const float * weight, size_t n, float threshold) {
-    float mass = 0.0f;
+double linear_alignment_mass_at_least(const float * weight, size_t n, float threshold) {
+    double mass = 0.0;
     for (size_t i = 0; i < n; ++i) {
-        mass += weight[i] >= threshold ? weight[i] : 0.0f;
+        mass += weight[i] >= threshold ? (double) weight[i] : 0.0;
     }
     return mass;
 }

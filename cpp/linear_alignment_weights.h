@@ -10,7 +10,7 @@ float linear_alignment_max_logit(const llama_token_data * data, size_t n);
 
 // weight[i] = exp((logit_i - max_logit) * inv_t); returns their sum.
 // Candidates with logit -inf get a weight of about 1e-38.
-float linear_alignment_weights(const llama_token_data * data, size_t n, float max_logit, float inv_t, float * weight);
+double linear_alignment_weights(const llama_token_data * data, size_t n, float max_logit, float inv_t, float * weight);
 
 // Sum of the weights that are >= threshold.
-float linear_alignment_mass_at_least(const float * weight, size_t n, float threshold);
+double linear_alignment_mass_at_least(const float * weight, size_t n, float threshold);

@@ -38,6 +38,29 @@ def test_matches_numpy_formula(ratio, top_p, temperature):
     np.testing.assert_allclose(got[kept], want[kept], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("n_vocab", [49152, 151936])
+@pytest.mark.parametrize("shape", ["flat", "normal", "peaked", "heavy_tail"])
+def test_nucleus_matches_numpy_over_large_vocabularies(n_vocab, shape):
+    """The sampler looks for the nucleus among tokens above a falling weight
+    threshold; flat, peaked and heavy-tailed distributions need different
+    thresholds (a heavy tail needs tokens of weight ~6e-6 of the best)."""
+    rng = np.random.default_rng(n_vocab)
+    if shape == "heavy_tail":
+        logits_p = np.full(n_vocab, -12.0) + rng.uniform(0, 1e-3, n_vocab)
+        logits_p[:3] = [0.0, -0.5, -1.0]
+    else:
+        scale = {"flat": 0.01, "normal": 3.0, "peaked": 30.0}[shape]
+        logits_p = rng.normal(0, scale, n_vocab)
+    logits_p = logits_p.astype(np.float32)
+    logits_b = (logits_p + rng.normal(0, 1, n_vocab)).astype(np.float32)
+    for top_p in (0.5, 0.8, 0.95):
+        got = native_combined(logits_p, logits_b, 2.0, top_p)
+        want = combine(logits_p, logits_b, 2.0, top_p)
+        assert np.array_equal(np.isinf(got), np.isinf(want)), f"top_p {top_p}"
+        kept = ~np.isinf(want)
+        np.testing.assert_allclose(got[kept], want[kept], rtol=1e-5, atol=1e-4)
+
+
 def test_nucleus_keeps_smallest_set_reaching_top_p():
     # probabilities 0.5, 0.3, 0.15, 0.05: top_p 0.8 keeps the first two
     # (mass before the third is exactly 0.8, not < 0.8)
