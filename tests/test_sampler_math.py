@@ -46,7 +46,9 @@ def test_nucleus_matches_numpy_over_large_vocabularies(n_vocab, shape):
     thresholds (a heavy tail needs tokens of weight ~6e-6 of the best)."""
     rng = np.random.default_rng(n_vocab)
     if shape == "heavy_tail":
-        logits_p = np.full(n_vocab, -12.0) + rng.uniform(0, 1e-3, n_vocab)
+        # distinct values (2e-6 apart, twice float32's step there): at a tie
+        # the nucleus edge may take either token
+        logits_p = -12.0 + 2e-6 * rng.permutation(n_vocab)
         logits_p[:3] = [0.0, -0.5, -1.0]
     else:
         scale = {"flat": 0.01, "normal": 3.0, "peaked": 30.0}[shape]
