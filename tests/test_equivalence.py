@@ -7,10 +7,16 @@ import pytest
 
 import linalign
 
-from conftest import CHAT_PAIRS, last_logits
+from conftest import CHAT_PAIRS, N_GPU_LAYERS, last_logits
 from reference import greedy_reference
 
 GREEDY = {"temperature": 0.0, "top_k": 40, "repeat_penalty": 1.0}
+
+# Bit-for-bit equality with separate contexts rests on llama.cpp's CPU
+# kernels computing each of a stream's rows the same way whatever else is in
+# the batch. CUDA picks other kernels for a 1-token than for a 2-token batch,
+# so offloaded, the two sides differ by rounding (README, notes on exactness).
+cpu_only = pytest.mark.skipif(N_GPU_LAYERS != 0, reason="bit-exact only with llama.cpp's CPU kernels")
 
 
 @pytest.mark.parametrize("prompt", ["The capital of France is", "Once upon a time, a little robot"])
@@ -21,6 +27,7 @@ def test_ratio_zero_top_p_one_is_llama_cpp_greedy(aligner, reference_llama, prom
     assert ours["usage"] == theirs["usage"]
 
 
+@cpu_only
 @pytest.mark.parametrize("question, principle", CHAT_PAIRS)
 def test_greedy_tokens_equal_numpy_reference(aligner, reference_llama, second_llama, question, principle):
     ratio, top_p = 2.0, 0.8
@@ -48,6 +55,7 @@ def test_greedy_tokens_equal_numpy_reference(aligner, reference_llama, second_ll
     np.testing.assert_allclose(values, first[ids], atol=1e-3)
 
 
+@cpu_only
 def test_each_stream_is_bit_for_bit_a_separate_context(aligner, reference_llama, second_llama):
     """The engine's per-stream KV layout makes both streams' logits exactly
     those of separate contexts, also with a long shared prefix copied between
@@ -82,7 +90,9 @@ def test_aligned_differs_from_plain(aligner):
 
 def test_empty_principle_is_plain_decoding_of_one_stream(aligner):
     messages = [{"role": "user", "content": "Name a fruit."}]
+    aligner.engine.clear()
     result = aligner.create_chat_completion(messages, principle="", ratio=5.0, max_tokens=8, **GREEDY)
     assert aligner.engine.streams_identical
+    aligner.engine.clear()
     same = aligner.create_chat_completion(messages, principle="", ratio=0.0, max_tokens=8, **GREEDY)
     assert result["choices"][0]["message"]["content"] == same["choices"][0]["message"]["content"]
