@@ -339,25 +339,25 @@ class Aligner:
         def deltas() -> Iterator[str]:
             assembler = TextAssembler(stop)
             finish = "length"
-            pending = None  # the last token handed out, decoded only when the next one is wanted
-            for _ in range(limit):
+            for i in range(limit):
                 with self._lock:
                     self._require_open()
                     if generation_id != self._generation:
                         raise GenerationSuperseded("another call on this Aligner started; this stream was abandoned")
-                    if pending is not None and not engine.decode(pending):
-                        break  # the context is full: finish "length"
                     token = engine.sample()
                     if model.is_eog(token):
                         finish = "stop"
                         break
                     gen.completion_tokens += 1
-                    piece = model.token_to_piece(token, False)
-                    delta = assembler.push(piece)
-                    pending = token
+                    delta = assembler.push(model.token_to_piece(token, False))
+                    # Decode the token now, before handing out its text: on a
+                    # GPU llama_decode returns once the step is queued, so the
+                    # caller's work on this delta overlaps the forward pass. A
+                    # token after which nothing more is wanted is not decoded.
+                    context_full = (not assembler.stopped and i + 1 < limit) and not engine.decode(token)
                 if delta:
                     yield delta
-                if assembler.stopped:
+                if assembler.stopped or context_full:
                     break
             tail = assembler.finish()
             if assembler.stopped:
