@@ -339,11 +339,15 @@ class Aligner:
         def deltas() -> Iterator[str]:
             assembler = TextAssembler(stop)
             finish = "length"
+            pending = None  # the first token: handed out before it is decoded
             for i in range(limit):
                 with self._lock:
                     self._require_open()
                     if generation_id != self._generation:
                         raise GenerationSuperseded("another call on this Aligner started; this stream was abandoned")
+                    if pending is not None and not engine.decode(pending):
+                        break  # the context is full: finish "length"
+                    pending = None
                     token = engine.sample()
                     if model.is_eog(token):
                         finish = "stop"
@@ -352,9 +356,15 @@ class Aligner:
                     delta = assembler.push(model.token_to_piece(token, False))
                     # Decode the token now, before handing out its text: on a
                     # GPU llama_decode returns once the step is queued, so the
-                    # caller's work on this delta overlaps the forward pass. A
-                    # token after which nothing more is wanted is not decoded.
-                    context_full = (not assembler.stopped and i + 1 < limit) and not engine.decode(token)
+                    # caller's work on this delta overlaps the forward pass.
+                    # The first token goes out at once (time to first token),
+                    # and one after which nothing more is wanted is not decoded.
+                    context_full = False
+                    if not assembler.stopped and i + 1 < limit:
+                        if i == 0:
+                            pending = token
+                        else:
+                            context_full = not engine.decode(token)
                 if delta:
                     yield delta
                 if assembler.stopped or context_full:

@@ -112,6 +112,7 @@ class FloorMethod:
         engine.clear()
         t0 = time.perf_counter()
         engine.start(w.prompt_p, w.prompt_b, self.params)
+        engine.logits(1)  # waits for the prefill (a GPU runs llama_decode asynchronously)
         t1 = time.perf_counter()
         # the floor of n tokens: the first comes from the prefill's logits,
         # each of the other n - 1 costs one 2-token decode
