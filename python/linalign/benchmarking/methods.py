@@ -117,6 +117,7 @@ class FloorMethod:
         # the floor of n tokens: the first comes from the prefill's logits,
         # each of the other n - 1 costs one 2-token decode
         engine.decode_floor(w.prompt_p[-1], max_tokens - 1)
+        engine.logits(1)  # waits for the last step, as every other method's last sampling does
         t2 = time.perf_counter()
         return RunSample(t1 - t0, t2 - t1, max_tokens, w.n_prompt_tokens, prefill_s=t1 - t0, finish_reason="length")
 
