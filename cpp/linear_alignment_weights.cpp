@@ -5,14 +5,14 @@
 // over the whole vocabulary is most of the sampler's cost. Inputs are made
 // finite first, since fast math assumes no infinities.
 //
-// Where the toolchain can (GCC on x86-64 ELF), each loop is also built for
+// Where the toolchain can (GCC on x86-64 with glibc: ifuncs), each loop is also built for
 // AVX2 and AVX-512 and the best one is picked when the library loads, so a
 // portable wheel still gets 8- or 16-wide expf instead of SSE's 4.
 #include "linear_alignment_weights.h"
 
 #include <cmath>
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__)
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__) && defined(__GLIBC__)
 #    define LINALIGN_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #    define LINALIGN_VECTOR_CLONES
