@@ -4,6 +4,7 @@
 # against it, then run the test suite and the benchmark with every layer
 # offloaded. The default model travels in two parts (a transfer limit), so
 # this runs as two calls:  gpu_run.sh build   then   gpu_run.sh test
+# (carry .dev/a, then .dev/b, back to back). benchmarks/gpu_prepare.sh makes them:
 #   .dev/a: llcpp-src.tar.xz (llama-cpp-python 0.3.36 sdist, docs/models/.git removed),
 #           diskcache, gguf and pybind11 (the version the CPU build uses) wheels, model.part-aa
 #   .dev/b: model.part-ab
