@@ -22,12 +22,63 @@ struct llama_sampler_linear_alignment {
 
     // scratch reused across calls
     std::vector<int32_t>          order;  // candidate indices by decreasing logit
+    std::vector<double>           bin_mass; // a wide nucleus's mass by log-weight
     std::vector<float>            weight; // unnormalised probabilities at the mask temperature
     std::vector<llama_token_data> kept;  // the nucleus, before it is copied back
 };
 
 static const char * llama_sampler_linear_alignment_name(const struct llama_sampler * /*smpl*/) {
     return "linear-alignment";
+}
+
+// The nucleus when the first `head` candidates by logit (sorted, summing to
+// `cum`) fall short of `target`: a flat distribution, thousands of tokens.
+// Rather than sort every candidate, the rest are binned by log-weight; the
+// bin where the mass reaches the target is found, and only the bins above it
+// and that one are sorted, so the sum is taken in the order a full sort
+// gives. Returns the nucleus size, or 0 if the candidates' mass falls short.
+[[gnu::noinline]] static size_t linear_alignment_wide_nucleus(llama_sampler_linear_alignment * ctx,
+                                                             const llama_token_data * data, size_t m, size_t head,
+                                                             double cum, double target, float max_logit, float inv_t,
+                                                             float threshold) {
+    auto & order = ctx->order;
+    const auto & weight = ctx->weight;
+    const auto by_logit = [data](int32_t a, int32_t b) { return data[a].logit > data[b].logit; };
+    const size_t n_bins = ctx->bin_mass.size();
+    const float z_top   = (data[order[head - 1]].logit - max_logit) * inv_t;
+    const float z_floor = std::log(threshold);
+    const float scale   = (float) n_bins / std::max(z_top - z_floor, 1e-6f);
+    const auto bin_of = [&](int32_t i) {
+        const float x = (z_top - (data[i].logit - max_logit) * inv_t) * scale;
+        return (size_t) std::min<float>(std::max(x, 0.0f), (float) (n_bins - 1));
+    };
+    std::fill(ctx->bin_mass.begin(), ctx->bin_mass.end(), 0.0);
+    for (size_t i = head; i < m; ++i) {
+        ctx->bin_mass[bin_of(order[i])] += weight[order[i]];
+    }
+    size_t crossing = n_bins - 1;
+    double binned = cum;
+    for (size_t b = 0; b < n_bins; ++b) {
+        if (binned + ctx->bin_mass[b] >= target) {
+            crossing = b;
+            break;
+        }
+        binned += ctx->bin_mass[b];
+    }
+    const auto in_or_before = std::partition(order.begin() + head, order.begin() + m,
+                                             [&](int32_t i) { return bin_of(i) <= crossing; });
+    std::sort(order.begin() + head, in_or_before, by_logit);
+    for (size_t i = head; i < m; ++i) {
+        if (order.begin() + i == in_or_before) {
+            // rounding left the sum short of the target: sort what is left
+            std::sort(in_or_before, order.begin() + m, by_logit);
+        }
+        cum += weight[order[i]];
+        if (cum >= target) {
+            return i + 1;
+        }
+    }
+    return 0;
 }
 
 // Size of the nucleus: the smallest prefix of `order` (candidates by
@@ -74,20 +125,20 @@ static size_t linear_alignment_nucleus(llama_sampler_linear_alignment * ctx, con
     const auto by_logit = [data](int32_t a, int32_t b) { return data[a].logit > data[b].logit; };
     const size_t m = order.size();
 
-    // Nuclei are usually a handful of tokens: sort a small head first and
-    // widen it geometrically only while its mass falls short.
-    size_t sorted_end = std::min<size_t>(m, 64);
-    std::partial_sort(order.begin(), order.begin() + sorted_end, order.end(), by_logit);
-
+    // Nuclei are usually a handful of tokens: sort a small head first.
+    const size_t head = std::min<size_t>(m, 64);
+    std::partial_sort(order.begin(), order.begin() + head, order.begin() + m, by_logit);
     double cum = 0.0;
-    for (size_t i = 0; i < m; ++i) {
-        if (i == sorted_end) {
-            sorted_end = std::min(m, sorted_end * 8);
-            std::partial_sort(order.begin() + i, order.begin() + sorted_end, order.end(), by_logit);
-        }
+    for (size_t i = 0; i < head; ++i) {
         cum += weight[order[i]];
         if (cum >= target) {
             return i + 1;
+        }
+    }
+    if (head < m) {
+        const size_t k = linear_alignment_wide_nucleus(ctx, data, m, head, cum, target, max_logit, inv_t, threshold);
+        if (k > 0) {
+            return k;
         }
     }
     // the candidates' mass fell short of the target by rounding (it reached
@@ -182,6 +233,7 @@ llama_sampler * llama_sampler_init_linear_alignment(const llama_sampler_linear_a
             /* .n_vocab     = */ n_vocab,
             /* .logits_base = */ nullptr,
             /* .order       = */ {},
+            /* .bin_mass    = */ std::vector<double>(4096),
             /* .weight      = */ {},
             /* .kept        = */ {},
         });

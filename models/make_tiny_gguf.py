@@ -6,6 +6,11 @@ random (deterministic for a given seed), so the text is gibberish, but logits
 are finite and clearly spread out, so distinct tokens get distinct scores.
 
     python models/make_tiny_gguf.py OUT.gguf [--seed N] [--n-vocab N] ...
+
+The same writer, given real shapes, makes stand-ins of larger models for
+speed measurements (benchmarks/make_synthetic_model.py): vocabularies past
+the built-in pieces are filled with placeholder tokens that text never
+merges into, and weights can be written as F16.
 """
 from __future__ import annotations
 
@@ -25,8 +30,9 @@ CHAT_TEMPLATE = (
 WORDS = ["hello", "world", "the", "and", "yes", "no", "cat", "dog", "good", "bad", "answer", "question"]
 
 
-def build_vocab(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
-    """SentencePiece-style vocab: <unk> <s> </s>, 256 byte tokens, then word pieces."""
+def build_vocab(n_vocab: int, *, fill: bool = False) -> tuple[list[str], list[float], list[int]]:
+    """SentencePiece-style vocab: <unk> <s> </s>, 256 byte tokens, then word
+    pieces; with ``fill``, placeholder pieces up to any ``n_vocab``."""
     T = gguf.TokenType
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
     types_ = [T.UNKNOWN, T.CONTROL, T.CONTROL] + [T.BYTE] * 256
@@ -37,6 +43,9 @@ def build_vocab(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
     pieces += [a + b for a in string.ascii_lowercase for b in string.ascii_lowercase]  # padding bigrams
     pieces = list(dict.fromkeys(pieces))  # dedupe, keep order
     n_pieces = n_vocab - len(tokens)
+    if fill and n_pieces > len(pieces):
+        # no text contains these, so tokenization is that of the pieces above
+        pieces += [f"<fill{i}>" for i in range(n_pieces - len(pieces))]
     if not 0 < n_pieces <= len(pieces):
         raise ValueError(f"n_vocab must be in ({len(tokens)}, {len(tokens) + len(pieces)}]")
     pieces = pieces[:n_pieces]
@@ -48,8 +57,11 @@ def build_vocab(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
 
 
 def write_tiny_gguf(path, *, n_vocab: int = 400, n_embd: int = 64, n_layer: int = 2, n_head: int = 4,
-                    n_head_kv: int = 2, n_ff: int = 128, n_ctx_train: int = 512, seed: int = 0) -> Path:
-    """Write a tiny F32 llama GGUF to `path` and return it as a Path."""
+                    n_head_kv: int = 2, n_ff: int = 128, n_ctx_train: int = 512, seed: int = 0,
+                    f16: bool = False, tie_output: bool = False, name: str = "linalign-tiny-random") -> Path:
+    """Write a random-weight llama GGUF to `path` (F32, or F16 with ``f16``;
+    with ``tie_output`` the output layer is the token embedding, as in small
+    models) and return it as a Path."""
     if n_embd % n_head or n_head % n_head_kv:
         raise ValueError("n_embd must be divisible by n_head, and n_head by n_head_kv")
     path = Path(path)
@@ -57,14 +69,16 @@ def write_tiny_gguf(path, *, n_vocab: int = 400, n_embd: int = 64, n_layer: int 
     rng = np.random.default_rng(seed)
     head_dim = n_embd // n_head
 
+    dtype = np.float16 if f16 else np.float32
+
     def rand(*shape: int, std: float) -> np.ndarray:
         # numpy shape is (rows, cols) = reversed ggml ne, i.e. PyTorch Linear (out, in).
-        return (rng.standard_normal(shape) * std).astype(np.float32)
+        return (rng.standard_normal(shape) * std).astype(dtype)
 
-    ones = lambda: np.ones(n_embd, dtype=np.float32)  # noqa: E731
+    ones = lambda: np.ones(n_embd, dtype=np.float32)  # noqa: E731  (norms stay F32, as llama.cpp writes them)
 
     writer = gguf.GGUFWriter(path, "llama")
-    writer.add_name("linalign-tiny-random")
+    writer.add_name(name)
     writer.add_context_length(n_ctx_train)
     writer.add_embedding_length(n_embd)
     writer.add_block_count(n_layer)
@@ -75,9 +89,9 @@ def write_tiny_gguf(path, *, n_vocab: int = 400, n_embd: int = 64, n_layer: int 
     writer.add_rope_freq_base(10000.0)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_vocab_size(n_vocab)
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if f16 else gguf.LlamaFileType.ALL_F32)
 
-    tokens, scores, token_types = build_vocab(n_vocab)
+    tokens, scores, token_types = build_vocab(n_vocab, fill=True)
     writer.add_tokenizer_model("llama")
     writer.add_token_list(tokens)
     writer.add_token_scores(scores)
@@ -89,7 +103,11 @@ def write_tiny_gguf(path, *, n_vocab: int = 400, n_embd: int = 64, n_layer: int 
     writer.add_add_eos_token(False)
     writer.add_chat_template(CHAT_TEMPLATE)
 
-    writer.add_tensor("token_embd.weight", rand(n_vocab, n_embd, std=1.0))
+    # After RMS norm the hidden state is ~unit scale, so a logit's std is the
+    # output weights' std times sqrt(n_embd): 0.3 * sqrt(64) = 2.4 for the
+    # tiny model; a tied embedding is scaled to give the same spread.
+    embd_std = 2.4 / np.sqrt(n_embd) if tie_output else 1.0
+    writer.add_tensor("token_embd.weight", rand(n_vocab, n_embd, std=embd_std))
     for i in range(n_layer):
         blk = f"blk.{i}"
         writer.add_tensor(f"{blk}.attn_norm.weight", ones())
@@ -102,8 +120,8 @@ def write_tiny_gguf(path, *, n_vocab: int = 400, n_embd: int = 64, n_layer: int 
         writer.add_tensor(f"{blk}.ffn_up.weight", rand(n_ff, n_embd, std=0.2))
         writer.add_tensor(f"{blk}.ffn_down.weight", rand(n_embd, n_ff, std=0.1))
     writer.add_tensor("output_norm.weight", ones())
-    # After RMS norm the hidden state is ~unit scale, so logit std ~= 0.3 * sqrt(n_embd).
-    writer.add_tensor("output.weight", rand(n_vocab, n_embd, std=0.3))
+    if not tie_output:
+        writer.add_tensor("output.weight", rand(n_vocab, n_embd, std=0.3))
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
