@@ -28,19 +28,26 @@ static py::array_t<float> to_array(std::vector<float> && values, int32_t n_vocab
 
 // Runs the linear-alignment sampler alone over full logit vectors: the unit
 // under test of the sampler math. Returns the surviving ids and their logits.
-static py::tuple linear_alignment_apply(float_array logits_p, float_array logits_b, float ratio, float top_p, float temperature) {
+// dense: through the entry point the engine uses when no grammar precedes
+// the sampler, instead of llama_sampler_apply on a candidate array.
+static py::tuple linear_alignment_apply(float_array logits_p, float_array logits_b, float ratio, float top_p, float temperature,
+                                        bool dense) {
     if (logits_p.ndim() != 1 || logits_b.ndim() != 1 || logits_p.size() != logits_b.size() || logits_p.size() == 0) {
         throw std::invalid_argument("logits_p and logits_b must be non-empty 1-D arrays of the same length");
     }
     const int32_t n_vocab = (int32_t) logits_p.size();
     llama_sampler * smpl = llama_sampler_init_linear_alignment({ratio, top_p, temperature}, n_vocab);
     std::vector<llama_token_data> cur(n_vocab);
-    for (int32_t i = 0; i < n_vocab; ++i) {
-        cur[i] = {i, logits_p.data()[i], 0.0f};
-    }
     llama_token_data_array cur_p = {cur.data(), cur.size(), -1, false};
     llama_sampler_linear_alignment_set_base(smpl, logits_b.data());
-    llama_sampler_apply(smpl, &cur_p);
+    if (dense) {
+        cur_p.size = llama_sampler_linear_alignment_apply_dense(smpl, logits_p.data(), cur.data());
+    } else {
+        for (int32_t i = 0; i < n_vocab; ++i) {
+            cur[i] = {i, logits_p.data()[i], 0.0f};
+        }
+        llama_sampler_apply(smpl, &cur_p);
+    }
     llama_sampler_free(smpl);
 
     py::array_t<int32_t> ids(cur_p.size);
@@ -52,9 +59,12 @@ static py::tuple linear_alignment_apply(float_array logits_p, float_array logits
     return py::make_tuple(ids, out);
 }
 
-// Microseconds per combine step (candidate fill + linear-alignment apply)
-// over given logit vectors: the benchmark's "combine step alone".
-static double time_combine_us(float_array logits_p, float_array logits_b, int32_t n_iter, float ratio, float top_p) {
+// Microseconds per combine step over given logit vectors, as the engine runs
+// it when no grammar precedes the sampler (the dense entry point); with
+// dense = false, a candidate fill and llama_sampler_apply, as with a grammar.
+// The benchmark's "combine step alone".
+static double time_combine_us(float_array logits_p, float_array logits_b, int32_t n_iter, float ratio, float top_p,
+                              bool dense) {
     if (logits_p.ndim() != 1 || logits_b.ndim() != 1 || logits_p.size() != logits_b.size() || logits_p.size() == 0) {
         throw std::invalid_argument("logits_p and logits_b must be non-empty 1-D arrays of the same length");
     }
@@ -71,6 +81,10 @@ static double time_combine_us(float_array logits_p, float_array logits_b, int32_
         py::gil_scoped_release release;
         const auto t0 = std::chrono::steady_clock::now();
         for (int32_t it = 0; it < n_iter; ++it) {
+            if (dense) {
+                llama_sampler_linear_alignment_apply_dense(smpl, lp, cur.data());
+                continue;
+            }
             for (int32_t i = 0; i < n_vocab; ++i) {
                 cur[i] = {i, lp[i], 0.0f};
             }
@@ -174,7 +188,7 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("n_decode_calls", &engine::n_decode_calls);
 
     m.def("linear_alignment_apply", &linear_alignment_apply, py::arg("logits_p"), py::arg("logits_b"), py::arg("ratio"),
-          py::arg("top_p"), py::arg("temperature") = 1.0f);
+          py::arg("top_p"), py::arg("temperature") = 1.0f, py::arg("dense") = false);
     m.def("time_combine_us", &time_combine_us, py::arg("logits_p"), py::arg("logits_b"), py::arg("n_iter") = 200,
-          py::arg("ratio") = 2.0f, py::arg("top_p") = 0.8f);
+          py::arg("ratio") = 2.0f, py::arg("top_p") = 0.8f, py::arg("dense") = true);
 }

@@ -31,25 +31,30 @@ static const char * llama_sampler_linear_alignment_name(const struct llama_sampl
     return "linear-alignment";
 }
 
+// The sampler reads stream P's logits either from a candidate array (as a
+// llama_sampler) or from the plain logits vector (the dense entry point).
+static inline float logit_of(const llama_token_data * data, size_t i) { return data[i].logit; }
+static inline float logit_of(const float * logits, size_t i) { return logits[i]; }
+
 // The nucleus when the first `head` candidates by logit (sorted, summing to
 // `cum`) fall short of `target`: a flat distribution, thousands of tokens.
 // Rather than sort every candidate, the rest are binned by log-weight; the
 // bin where the mass reaches the target is found, and only the bins above it
 // and that one are sorted, so the sum is taken in the order a full sort
 // gives. Returns the nucleus size, or 0 if the candidates' mass falls short.
-[[gnu::noinline]] static size_t linear_alignment_wide_nucleus(llama_sampler_linear_alignment * ctx,
-                                                             const llama_token_data * data, size_t m, size_t head,
-                                                             double cum, double target, float max_logit, float inv_t,
-                                                             float threshold) {
+template <typename Logits>
+[[gnu::noinline]] static size_t linear_alignment_wide_nucleus(llama_sampler_linear_alignment * ctx, const Logits * src,
+                                                             size_t m, size_t head, double cum, double target,
+                                                             float max_logit, float inv_t, float threshold) {
     auto & order = ctx->order;
     const auto & weight = ctx->weight;
-    const auto by_logit = [data](int32_t a, int32_t b) { return data[a].logit > data[b].logit; };
+    const auto by_logit = [src](int32_t a, int32_t b) { return logit_of(src, a) > logit_of(src, b); };
     const size_t n_bins = ctx->bin_mass.size();
-    const float z_top   = (data[order[head - 1]].logit - max_logit) * inv_t;
+    const float z_top   = (logit_of(src, order[head - 1]) - max_logit) * inv_t;
     const float z_floor = std::log(threshold);
     const float scale   = (float) n_bins / std::max(z_top - z_floor, 1e-6f);
     const auto bin_of = [&](int32_t i) {
-        const float x = (z_top - (data[i].logit - max_logit) * inv_t) * scale;
+        const float x = (z_top - (logit_of(src, i) - max_logit) * inv_t) * scale;
         return (size_t) std::min<float>(std::max(x, 0.0f), (float) (n_bins - 1));
     };
     std::fill(ctx->bin_mass.begin(), ctx->bin_mass.end(), 0.0);
@@ -84,11 +89,9 @@ static const char * llama_sampler_linear_alignment_name(const struct llama_sampl
 // Size of the nucleus: the smallest prefix of `order` (candidates by
 // decreasing logit) whose probability mass reaches top_p. The first token is
 // always kept.
-static size_t linear_alignment_nucleus(llama_sampler_linear_alignment * ctx, const llama_token_data_array * cur_p) {
-    const size_t n = cur_p->size;
-    const llama_token_data * data = cur_p->data;
-
-    const float max_logit = linear_alignment_max_logit(data, n);
+template <typename Logits>
+static size_t linear_alignment_nucleus(llama_sampler_linear_alignment * ctx, const Logits * src, size_t n) {
+    const float max_logit = linear_alignment_max_logit(src, n);
     if (!std::isfinite(max_logit)) {
         return n; // nothing is plausible (e.g. a grammar masked all): leave the set alone
     }
@@ -98,7 +101,7 @@ static size_t linear_alignment_nucleus(llama_sampler_linear_alignment * ctx, con
     auto & order  = ctx->order;
     auto & weight = ctx->weight;
     weight.resize(n);
-    const double total = linear_alignment_weights(data, n, max_logit, inv_t, weight.data());
+    const double total = linear_alignment_weights(src, n, max_logit, inv_t, weight.data());
 
     // Sorting the whole vocabulary would cost most of the step, while a
     // nucleus is usually a handful of tokens. The nucleus is a prefix of the
@@ -122,7 +125,7 @@ static size_t linear_alignment_nucleus(llama_sampler_linear_alignment * ctx, con
             order.push_back((int32_t) i);
         }
     }
-    const auto by_logit = [data](int32_t a, int32_t b) { return data[a].logit > data[b].logit; };
+    const auto by_logit = [src](int32_t a, int32_t b) { return logit_of(src, a) > logit_of(src, b); };
     const size_t m = order.size();
 
     // Nuclei are usually a handful of tokens: sort a small head first.
@@ -136,7 +139,7 @@ static size_t linear_alignment_nucleus(llama_sampler_linear_alignment * ctx, con
         }
     }
     if (head < m) {
-        const size_t k = linear_alignment_wide_nucleus(ctx, data, m, head, cum, target, max_logit, inv_t, threshold);
+        const size_t k = linear_alignment_wide_nucleus(ctx, src, m, head, cum, target, max_logit, inv_t, threshold);
         if (k > 0) {
             return k;
         }
@@ -146,13 +149,30 @@ static size_t linear_alignment_nucleus(llama_sampler_linear_alignment * ctx, con
     return threshold > 1e-13f ? m : n;
 }
 
+// Step 3 over the nucleus: l = (1 + r) l_p - r l_0.
+static void linear_alignment_combine(const llama_sampler_linear_alignment * ctx, llama_token_data * data, size_t n) {
+    const float * l0 = ctx->logits_base;
+    if (l0 == nullptr || ctx->ratio == 0.0f) {
+        return;
+    }
+    const float r = ctx->ratio;
+    for (size_t i = 0; i < n; ++i) {
+        llama_token_data & td = data[i];
+        // -inf stays -inf: (1 + r) * -inf would flip sign for r < -1
+        if (td.id < 0 || td.id >= ctx->n_vocab || !std::isfinite(td.logit)) {
+            continue;
+        }
+        td.logit = (1.0f + r) * td.logit - r * l0[td.id];
+    }
+}
+
 static void llama_sampler_linear_alignment_apply(struct llama_sampler * smpl, llama_token_data_array * cur_p) {
     auto * ctx = (llama_sampler_linear_alignment *) smpl->ctx;
     if (cur_p->size == 0) {
         return;
     }
 
-    const size_t n_keep = ctx->top_p >= 1.0f ? cur_p->size : linear_alignment_nucleus(ctx, cur_p);
+    const size_t n_keep = ctx->top_p >= 1.0f ? cur_p->size : linear_alignment_nucleus(ctx, cur_p->data, cur_p->size);
     if (n_keep < cur_p->size) {
         // move the nucleus to the front, in decreasing order of l_p
         auto & kept = ctx->kept;
@@ -163,22 +183,31 @@ static void llama_sampler_linear_alignment_apply(struct llama_sampler * smpl, ll
         std::copy(kept.begin(), kept.end(), cur_p->data);
         cur_p->size = n_keep;
     }
-
-    const float * l0 = ctx->logits_base;
-    if (l0 != nullptr && ctx->ratio != 0.0f) {
-        const float r = ctx->ratio;
-        for (size_t i = 0; i < cur_p->size; ++i) {
-            llama_token_data & td = cur_p->data[i];
-            // -inf stays -inf: (1 + r) * -inf would flip sign for r < -1
-            if (td.id < 0 || td.id >= ctx->n_vocab || !std::isfinite(td.logit)) {
-                continue;
-            }
-            td.logit = (1.0f + r) * td.logit - r * l0[td.id];
-        }
-    }
+    linear_alignment_combine(ctx, cur_p->data, cur_p->size);
 
     cur_p->sorted   = false; // the combine reorders tokens
     cur_p->selected = -1;
+}
+
+size_t llama_sampler_linear_alignment_apply_dense(llama_sampler * smpl, const float * logits_p, llama_token_data * out) {
+    if (!llama_sampler_is_linear_alignment(smpl)) {
+        throw std::invalid_argument("not a linear-alignment sampler");
+    }
+    auto * ctx = (llama_sampler_linear_alignment *) smpl->ctx;
+    const size_t n = (size_t) ctx->n_vocab;
+    const size_t n_keep = ctx->top_p >= 1.0f ? n : linear_alignment_nucleus(ctx, logits_p, n);
+    if (n_keep < n) {
+        for (size_t i = 0; i < n_keep; ++i) {
+            const int32_t id = ctx->order[i];
+            out[i] = llama_token_data{id, logits_p[id], 0.0f};
+        }
+    } else {
+        for (size_t i = 0; i < n; ++i) {
+            out[i] = llama_token_data{(llama_token) i, logits_p[i], 0.0f};
+        }
+    }
+    linear_alignment_combine(ctx, out, n_keep);
+    return n_keep;
 }
 
 static struct llama_sampler * llama_sampler_linear_alignment_clone(const struct llama_sampler * smpl) {

@@ -29,6 +29,13 @@ void llama_sampler_linear_alignment_set_base(llama_sampler * smpl, const float *
 
 bool llama_sampler_is_linear_alignment(const llama_sampler * smpl);
 
+// The sampler's apply on stream P's full candidate array in id order
+// ({i, logits_p[i], 0} for every token: what a chain with nothing before the
+// sampler hands it), without building that array: writes the same result to
+// out (room for n_vocab entries) and returns its size. Saves a pass that
+// writes the whole vocabulary before every token.
+size_t llama_sampler_linear_alignment_apply_dense(llama_sampler * smpl, const float * logits_p, llama_token_data * out);
+
 // Checks the parameters the same way the factory does, for callers that
 // build several samplers and want to fail before allocating any.
 void linear_alignment_validate(const llama_sampler_linear_alignment_params & params);

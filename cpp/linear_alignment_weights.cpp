@@ -18,26 +18,49 @@
 #    define LINALIGN_VECTOR_CLONES
 #endif
 
-LINALIGN_VECTOR_CLONES
-float linear_alignment_max_logit(const llama_token_data * data, size_t n) {
+// Each loop is written once, over an accessor of the i-th logit, and built
+// for the candidate array (strided) and for a plain logits vector (dense).
+
+template <typename LogitAt>
+static inline float max_logit(LogitAt logit_at, size_t n) {
     float best = -INFINITY;
     for (size_t i = 0; i < n; ++i) {
         // NaN and -inf compare false: neither can win
-        best = data[i].logit > best ? data[i].logit : best;
+        best = logit_at(i) > best ? logit_at(i) : best;
     }
     return best;
 }
 
-LINALIGN_VECTOR_CLONES
-double linear_alignment_weights(const llama_token_data * data, size_t n, float max_logit, float inv_t, float * weight) {
+template <typename LogitAt>
+static inline double weights(LogitAt logit_at, size_t n, float max_logit, float inv_t, float * weight) {
     double total = 0.0; // a float sum of 152k small weights drifts by ~1e-4
     for (size_t i = 0; i < n; ++i) {
-        float z = (data[i].logit - max_logit) * inv_t;
+        float z = (logit_at(i) - max_logit) * inv_t;
         z = z > -87.0f ? z : -87.0f; // -inf (masked) and underflow both give ~0
         weight[i] = expf(z);
         total += weight[i];
     }
     return total;
+}
+
+LINALIGN_VECTOR_CLONES
+float linear_alignment_max_logit(const llama_token_data * data, size_t n) {
+    return max_logit([data](size_t i) { return data[i].logit; }, n);
+}
+
+LINALIGN_VECTOR_CLONES
+float linear_alignment_max_logit(const float * logits, size_t n) {
+    return max_logit([logits](size_t i) { return logits[i]; }, n);
+}
+
+LINALIGN_VECTOR_CLONES
+double linear_alignment_weights(const llama_token_data * data, size_t n, float max_logit, float inv_t, float * weight) {
+    return weights([data](size_t i) { return data[i].logit; }, n, max_logit, inv_t, weight);
+}
+
+LINALIGN_VECTOR_CLONES
+double linear_alignment_weights(const float * logits, size_t n, float max_logit, float inv_t, float * weight) {
+    return weights([logits](size_t i) { return logits[i]; }, n, max_logit, inv_t, weight);
 }
 
 LINALIGN_VECTOR_CLONES

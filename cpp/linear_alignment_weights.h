@@ -5,12 +5,16 @@
 
 #include <cstddef>
 
-// The largest logit of a candidate array (-inf if none is finite or larger).
+// Each takes the logits as a candidate array or as a plain vector.
+
+// The largest logit (-inf if none is finite or larger).
 float linear_alignment_max_logit(const llama_token_data * data, size_t n);
+float linear_alignment_max_logit(const float * logits, size_t n);
 
 // weight[i] = exp((logit_i - max_logit) * inv_t); returns their sum.
-// Candidates with logit -inf get a weight of about 1e-38.
+// Logits of -inf get a weight of about 1e-38.
 double linear_alignment_weights(const llama_token_data * data, size_t n, float max_logit, float inv_t, float * weight);
+double linear_alignment_weights(const float * logits, size_t n, float max_logit, float inv_t, float * weight);
 
 // Sum of the weights that are >= threshold.
 double linear_alignment_mass_at_least(const float * weight, size_t n, float threshold);

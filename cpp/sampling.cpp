@@ -39,6 +39,7 @@ sampler_chain::sampler_chain(const sampling_params & params, const llama_vocab *
         }
         la_ = llama_sampler_init_linear_alignment({params.ratio, params.top_p, params.temperature}, n_vocab_);
         llama_sampler_chain_add(chain_, la_);
+        la_first_ = llama_sampler_chain_n(chain_) == 1;
         llama_sampler_chain_add(chain_, llama_sampler_init_penalties(n_vocab_, params.penalty_last_n, params.repeat_penalty,
                                                                      params.frequency_penalty, params.presence_penalty));
         if (params.temperature <= 0.0f) {
@@ -67,9 +68,6 @@ sampler_chain::~sampler_chain() {
 
 llama_token sampler_chain::sample(const float * logits_p, const float * logits_b) {
     cur_.resize(n_vocab_);
-    for (llama_token id = 0; id < n_vocab_; ++id) {
-        cur_[id] = llama_token_data{id, logits_p[id], 0.0f};
-    }
     llama_token_data_array cur_p = {
         /* .data     = */ cur_.data(),
         /* .size     = */ cur_.size(),
@@ -77,7 +75,18 @@ llama_token sampler_chain::sample(const float * logits_p, const float * logits_b
         /* .sorted   = */ false,
     };
     llama_sampler_linear_alignment_set_base(la_, logits_b);
-    llama_sampler_apply(chain_, &cur_p);
+    if (la_first_) {
+        // the chain's first sampler, run on the logits themselves; then the rest
+        cur_p.size = llama_sampler_linear_alignment_apply_dense(la_, logits_p, cur_.data());
+        for (int32_t i = 1; i < llama_sampler_chain_n(chain_); ++i) {
+            llama_sampler_apply(llama_sampler_chain_get(chain_, i), &cur_p);
+        }
+    } else {
+        for (llama_token id = 0; id < n_vocab_; ++id) {
+            cur_[id] = llama_token_data{id, logits_p[id], 0.0f};
+        }
+        llama_sampler_apply(chain_, &cur_p);
+    }
     llama_sampler_linear_alignment_set_base(la_, nullptr);
     if (cur_p.selected < 0 || cur_p.selected >= (int64_t) cur_p.size) {
         throw std::runtime_error("sampler chain selected no token");

@@ -34,6 +34,9 @@ struct sampling_params {
 // The grammar, when given, runs before linear-alignment so that the
 // plausibility nucleus is taken among the tokens the grammar allows; after
 // it, a nucleus of grammar-invalid tokens could leave nothing to sample.
+// Without a grammar, sample() runs linear-alignment through its dense entry
+// point (same result, without writing a candidate for every token first) and
+// then the rest of the chain.
 class sampler_chain {
 public:
     sampler_chain(const sampling_params & params, const llama_vocab * vocab);
@@ -48,6 +51,7 @@ public:
 private:
     llama_sampler * chain_  = nullptr;
     llama_sampler * la_     = nullptr; // owned by chain_
+    bool            la_first_ = false; // nothing before it: sample() hands it the logits directly
     int32_t         n_vocab_ = 0;
     std::vector<llama_token_data> cur_;
 };

@@ -63,6 +63,22 @@ def test_nucleus_matches_numpy_over_large_vocabularies(n_vocab, shape):
         np.testing.assert_allclose(got[kept], want[kept], rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("top_p", [0.3, 0.8, 1.0])
+@pytest.mark.parametrize("scale", [0.01, 3.0, 30.0])
+def test_dense_entry_point_equals_the_sampler_on_a_candidate_array(top_p, scale):
+    """The engine hands stream P's logits to the sampler directly when no
+    grammar precedes it: the same tokens, in the same order, with the same
+    logits as llama_sampler_apply on the full candidate array."""
+    rng = np.random.default_rng(int(scale * 10 + top_p * 100))
+    logits_p = rng.normal(0, scale, 49152).astype(np.float32)
+    logits_p[rng.choice(49152, 100, replace=False)] = -np.inf  # masked tokens stay out
+    logits_b = (logits_p + rng.normal(0, 1, 49152)).astype(np.float32)
+    ids, values = _core.linear_alignment_apply(logits_p, logits_b, 2.0, top_p, dense=False)
+    dense_ids, dense_values = _core.linear_alignment_apply(logits_p, logits_b, 2.0, top_p, dense=True)
+    np.testing.assert_array_equal(dense_ids, ids)
+    np.testing.assert_array_equal(dense_values, values)
+
+
 def test_nucleus_keeps_smallest_set_reaching_top_p():
     # probabilities 0.5, 0.3, 0.15, 0.05: top_p 0.8 keeps the first two
     # (mass before the third is exactly 0.8, not < 0.8)

@@ -1,5 +1,6 @@
-"""The combine step alone (candidate fill + the linear-alignment sampler:
-nucleus of P, ``l_p + r (l_p - l_0)``, mask), timed in C++ on real logits.
+"""The combine step alone (the linear-alignment sampler as the engine runs it
+without a grammar: nucleus of P, ``l_p + r (l_p - l_0)``, mask, straight from
+the logits), timed in C++ on real logits.
 
 The model's own vocabulary uses the logits the model gives for the benchmark
 prompts. A 152k vocabulary (Qwen2's 151936) is built from the same real

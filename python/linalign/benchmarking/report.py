@@ -39,7 +39,7 @@ def format_table(doc: dict) -> str:
         for key, r in doc["ratios"].items():
             lines.append(f"  {key:20s} {r['of_medians']:6.2f} {r['of_best']:6.2f}   {_mmm(r['per_rep'], '{:.2f}')}")
     if doc["combine"]:
-        lines += ["", "combine step alone (C++; fill + linear-alignment sampler), us per token: median (min-max)"]
+        lines += ["", "combine step alone (C++; linear-alignment sampler on the logits, as the engine runs it), us per token: median (min-max)"]
         for key, c in doc["combine"].items():
             pct, best = c.get("percent_of_floor_step"), c.get("percent_of_best_floor_step")
             pct_s = (f"  = {pct:.2f}% of the median / {best:.2f}% of the best floor decode step"

@@ -172,7 +172,8 @@ def run_benchmark(config: BenchConfig, log: Callable[[str], None] = lambda s: No
             "ttft_ms": "from the call to the first streamed chunk (floor: engine.start of both prompts)",
             "prefill_tps": "prompt tokens the method must process (plain: P; others: P + B) / TTFT",
             "prefill_ms": "time until create_completion returns (it prefills eagerly); floor: engine.start",
-            "combine": "candidate fill + linear-alignment sampler, C++ (linalign._core.time_combine_us)",
+            "combine": ("the linear-alignment sampler on the logits, as the engine runs it without a grammar "
+                        "(dense entry point), C++ (linalign._core.time_combine_us)"),
             "peak_rss": "VmHWM of a fresh child process that loads the method and decodes 8 tokens",
         },
         "results": results,
