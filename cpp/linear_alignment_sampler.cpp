@@ -39,9 +39,11 @@ static inline float logit_of(const float * logits, size_t i) { return logits[i];
 // The nucleus when the first `head` candidates by logit (sorted, summing to
 // `cum`) fall short of `target`: a flat distribution, thousands of tokens.
 // Rather than sort every candidate, the rest are binned by log-weight; the
-// bin where the mass reaches the target is found, and only the bins above it
-// and that one are sorted, so the sum is taken in the order a full sort
-// gives. Returns the nucleus size, or 0 if the candidates' mass falls short.
+// bin where the mass reaches the target is found, the bins above it are
+// wholly in, and only that bin is sorted to find where the nucleus ends
+// inside it. The nucleus is then the sorted head, the wholly-in tokens in no
+// particular order, and the crossing bin's part in decreasing order. Returns
+// its size, or 0 if the candidates' mass falls short of the target.
 template <typename Logits>
 [[gnu::noinline]] static size_t linear_alignment_wide_nucleus(llama_sampler_linear_alignment * ctx, const Logits * src,
                                                              size_t m, size_t head, double cum, double target,
@@ -70,13 +72,17 @@ template <typename Logits>
         }
         binned += ctx->bin_mass[b];
     }
-    const auto in_or_before = std::partition(order.begin() + head, order.begin() + m,
-                                             [&](int32_t i) { return bin_of(i) <= crossing; });
-    std::sort(order.begin() + head, in_or_before, by_logit);
-    for (size_t i = head; i < m; ++i) {
-        if (order.begin() + i == in_or_before) {
+    // the bins above the crossing one are wholly in: they need no order
+    const auto wholly_in = std::partition(order.begin() + head, order.begin() + m,
+                                          [&](int32_t i) { return bin_of(i) < crossing; });
+    const auto crossing_end = std::partition(wholly_in, order.begin() + m,
+                                             [&](int32_t i) { return bin_of(i) == crossing; });
+    std::sort(wholly_in, crossing_end, by_logit);
+    cum = binned;
+    for (size_t i = wholly_in - order.begin(); i < m; ++i) {
+        if (order.begin() + i == crossing_end) {
             // rounding left the sum short of the target: sort what is left
-            std::sort(in_or_before, order.begin() + m, by_logit);
+            std::sort(crossing_end, order.begin() + m, by_logit);
         }
         cum += weight[order[i]];
         if (cum >= target) {
@@ -86,9 +92,9 @@ template <typename Logits>
     return 0;
 }
 
-// Size of the nucleus: the smallest prefix of `order` (candidates by
-// decreasing logit) whose probability mass reaches top_p. The first token is
-// always kept.
+// Size of the nucleus: the smallest set of candidates, taken by decreasing
+// logit, whose probability mass reaches top_p; it is left at the front of
+// ctx->order. The first token is always kept.
 template <typename Logits>
 static size_t linear_alignment_nucleus(llama_sampler_linear_alignment * ctx, const Logits * src, size_t n) {
     const float max_logit = linear_alignment_max_logit(src, n);
@@ -174,7 +180,9 @@ static void llama_sampler_linear_alignment_apply(struct llama_sampler * smpl, ll
 
     const size_t n_keep = ctx->top_p >= 1.0f ? cur_p->size : linear_alignment_nucleus(ctx, cur_p->data, cur_p->size);
     if (n_keep < cur_p->size) {
-        // move the nucleus to the front, in decreasing order of l_p
+        // move the nucleus to the front, its most likely tokens first (a
+        // nucleus of more than 64 tokens is not wholly sorted; the chain's
+        // later samplers do not rely on any order: sorted is false)
         auto & kept = ctx->kept;
         kept.resize(n_keep);
         for (size_t i = 0; i < n_keep; ++i) {
