@@ -59,7 +59,9 @@ engine::engine(std::shared_ptr<model> mdl, const engine_params & params) : model
     }
     batch_capacity_ = (int32_t) cparams.n_batch;
     batch_          = llama_batch_init(batch_capacity_, 0, 2);
-    logits_p_copy_.resize(n_vocab_);
+    if (params.two_call) {
+        logits_p_copy_.resize(n_vocab_);
+    }
 }
 
 engine::~engine() { close(); }
