@@ -43,9 +43,7 @@ static py::tuple linear_alignment_apply(float_array logits_p, float_array logits
     if (dense) {
         cur_p.size = llama_sampler_linear_alignment_apply_dense(smpl, logits_p.data(), cur.data());
     } else {
-        for (int32_t i = 0; i < n_vocab; ++i) {
-            cur[i] = {i, logits_p.data()[i], 0.0f};
-        }
+        linear_alignment_fill_candidates(logits_p.data(), cur.size(), cur.data());
         llama_sampler_apply(smpl, &cur_p);
     }
     llama_sampler_free(smpl);
@@ -85,9 +83,7 @@ static double time_combine_us(float_array logits_p, float_array logits_b, int32_
                 llama_sampler_linear_alignment_apply_dense(smpl, lp, cur.data());
                 continue;
             }
-            for (int32_t i = 0; i < n_vocab; ++i) {
-                cur[i] = {i, lp[i], 0.0f};
-            }
+            linear_alignment_fill_candidates(lp, cur.size(), cur.data());
             llama_token_data_array cur_p = {cur.data(), cur.size(), -1, false};
             llama_sampler_apply(smpl, &cur_p);
         }

@@ -197,6 +197,12 @@ static void llama_sampler_linear_alignment_apply(struct llama_sampler * smpl, ll
     cur_p->selected = -1;
 }
 
+void linear_alignment_fill_candidates(const float * logits, size_t n, llama_token_data * out) {
+    for (size_t i = 0; i < n; ++i) {
+        out[i] = llama_token_data{(llama_token) i, logits[i], 0.0f};
+    }
+}
+
 size_t llama_sampler_linear_alignment_apply_dense(llama_sampler * smpl, const float * logits_p, llama_token_data * out) {
     if (!llama_sampler_is_linear_alignment(smpl)) {
         throw std::invalid_argument("not a linear-alignment sampler");
@@ -210,9 +216,7 @@ size_t llama_sampler_linear_alignment_apply_dense(llama_sampler * smpl, const fl
             out[i] = llama_token_data{id, logits_p[id], 0.0f};
         }
     } else {
-        for (size_t i = 0; i < n; ++i) {
-            out[i] = llama_token_data{(llama_token) i, logits_p[i], 0.0f};
-        }
+        linear_alignment_fill_candidates(logits_p, n, out);
     }
     linear_alignment_combine(ctx, out, n_keep);
     return n_keep;

@@ -10,6 +10,7 @@
 
 #include "llama.h"
 
+#include <cstddef>
 #include <cstdint>
 
 struct llama_sampler_linear_alignment_params {
@@ -28,6 +29,10 @@ llama_sampler * llama_sampler_init_linear_alignment(
 void llama_sampler_linear_alignment_set_base(llama_sampler * smpl, const float * logits_base);
 
 bool llama_sampler_is_linear_alignment(const llama_sampler * smpl);
+
+// out[i] = {i, logits[i], 0} for i < n: the full candidate array of a logits
+// vector, in id order.
+void linear_alignment_fill_candidates(const float * logits, size_t n, llama_token_data * out);
 
 // The sampler's apply on stream P's full candidate array in id order
 // ({i, logits_p[i], 0} for every token: what a chain with nothing before the

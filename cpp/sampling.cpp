@@ -82,9 +82,7 @@ llama_token sampler_chain::sample(const float * logits_p, const float * logits_b
             llama_sampler_apply(llama_sampler_chain_get(chain_, i), &cur_p);
         }
     } else {
-        for (llama_token id = 0; id < n_vocab_; ++id) {
-            cur_[id] = llama_token_data{id, logits_p[id], 0.0f};
-        }
+        linear_alignment_fill_candidates(logits_p, cur_.size(), cur_.data());
         llama_sampler_apply(chain_, &cur_p);
     }
     llama_sampler_linear_alignment_set_base(la_, nullptr);
