@@ -59,12 +59,17 @@ def second_llama(model_path):
     llm.close()
 
 
-@pytest.fixture(scope="session")
-def tiny_gguf(tmp_path_factory) -> Path:
+def load_model_writer():
+    """write_tiny_gguf from models/make_tiny_gguf.py (a script, not a package)."""
     spec = importlib.util.spec_from_file_location("make_tiny_gguf", ROOT / "models" / "make_tiny_gguf.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.write_tiny_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf", seed=3)
+    return module.write_tiny_gguf
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory) -> Path:
+    return load_model_writer()(tmp_path_factory.mktemp("tiny") / "tiny.gguf", seed=3)
 
 
 def last_logits(llm: llama_cpp.Llama) -> np.ndarray:

@@ -3,25 +3,16 @@ synthetic 0.5B-class benchmark model uses them): a vocabulary filled past the
 built-in pieces, F16 weights, a tied output layer."""
 from __future__ import annotations
 
-import importlib.util
-
 import gguf
 import numpy as np
 
 import linalign
 
-from conftest import ROOT
-
-
-def _writer():
-    spec = importlib.util.spec_from_file_location("make_tiny_gguf", ROOT / "models" / "make_tiny_gguf.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.write_tiny_gguf
+from conftest import load_model_writer
 
 
 def test_filled_f16_tied_model_loads_and_runs(tmp_path):
-    path = _writer()(tmp_path / "m.gguf", n_vocab=5000, n_embd=64, n_layer=2, f16=True, tie_output=True, seed=1)
+    path = load_model_writer()(tmp_path / "m.gguf", n_vocab=5000, n_embd=64, n_layer=2, f16=True, tie_output=True, seed=1)
     reader = gguf.GGUFReader(path)
     names = {t.name: t.tensor_type.name for t in reader.tensors}
     assert "output.weight" not in names  # tied to token_embd
