@@ -192,18 +192,19 @@ def create_app(pool: SlotPool, *, model_id: str, api_key: str | None = None) -> 
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
-        check_key(request)
-        body = parse_request(await request.body(), ChatCompletionRequest)
-        kwargs = body.aligner_kwargs()
-        return await serve(request, lambda a: a.create_chat_completion(stream=True, **kwargs),
-                           stream=body.stream, include_usage=body.include_usage)
+        return await complete(request, ChatCompletionRequest, Aligner.create_chat_completion)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
+        return await complete(request, CompletionRequest, Aligner.create_completion)
+
+    async def complete(request: Request, schema: type, method: Callable[..., Iterator[dict[str, Any]]]) -> Any:
+        """Both endpoints: authorise, validate the body against ``schema``, and
+        serve ``method`` (an Aligner method, always streamed internally)."""
         check_key(request)
-        body = parse_request(await request.body(), CompletionRequest)
+        body = parse_request(await request.body(), schema)
         kwargs = body.aligner_kwargs()
-        return await serve(request, lambda a: a.create_completion(stream=True, **kwargs),
+        return await serve(request, lambda a: method(a, stream=True, **kwargs),
                            stream=body.stream, include_usage=body.include_usage)
 
     async def serve(request: Request, start: Callable[[Aligner], Iterator[dict[str, Any]]], *,
