@@ -12,6 +12,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace py = pybind11;
@@ -143,16 +144,30 @@ PYBIND11_MODULE(_core, m) {
 
     py::class_<engine>(m, "Engine")
         .def(py::init([](std::shared_ptr<model> mdl, int32_t n_ctx, int32_t n_threads, int32_t n_threads_batch, bool two_call,
-                             bool flash_attn) {
+                             bool flash_attn, uintptr_t context_params_address, size_t context_params_size) {
                  engine_params p;
                  p.n_ctx = n_ctx;
                  p.n_threads = n_threads;
                  p.n_threads_batch = n_threads_batch;
                  p.two_call = two_call;
                  p.flash_attn = flash_attn;
+                 llama_context_params base;
+                 if (context_params_address != 0) {
+                     // a llama_cpp.llama_context_params (ctypes): its layout must be this header's
+                     if (context_params_size != sizeof(llama_context_params)) {
+                         throw std::invalid_argument("llama_context_params of " + std::to_string(context_params_size) +
+                                                     " bytes; this build of linalign expects " +
+                                                     std::to_string(sizeof(llama_context_params)) +
+                                                     " (llama-cpp-python is not the version linalign was built with)");
+                     }
+                     std::memcpy(&base, reinterpret_cast<const void *>(context_params_address), sizeof(base));
+                     p.base_cparams = &base;
+                 }
                  return new engine(std::move(mdl), p);
              }), py::arg("model"), py::arg("n_ctx") = 4096, py::arg("n_threads") = 0, py::arg("n_threads_batch") = 0,
-             py::arg("two_call") = false, py::arg("flash_attn") = false)
+             py::arg("two_call") = false, py::arg("flash_attn") = false, py::arg("context_params_address") = 0,
+             py::arg("context_params_size") = 0,
+             "context_params_address: a llama_context_params to make the context from (a Llama's, to share it).")
         .def("start", &engine::start, py::arg("prompt"), py::arg("base_prompt"), py::arg("params"),
              py::call_guard<py::gil_scoped_release>())
         .def("sample", &engine::sample, py::call_guard<py::gil_scoped_release>())
@@ -175,14 +190,20 @@ PYBIND11_MODULE(_core, m) {
         .def("decode_floor", &engine::decode_floor, py::arg("token"), py::arg("n_steps"),
              py::call_guard<py::gil_scoped_release>())
         .def("clear", &engine::clear)
+        .def("forget", &engine::forget, "Forgets what was cached, leaving the KV cache as it is (a sharing Llama wrote to it).")
         .def("close", &engine::close)
         .def_property_readonly("closed", &engine::closed)
         .def_property_readonly("n_ctx", &engine::n_ctx)
+        .def_property_readonly("context_address", [](const engine & self) { return reinterpret_cast<uintptr_t>(self.context()); },
+                               "The llama_context's address (lent to a llama_cpp.Llama that shares it).")
         .def("n_past", &engine::n_past, py::arg("stream"))
         .def_property_readonly("streams_identical", &engine::streams_identical)
         .def_property_readonly("last_prefill", &engine::last_prefill)
         .def_property_readonly("n_decode_calls", &engine::n_decode_calls);
 
+    m.def("cpu_has_amx_weight_buffers", &cpu_has_amx_weight_buffers,
+          "True when llama.cpp would put CPU weights in AMX buffers, whose matrix product crashes on some machines "
+          "(llama.cpp issue 20824): linalign then loads weights without extra buffer types.");
     m.def("linear_alignment_apply", &linear_alignment_apply, py::arg("logits_p"), py::arg("logits_b"), py::arg("ratio"),
           py::arg("top_p"), py::arg("temperature") = 1.0f, py::arg("dense") = false);
     m.def("time_combine_us", &time_combine_us, py::arg("logits_p"), py::arg("logits_b"), py::arg("n_iter") = 200,

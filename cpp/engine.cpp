@@ -40,17 +40,29 @@ engine::engine(std::shared_ptr<model> mdl, const engine_params & params) : model
     // the speed (H200: 158 against 295 tok/s; likely llama.cpp rebuilding
     // its graph whenever the stream changes), a cost foreign to the design
     // the baseline stands for.
-    llama_context_params cparams = llama_context_default_params();
+    // A shared context (see aligner.py) keeps the Llama's own settings (cache
+    // types, offload, RoPE, threads), so the Llama decodes on stream P exactly
+    // as it did on a context of its own.
+    llama_context_params cparams = params.base_cparams ? *params.base_cparams : llama_context_default_params();
     cparams.n_ctx      = 2 * (uint32_t) params.n_ctx;
     cparams.n_batch    = 2 * (uint32_t) params.n_ctx;
     cparams.n_seq_max  = 2;
     cparams.kv_unified = params.two_call;
-    cparams.no_perf    = true;
-    cparams.flash_attn_type = params.flash_attn ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    if (params.base_cparams == nullptr) {
+        cparams.no_perf = true;
+        cparams.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    }
+    if (params.flash_attn) {
+        cparams.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_ENABLED;
+    }
     if (params.n_threads > 0) {
         cparams.n_threads = params.n_threads;
     }
-    cparams.n_threads_batch = params.n_threads_batch > 0 ? params.n_threads_batch : cparams.n_threads;
+    if (params.n_threads_batch > 0) {
+        cparams.n_threads_batch = params.n_threads_batch;
+    } else if (params.base_cparams == nullptr) {
+        cparams.n_threads_batch = cparams.n_threads;
+    }
 
     ctx_ = llama_init_from_model(model_->get(), cparams);
     if (ctx_ == nullptr) {
@@ -88,8 +100,14 @@ void engine::require_open() const {
 void engine::clear() {
     require_open();
     llama_memory_clear(llama_get_memory(ctx_), true);
+    forget();
+}
+
+void engine::forget() {
+    require_open();
     cached_[0].clear();
     cached_[1].clear();
+    out_idx_ = {-1, -1};
     chain_.reset();
 }
 
@@ -242,6 +260,12 @@ prefill_stats engine::prefill(const std::vector<llama_token> & prompt_p, const s
 // cannot cut there).
 int32_t engine::keep_prefix(int stream, int32_t n) {
     llama_memory_t mem = llama_get_memory(ctx_);
+    // What the engine recorded must still be what the cache holds: a Llama
+    // sharing the context (shared_context.py) may have decoded since.
+    if (llama_memory_seq_pos_max(mem, stream) != (llama_pos) cached_[stream].size() - 1) {
+        cached_[stream].clear();
+        n = 0;
+    }
     if (!llama_memory_seq_rm(mem, stream, n, -1)) {
         llama_memory_seq_rm(mem, stream, -1, -1);
         n = 0;

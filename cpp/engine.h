@@ -27,6 +27,9 @@ struct engine_params {
     int32_t n_threads_batch = 0;
     bool    two_call        = false; // benchmark baseline: one llama_decode per stream per step
     bool    flash_attn      = false; // llama-cpp-python's default, so logits match a plain Llama
+    // When set: the context is made from these parameters (a llama_cpp.Llama's,
+    // whose sequence becomes stream P), with the sizes and layout above.
+    const llama_context_params * base_cparams = nullptr;
 };
 
 enum stream_id : int { STREAM_P = 0, STREAM_B = 1 };
@@ -71,6 +74,9 @@ public:
     void decode_floor(llama_token token, int32_t n_steps);
 
     void clear();  // forgets the KV cache
+    // Forgets what the engine cached without touching the KV cache: for when
+    // a Llama sharing the context has written to it (shared_context.py).
+    void forget();
     void close();
     bool closed() const { return ctx_ == nullptr; }
 
@@ -80,6 +86,7 @@ public:
     const prefill_stats & last_prefill() const { return last_prefill_; }
     int64_t n_decode_calls() const { return n_decode_calls_; }
     const model & get_model() const { return *model_; }
+    llama_context * context() const { require_open(); return ctx_; }
 
 private:
     void require_open() const;

@@ -19,10 +19,34 @@ static void check_gguf_file(const std::string & path) {
     }
 }
 
+bool cpu_has_amx_weight_buffers() {
+    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+        ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+        if (ggml_backend_dev_type(dev) != GGML_BACKEND_DEVICE_TYPE_CPU) {
+            continue;
+        }
+        auto get_extra_bufts = (ggml_backend_dev_get_extra_bufts_t)
+            ggml_backend_reg_get_proc_address(ggml_backend_dev_backend_reg(dev), "ggml_backend_dev_get_extra_bufts");
+        for (ggml_backend_buffer_type_t * buft = get_extra_bufts ? get_extra_bufts(dev) : nullptr; buft && *buft; ++buft) {
+            if (std::strcmp(ggml_backend_buft_name(*buft), "AMX") == 0) {
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
 model::model(const std::string & path, int32_t n_gpu_layers, bool use_mmap) {
     check_gguf_file(path);
     llama_model_params params = llama_model_default_params();
     params.n_gpu_layers = n_gpu_layers;
+    // llama.cpp's AMX matrix multiplication crashes on some Sapphire Rapids
+    // machines (SIGSEGV in ggml_backend_amx_mul_mat, llama.cpp issue 20824;
+    // seen here with llama-cpp-python 0.3.36 built natively): weights stay
+    // in plain CPU buffers where AMX ones would be used.
+    if (cpu_has_amx_weight_buffers()) {
+        params.use_extra_bufts = false;
+    }
     params.load_mode    = use_mmap ? LLAMA_LOAD_MODE_AUTO : LLAMA_LOAD_MODE_NONE;
     ptr_ = llama_model_load_from_file(path.c_str(), params);
     if (ptr_ == nullptr) {

@@ -12,6 +12,9 @@
 
 namespace linalign {
 
+// True when llama.cpp would put CPU weights in AMX buffers (see model.cpp).
+bool cpu_has_amx_weight_buffers();
+
 class model {
 public:
     // Loads a GGUF file. Throws std::invalid_argument for a missing or

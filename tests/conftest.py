@@ -40,8 +40,8 @@ def aligner(model_path):
 
 def open_reference_llama(model_path) -> llama_cpp.Llama:
     """A plain llama_cpp.Llama with the settings the Aligner fixture uses."""
-    return llama_cpp.Llama(str(model_path), n_ctx=1024, n_threads=2, n_threads_batch=2, n_gpu_layers=N_GPU_LAYERS,
-                           verbose=False)
+    return linalign.load_llama(model_path, n_ctx=1024, n_threads=2, n_threads_batch=2, n_gpu_layers=N_GPU_LAYERS,
+                               verbose=False)
 
 
 @pytest.fixture(scope="session")

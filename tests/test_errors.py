@@ -106,9 +106,7 @@ def test_newer_call_supersedes_an_abandoned_stream(aligner):
 
 
 def test_closed_llama_is_detected(model_path):
-    import llama_cpp
-
-    llm = llama_cpp.Llama(str(model_path), n_ctx=64, verbose=False)
+    llm = linalign.load_llama(model_path, n_ctx=64, verbose=False)
     aligner = linalign.Aligner(llama=llm, n_ctx=128)
     assert aligner.create_completion("Hi", None, max_tokens=2)["choices"]
     llm.close()

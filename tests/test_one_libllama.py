@@ -27,10 +27,9 @@ def test_linalign_first_still_maps_one():
 
 
 def test_shared_llama_model(model_path):
-    import llama_cpp
     import linalign
 
-    llm = llama_cpp.Llama(str(model_path), n_ctx=128, verbose=False)
+    llm = linalign.load_llama(model_path, n_ctx=128, verbose=False)
     with linalign.Aligner(llama=llm, n_ctx=128) as aligner:
         assert not aligner._model.owns_weights  # borrowed: the weights are the Llama's
         assert aligner.create_completion("Hello", None, max_tokens=2)["choices"]

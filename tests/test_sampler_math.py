@@ -140,7 +140,7 @@ def test_engine_logits_on_tiny_model_match_separate_contexts(tiny_gguf):
         lp, lb = aligner.engine.eval_logits(tokens_p, tokens_b, 1, 1)
     refs = []
     for tokens in (tokens_p, tokens_b):
-        llm = llama_cpp.Llama(str(tiny_gguf), n_ctx=128, n_threads=2, verbose=False)
+        llm = linalign.load_llama(tiny_gguf, n_ctx=128, n_threads=2, verbose=False)
         llm.eval(tokens)
         refs.append(last_logits(llm))
         llm.close()

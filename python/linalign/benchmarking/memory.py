@@ -4,7 +4,7 @@ method needs, decodes a few tokens, and reports its peak RSS (``VmHWM``).
 
     plain            one llama_cpp.Llama
     linalign         Aligner(model_path): weights once, one context, two streams
-    linalign-shared  a llama_cpp.Llama plus Aligner(llama=that Llama)
+    linalign-shared  a llama_cpp.Llama plus Aligner(llama=that Llama), which shares its context
     naive            two llama_cpp.Llama (stream B in the second)
     two-call         Aligner(model_path, two_call=True)
 
@@ -79,7 +79,7 @@ def _probe(method: str, model_path: str, n_ctx: int, n_threads: int, max_tokens:
     n_threads_batch = max(os.cpu_count() or 1, n_threads)
 
     def llama() -> "llama_cpp.Llama":
-        return llama_cpp.Llama(model_path, n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads_batch,
+        return linalign.load_llama(model_path, n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads_batch,
                                verbose=False)
 
     keep = []  # everything stays alive until the peak is read

@@ -1,0 +1,147 @@
+"""Aligner(llama=llm) shares llm's context: llm decodes on stream P's
+sequence, exactly as on a context of its own, and the two take turns."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import linalign
+from linalign.shared_context import LentContext
+
+from conftest import N_GPU_LAYERS, last_logits
+
+PROMPT = "The capital of France is"
+P, B = "Explain gravity to a child.\n", "Explain gravity."
+
+
+def _llama(model_path, n_ctx=512):
+    return linalign.load_llama(model_path, n_ctx=n_ctx, n_threads=2, n_threads_batch=2, n_gpu_layers=N_GPU_LAYERS,
+                               verbose=False)
+
+
+def _plain(llm) -> str:
+    return llm.create_completion(PROMPT, max_tokens=24, temperature=0.0)["choices"][0]["text"]
+
+
+def _aligned(aligner, **kw) -> str:
+    return aligner.create_completion(P, B, max_tokens=24, temperature=0.0, **kw)["choices"][0]["text"]
+
+
+@pytest.fixture()
+def llm(model_path):
+    llm = _llama(model_path)
+    yield llm
+    llm.close()
+
+
+@pytest.fixture(scope="module")
+def own_context_text(model_path):
+    """What an Aligner on a context of its own writes."""
+    with linalign.Aligner(model_path, n_ctx=512, n_threads=2, seed=0, n_gpu_layers=N_GPU_LAYERS) as aligner:
+        return _aligned(aligner)
+
+
+def test_the_llama_decodes_on_the_shared_context_as_on_its_own(llm):
+    text = _plain(llm)
+    logits = last_logits(llm)
+    with linalign.Aligner(llama=llm, seed=0) as aligner:
+        assert isinstance(llm._ctx, LentContext)
+        assert aligner.n_ctx == llm.n_ctx() == 512
+        assert _plain(llm) == text
+        if N_GPU_LAYERS == 0:  # bit for bit with llama.cpp's CPU kernels
+            np.testing.assert_array_equal(last_logits(llm), logits)
+
+
+def test_aligned_text_equals_an_aligner_with_its_own_context(llm, own_context_text):
+    with linalign.Aligner(llama=llm, seed=0) as aligner:
+        assert _aligned(aligner) == own_context_text
+
+
+def test_turns_each_side_finds_its_results_unchanged(llm, own_context_text):
+    text = _plain(llm)
+    with linalign.Aligner(llama=llm, seed=0) as aligner:
+        for _ in range(2):
+            assert _aligned(aligner) == own_context_text
+            assert _plain(llm) == text
+        # a follow-up on the same prompt after the Llama's turn decodes it again
+        _plain(llm)
+        _aligned(aligner)
+        assert aligner.last_prefill["reused"] == (0, 0)
+        _aligned(aligner)
+        assert aligner.last_prefill["reused"] != (0, 0)  # its own turn: the cache is reused
+
+
+def test_an_aligned_stream_ends_clearly_when_the_llama_decodes(llm):
+    with linalign.Aligner(llama=llm, seed=0) as aligner:
+        stream = aligner.create_completion(P, B, max_tokens=16, temperature=0.0, stream=True)
+        next(stream)
+        _plain(llm)
+        with pytest.raises(linalign.GenerationSuperseded, match="Llama sharing"):
+            list(stream)
+
+
+def test_a_restored_llama_state_is_noticed(llm, own_context_text):
+    with linalign.Aligner(llama=llm, seed=0) as aligner:
+        text = _plain(llm)
+        state = llm.save_state()
+        _aligned(aligner)
+        llm.load_state(state)  # writes the whole context, not through its calls
+        assert _aligned(aligner) == own_context_text
+        llm.load_state(state)
+        assert _plain(llm) == text
+
+
+def test_close_gives_the_llama_a_context_of_its_own(llm):
+    text = _plain(llm)
+    aligner = linalign.Aligner(llama=llm, seed=0)
+    _aligned(aligner)
+    aligner.close()
+    assert type(llm._ctx).__name__ == "LlamaContext" and not isinstance(llm._ctx, LentContext)
+    assert llm.n_ctx() == 512
+    assert _plain(llm) == text
+
+
+def test_a_dropped_aligner_gives_the_context_back(llm):
+    text = _plain(llm)
+    aligner = linalign.Aligner(llama=llm, seed=0)
+    _aligned(aligner)
+    del aligner
+    import gc
+    gc.collect()
+    assert not isinstance(llm._ctx, LentContext)
+    assert _plain(llm) == text
+
+
+def test_a_second_aligner_on_the_same_llama_gets_its_own_context(llm, own_context_text):
+    with linalign.Aligner(llama=llm, seed=0) as first, linalign.Aligner(llama=llm, seed=0) as second:
+        assert llm._ctx.ctx == first.engine.context_address != second.engine.context_address
+        assert _aligned(second) == _aligned(first) == own_context_text
+
+
+def test_a_larger_n_ctx_is_kept_and_the_llama_keeps_its_own_limit(llm):
+    with linalign.Aligner(llama=llm, n_ctx=1024, seed=0) as aligner:
+        assert aligner.n_ctx == 1024
+        assert llm.n_ctx() == 512
+        with pytest.raises(ValueError, match="exceed context window"):
+            llm.create_completion([504] * 600, max_tokens=1)
+    with linalign.Aligner(llama=llm, n_ctx=64, seed=0) as aligner:
+        assert aligner.n_ctx == 512  # never smaller than the Llama's, whose sequence is stream P
+
+
+@pytest.mark.skipif(N_GPU_LAYERS != 0, reason="host memory; a GPU keeps the KV cache on the device")
+def test_the_process_holds_one_kv_cache_more_than_the_llama(model_path):
+    """4096 cells of the default model's KV cache are 90 MiB: sharing adds one
+    (stream B), an Aligner with a context of its own would add two."""
+    def rss_mib() -> float:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+    llm = _llama(model_path, n_ctx=4096)
+    _plain(llm)
+    kv_mib = 30 * 4096 * (192 + 192) * 2 / 2**20  # layers * cells * (K + V) * f16
+    before = rss_mib()
+    with linalign.Aligner(llama=llm, seed=0) as aligner:
+        _aligned(aligner)
+        grown = rss_mib() - before
+    llm.close()
+    assert 0.8 * kv_mib < grown < 1.3 * kv_mib, (grown, kv_mib)
