@@ -38,9 +38,9 @@ def aligner(model_path):
         yield a
 
 
-def open_reference_llama(model_path) -> llama_cpp.Llama:
+def open_reference_llama(model_path, n_ctx: int = 1024) -> llama_cpp.Llama:
     """A plain llama_cpp.Llama with the settings the Aligner fixture uses."""
-    return linalign.load_llama(model_path, n_ctx=1024, n_threads=2, n_threads_batch=2, n_gpu_layers=N_GPU_LAYERS,
+    return linalign.load_llama(model_path, n_ctx=n_ctx, n_threads=2, n_threads_batch=2, n_gpu_layers=N_GPU_LAYERS,
                                verbose=False)
 
 

@@ -8,15 +8,10 @@ import pytest
 import linalign
 from linalign.shared_context import LentContext
 
-from conftest import N_GPU_LAYERS, last_logits
+from conftest import N_GPU_LAYERS, last_logits, open_reference_llama
 
 PROMPT = "The capital of France is"
 P, B = "Explain gravity to a child.\n", "Explain gravity."
-
-
-def _llama(model_path, n_ctx=512):
-    return linalign.load_llama(model_path, n_ctx=n_ctx, n_threads=2, n_threads_batch=2, n_gpu_layers=N_GPU_LAYERS,
-                               verbose=False)
 
 
 def _plain(llm) -> str:
@@ -29,7 +24,7 @@ def _aligned(aligner, **kw) -> str:
 
 @pytest.fixture()
 def llm(model_path):
-    llm = _llama(model_path)
+    llm = open_reference_llama(model_path, n_ctx=512)
     yield llm
     llm.close()
 
@@ -136,7 +131,7 @@ def test_the_process_holds_one_kv_cache_more_than_the_llama(model_path):
         with open("/proc/self/status") as f:
             return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
-    llm = _llama(model_path, n_ctx=4096)
+    llm = open_reference_llama(model_path, n_ctx=4096)
     _plain(llm)
     kv_mib = 30 * 4096 * (192 + 192) * 2 / 2**20  # layers * cells * (K + V) * f16
     before = rss_mib()
