@@ -2,6 +2,7 @@
 sequence, exactly as on a context of its own, and the two take turns."""
 from __future__ import annotations
 
+import llama_cpp
 import numpy as np
 import pytest
 
@@ -73,6 +74,37 @@ def test_an_aligned_stream_ends_clearly_when_the_llama_decodes(llm):
         _plain(llm)
         with pytest.raises(linalign.GenerationSuperseded, match="Llama sharing"):
             list(stream)
+
+
+def test_the_llama_finds_its_cached_tokens_after_the_aligners_turn(model_path, llm):
+    """Its cached tokens are decoded into sequence 0 again when its turn comes:
+    the logits are those of a fresh Llama evaluating the same tokens."""
+    with linalign.Aligner(llama=llm, seed=0) as aligner:
+        _plain(llm)
+        tokens = llm.input_ids[:llm.n_tokens].tolist()
+        _aligned(aligner)
+        llm.eval([])  # its turn: keeps all of its cached tokens
+        assert llm.n_tokens == len(tokens)
+        reference = open_reference_llama(model_path, n_ctx=512)
+        reference.eval(tokens)
+        if N_GPU_LAYERS == 0:
+            np.testing.assert_array_equal(last_logits(llm), last_logits(reference))
+        reference.close()
+
+
+def test_a_paused_llama_stream_goes_on_from_its_own_tokens(llm):
+    prompt = llm.tokenize(PROMPT.encode())
+    with linalign.Aligner(llama=llm, seed=0) as aligner:
+        stream = llm.create_completion(prompt, max_tokens=12, temperature=0.0, stream=True)
+        for _ in range(4):
+            next(stream)
+        _aligned(aligner)
+        assert list(stream)[-1]["choices"][0]["finish_reason"] == "length"
+        # every token it generated sits after the prompt, none after the aligned text
+        assert llm.input_ids[:len(prompt)].tolist() == prompt
+        assert llm.n_tokens == len(prompt) + 11  # the last sampled token is not evaluated
+        mem = llama_cpp.llama_get_memory(llm.ctx)
+        assert llama_cpp.llama_memory_seq_pos_max(mem, 0) == llm.n_tokens - 1
 
 
 def test_a_restored_llama_state_is_noticed(llm, own_context_text):

@@ -226,24 +226,24 @@ class Aligner:
         shared_context.lend_context(llama, self._engine.context_address, self._lock, take)
         self._lent = True
 
-    def _llama_takes_turn(self) -> None:
-        """The Llama is about to decode on the shared context (under self._lock)."""
-        if self._owner == "aligner":
-            self._generation += 1  # an aligned stream in progress loses its cache
-            self._superseded = "the llama_cpp.Llama sharing this Aligner's context decoded; this stream was abandoned"
-            if self._engine is not None:
-                self._engine.forget()  # not the cache: a state the Llama restored may be in it
-            self._owner = "llama"
+    def _llama_takes_turn(self, keep: int) -> None:
+        """The Llama is about to use the shared context and needs the first
+        ``keep`` of its cached tokens (under self._lock)."""
+        if self._owner != "aligner":
+            return
+        self._owner = "llama"
+        self._generation += 1  # an aligned stream in progress loses its cache
+        self._superseded = "the llama_cpp.Llama sharing this Aligner's context decoded; this stream was abandoned"
+        if self._engine is not None:
+            self._engine.forget()  # the cache itself may hold a state the Llama is restoring
+        shared_context.restore_llama_tokens(self._llama, keep)
 
     def _take_turn(self) -> None:
         """The Aligner is about to use its engine (under self._lock)."""
-        if not self._lent:
+        if not self._lent or self._owner == "aligner":
             return
-        if self._owner == "llama" or self._llama.n_tokens:
-            # the Llama decoded, or loaded a saved state, since: what the
-            # engine cached is gone
-            self._engine.forget()
-        self._llama.reset()  # its cached tokens are no longer in sequence 0
+        self._engine.forget()  # the Llama has written to the cache since
+        self._llama._requires_eval = True  # the last logits will not be its own
         self._owner = "aligner"
 
     # -- lifetime ---------------------------------------------------------

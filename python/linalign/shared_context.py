@@ -8,14 +8,17 @@ of the Llama's cache plus the Aligner's two. Each sequence has a KV buffer of
 its own, so the Llama decodes on sequence 0 exactly as it did on its own
 context.
 
-The two take turns. Whichever decoded last owns what is in the cache: when
-the Llama decodes after the Aligner, the Aligner forgets its cached streams
-(and an aligned stream still being read ends with ``GenerationSuperseded``);
-when the Aligner starts after the Llama, the Llama forgets its cached tokens
-(``llm.reset()``), as for a prompt that shares nothing with the last. The
-Llama's calls on the context take the Aligner's lock, so two threads never
-decode on it at once; as with one Llama in two threads, interleaving their
-streams still gives each the other's cache.
+The two take turns; any use of the context by the Llama (its calls on
+``llm._ctx``, or the context pointer itself, which its sampler and state
+functions read) is the Llama's turn. Whichever decoded last owns what is in
+the cache. When the Llama's turn follows the Aligner's, the Aligner forgets
+its cached streams (an aligned stream still being read ends with
+``GenerationSuperseded``), and the tokens the Llama still counts on are
+decoded into sequence 0 again: as many as its next call keeps, so a paused
+Llama stream, a prefix-cache hit and ``save_state`` find their cache as they
+left it, and a new prompt costs nothing extra. The Llama's calls take the
+Aligner's lock, so the two never decode at once; use them from one thread at
+a time all the same, as with one Llama.
 
 When the Aligner closes, the Llama gets a context of its own again.
 """
@@ -30,22 +33,8 @@ from typing import Any, Callable
 import llama_cpp
 from llama_cpp._internals import LlamaContext
 
-__all__ = ["LentContext", "why_not_shared", "free_llama_context", "lend_context", "return_context"]
-
-
-def _taking_turn(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Runs one of the Llama's calls on the context as the Llama's turn."""
-
-    @functools.wraps(method)
-    def wrapper(self: "LentContext", *args: Any, **kwargs: Any) -> Any:
-        with self._lock:
-            take = self._take()
-            if take is None:
-                raise RuntimeError("this context was returned by the Aligner that lent it")
-            take()
-            return method(self, *args, **kwargs)
-
-    return wrapper
+__all__ = ["LentContext", "why_not_shared", "free_llama_context", "lend_context", "restore_llama_tokens",
+           "return_context"]
 
 
 class LentContext(LlamaContext):
@@ -54,29 +43,76 @@ class LentContext(LlamaContext):
     the Aligner owns the context."""
 
     def __init__(self, llama: llama_cpp.Llama, context_address: int, lock: threading.RLock,
-                 take: Callable[[], Callable[[], None] | None]) -> None:
+                 take: Callable[[], Callable[[int], None] | None]) -> None:
         # LlamaContext.__init__ would make a context; this one exists already
         self.model = llama._model
         self.params = llama.context_params
         self.verbose = llama.verbose
         self._exit_stack = contextlib.ExitStack()
-        self.ctx = context_address
-        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self._address = context_address
+        self.memory = llama_cpp.llama_get_memory(context_address)
         self.sampler = None
-        self._n_ctx = llama._n_ctx
+        self._llama_n_ctx = llama._n_ctx
+        self._llama_tokens = lambda: llama.n_tokens
         self._lock = lock
-        self._take = take  # returns the Aligner's turn-taking callback, or None once it has closed
+        self._take = take  # the Aligner's turn-taking callback, or None once it has closed
+
+    def _turn(self, keep: int | None = None) -> None:
+        """The Llama's turn; it needs the first ``keep`` of its cached tokens
+        (all when None) in sequence 0. Called with self._lock held."""
+        take = self._take()
+        if take is None:
+            raise RuntimeError("this context was returned by the Aligner that lent it")
+        n_cached = self._llama_tokens()
+        take(n_cached if keep is None else max(0, min(keep, n_cached)))
+
+    @property
+    def ctx(self) -> int:
+        with self._lock:
+            self._turn()
+        return self._address
 
     def n_ctx(self) -> int:
-        return self._n_ctx  # the Llama's own size, not the two sequences'
+        return self._llama_n_ctx  # the Llama's own size, not the two sequences'
 
-    decode = _taking_turn(LlamaContext.decode)
-    encode = _taking_turn(LlamaContext.encode)
-    kv_cache_clear = _taking_turn(LlamaContext.kv_cache_clear)
-    kv_cache_seq_rm = _taking_turn(LlamaContext.kv_cache_seq_rm)
-    kv_cache_seq_cp = _taking_turn(LlamaContext.kv_cache_seq_cp)
-    kv_cache_seq_keep = _taking_turn(LlamaContext.kv_cache_seq_keep)
-    kv_cache_seq_shift = _taking_turn(LlamaContext.kv_cache_seq_shift)
+    def kv_cache_seq_rm(self, seq_id: int, p0: int, p1: int) -> bool:
+        with self._lock:
+            # Llama.eval and Llama.generate keep positions [0, p0) this way
+            self._turn(p0 if p1 < 0 and seq_id <= 0 else None)
+            return super().kv_cache_seq_rm(seq_id, p0, p1)
+
+    def kv_cache_clear(self) -> None:
+        with self._lock:
+            self._turn(0)
+            super().kv_cache_clear()
+
+    def _locked(name: str) -> Callable[..., Any]:  # noqa: N805 (a helper of the class body)
+        method = getattr(LlamaContext, name)
+
+        @functools.wraps(method)
+        def wrapper(self: "LentContext", *args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                self._turn()
+                return method(self, *args, **kwargs)
+
+        return wrapper
+
+    decode = _locked("decode")
+    encode = _locked("encode")
+    kv_cache_seq_cp = _locked("kv_cache_seq_cp")
+    kv_cache_seq_keep = _locked("kv_cache_seq_keep")
+    kv_cache_seq_shift = _locked("kv_cache_seq_shift")
+    del _locked
+
+
+def restore_llama_tokens(llama: llama_cpp.Llama, keep: int) -> None:
+    """Decodes the first ``keep`` tokens ``llama`` counts as cached into
+    sequence 0 again, after the Aligner's turn overwrote it."""
+    llama._ctx.kv_cache_seq_rm(0, 0, -1)
+    tokens = llama.input_ids[:keep].tolist()
+    llama.n_tokens = 0
+    if tokens:
+        llama.eval(tokens)
 
 
 def why_not_shared(llama: llama_cpp.Llama) -> str | None:
@@ -89,7 +125,7 @@ def why_not_shared(llama: llama_cpp.Llama) -> str | None:
         return "its context has a LoRA adapter"
     if llama._is_recurrent or llama._is_hybrid:
         return "its model is recurrent"
-    if getattr(llama._ctx, "ctx", None) is None:
+    if llama._ctx.ctx is None:
         return "its context is closed"
     return None
 
@@ -105,9 +141,9 @@ def free_llama_context(llama: llama_cpp.Llama) -> None:
 
 
 def lend_context(llama: llama_cpp.Llama, context_address: int, lock: threading.RLock,
-                 take: Callable[[], Callable[[], None] | None]) -> None:
+                 take: Callable[[], Callable[[int], None] | None]) -> None:
     llama._ctx = LentContext(llama, context_address, lock, take)
-    llama.reset()
+    llama.reset()  # its own context, and what it cached, are gone
 
 
 def return_context(llama: llama_cpp.Llama) -> None:
