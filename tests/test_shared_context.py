@@ -92,19 +92,27 @@ def test_the_llama_finds_its_cached_tokens_after_the_aligners_turn(model_path, l
         reference.close()
 
 
-def test_a_paused_llama_stream_goes_on_from_its_own_tokens(llm):
+def test_a_paused_llama_stream_goes_on_from_its_own_tokens(model_path, llm):
     prompt = llm.tokenize(PROMPT.encode())
     with linalign.Aligner(llama=llm, seed=0) as aligner:
         stream = llm.create_completion(prompt, max_tokens=12, temperature=0.0, stream=True)
         for _ in range(4):
             next(stream)
+        n_at_pause = llm.n_tokens
         _aligned(aligner)
         assert list(stream)[-1]["choices"][0]["finish_reason"] == "length"
-        # every token it generated sits after the prompt, none after the aligned text
-        assert llm.input_ids[:len(prompt)].tolist() == prompt
         assert llm.n_tokens == len(prompt) + 11  # the last sampled token is not evaluated
         mem = llama_cpp.llama_get_memory(llm.ctx)
         assert llama_cpp.llama_memory_seq_pos_max(mem, 0) == llm.n_tokens - 1
+        # what it computed: its tokens up to the pause decoded again, then one at a time
+        tokens = llm.input_ids[:llm.n_tokens].tolist()
+        reference = open_reference_llama(model_path, n_ctx=512)
+        reference.eval(tokens[:n_at_pause])
+        for token in tokens[n_at_pause:]:
+            reference.eval([token])
+        if N_GPU_LAYERS == 0:
+            np.testing.assert_array_equal(last_logits(llm), last_logits(reference))
+        reference.close()
 
 
 def test_a_restored_llama_state_is_noticed(llm, own_context_text):
