@@ -54,6 +54,7 @@ sampler_chain::sampler_chain(const sampling_params & params, const llama_vocab *
             llama_sampler_chain_add(chain_, llama_sampler_init_temp(params.temperature));
             llama_sampler_chain_add(chain_, llama_sampler_init_dist(params.seed));
         }
+        cur_.reset(new llama_token_data[n_vocab_]);
     } catch (...) {
         llama_sampler_free(chain_);
         throw;
@@ -67,22 +68,21 @@ sampler_chain::~sampler_chain() {
 }
 
 llama_token sampler_chain::sample(const float * logits_p, const float * logits_b) {
-    cur_.resize(n_vocab_);
     llama_token_data_array cur_p = {
-        /* .data     = */ cur_.data(),
-        /* .size     = */ cur_.size(),
+        /* .data     = */ cur_.get(),
+        /* .size     = */ (size_t) n_vocab_,
         /* .selected = */ -1,
         /* .sorted   = */ false,
     };
     llama_sampler_linear_alignment_set_base(la_, logits_b);
     if (la_first_) {
         // the chain's first sampler, run on the logits themselves; then the rest
-        cur_p.size = llama_sampler_linear_alignment_apply_dense(la_, logits_p, cur_.data());
+        cur_p.size = llama_sampler_linear_alignment_apply_dense(la_, logits_p, cur_.get());
         for (int32_t i = 1; i < llama_sampler_chain_n(chain_); ++i) {
             llama_sampler_apply(llama_sampler_chain_get(chain_, i), &cur_p);
         }
     } else {
-        linear_alignment_fill_candidates(logits_p, cur_.size(), cur_.data());
+        linear_alignment_fill_candidates(logits_p, cur_p.size, cur_.get());
         llama_sampler_apply(chain_, &cur_p);
     }
     llama_sampler_linear_alignment_set_base(la_, nullptr);

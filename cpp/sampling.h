@@ -6,6 +6,7 @@
 #include "linear_alignment_sampler.h"
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -53,7 +54,10 @@ private:
     llama_sampler * la_     = nullptr; // owned by chain_
     bool            la_first_ = false; // nothing before it: sample() hands it the logits directly
     int32_t         n_vocab_ = 0;
-    std::vector<llama_token_data> cur_;
+    // Candidate storage, left uninitialised: the dense path writes only the
+    // nucleus, so the rest of it never becomes resident (576 KiB at 49k
+    // tokens, 1.7 MiB at 152k).
+    std::unique_ptr<llama_token_data[]> cur_;
 };
 
 } // namespace linalign
