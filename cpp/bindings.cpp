@@ -171,7 +171,7 @@ PYBIND11_MODULE(_core, m) {
         .def("start", &engine::start, py::arg("prompt"), py::arg("base_prompt"), py::arg("params"),
              py::call_guard<py::gil_scoped_release>())
         .def("sample", &engine::sample, py::call_guard<py::gil_scoped_release>())
-        .def("logits", [](const engine & self, int stream) {
+        .def("logits", [](engine & self, int stream) {
                  const int32_t n_vocab = self.get_model().n_vocab();
                  const float * src = self.logits(stream);
                  return to_array(std::vector<float>(src, src + n_vocab), n_vocab).reshape({(py::ssize_t) n_vocab});
@@ -191,6 +191,8 @@ PYBIND11_MODULE(_core, m) {
              py::call_guard<py::gil_scoped_release>())
         .def("clear", &engine::clear)
         .def("forget", &engine::forget, "Forgets what was cached, leaving the KV cache as it is (a sharing Llama wrote to it).")
+        .def("evict_prompt_stream", &engine::evict_prompt_stream,
+             "A sharing Llama takes stream P's sequence: P is decoded again when next needed.")
         .def("close", &engine::close)
         .def_property_readonly("closed", &engine::closed)
         .def_property_readonly("n_ctx", &engine::n_ctx)

@@ -108,7 +108,40 @@ void engine::forget() {
     cached_[0].clear();
     cached_[1].clear();
     out_idx_ = {-1, -1};
+    p_evicted_ = false;
     chain_.reset();
+}
+
+void engine::evict_prompt_stream() {
+    require_open();
+    if (params_.two_call) {
+        throw std::logic_error("a two-call engine does not share its context");
+    }
+    p_evicted_ = !cached_[0].empty();
+}
+
+// Decodes P's tokens again after a sharing Llama used its sequence, and B's
+// last token (its cells are intact, the logits of the last decode are not),
+// so that sample() and decode() go on as if nothing had happened. The
+// sampler chain is kept.
+void engine::restore_prompt_stream() {
+    p_evicted_ = false;
+    llama_memory_t mem = llama_get_memory(ctx_);
+    llama_memory_seq_rm(mem, STREAM_P, -1, -1);
+    const int32_t n_p = n_past(STREAM_P);
+    batch_.n_tokens = 0;
+    for (int32_t pos = 0; pos < n_p; ++pos) {
+        batch_add(cached_[0][pos], pos, STREAM_P, pos == n_p - 1);
+    }
+    int32_t out_b = identical_ ? n_p - 1 : -1;
+    if (base_active_ && !identical_ && n_past(STREAM_B) > 0) {
+        const int32_t last_b = n_past(STREAM_B) - 1;
+        llama_memory_seq_rm(mem, STREAM_B, last_b, -1);
+        out_b = batch_.n_tokens;
+        batch_add(cached_[1][last_b], last_b, STREAM_B, true);
+    }
+    run_decode("decode of the prompt stream again, after the sharing Llama's turn");
+    out_idx_ = {n_p - 1, out_b};
 }
 
 void engine::check_prompt(const std::vector<llama_token> & prompt, const char * name) const {
@@ -181,6 +214,10 @@ prefill_stats engine::prefill(const std::vector<llama_token> & prompt_p, const s
     }
     if (prompt_p == prompt_b && n_tail_p == n_tail_b && !params_.two_call) {
         return prefill_prompt_only(prompt_p, true, n_tail_p);
+    }
+    if (p_evicted_) {
+        cached_[0].clear();  // a sharing Llama has used its cells
+        p_evicted_ = false;
     }
     const std::array<const std::vector<llama_token> *, 2> prompts = {&prompt_p, &prompt_b};
     const std::array<int32_t, 2> n_tail = {n_tail_p, n_tail_b};
@@ -280,6 +317,10 @@ int32_t engine::keep_prefix(int stream, int32_t n) {
 // context does. B's cache is left as it was.
 prefill_stats engine::prefill_prompt_only(const std::vector<llama_token> & prompt_p, bool identical, int32_t n_tail) {
     const int32_t n = (int32_t) prompt_p.size();
+    if (p_evicted_) {
+        cached_[0].clear();  // a sharing Llama has used its cells
+        p_evicted_ = false;
+    }
     chain_.reset();
     out_idx_ = {-1, -1};
     const int32_t keep = keep_prefix(STREAM_P, std::min<int32_t>((int32_t) common_prefix(cached_[0], prompt_p), n - n_tail));
@@ -321,13 +362,16 @@ prefill_stats engine::start(const std::vector<llama_token> & prompt_p, const std
     return stats;
 }
 
-const float * engine::logits(int stream) const {
+const float * engine::logits(int stream) {
     require_open();
     if (stream != STREAM_P && stream != STREAM_B) {
         throw std::invalid_argument("stream must be 0 (P) or 1 (B)");
     }
     if (out_idx_[stream] < 0) {
         throw std::runtime_error("no logits yet: call start() first");
+    }
+    if (p_evicted_) {
+        restore_prompt_stream();
     }
     if (stream == STREAM_P && params_.two_call) {
         return logits_p_copy_.data();
@@ -349,6 +393,9 @@ bool engine::decode(llama_token token) {
         throw std::runtime_error("decode() called before start()");
     }
     model_->check_token(token);
+    if (p_evicted_) {
+        restore_prompt_stream();
+    }
     if (n_past(STREAM_P) >= params_.n_ctx || (base_active_ && n_past(STREAM_B) >= params_.n_ctx)) {
         return false;
     }
@@ -403,6 +450,9 @@ void engine::decode_floor(llama_token token, int32_t n_steps) {
     model_->check_token(token);
     if (cached_[0].empty() || cached_[1].empty()) {
         throw std::runtime_error("decode_floor() needs a prefill first");
+    }
+    if (p_evicted_) {
+        restore_prompt_stream();
     }
     for (int32_t i = 0; i < n_steps; ++i) {
         if (n_past(STREAM_P) >= params_.n_ctx || n_past(STREAM_B) >= params_.n_ctx) {

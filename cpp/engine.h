@@ -59,7 +59,7 @@ public:
 
     // The current next-token logits of a stream (n_vocab floats, valid until
     // the next decode).
-    const float * logits(int stream) const;
+    const float * logits(int stream);
 
     // Appends a token to both streams. Returns false when the context is
     // full (the caller finishes with "length").
@@ -77,6 +77,11 @@ public:
     // Forgets what the engine cached without touching the KV cache: for when
     // a Llama sharing the context has written to it (shared_context.py).
     void forget();
+    // A Llama sharing the context is about to decode on stream P's sequence:
+    // P's cells and the last logits become its own. The engine keeps P's
+    // tokens and decodes them again when it next needs them (B's cells are
+    // left alone), so a generation in progress goes on.
+    void evict_prompt_stream();
     void close();
     bool closed() const { return ctx_ == nullptr; }
 
@@ -95,6 +100,7 @@ private:
                           int32_t n_tail_p, int32_t n_tail_b, bool with_base);
     prefill_stats prefill_prompt_only(const std::vector<llama_token> & prompt_p, bool identical, int32_t n_tail = 1);
     int32_t keep_prefix(int stream, int32_t n);
+    void restore_prompt_stream();
     void run_decode(const char * what);
     void batch_add(llama_token token, llama_pos pos, int stream, bool logits);
     const float * logits_at(int32_t batch_index) const;
@@ -111,6 +117,7 @@ private:
     std::array<std::vector<int32_t>, 2>     tail_rows_;          // batch index of each wanted logits row
     bool                                    identical_ = false;   // B's prompt is P's: B's logits are P's
     bool                                    base_active_ = true; // false when ratio == 0: B is never read
+    bool                                    p_evicted_ = false;  // see evict_prompt_stream()
     std::vector<float>                      logits_p_copy_; // two-call mode keeps P's logits here
     std::unique_ptr<sampler_chain>          chain_;
     prefill_stats                           last_prefill_;

@@ -59,21 +59,94 @@ def test_turns_each_side_finds_its_results_unchanged(llm, own_context_text):
         for _ in range(2):
             assert _aligned(aligner) == own_context_text
             assert _plain(llm) == text
-        # a follow-up on the same prompt after the Llama's turn decodes it again
+        # after the Llama's turn stream P is decoded again; B's sequence, which
+        # the Llama does not touch, is reused
         _plain(llm)
+        assert _aligned(aligner) == own_context_text
+        assert aligner.last_prefill["reused"] == (0, len(aligner.tokenize(B)) - 1)
         _aligned(aligner)
-        assert aligner.last_prefill["reused"] == (0, 0)
-        _aligned(aligner)
-        assert aligner.last_prefill["reused"] != (0, 0)  # its own turn: the cache is reused
+        assert aligner.last_prefill["reused"][0] > 0  # its own turn: P is reused too
 
 
-def test_an_aligned_stream_ends_clearly_when_the_llama_decodes(llm):
+def test_an_aligned_stream_goes_on_after_the_llama_decodes(llm):
+    with linalign.Aligner(llama=llm, seed=0) as aligner:
+        stream = aligner.create_completion(P, B, max_tokens=16, temperature=0.0, stream=True)
+        for _ in range(3):
+            next(stream)
+        _plain(llm)
+        assert list(stream)[-1]["choices"][0]["finish_reason"] == "length"
+        n_prompt = len(aligner.tokenize(P))
+        assert aligner.engine.n_past(0) == n_prompt + 15  # the last token is not decoded
+
+
+def test_stream_p_is_decoded_again_after_the_llamas_turn(model_path, llm):
+    """After the Llama used sequence 0, the engine decodes P's tokens again:
+    P's logits are those of a fresh Llama evaluating the same tokens."""
+    with linalign.Aligner(llama=llm, seed=0) as aligner:
+        engine = aligner.engine
+        tokens_p, tokens_b = aligner.tokenize(P), aligner.tokenize(B)
+        params = linalign._core.SamplingParams()
+        params.temperature = 0.0
+        engine.start(tokens_p, tokens_b, params)
+        for _ in range(4):
+            token = engine.sample()
+            tokens_p.append(token)
+            engine.decode(token)
+        _plain(llm)  # evicts stream P
+        reference = open_reference_llama(model_path, n_ctx=512)
+        reference.eval(tokens_p)
+        if N_GPU_LAYERS == 0:
+            np.testing.assert_array_equal(engine.logits(0), last_logits(reference))
+        else:
+            np.testing.assert_allclose(engine.logits(0), last_logits(reference), atol=0.5)
+        reference.close()
+
+
+def test_clearing_the_context_ends_an_aligned_stream_clearly(llm):
     with linalign.Aligner(llama=llm, seed=0) as aligner:
         stream = aligner.create_completion(P, B, max_tokens=16, temperature=0.0, stream=True)
         next(stream)
-        _plain(llm)
-        with pytest.raises(linalign.GenerationSuperseded, match="Llama sharing"):
+        llm._ctx.kv_cache_clear()  # every sequence, stream B's too
+        with pytest.raises(linalign.GenerationSuperseded, match="cleared or restored"):
             list(stream)
+        assert _aligned(aligner)  # the next call starts afresh
+
+
+def test_the_llama_and_the_aligner_in_two_threads(llm, own_context_text):
+    """Their steps take one lock and each finds its cache as it left it:
+    no crash, no error, full-length results."""
+    import threading
+
+    errors, results = [], {"llama": [], "aligner": []}
+    start = threading.Barrier(2)
+
+    def llama_side():
+        try:
+            start.wait()
+            for _ in range(3):
+                out = llm.create_completion(PROMPT, max_tokens=16, temperature=0.0)
+                results["llama"].append(out["choices"][0]["finish_reason"])
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    with linalign.Aligner(llama=llm, seed=0) as aligner:
+        def aligner_side():
+            try:
+                start.wait()
+                for _ in range(3):
+                    out = aligner.create_completion(P, B, max_tokens=16, temperature=0.0)
+                    results["aligner"].append(out["choices"][0]["finish_reason"])
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+
+        threads = [threading.Thread(target=llama_side), threading.Thread(target=aligner_side)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not any(t.is_alive() for t in threads)
+    assert not errors, errors
+    assert results == {"llama": ["length"] * 3, "aligner": ["length"] * 3}
 
 
 def test_the_llama_finds_its_cached_tokens_after_the_aligners_turn(model_path, llm):

@@ -226,23 +226,27 @@ class Aligner:
         shared_context.lend_context(llama, self._engine.context_address, self._lock, take)
         self._lent = True
 
-    def _llama_takes_turn(self, keep: int) -> None:
+    def _llama_takes_turn(self, keep: int, every_sequence: bool) -> None:
         """The Llama is about to use the shared context and needs the first
-        ``keep`` of its cached tokens (under self._lock)."""
-        if self._owner != "aligner":
-            return
+        ``keep`` of its cached tokens; ``every_sequence``: it rewrites stream
+        B's sequence too (under self._lock)."""
+        was_aligner = self._owner == "aligner"
         self._owner = "llama"
-        self._generation += 1  # an aligned stream in progress loses its cache
-        self._superseded = "the llama_cpp.Llama sharing this Aligner's context decoded; this stream was abandoned"
-        if self._engine is not None:
-            self._engine.forget()  # the cache itself may hold a state the Llama is restoring
-        shared_context.restore_llama_tokens(self._llama, keep)
+        if every_sequence:
+            self._generation += 1  # an aligned stream in progress loses its cache
+            self._superseded = ("the llama_cpp.Llama sharing this Aligner's context cleared or restored it; "
+                                "this stream was abandoned")
+            if self._engine is not None:
+                self._engine.forget()
+        elif was_aligner:
+            if self._engine is not None:
+                self._engine.evict_prompt_stream()  # decoded again when the Aligner goes on
+            shared_context.restore_llama_tokens(self._llama, keep)
 
     def _take_turn(self) -> None:
         """The Aligner is about to use its engine (under self._lock)."""
         if not self._lent or self._owner == "aligner":
             return
-        self._engine.forget()  # the Llama has written to the cache since
         self._llama._requires_eval = True  # the last logits will not be its own
         self._owner = "aligner"
 
@@ -420,6 +424,7 @@ class Aligner:
                     self._require_open()
                     if generation_id != self._generation:
                         raise GenerationSuperseded(self._superseded)
+                    self._take_turn()  # a sharing Llama may have decoded since the last step
                     if pending is not None and not engine.decode(pending):
                         break  # the context is full: finish "length"
                     pending = None

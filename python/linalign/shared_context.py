@@ -8,17 +8,19 @@ of the Llama's cache plus the Aligner's two. Each sequence has a KV buffer of
 its own, so the Llama decodes on sequence 0 exactly as it did on its own
 context.
 
-The two take turns; any use of the context by the Llama (its calls on
-``llm._ctx``, or the context pointer itself, which its sampler and state
-functions read) is the Llama's turn. Whichever decoded last owns what is in
-the cache. When the Llama's turn follows the Aligner's, the Aligner forgets
-its cached streams (an aligned stream still being read ends with
-``GenerationSuperseded``), and the tokens the Llama still counts on are
-decoded into sequence 0 again: as many as its next call keeps, so a paused
-Llama stream, a prefix-cache hit and ``save_state`` find their cache as they
-left it, and a new prompt costs nothing extra. The Llama's calls take the
-Aligner's lock, so the two never decode at once; use them from one thread at
-a time all the same, as with one Llama.
+The two take turns, and each finds its cache as it left it. Any use of the
+context by the Llama (its calls on ``llm._ctx``, or the context pointer
+itself, which its sampler and state functions read) is the Llama's turn.
+When it follows the Aligner's, the tokens the Llama counts as cached are
+decoded into sequence 0 again (as many as its next call keeps: a new prompt
+costs nothing extra), and the Aligner's engine marks stream P as evicted: it
+decodes P's tokens again, and B's last one, when it next needs them, so an
+aligned stream in progress goes on. Only a call that rewrites every sequence
+(``kv_cache_clear``, ``load_state``) ends an aligned stream in progress, with
+``GenerationSuperseded``. While lent, the Llama's ``eval``, ``sample``,
+``save_state`` and ``load_state`` take the Aligner's lock, as the Aligner's
+steps do: the two can be driven from different threads (each switch costs a
+prefill of the other's tokens).
 
 When the Aligner closes, the Llama gets a context of its own again.
 """
@@ -43,7 +45,7 @@ class LentContext(LlamaContext):
     the Aligner owns the context."""
 
     def __init__(self, llama: llama_cpp.Llama, context_address: int, lock: threading.RLock,
-                 take: Callable[[], Callable[[int], None] | None]) -> None:
+                 take: Callable[[], Callable[[int, bool], None] | None]) -> None:
         # LlamaContext.__init__ would make a context; this one exists already
         self.model = llama._model
         self.params = llama.context_params
@@ -57,14 +59,15 @@ class LentContext(LlamaContext):
         self._lock = lock
         self._take = take  # the Aligner's turn-taking callback, or None once it has closed
 
-    def _turn(self, keep: int | None = None) -> None:
+    def _turn(self, keep: int | None = None, every_sequence: bool = False) -> None:
         """The Llama's turn; it needs the first ``keep`` of its cached tokens
-        (all when None) in sequence 0. Called with self._lock held."""
+        (all when None) in sequence 0, and rewrites the Aligner's sequences
+        too when ``every_sequence``. Called with self._lock held."""
         take = self._take()
         if take is None:
             raise RuntimeError("this context was returned by the Aligner that lent it")
         n_cached = self._llama_tokens()
-        take(n_cached if keep is None else max(0, min(keep, n_cached)))
+        take(n_cached if keep is None else max(0, min(keep, n_cached)), every_sequence)
 
     @property
     def ctx(self) -> int:
@@ -83,25 +86,26 @@ class LentContext(LlamaContext):
 
     def kv_cache_clear(self) -> None:
         with self._lock:
-            self._turn(0)
+            self._turn(0, every_sequence=True)
             super().kv_cache_clear()
 
-    def _locked(name: str) -> Callable[..., Any]:  # noqa: N805 (a helper of the class body)
+    def _locked(name: str, every_sequence: bool) -> Callable[..., Any]:  # noqa: N805 (a helper of the class body)
         method = getattr(LlamaContext, name)
 
         @functools.wraps(method)
         def wrapper(self: "LentContext", *args: Any, **kwargs: Any) -> Any:
             with self._lock:
-                self._turn()
+                self._turn(every_sequence=every_sequence)
                 return method(self, *args, **kwargs)
 
         return wrapper
 
-    decode = _locked("decode")
-    encode = _locked("encode")
-    kv_cache_seq_cp = _locked("kv_cache_seq_cp")
-    kv_cache_seq_keep = _locked("kv_cache_seq_keep")
-    kv_cache_seq_shift = _locked("kv_cache_seq_shift")
+    decode = _locked("decode", False)
+    encode = _locked("encode", False)
+    # the Llama itself never calls these; they may reach the Aligner's sequence
+    kv_cache_seq_cp = _locked("kv_cache_seq_cp", True)
+    kv_cache_seq_keep = _locked("kv_cache_seq_keep", True)
+    kv_cache_seq_shift = _locked("kv_cache_seq_shift", True)
     del _locked
 
 
@@ -140,14 +144,32 @@ def free_llama_context(llama: llama_cpp.Llama) -> None:
     llama._ctx.close()  # its later close, from llama's exit stack, does nothing
 
 
+# The Llama's own steps on the context, run under the Aligner's lock while
+# lent (instance attributes over the class's methods, removed on return).
+_LOCKED_LLAMA_METHODS = ("eval", "sample", "save_state", "load_state")
+
+
 def lend_context(llama: llama_cpp.Llama, context_address: int, lock: threading.RLock,
-                 take: Callable[[], Callable[[int], None] | None]) -> None:
-    llama._ctx = LentContext(llama, context_address, lock, take)
+                 take: Callable[[], Callable[[int, bool], None] | None]) -> None:
+    lent = LentContext(llama, context_address, lock, take)
+    llama._ctx = lent
     llama.reset()  # its own context, and what it cached, are gone
+    for name in _LOCKED_LLAMA_METHODS:
+        method = getattr(llama, name)
+
+        def locked(*args: Any, _method: Callable[..., Any] = method, _name: str = name, **kwargs: Any) -> Any:
+            with lock:
+                if _name == "load_state":
+                    lent._turn(every_sequence=True)  # the state overwrites every sequence
+                return _method(*args, **kwargs)
+
+        setattr(llama, name, functools.wraps(method)(locked))
 
 
 def return_context(llama: llama_cpp.Llama) -> None:
     """Gives ``llama`` a context of its own again (unless it was closed)."""
+    for name in _LOCKED_LLAMA_METHODS:
+        llama.__dict__.pop(name, None)
     if getattr(llama._model, "model", None) is None:
         return
     ctx = LlamaContext(model=llama._model, params=llama.context_params, verbose=llama.verbose)
