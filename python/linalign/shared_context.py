@@ -30,6 +30,7 @@ import contextlib
 import ctypes
 import functools
 import threading
+import weakref
 from typing import Any, Callable
 
 import llama_cpp
@@ -154,14 +155,15 @@ def lend_context(llama: llama_cpp.Llama, context_address: int, lock: threading.R
     lent = LentContext(llama, context_address, lock, take)
     llama._ctx = lent
     llama.reset()  # its own context, and what it cached, are gone
+    this = weakref.ref(llama)  # no reference cycle through its own attributes
     for name in _LOCKED_LLAMA_METHODS:
-        method = getattr(llama, name)
+        method = getattr(type(llama), name)
 
         def locked(*args: Any, _method: Callable[..., Any] = method, _name: str = name, **kwargs: Any) -> Any:
             with lock:
                 if _name == "load_state":
                     lent._turn(every_sequence=True)  # the state overwrites every sequence
-                return _method(*args, **kwargs)
+                return _method(this(), *args, **kwargs)
 
         setattr(llama, name, functools.wraps(method)(locked))
 
