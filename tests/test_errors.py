@@ -139,3 +139,24 @@ def test_nothing_leaks_over_open_generate_fail_close(tiny_gguf):
     for _ in range(100):
         cycle()
     assert _rss_mib() - before < 8
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="reads /proc (Linux)")
+def test_nothing_leaks_when_a_llama_lends_its_context_over_and_over(tiny_gguf):
+    """Each Aligner(llama=...) frees the Llama's context, makes a shared one,
+    and gives the Llama a new one on close: none of them may be left behind."""
+    llm = linalign.load_llama(tiny_gguf, n_ctx=256, n_threads=1, verbose=False)
+
+    def cycle():
+        with linalign.Aligner(llama=llm, seed=1) as aligner:
+            aligner.create_completion("hello world the cat", "hello world", max_tokens=4, temperature=0.8)
+            llm.create_completion("hello world", max_tokens=4)
+        llm.create_completion("hello world", max_tokens=2)
+
+    for _ in range(20):
+        cycle()
+    before = _rss_mib()
+    for _ in range(100):
+        cycle()
+    assert _rss_mib() - before < 8
+    llm.close()

@@ -174,6 +174,6 @@ def return_context(llama: llama_cpp.Llama) -> None:
         llama.__dict__.pop(name, None)
     if getattr(llama._model, "model", None) is None:
         return
-    ctx = LlamaContext(model=llama._model, params=llama.context_params, verbose=llama.verbose)
-    llama._ctx = llama._stack.enter_context(contextlib.closing(ctx))
+    # freed with the model when the Llama closes (it registers itself there)
+    llama._ctx = LlamaContext(model=llama._model, params=llama.context_params, verbose=llama.verbose)
     llama.reset()
