@@ -36,8 +36,8 @@ from typing import Any, Callable
 import llama_cpp
 from llama_cpp._internals import LlamaContext
 
-__all__ = ["LentContext", "why_not_shared", "free_llama_context", "lend_context", "restore_llama_tokens",
-           "return_context"]
+__all__ = ["LentContext", "context_params_of", "free_llama_context", "lend_context", "restore_llama_tokens",
+           "return_context", "why_not_shared"]
 
 
 class LentContext(LlamaContext):
@@ -56,7 +56,8 @@ class LentContext(LlamaContext):
         self.memory = llama_cpp.llama_get_memory(context_address)
         self.sampler = None
         self._llama_n_ctx = llama._n_ctx
-        self._llama_tokens = lambda: llama.n_tokens
+        this = weakref.ref(llama)  # the Llama holds this object: no cycle back
+        self._llama_tokens = lambda: this().n_tokens
         self._lock = lock
         self._take = take  # the Aligner's turn-taking callback, or None once it has closed
 
