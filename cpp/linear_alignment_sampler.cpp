@@ -107,7 +107,10 @@ static size_t linear_alignment_nucleus(llama_sampler_linear_alignment * ctx, con
     auto & order  = ctx->order;
     auto & weight = ctx->weight;
     weight.resize(n);
-    const double total = linear_alignment_weights(src, n, max_logit, inv_t, weight.data());
+    order.resize(n); // room for every index; only the first m are used
+    constexpr float first_guess = 0.1353352832f; // e^-2, see below
+    double first_guess_mass = 0.0;
+    const double total = linear_alignment_weights(src, n, max_logit, inv_t, weight.data(), first_guess, &first_guess_mass);
 
     // Sorting the whole vocabulary would cost most of the step, while a
     // nucleus is usually a handful of tokens. The nucleus is a prefix of the
@@ -119,20 +122,18 @@ static size_t linear_alignment_nucleus(llama_sampler_linear_alignment * ctx, con
     // nothing else is.
     const double target = ctx->top_p * total;
     float threshold = 1e-13f;
-    for (float w = 0.1353352832f; w > threshold; w *= w) {
-        if (linear_alignment_mass_at_least(weight.data(), n, w) >= target) {
-            threshold = w;
-            break;
+    if (first_guess_mass >= target) {
+        threshold = first_guess;
+    } else {
+        for (float w = first_guess * first_guess; w > threshold; w *= w) {
+            if (linear_alignment_mass_at_least(weight.data(), n, w) >= target) {
+                threshold = w;
+                break;
+            }
         }
     }
-    order.clear();
-    for (size_t i = 0; i < n; ++i) {
-        if (weight[i] >= threshold) {
-            order.push_back((int32_t) i);
-        }
-    }
+    const size_t m = linear_alignment_indices_at_least(weight.data(), n, threshold, order.data());
     const auto by_logit = [src](int32_t a, int32_t b) { return logit_of(src, a) > logit_of(src, b); };
-    const size_t m = order.size();
 
     // Nuclei are usually a handful of tokens: sort a small head first.
     const size_t head = std::min<size_t>(m, 64);

@@ -32,14 +32,18 @@ static inline float max_logit(LogitAt logit_at, size_t n) {
 }
 
 template <typename LogitAt>
-static inline double weights(LogitAt logit_at, size_t n, float max_logit, float inv_t, float * weight) {
+static inline double weights(LogitAt logit_at, size_t n, float max_logit, float inv_t, float * weight, float threshold,
+                             double * mass) {
     double total = 0.0; // a float sum of 152k small weights drifts by ~1e-4
+    double above = 0.0;
     for (size_t i = 0; i < n; ++i) {
         float z = (logit_at(i) - max_logit) * inv_t;
         z = z > -87.0f ? z : -87.0f; // -inf (masked) and underflow both give ~0
         weight[i] = expf(z);
         total += weight[i];
+        above += weight[i] >= threshold ? (double) weight[i] : 0.0;
     }
+    *mass = above;
     return total;
 }
 
@@ -54,13 +58,15 @@ float linear_alignment_max_logit(const float * logits, size_t n) {
 }
 
 LINALIGN_VECTOR_CLONES
-double linear_alignment_weights(const llama_token_data * data, size_t n, float max_logit, float inv_t, float * weight) {
-    return weights([data](size_t i) { return data[i].logit; }, n, max_logit, inv_t, weight);
+double linear_alignment_weights(const llama_token_data * data, size_t n, float max_logit, float inv_t, float * weight,
+                                float threshold, double * mass) {
+    return weights([data](size_t i) { return data[i].logit; }, n, max_logit, inv_t, weight, threshold, mass);
 }
 
 LINALIGN_VECTOR_CLONES
-double linear_alignment_weights(const float * logits, size_t n, float max_logit, float inv_t, float * weight) {
-    return weights([logits](size_t i) { return logits[i]; }, n, max_logit, inv_t, weight);
+double linear_alignment_weights(const float * logits, size_t n, float max_logit, float inv_t, float * weight,
+                                float threshold, double * mass) {
+    return weights([logits](size_t i) { return logits[i]; }, n, max_logit, inv_t, weight, threshold, mass);
 }
 
 LINALIGN_VECTOR_CLONES
@@ -70,4 +76,31 @@ double linear_alignment_mass_at_least(const float * weight, size_t n, float thre
         mass += weight[i] >= threshold ? (double) weight[i] : 0.0;
     }
     return mass;
+}
+
+LINALIGN_VECTOR_CLONES
+size_t linear_alignment_indices_at_least(const float * weight, size_t n, float threshold, int32_t * out) {
+    // A nucleus is usually a handful of tokens among tens of thousands: test
+    // 16 weights at a time (one vector compare) and look closer only at the
+    // blocks that hold one.
+    constexpr size_t block = 16;
+    size_t m = 0;
+    size_t i = 0;
+    for (; i + block <= n; i += block) {
+        float best = weight[i];
+        for (size_t j = 1; j < block; ++j) {
+            best = weight[i + j] > best ? weight[i + j] : best;
+        }
+        if (best >= threshold) {
+            for (size_t j = 0; j < block; ++j) {
+                out[m] = (int32_t) (i + j);
+                m += weight[i + j] >= threshold;
+            }
+        }
+    }
+    for (; i < n; ++i) {
+        out[m] = (int32_t) i;
+        m += weight[i] >= threshold;
+    }
+    return m;
 }
