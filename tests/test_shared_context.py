@@ -68,18 +68,23 @@ def test_turns_each_side_finds_its_results_unchanged(llm, own_context_text):
         assert aligner.last_prefill["reused"][0] > 0  # its own turn: P is reused too
 
 
-def test_an_aligned_stream_goes_on_after_the_llama_decodes(llm):
+@pytest.mark.parametrize("base, ratio", [(B, 2.0), (B, 0.0), (None, 2.0)],
+                         ids=["two streams", "ratio 0 (P only)", "identical prompts"])
+def test_an_aligned_stream_goes_on_after_the_llama_decodes(llm, base, ratio):
     with linalign.Aligner(llama=llm, seed=0) as aligner:
-        stream = aligner.create_completion(P, B, max_tokens=16, temperature=0.0, stream=True)
+        uninterrupted = aligner.create_completion(P, base, ratio=ratio, max_tokens=16, temperature=0.0)
+        stream = aligner.create_completion(P, base, ratio=ratio, max_tokens=16, temperature=0.0, stream=True)
         for _ in range(3):
             next(stream)
         _plain(llm)
         assert list(stream)[-1]["choices"][0]["finish_reason"] == "length"
+        assert uninterrupted["choices"][0]["finish_reason"] == "length"
         n_prompt = len(aligner.tokenize(P))
         assert aligner.engine.n_past(0) == n_prompt + 15  # the last token is not decoded
 
 
-def test_stream_p_is_decoded_again_after_the_llamas_turn(model_path, llm):
+@pytest.mark.parametrize("ratio", [2.0, 0.0], ids=["two streams", "P only"])
+def test_stream_p_is_decoded_again_after_the_llamas_turn(model_path, llm, ratio):
     """After the Llama used sequence 0, the engine decodes P's tokens again:
     P's logits are those of a fresh Llama evaluating the same tokens."""
     with linalign.Aligner(llama=llm, seed=0) as aligner:
@@ -87,6 +92,7 @@ def test_stream_p_is_decoded_again_after_the_llamas_turn(model_path, llm):
         tokens_p, tokens_b = aligner.tokenize(P), aligner.tokenize(B)
         params = linalign._core.SamplingParams()
         params.temperature = 0.0
+        params.ratio = ratio
         engine.start(tokens_p, tokens_b, params)
         for _ in range(4):
             token = engine.sample()
