@@ -160,3 +160,24 @@ def test_nothing_leaks_when_a_llama_lends_its_context_over_and_over(tiny_gguf):
         cycle()
     assert _rss_mib() - before < 8
     llm.close()
+
+
+@pytest.mark.skipif(not linalign._core.cpu_has_amx_weight_buffers(), reason="a CPU whose llama.cpp offers AMX buffers")
+def test_a_llama_with_weights_in_amx_buffers_is_refused_clearly(model_path):
+    """llama.cpp's AMX matrix product segfaults here (llama.cpp issue 20824):
+    such a Llama is refused before anything decodes on it."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(model_path), n_ctx=64, verbose=False)
+    with pytest.raises(ValueError, match="load_llama"):
+        linalign.Aligner(llama=llm)
+    llm.close()
+
+
+def test_load_llama_keeps_weights_out_of_amx_buffers(model_path):
+    from linalign.llama_loader import weights_in_amx_buffers
+
+    llm = linalign.load_llama(model_path, n_ctx=64, verbose=False)
+    assert not weights_in_amx_buffers(llm)
+    assert llm.create_completion("Hello", max_tokens=2)["choices"]
+    llm.close()

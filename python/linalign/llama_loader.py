@@ -47,5 +47,13 @@ def load_llama(model_path: str | os.PathLike[str], **kwargs: Any) -> llama_cpp.L
 
 
 def weights_in_amx_buffers(llama: llama_cpp.Llama) -> bool:
-    """Whether ``llama`` was loaded with its weights in llama.cpp's AMX buffers."""
-    return bool(llama.model_params.use_extra_bufts) and _core.cpu_has_amx_weight_buffers()
+    """Whether ``llama`` was loaded with weights in llama.cpp's AMX buffers:
+    extra buffer types allowed, a CPU that offers AMX ones, and some layers
+    left on the CPU (a fully offloaded model keeps only its token embeddings
+    there, which AMX buffers do not take)."""
+    if not llama.model_params.use_extra_bufts or not _core.cpu_has_amx_weight_buffers():
+        return False
+    n_gpu_layers = llama.model_params.n_gpu_layers
+    n_layer = llama_cpp_lib.llama_model_n_layer(llama._model.model)
+    all_offloaded = llama_cpp_lib.llama_supports_gpu_offload() and (n_gpu_layers < 0 or n_gpu_layers > n_layer)
+    return not all_offloaded
