@@ -215,10 +215,6 @@ prefill_stats engine::prefill(const std::vector<llama_token> & prompt_p, const s
     if (prompt_p == prompt_b && n_tail_p == n_tail_b && !params_.two_call) {
         return prefill_prompt_only(prompt_p, true, n_tail_p);
     }
-    if (p_evicted_) {
-        cached_[0].clear();  // a sharing Llama has used its cells
-        p_evicted_ = false;
-    }
     const std::array<const std::vector<llama_token> *, 2> prompts = {&prompt_p, &prompt_b};
     const std::array<int32_t, 2> n_tail = {n_tail_p, n_tail_b};
     const std::array<int32_t, 2> n_prompt = {(int32_t) prompt_p.size(), (int32_t) prompt_b.size()};
@@ -298,10 +294,15 @@ prefill_stats engine::prefill(const std::vector<llama_token> & prompt_p, const s
 int32_t engine::keep_prefix(int stream, int32_t n) {
     llama_memory_t mem = llama_get_memory(ctx_);
     // What the engine recorded must still be what the cache holds: a Llama
-    // sharing the context (shared_context.py) may have decoded since.
-    if (llama_memory_seq_pos_max(mem, stream) != (llama_pos) cached_[stream].size() - 1) {
+    // sharing the context (shared_context.py) may have decoded since, and
+    // after evict_prompt_stream() stream P's cells are the Llama's.
+    const bool evicted = stream == STREAM_P && p_evicted_;
+    if (evicted || llama_memory_seq_pos_max(mem, stream) != (llama_pos) cached_[stream].size() - 1) {
         cached_[stream].clear();
         n = 0;
+    }
+    if (evicted) {
+        p_evicted_ = false;
     }
     if (!llama_memory_seq_rm(mem, stream, n, -1)) {
         llama_memory_seq_rm(mem, stream, -1, -1);
@@ -317,10 +318,6 @@ int32_t engine::keep_prefix(int stream, int32_t n) {
 // context does. B's cache is left as it was.
 prefill_stats engine::prefill_prompt_only(const std::vector<llama_token> & prompt_p, bool identical, int32_t n_tail) {
     const int32_t n = (int32_t) prompt_p.size();
-    if (p_evicted_) {
-        cached_[0].clear();  // a sharing Llama has used its cells
-        p_evicted_ = false;
-    }
     chain_.reset();
     out_idx_ = {-1, -1};
     const int32_t keep = keep_prefix(STREAM_P, std::min<int32_t>((int32_t) common_prefix(cached_[0], prompt_p), n - n_tail));

@@ -29,6 +29,7 @@ __all__ = ["Aligner", "AlignerClosedError", "GenerationSuperseded", "PromptType"
 
 PromptType = Union[str, bytes, Sequence[int]]
 _UINT32_MAX = 2**32 - 1
+_NEWER_CALL = "another call on this Aligner started; this stream was abandoned"
 
 
 class AlignerClosedError(RuntimeError):
@@ -150,7 +151,7 @@ class Aligner:
         self._verbose = verbose
         self._lent = False     # the Llama decodes on this Aligner's context (see shared_context)
         self._owner = "aligner"  # who decoded on a shared context last: "aligner" or "llama"
-        self._superseded = "another call on this Aligner started; this stream was abandoned"
+        self._superseded = _NEWER_CALL
         if n_ctx is not None:
             _check_int("n_ctx", n_ctx, low=8)
         _check_int("n_gpu_layers", n_gpu_layers, low=-1)
@@ -193,8 +194,8 @@ class Aligner:
             n_ctx = self._llama.n_ctx() if self._llama is not None else 4096
         share = llama is not None and not two_call and shared_context.why_not_shared(llama) is None
         if share:
-            self._make_shared_engine(llama, max(n_ctx, llama.n_ctx()), n_threads, bool(flash_attn))
-            n_ctx = max(n_ctx, llama.n_ctx())
+            n_ctx = max(n_ctx, llama.n_ctx())  # the Llama's sequence is stream P
+            self._make_shared_engine(llama, n_ctx, n_threads, bool(flash_attn))
         else:
             n_threads = n_threads or max((os.cpu_count() or 2) // 2, 1)
             n_threads_batch = max(os.cpu_count() or 1, n_threads)
@@ -407,7 +408,7 @@ class Aligner:
             self._require_open()
             self._take_turn()
             self._generation += 1
-            self._superseded = "another call on this Aligner started; this stream was abandoned"
+            self._superseded = _NEWER_CALL
             generation_id = self._generation
             engine = self._engine
             engine.start(prompt_tokens, base_tokens, params)
