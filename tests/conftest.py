@@ -72,6 +72,12 @@ def tiny_gguf(tmp_path_factory) -> Path:
     return load_model_writer()(tmp_path_factory.mktemp("tiny") / "tiny.gguf", seed=3)
 
 
+def rss_mib() -> float:
+    """This process's resident memory, MiB (Linux: reads /proc)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
 def last_logits(llm: llama_cpp.Llama) -> np.ndarray:
     """Logits of the last evaluated token of a llama_cpp.Llama (not copied to
     .scores unless logits_all)."""

@@ -7,6 +7,8 @@ import pytest
 
 import linalign
 
+from conftest import rss_mib
+
 MESSAGES = [{"role": "user", "content": "Hello"}]
 
 
@@ -114,11 +116,6 @@ def test_closed_llama_is_detected(model_path):
         aligner.create_completion("Hi", None, max_tokens=2)
 
 
-def _rss_mib() -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) // 1024
-
-
 @pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="reads /proc (Linux)")
 def test_nothing_leaks_over_open_generate_fail_close(tiny_gguf):
     """Models, contexts, samplers and batches are freed on every path: a leaked
@@ -135,10 +132,10 @@ def test_nothing_leaks_over_open_generate_fail_close(tiny_gguf):
 
     for _ in range(20):  # allocator pools and caches settle first
         cycle()
-    before = _rss_mib()
+    before = rss_mib()
     for _ in range(100):
         cycle()
-    assert _rss_mib() - before < 8
+    assert rss_mib() - before < 8
 
 
 @pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="reads /proc (Linux)")
@@ -155,10 +152,10 @@ def test_nothing_leaks_when_a_llama_lends_its_context_over_and_over(tiny_gguf):
 
     for _ in range(20):
         cycle()
-    before = _rss_mib()
+    before = rss_mib()
     for _ in range(100):
         cycle()
-    assert _rss_mib() - before < 8
+    assert rss_mib() - before < 8
     llm.close()
 
 

@@ -2,6 +2,8 @@
 sequence, exactly as on a context of its own, and the two take turns."""
 from __future__ import annotations
 
+import os
+
 import llama_cpp
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ import pytest
 import linalign
 from linalign.shared_context import LentContext
 
-from conftest import N_GPU_LAYERS, last_logits, open_reference_llama
+from conftest import N_GPU_LAYERS, last_logits, open_reference_llama, rss_mib
 
 PROMPT = "The capital of France is"
 P, B = "Explain gravity to a child.\n", "Explain gravity."
@@ -243,13 +245,10 @@ def test_a_larger_n_ctx_is_kept_and_the_llama_keeps_its_own_limit(llm):
 
 
 @pytest.mark.skipif(N_GPU_LAYERS != 0, reason="host memory; a GPU keeps the KV cache on the device")
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc (Linux)")
 def test_the_process_holds_one_kv_cache_more_than_the_llama(model_path):
     """4096 cells of the default model's KV cache are 90 MiB: sharing adds one
     (stream B), an Aligner with a context of its own would add two."""
-    def rss_mib() -> float:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
-
     llm = open_reference_llama(model_path, n_ctx=4096)
     _plain(llm)
     kv_mib = 30 * 4096 * (192 + 192) * 2 / 2**20  # layers * cells * (K + V) * f16
