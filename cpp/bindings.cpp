@@ -142,65 +142,82 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("decoded", [](const prefill_stats & s) { return py::make_tuple(s.decoded[0], s.decoded[1]); })
         .def_readonly("shared", &prefill_stats::shared);
 
+    py::class_<step_event>(m, "StepEvent")
+        .def_readonly("slot", &step_event::slot)
+        .def_readonly("token", &step_event::token, "the token sampled; -1 when the slot's context is full")
+        .def_readonly("error", &step_event::error, "why the slot's sampler failed, or empty");
+
+    py::class_<sampler_chain>(m, "SamplerChain",
+                              "A request's sampler chain on its own, for baselines and tests: "
+                              "[grammar] -> linear-alignment -> penalties -> top-k -> min-p -> temperature -> dist")
+        .def(py::init([](const sampling_params & params, const model & mdl) {
+                 return std::make_unique<sampler_chain>(params, mdl.vocab());
+             }), py::arg("params"), py::arg("model"))
+        .def("sample", [](sampler_chain & self, float_array logits_p, py::object logits_b, int32_t n_vocab) {
+                 if (logits_p.ndim() != 1 || logits_p.size() != n_vocab) {
+                     throw std::invalid_argument("logits_p must be a 1-D array of n_vocab floats");
+                 }
+                 if (logits_b.is_none()) {
+                     py::gil_scoped_release release;
+                     return self.sample(logits_p.data(), nullptr);
+                 }
+                 float_array base = logits_b.cast<float_array>();
+                 if (base.ndim() != 1 || base.size() != n_vocab) {
+                     throw std::invalid_argument("logits_b must be a 1-D array of n_vocab floats");
+                 }
+                 py::gil_scoped_release release;
+                 return self.sample(logits_p.data(), base.data());
+             }, py::arg("logits_p"), py::arg("logits_b"), py::arg("n_vocab"),
+             "Runs the chain over P's logits steered by B's (None: no base stream) and accepts the token.");
+
     py::class_<engine>(m, "Engine")
-        .def(py::init([](std::shared_ptr<model> mdl, int32_t n_ctx, int32_t n_threads, int32_t n_threads_batch, bool two_call,
-                             bool flash_attn, uintptr_t context_params_address, size_t context_params_size) {
+        .def(py::init([](std::shared_ptr<model> mdl, int32_t n_ctx, int32_t n_slots, int32_t n_batch, int32_t n_threads,
+                         int32_t n_threads_batch, bool flash_attn) {
                  engine_params p;
                  p.n_ctx = n_ctx;
+                 p.n_slots = n_slots;
+                 p.n_batch = n_batch;
                  p.n_threads = n_threads;
                  p.n_threads_batch = n_threads_batch;
-                 p.two_call = two_call;
                  p.flash_attn = flash_attn;
-                 llama_context_params base;
-                 if (context_params_address != 0) {
-                     // a llama_cpp.llama_context_params (ctypes): its layout must be this header's
-                     if (context_params_size != sizeof(llama_context_params)) {
-                         throw std::invalid_argument("llama_context_params of " + std::to_string(context_params_size) +
-                                                     " bytes; this build of linalign expects " +
-                                                     std::to_string(sizeof(llama_context_params)) +
-                                                     " (llama-cpp-python is not the version linalign was built with)");
-                     }
-                     std::memcpy(&base, reinterpret_cast<const void *>(context_params_address), sizeof(base));
-                     p.base_cparams = &base;
-                 }
                  return new engine(std::move(mdl), p);
-             }), py::arg("model"), py::arg("n_ctx") = 4096, py::arg("n_threads") = 0, py::arg("n_threads_batch") = 0,
-             py::arg("two_call") = false, py::arg("flash_attn") = false, py::arg("context_params_address") = 0,
-             py::arg("context_params_size") = 0,
-             "context_params_address: a llama_context_params to make the context from (a Llama's, to share it).")
-        .def("start", &engine::start, py::arg("prompt"), py::arg("base_prompt"), py::arg("params"),
-             py::call_guard<py::gil_scoped_release>())
-        .def("sample", &engine::sample, py::call_guard<py::gil_scoped_release>())
-        .def("logits", [](engine & self, int stream) {
+             }), py::arg("model"), py::arg("n_ctx") = 4096, py::arg("n_slots") = 1, py::arg("n_batch") = 512,
+             py::arg("n_threads") = 0, py::arg("n_threads_batch") = 0, py::arg("flash_attn") = false,
+             py::call_guard<py::gil_scoped_release>(),
+             "n_ctx: the most tokens one stream may hold; the context holds 2 x n_slots x n_ctx KV cells.")
+        .def("pick_slot", &engine::pick_slot, py::arg("prompt"), py::arg("base_prompt"))
+        .def("start", &engine::start, py::arg("slot"), py::arg("prompt"), py::arg("base_prompt"), py::arg("params"),
+             py::arg("cache_prompt") = true, py::call_guard<py::gil_scoped_release>())
+        .def("step", &engine::step, py::call_guard<py::gil_scoped_release>(),
+             "One llama_decode over every busy slot, then a token for each slot whose logits are in.")
+        .def("finish", &engine::finish, py::arg("slot"))
+        .def("logits", [](const engine & self, int32_t slot, int32_t stream) {
                  const int32_t n_vocab = self.get_model().n_vocab();
-                 const float * src = self.logits(stream);
+                 const float * src = self.logits(slot, stream);
                  return to_array(std::vector<float>(src, src + n_vocab), n_vocab).reshape({(py::ssize_t) n_vocab});
-             }, py::arg("stream"), "A copy of the current next-token logits of stream 0 (P) or 1 (B).")
-        .def("decode", &engine::decode, py::arg("token"), py::call_guard<py::gil_scoped_release>())
-        .def("eval_logits", [](engine & self, const std::vector<llama_token> & prompt, const std::vector<llama_token> & base_prompt,
-                               int32_t n_tail_p, int32_t n_tail_b) {
+             }, py::arg("slot"), py::arg("stream"),
+             "A copy of the logits a slot's stream (0: P, 1: B) sampled from at the last step.")
+        .def("eval_logits", [](engine & self, int32_t slot, const std::vector<llama_token> & prompt,
+                               const std::vector<llama_token> & base_prompt, int32_t n_tail_p, int32_t n_tail_b) {
                  std::vector<float> out_p, out_b;
                  {
                      py::gil_scoped_release release;
-                     self.eval_logits(prompt, base_prompt, n_tail_p, n_tail_b, out_p, out_b);
+                     self.eval_logits(slot, prompt, base_prompt, n_tail_p, n_tail_b, out_p, out_b);
                  }
                  const int32_t n_vocab = self.get_model().n_vocab();
                  return py::make_tuple(to_array(std::move(out_p), n_vocab), to_array(std::move(out_b), n_vocab));
-             }, py::arg("prompt"), py::arg("base_prompt"), py::arg("n_tail_p") = 1, py::arg("n_tail_b") = 1)
-        .def("decode_floor", &engine::decode_floor, py::arg("token"), py::arg("n_steps"),
-             py::call_guard<py::gil_scoped_release>())
+             }, py::arg("slot"), py::arg("prompt"), py::arg("base_prompt"), py::arg("n_tail_p") = 1, py::arg("n_tail_b") = 1)
         .def("clear", &engine::clear)
-        .def("forget", &engine::forget, "Forgets what was cached, leaving the KV cache as it is (a sharing Llama wrote to it).")
-        .def("evict_prompt_stream", &engine::evict_prompt_stream,
-             "A sharing Llama takes stream P's sequence: P is decoded again when next needed.")
         .def("close", &engine::close)
         .def_property_readonly("closed", &engine::closed)
         .def_property_readonly("n_ctx", &engine::n_ctx)
-        .def_property_readonly("context_address", [](const engine & self) { return reinterpret_cast<uintptr_t>(self.context()); },
-                               "The llama_context's address (lent to a llama_cpp.Llama that shares it).")
-        .def("n_past", &engine::n_past, py::arg("stream"))
-        .def_property_readonly("streams_identical", &engine::streams_identical)
-        .def_property_readonly("last_prefill", &engine::last_prefill)
+        .def_property_readonly("n_slots", &engine::n_slots)
+        .def_property_readonly("n_batch", &engine::n_batch)
+        .def_property_readonly("n_busy", &engine::n_busy)
+        .def("busy", &engine::busy, py::arg("slot"))
+        .def("n_past", &engine::n_past, py::arg("slot"), py::arg("stream"))
+        .def("n_active_streams", &engine::n_active_streams, py::arg("slot"))
+        .def("last_prefill", &engine::last_prefill, py::arg("slot"))
         .def_property_readonly("n_decode_calls", &engine::n_decode_calls);
 
     m.def("cpu_has_amx_weight_buffers", &cpu_has_amx_weight_buffers,

@@ -1,4 +1,5 @@
-// engine: batched two-stream prefill and decode over one llama_context.
+// engine: the slot pool, its batched step and its prompt cache over one
+// llama_context (see engine.h).
 #include "engine.h"
 
 #include <algorithm>
@@ -17,6 +18,13 @@ static size_t common_prefix(const std::vector<llama_token> & a, const std::vecto
     return i;
 }
 
+// The most slots one context may hold: two sequences each, within llama.cpp's
+// LLAMA_MAX_SEQ (256).
+static constexpr int32_t MAX_SLOTS = 64;
+// The most KV cells of the one context, checked in 64-bit arithmetic before
+// any size reaches llama.cpp's 32-bit fields.
+static constexpr int64_t MAX_CELLS = int64_t(1) << 28;
+
 engine::engine(std::shared_ptr<model> mdl, const engine_params & params) : model_(std::move(mdl)), params_(params) {
     if (!model_ || model_->closed()) {
         throw std::invalid_argument("engine needs an open model");
@@ -24,131 +32,95 @@ engine::engine(std::shared_ptr<model> mdl, const engine_params & params) : model
     if (params.n_ctx < 8) {
         throw std::invalid_argument("n_ctx must be at least 8, got " + std::to_string(params.n_ctx));
     }
+    if (params.n_slots < 1 || params.n_slots > MAX_SLOTS) {
+        throw std::invalid_argument("n_slots must be in [1, " + std::to_string(MAX_SLOTS) + "], got " +
+                                    std::to_string(params.n_slots));
+    }
+    const int64_t n_cells = (int64_t) params.n_ctx * N_STREAMS * params.n_slots;
+    if (n_cells > MAX_CELLS) {
+        throw std::invalid_argument("n_ctx " + std::to_string(params.n_ctx) + " x " + std::to_string(N_STREAMS) +
+                                    " streams x " + std::to_string(params.n_slots) + " slots is " +
+                                    std::to_string(n_cells) + " KV cells, more than " + std::to_string(MAX_CELLS));
+    }
+    // every running stream's token must fit one step, with room for a prefill chunk
+    const int32_t min_batch = N_STREAMS * params.n_slots;
+    if (params.n_batch < min_batch || params.n_batch > 65536) {
+        throw std::invalid_argument("n_batch must be in [" + std::to_string(min_batch) + ", 65536] for " +
+                                    std::to_string(params.n_slots) + " slots, got " + std::to_string(params.n_batch));
+    }
     if (params.n_threads < 0 || params.n_threads_batch < 0) {
         throw std::invalid_argument("n_threads must be >= 0");
     }
     n_vocab_ = model_->n_vocab();
 
-    // Each stream gets its own KV buffer (kv_unified = false), laid out as in a
-    // context of its own: cell i holds position i. llama.cpp's rounding
-    // depends on the cell layout and on how many of a stream's tokens share a
-    // matrix product, and on this layout each stream's logits are bit for bit
-    // those of a separate context decoding the same tokens (tests hold the
-    // engine to that). n_ctx cells per stream.
-    // The two-call benchmark baseline keeps one unified cache instead: with
-    // per-stream buffers its alternating one-stream calls ran at about half
-    // the speed (H200: 158 against 295 tok/s; likely llama.cpp rebuilding
-    // its graph whenever the stream changes), a cost foreign to the design
-    // the baseline stands for.
-    // A shared context (see aligner.py) keeps the Llama's own settings (cache
-    // types, offload, RoPE, threads), so the Llama decodes on stream P exactly
-    // as it did on a context of its own.
-    llama_context_params cparams = params.base_cparams ? *params.base_cparams : llama_context_default_params();
-    cparams.n_ctx      = 2 * (uint32_t) params.n_ctx;
-    cparams.n_batch    = 2 * (uint32_t) params.n_ctx;
-    cparams.n_seq_max  = 2;
-    cparams.kv_unified = params.two_call;
-    if (params.base_cparams == nullptr) {
-        cparams.no_perf = true;
-        cparams.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
-    }
-    if (params.flash_attn) {
-        cparams.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_ENABLED;
-    }
+    llama_context_params cparams = llama_context_default_params();
+    cparams.n_ctx      = (uint32_t) n_cells;
+    // n_ubatch = n_batch: a step's one llama_decode is one forward pass
+    cparams.n_batch    = (uint32_t) params.n_batch;
+    cparams.n_ubatch   = (uint32_t) params.n_batch;
+    cparams.n_seq_max  = (uint32_t) (N_STREAMS * params.n_slots);
+    cparams.kv_unified = true;
+    cparams.no_perf    = true;
+    cparams.flash_attn_type = params.flash_attn ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
     if (params.n_threads > 0) {
         cparams.n_threads = params.n_threads;
     }
-    if (params.n_threads_batch > 0) {
-        cparams.n_threads_batch = params.n_threads_batch;
-    } else if (params.base_cparams == nullptr) {
-        cparams.n_threads_batch = cparams.n_threads;
-    }
+    cparams.n_threads_batch = params.n_threads_batch > 0 ? params.n_threads_batch : cparams.n_threads;
 
-    ctx_ = llama_init_from_model(model_->get(), cparams);
-    if (ctx_ == nullptr) {
-        throw std::runtime_error("llama.cpp could not create a context (n_ctx " + std::to_string(params.n_ctx) +
-                                 " per stream; out of memory?)");
+    ctx_.reset(llama_init_from_model(model_->get(), cparams));
+    if (!ctx_) {
+        throw std::runtime_error("llama.cpp could not create a context (" + std::to_string(n_cells) +
+                                 " KV cells; out of memory?)");
     }
-    batch_capacity_ = (int32_t) cparams.n_batch;
-    batch_          = llama_batch_init(batch_capacity_, 0, 2);
-    if (params.two_call) {
-        logits_p_copy_.resize(n_vocab_);
+    batch_ = batch_owner(params.n_batch);
+    slots_.resize(params.n_slots);
+    for (int32_t i = 0; i < params.n_slots; ++i) {
+        for (int32_t s = 0; s < N_STREAMS; ++s) {
+            slots_[i].streams[s].seq = i * N_STREAMS + s;
+        }
     }
 }
 
 engine::~engine() { close(); }
 
 void engine::close() {
-    chain_.reset();
-    if (ctx_ != nullptr) {
-        llama_batch_free(batch_);
-        batch_ = {};
-        llama_free(ctx_);
-        ctx_ = nullptr;
-    }
-    cached_[0].clear();
-    cached_[1].clear();
+    slots_.clear();
+    batch_ = batch_owner();
+    ctx_.reset();
     model_.reset();
 }
 
 void engine::require_open() const {
-    if (ctx_ == nullptr) {
+    if (!ctx_) {
         throw std::runtime_error("engine is closed");
     }
 }
 
-void engine::clear() {
+const engine::slot & engine::slot_at(int32_t i) const {
     require_open();
-    llama_memory_clear(llama_get_memory(ctx_), true);
-    forget();
+    if (i < 0 || i >= (int32_t) slots_.size()) {
+        throw std::invalid_argument("slot " + std::to_string(i) + " out of range [0, " + std::to_string(slots_.size()) + ")");
+    }
+    return slots_[i];
 }
 
-void engine::forget() {
-    require_open();
-    cached_[0].clear();
-    cached_[1].clear();
-    out_idx_ = {-1, -1};
-    p_evicted_ = false;
-    chain_.reset();
+int32_t engine::check_stream(int32_t stream) {
+    if (stream != STREAM_P && stream != STREAM_B) {
+        throw std::invalid_argument("stream must be 0 (P) or 1 (B)");
+    }
+    return stream;
 }
 
-void engine::evict_prompt_stream() {
+int32_t engine::n_busy() const {
     require_open();
-    if (params_.two_call) {
-        throw std::logic_error("a two-call engine does not share its context");
-    }
-    p_evicted_ = !cached_[0].empty();
-}
-
-// Decodes P's tokens again after a sharing Llama used its sequence, and B's
-// last token (its cells are intact, the logits of the last decode are not),
-// so that sample() and decode() go on as if nothing had happened. The
-// sampler chain is kept.
-void engine::restore_prompt_stream() {
-    p_evicted_ = false;
-    llama_memory_t mem = llama_get_memory(ctx_);
-    llama_memory_seq_rm(mem, STREAM_P, -1, -1);
-    const int32_t n_p = n_past(STREAM_P);
-    batch_.n_tokens = 0;
-    for (int32_t pos = 0; pos < n_p; ++pos) {
-        batch_add(cached_[0][pos], pos, STREAM_P, pos == n_p - 1);
-    }
-    int32_t out_b = identical_ ? n_p - 1 : -1;
-    if (base_active_ && !identical_ && n_past(STREAM_B) > 0) {
-        const int32_t last_b = n_past(STREAM_B) - 1;
-        llama_memory_seq_rm(mem, STREAM_B, last_b, -1);
-        out_b = batch_.n_tokens;
-        batch_add(cached_[1][last_b], last_b, STREAM_B, true);
-    }
-    run_decode("decode of the prompt stream again, after the sharing Llama's turn");
-    out_idx_ = {n_p - 1, out_b};
+    return (int32_t) std::count_if(slots_.begin(), slots_.end(), [](const slot & s) { return s.state != slot_state::free; });
 }
 
 void engine::check_prompt(const std::vector<llama_token> & prompt, const char * name) const {
     if (prompt.empty()) {
         throw std::invalid_argument(std::string(name) + " is empty: it needs at least one token");
     }
-    if ((int32_t) prompt.size() >= params_.n_ctx) {
+    if ((int64_t) prompt.size() >= params_.n_ctx) {
         throw std::invalid_argument(std::string(name) + " has " + std::to_string(prompt.size()) +
                                     " tokens, which does not fit the context window of " +
                                     std::to_string(params_.n_ctx) + " tokens (leave room to generate)");
@@ -158,313 +130,402 @@ void engine::check_prompt(const std::vector<llama_token> & prompt, const char * 
     }
 }
 
-void engine::batch_add(llama_token token, llama_pos pos, int stream, bool logits) {
-    const int32_t i = batch_.n_tokens;
-    if (i >= batch_capacity_) {
+int32_t engine::pick_slot(const std::vector<llama_token> & prompt_p, const std::vector<llama_token> & prompt_b) const {
+    require_open();
+    int32_t best = -1;
+    size_t best_common = 0;
+    for (int32_t i = 0; i < (int32_t) slots_.size(); ++i) {
+        const slot & sl = slots_[i];
+        if (sl.state != slot_state::free) {
+            continue;
+        }
+        const size_t common = common_prefix(sl.streams[STREAM_P].cached, prompt_p) +
+                              common_prefix(sl.streams[STREAM_B].cached, prompt_b);
+        if (best < 0 || common > best_common || (common == best_common && sl.last_used < slots_[best].last_used)) {
+            best = i;
+            best_common = common;
+        }
+    }
+    return best;
+}
+
+// Drops a stream's cache past its first n positions. What the engine recorded
+// must still be what the cache holds (a failed decode clears everything);
+// otherwise the stream starts empty.
+int32_t engine::keep_prefix(stream & st, int32_t n) {
+    llama_memory_t mem = llama_get_memory(ctx_.get());
+    if (llama_memory_seq_pos_max(mem, st.seq) != (llama_pos) st.cached.size() - 1) {
+        st.cached.clear();
+        n = 0;
+    }
+    if (!llama_memory_seq_rm(mem, st.seq, n, -1)) {
+        llama_memory_seq_rm(mem, st.seq, -1, -1);
+        n = 0;
+    }
+    st.cached.resize(std::min<size_t>(st.cached.size(), n));
+    return n;
+}
+
+prefill_stats engine::start(int32_t slot_index, const std::vector<llama_token> & prompt_p,
+                            const std::vector<llama_token> & prompt_b, const sampling_params & params, bool cache_prompt) {
+    slot & sl = slot_at(slot_index);
+    if (sl.state != slot_state::free) {
+        throw std::invalid_argument("slot " + std::to_string(slot_index) + " is busy");
+    }
+    params.validate();
+    check_prompt(prompt_p, "prompt");
+    check_prompt(prompt_b, "base_prompt");
+    auto chain = std::make_unique<sampler_chain>(params, model_->vocab());
+
+    const bool identical = prompt_p == prompt_b;
+    sl.n_active = (params.ratio != 0.0f && !identical) ? 2 : 1;
+    sl.b_is_p   = identical;
+    sl.stats    = prefill_stats();
+    for (int32_t s = 0; s < sl.n_active; ++s) {
+        stream & st = sl.streams[s];
+        st.prompt = s == STREAM_P ? prompt_p : prompt_b;
+        st.row = -1;
+        st.copy_from_p = 0;
+        const int32_t n = (int32_t) st.prompt.size();
+        // at least the last prompt token is decoded again: its logits are wanted
+        const int32_t keep = cache_prompt ? std::min<int32_t>((int32_t) common_prefix(st.cached, st.prompt), n - 1) : 0;
+        sl.stats.reused[s]  = keep_prefix(st, keep);
+        sl.stats.decoded[s] = n - sl.stats.reused[s];
+    }
+    if (sl.n_active == 2) {
+        // B takes the part of its prompt that P's prompt shares, and that its
+        // own cache lacks, from P's cells once P holds it
+        stream & b = sl.streams[STREAM_B];
+        const int32_t upto = std::min({(int32_t) common_prefix(prompt_p, prompt_b), (int32_t) prompt_p.size() - 1,
+                                       (int32_t) prompt_b.size() - 1});
+        if (upto > (int32_t) b.cached.size()) {
+            b.copy_from_p = upto;
+            sl.stats.shared  = upto - (int32_t) b.cached.size();
+            sl.stats.decoded[STREAM_B] -= sl.stats.shared;
+        }
+    }
+    sl.chain      = std::move(chain);
+    sl.next_token = -1;
+    sl.state      = slot_state::prefill;
+    sl.started    = ++clock_;
+    sl.last_used  = sl.started;
+    return sl.stats;
+}
+
+void engine::finish(int32_t slot_index) {
+    slot & sl = slot_at(slot_index);
+    sl.state      = slot_state::free;
+    sl.chain.reset();
+    sl.next_token = -1;
+    sl.n_active   = 0;
+    for (stream & st : sl.streams) {
+        st.prompt.clear();
+        st.prompt.shrink_to_fit();
+        st.copy_from_p = 0;
+        st.row = -1;
+    }
+    sl.last_used = ++clock_;
+}
+
+void engine::clear() {
+    require_open();
+    if (n_busy() > 0) {
+        throw std::logic_error("clear() while slots are busy");
+    }
+    llama_memory_clear(llama_get_memory(ctx_.get()), true);
+    for (slot & sl : slots_) {
+        for (stream & st : sl.streams) {
+            st.cached.clear();
+        }
+    }
+}
+
+void engine::batch_add(llama_token token, llama_pos pos, llama_seq_id seq, bool logits) {
+    llama_batch & b = batch_.get();
+    const int32_t i = b.n_tokens;
+    if (i >= params_.n_batch) {
         throw std::logic_error("batch overflow");
     }
-    batch_.token[i]     = token;
-    batch_.pos[i]       = pos;
-    batch_.n_seq_id[i]  = 1;
-    batch_.seq_id[i][0] = stream;
-    batch_.logits[i]    = logits;
-    batch_.n_tokens++;
+    b.token[i]     = token;
+    b.pos[i]       = pos;
+    b.n_seq_id[i]  = 1;
+    b.seq_id[i][0] = seq;
+    b.logits[i]    = logits;
+    b.n_tokens++;
+}
+
+// B's shared prefix is taken from P's cells (shared, not copied) as soon as P
+// holds it.
+void engine::take_shared_prefix(slot & sl) {
+    stream & p = sl.streams[STREAM_P];
+    stream & b = sl.streams[STREAM_B];
+    if (b.copy_from_p == 0 || (int32_t) p.cached.size() < b.copy_from_p) {
+        return;
+    }
+    const int32_t from = (int32_t) b.cached.size();
+    llama_memory_seq_cp(llama_get_memory(ctx_.get()), p.seq, b.seq, from, b.copy_from_p);
+    b.cached.insert(b.cached.end(), b.prompt.begin() + from, b.prompt.begin() + b.copy_from_p);
+    b.copy_from_p = 0;
+}
+
+// Adds as much of a prefilling slot's prompts as the budget allows. Every
+// stream's last prompt token, whose logits are wanted, goes in the same batch
+// as the others' (logits last only until the next decode).
+void engine::add_prefill(slot & sl, int32_t & budget, std::vector<int32_t> & queued) {
+    if (sl.n_active == 2) {
+        take_shared_prefix(sl);
+    }
+    bool ready = true;
+    for (int32_t s = 0; s < sl.n_active; ++s) {
+        stream & st = sl.streams[s];
+        if (st.copy_from_p > 0) {
+            ready = false;  // waits for P's cells
+            continue;
+        }
+        const int32_t body = (int32_t) st.prompt.size() - 1;
+        int32_t pos = (int32_t) st.cached.size();
+        while (pos < body && budget > 0) {
+            batch_add(st.prompt[pos], pos, st.seq, false);
+            ++pos;
+            --budget;
+        }
+        queued[s] = pos - (int32_t) st.cached.size();
+        ready = ready && pos == body;
+    }
+    if (!ready || budget < sl.n_active) {
+        return;
+    }
+    for (int32_t s = 0; s < sl.n_active; ++s) {
+        stream & st = sl.streams[s];
+        const int32_t pos = (int32_t) st.prompt.size() - 1;
+        st.row = llama_batch_ref().n_tokens;
+        batch_add(st.prompt[pos], pos, st.seq, true);
+        queued[s]++;
+        --budget;
+    }
 }
 
 void engine::run_decode(const char * what) {
-    const int32_t rc = llama_decode(ctx_, batch_);
+    const int32_t rc = llama_decode(ctx_.get(), batch_.get());
     n_decode_calls_++;
     if (rc != 0) {
         // The cache may hold part of the batch now: forget it so the next
         // call starts from a known state instead of a corrupt one.
-        llama_memory_clear(llama_get_memory(ctx_), true);
-        cached_[0].clear();
-        cached_[1].clear();
-        out_idx_ = {-1, -1};
+        llama_memory_clear(llama_get_memory(ctx_.get()), true);
+        for (slot & sl : slots_) {
+            for (stream & st : sl.streams) {
+                st.cached.clear();
+            }
+        }
         throw std::runtime_error(std::string("llama_decode failed during ") + what + " (code " + std::to_string(rc) +
                                  (rc == 1 ? ": no room in the KV cache)" : ")"));
     }
 }
 
 const float * engine::logits_at(int32_t batch_index) const {
-    const float * logits = llama_get_logits_ith(ctx_, batch_index);
+    const float * logits = llama_get_logits_ith(ctx_.get(), batch_index);
     if (logits == nullptr) {
         throw std::runtime_error("llama.cpp returned no logits for batch index " + std::to_string(batch_index));
     }
     return logits;
 }
 
-// A shared prompt prefix is handed from one stream to the other by copying
-// the source stream's whole KV buffer (a non-unified cache cannot copy part
-// of one, nor hold a token in two streams). That costs a pass over the buffer
-// and, when the prefix is not cached yet, a llama_decode of its own, so it is
-// done only for prefixes at least this long; shorter ones are decoded twice
-// in the one prefill batch. Measured on 2 CPU cores (135M model, 2048 cells
-// per stream), prefill of both prompts, decoded twice -> copied: 3 shared
-// tokens 76 -> 83 ms, 8: 104 -> 92 ms, 16: 176 -> 114 ms, 64: 428 -> 251 ms.
-static constexpr int32_t MIN_SHARED_TO_COPY = 8;
-
-prefill_stats engine::prefill(const std::vector<llama_token> & prompt_p, const std::vector<llama_token> & prompt_b,
-                              int32_t n_tail_p, int32_t n_tail_b, bool with_base) {
+std::vector<step_event> engine::step() {
     require_open();
+    std::vector<step_event> events;
+    llama_batch_ref().n_tokens = 0;
+    // tokens each slot's streams put in this batch
+    std::vector<std::array<int32_t, N_STREAMS>> queued(slots_.size(), {0, 0});
+
+    // 1. the running slots' last sampled tokens, one per stream
+    for (int32_t i = 0; i < (int32_t) slots_.size(); ++i) {
+        slot & sl = slots_[i];
+        if (sl.state != slot_state::running) {
+            continue;
+        }
+        bool full = false;
+        for (int32_t s = 0; s < sl.n_active; ++s) {
+            full = full || (int32_t) sl.streams[s].cached.size() >= params_.n_ctx;
+        }
+        if (full) {
+            step_event ev;
+            ev.slot = i;  // token -1: the caller finishes it with "length"
+            events.push_back(ev);
+            continue;
+        }
+        for (int32_t s = 0; s < sl.n_active; ++s) {
+            stream & st = sl.streams[s];
+            st.row = llama_batch_ref().n_tokens;
+            batch_add(sl.next_token, (llama_pos) st.cached.size(), st.seq, true);
+            queued[i][s] = 1;
+        }
+    }
+
+    // 2. prefill chunks in the rest of the budget, oldest request first
+    int32_t budget = params_.n_batch - llama_batch_ref().n_tokens;
+    std::vector<int32_t> order;
+    for (int32_t i = 0; i < (int32_t) slots_.size(); ++i) {
+        if (slots_[i].state == slot_state::prefill) {
+            order.push_back(i);
+        }
+    }
+    std::sort(order.begin(), order.end(), [this](int32_t a, int32_t b) { return slots_[a].started < slots_[b].started; });
+    std::vector<int32_t> prefill_queued(N_STREAMS);
+    for (int32_t i : order) {
+        std::fill(prefill_queued.begin(), prefill_queued.end(), 0);
+        for (stream & st : slots_[i].streams) {
+            st.row = -1;
+        }
+        add_prefill(slots_[i], budget, prefill_queued);
+        for (int32_t s = 0; s < N_STREAMS; ++s) {
+            queued[i][s] = prefill_queued[s];
+        }
+    }
+    if (llama_batch_ref().n_tokens == 0) {
+        return events;
+    }
+
+    // 3. one forward over all of it
+    run_decode("a decode step");
+
+    // 4. what each stream now holds; then a token for every slot whose logits are in
+    for (int32_t i = 0; i < (int32_t) slots_.size(); ++i) {
+        slot & sl = slots_[i];
+        if (sl.state == slot_state::free) {
+            continue;
+        }
+        bool sampled_now = sl.n_active > 0;
+        for (int32_t s = 0; s < sl.n_active; ++s) {
+            stream & st = sl.streams[s];
+            if (sl.state == slot_state::running) {
+                if (queued[i][s] > 0) {
+                    st.cached.push_back(sl.next_token);
+                }
+            } else {
+                const size_t from = st.cached.size();
+                st.cached.insert(st.cached.end(), st.prompt.begin() + from, st.prompt.begin() + from + queued[i][s]);
+            }
+            sampled_now = sampled_now && queued[i][s] > 0 && st.row >= 0 &&
+                          (sl.state == slot_state::running || st.cached.size() == st.prompt.size());
+        }
+        if (!sampled_now) {
+            continue;
+        }
+        step_event ev;
+        ev.slot = i;
+        try {
+            const float * logits_b = sl.n_active == 2 ? logits_at(sl.streams[STREAM_B].row) : nullptr;
+            ev.token = sl.chain->sample(logits_at(sl.streams[STREAM_P].row), logits_b);
+        } catch (const std::exception & e) {
+            ev.error = e.what();  // this request fails; the others go on
+        }
+        sl.next_token = ev.token;
+        sl.state      = slot_state::running;
+        sl.sampled_at = n_decode_calls_;
+        events.push_back(ev);
+    }
+    return events;
+}
+
+const float * engine::logits(int32_t slot_index, int32_t stream) const {
+    const slot & sl = slot_at(slot_index);
+    check_stream(stream);
+    if (sl.state != slot_state::running || sl.sampled_at != n_decode_calls_) {
+        throw std::runtime_error("no logits for slot " + std::to_string(slot_index) +
+                                 ": they last only until the next decode after the step that sampled from them");
+    }
+    if (stream == STREAM_B && sl.n_active == 1) {
+        if (!sl.b_is_p) {
+            throw std::runtime_error("stream B is not decoded in this request (ratio 0)");
+        }
+        stream = STREAM_P;
+    }
+    return logits_at(sl.streams[stream].row);
+}
+
+void engine::eval_logits(int32_t slot_index, const std::vector<llama_token> & prompt_p,
+                         const std::vector<llama_token> & prompt_b, int32_t n_tail_p, int32_t n_tail_b,
+                         std::vector<float> & out_p, std::vector<float> & out_b) {
+    slot & sl = slot_at(slot_index);
+    if (sl.state != slot_state::free) {
+        throw std::invalid_argument("slot " + std::to_string(slot_index) + " is busy");
+    }
     check_prompt(prompt_p, "prompt");
     check_prompt(prompt_b, "base_prompt");
-    if (!with_base) {
-        return prefill_prompt_only(prompt_p, false);
-    }
-    if (prompt_p == prompt_b && n_tail_p == n_tail_b && !params_.two_call) {
-        return prefill_prompt_only(prompt_p, true, n_tail_p);
-    }
-    const std::array<const std::vector<llama_token> *, 2> prompts = {&prompt_p, &prompt_b};
-    const std::array<int32_t, 2> n_tail = {n_tail_p, n_tail_b};
-    const std::array<int32_t, 2> n_prompt = {(int32_t) prompt_p.size(), (int32_t) prompt_b.size()};
-    chain_.reset();
-    out_idx_ = {-1, -1};
-
-    // 1. keep what each stream's cache already holds of its prompt; at least
-    //    the positions whose logits are wanted are decoded again
-    std::array<int32_t, 2> keep{};
-    prefill_stats stats;
-    for (int s = 0; s < 2; ++s) {
-        keep[s] = keep_prefix(s, std::min<int32_t>((int32_t) common_prefix(cached_[s], *prompts[s]),
-                                                   n_prompt[s] - n_tail[s]));
-        stats.reused[s]  = keep[s];
-        stats.decoded[s] = n_prompt[s] - keep[s];
-    }
-
-    // 2. where the prompts agree from the start, the stream with less of
-    //    that part cached takes it from the other; what neither holds yet is
-    //    decoded first, once, in the stream that will be copied
-    const int32_t n_common = params_.two_call ? 0 : (int32_t) common_prefix(prompt_p, prompt_b);
-    const int32_t upto = std::min({n_common, n_prompt[0] - n_tail[0], n_prompt[1] - n_tail[1]});
-    const int src = keep[STREAM_P] >= keep[STREAM_B] ? STREAM_P : STREAM_B;
-    const int dst = 1 - src;
-    if (upto - keep[dst] >= MIN_SHARED_TO_COPY) {
-        const int32_t from_cache = std::min(keep[src], upto);
-        batch_.n_tokens = 0;
-        for (int32_t pos = keep[src]; pos < upto; ++pos) {
-            batch_add((*prompts[src])[pos], pos, src, false);
-        }
-        if (batch_.n_tokens > 0) {
-            run_decode("prefill of the shared prefix");
-            cached_[src].assign(prompts[src]->begin(), prompts[src]->begin() + upto);
-            keep[src] = upto;
-        }
-        // the whole buffer; llama.cpp carries the copy out at the next decode
-        llama_memory_seq_cp(llama_get_memory(ctx_), src, dst, -1, -1);
-        cached_[dst] = cached_[src];
-        keep[dst] = keep_prefix(dst, upto);
-        stats.shared       = upto - from_cache;
-        stats.reused[dst]  = from_cache;
-        stats.decoded[dst] = n_prompt[dst] - from_cache;
-    }
-
-    // 3. one batch with what is left of both prompts
-    batch_.n_tokens = 0;
-    for (int s = 0; s < 2; ++s) {
-        tail_rows_[s].assign(n_tail[s], -1);
-        if (params_.two_call && s == STREAM_B) {
-            // the baseline decodes each stream in its own call; P's logits
-            // must be saved before B's call overwrites them
-            run_decode("prefill of the prompt");
-            std::memcpy(logits_p_copy_.data(), logits_at(tail_rows_[0].back()), sizeof(float) * n_vocab_);
-            batch_.n_tokens = 0;
-        }
-        const int32_t first_tail = n_prompt[s] - n_tail[s];
-        for (int32_t pos = keep[s]; pos < n_prompt[s]; ++pos) {
-            if (pos >= first_tail) {
-                tail_rows_[s][pos - first_tail] = batch_.n_tokens;
-            }
-            batch_add((*prompts[s])[pos], pos, s, pos >= first_tail);
-        }
-    }
-    run_decode("prefill");
-
-    cached_[0]   = prompt_p;
-    cached_[1]   = prompt_b;
-    out_idx_     = {tail_rows_[0].back(), tail_rows_[1].back()};
-    identical_   = false;
-    base_active_ = true;
-    last_prefill_ = stats;
-    return stats;
-}
-
-// Drops a stream's cache past its first n positions (all of it if llama.cpp
-// cannot cut there).
-int32_t engine::keep_prefix(int stream, int32_t n) {
-    llama_memory_t mem = llama_get_memory(ctx_);
-    // What the engine recorded must still be what the cache holds: a Llama
-    // sharing the context (shared_context.py) may have decoded since, and
-    // after evict_prompt_stream() stream P's cells are the Llama's.
-    const bool evicted = stream == STREAM_P && p_evicted_;
-    if (evicted || llama_memory_seq_pos_max(mem, stream) != (llama_pos) cached_[stream].size() - 1) {
-        cached_[stream].clear();
-        n = 0;
-    }
-    if (evicted) {
-        p_evicted_ = false;
-    }
-    if (!llama_memory_seq_rm(mem, stream, n, -1)) {
-        llama_memory_seq_rm(mem, stream, -1, -1);
-        n = 0;
-    }
-    cached_[stream].resize(std::min<size_t>(cached_[stream].size(), n));
-    return n;
-}
-
-// With ratio 0 stream B's logits are never read (ALGORITHM.md: ordinary
-// decoding of P with a top-p), and with identical prompts B's logits are P's:
-// either way only P is decoded, one token per step as a plain llama.cpp
-// context does. B's cache is left as it was.
-prefill_stats engine::prefill_prompt_only(const std::vector<llama_token> & prompt_p, bool identical, int32_t n_tail) {
-    const int32_t n = (int32_t) prompt_p.size();
-    chain_.reset();
-    out_idx_ = {-1, -1};
-    const int32_t keep = keep_prefix(STREAM_P, std::min<int32_t>((int32_t) common_prefix(cached_[0], prompt_p), n - n_tail));
-    tail_rows_[0].assign(n_tail, -1);
-    batch_.n_tokens = 0;
-    for (int32_t pos = keep; pos < n; ++pos) {
-        if (pos >= n - n_tail) {
-            tail_rows_[0][pos - (n - n_tail)] = batch_.n_tokens;
-        }
-        batch_add(prompt_p[pos], pos, STREAM_P, pos >= n - n_tail);
-    }
-    run_decode("prefill");
-    cached_[0]   = prompt_p;
-    tail_rows_[1] = identical ? tail_rows_[0] : std::vector<int32_t>{};
-    out_idx_     = {tail_rows_[0].back(), identical ? tail_rows_[0].back() : -1};
-    identical_   = identical;
-    base_active_ = false;
-    prefill_stats stats;
-    stats.reused[0]  = keep;
-    stats.decoded[0] = n - keep;
-    if (identical) {  // B is P: every token decoded counts for both
-        stats.reused[1]  = keep;
-        stats.decoded[1] = n - keep;
-        stats.shared     = n - keep;
-    } else {
-        stats.reused[1] = (int32_t) cached_[1].size();
-    }
-    last_prefill_ = stats;
-    return stats;
-}
-
-prefill_stats engine::start(const std::vector<llama_token> & prompt_p, const std::vector<llama_token> & prompt_b,
-                            const sampling_params & params) {
-    require_open();
-    params.validate();
-    auto chain = std::make_unique<sampler_chain>(params, model_->vocab());
-    prefill_stats stats = prefill(prompt_p, prompt_b, 1, 1, params.ratio != 0.0f);
-    chain_ = std::move(chain);
-    return stats;
-}
-
-const float * engine::logits(int stream) {
-    require_open();
-    if (stream != STREAM_P && stream != STREAM_B) {
-        throw std::invalid_argument("stream must be 0 (P) or 1 (B)");
-    }
-    if (out_idx_[stream] < 0) {
-        throw std::runtime_error("no logits yet: call start() first");
-    }
-    if (p_evicted_) {
-        restore_prompt_stream();
-    }
-    if (stream == STREAM_P && params_.two_call) {
-        return logits_p_copy_.data();
-    }
-    return logits_at(out_idx_[stream]);
-}
-
-llama_token engine::sample() {
-    require_open();
-    if (!chain_ || out_idx_[0] < 0) {
-        throw std::runtime_error("sample() called before start()");
-    }
-    return chain_->sample(logits(STREAM_P), base_active_ ? logits(STREAM_B) : nullptr);
-}
-
-bool engine::decode(llama_token token) {
-    require_open();
-    if (out_idx_[0] < 0) {
-        throw std::runtime_error("decode() called before start()");
-    }
-    model_->check_token(token);
-    if (p_evicted_) {
-        restore_prompt_stream();
-    }
-    if (n_past(STREAM_P) >= params_.n_ctx || (base_active_ && n_past(STREAM_B) >= params_.n_ctx)) {
-        return false;
-    }
-    batch_.n_tokens = 0;
-    if (!base_active_) {
-        batch_add(token, n_past(STREAM_P), STREAM_P, true);
-        run_decode("decode");
-        out_idx_ = {0, identical_ ? 0 : -1};
-        cached_[0].push_back(token);
-        return true;
-    }
-    if (params_.two_call) {
-        batch_add(token, n_past(STREAM_P), STREAM_P, true);
-        run_decode("decode of the prompt stream");
-        std::memcpy(logits_p_copy_.data(), logits_at(0), sizeof(float) * n_vocab_);
-        batch_.n_tokens = 0;
-        batch_add(token, n_past(STREAM_B), STREAM_B, true);
-        run_decode("decode of the base stream");
-        out_idx_ = {0, 0};
-    } else {
-        batch_add(token, n_past(STREAM_P), STREAM_P, true);
-        batch_add(token, n_past(STREAM_B), STREAM_B, true);
-        run_decode("decode");
-        out_idx_ = {0, 1};
-    }
-    cached_[0].push_back(token);
-    cached_[1].push_back(token);
-    return true;
-}
-
-void engine::eval_logits(const std::vector<llama_token> & prompt_p, const std::vector<llama_token> & prompt_b,
-                         int32_t n_tail_p, int32_t n_tail_b, std::vector<float> & out_p, std::vector<float> & out_b) {
-    require_open();
-    if (params_.two_call) {
-        throw std::logic_error("eval_logits is not available in two-call mode");
-    }
     if (n_tail_p < 1 || n_tail_p > (int32_t) prompt_p.size() || n_tail_b < 1 || n_tail_b > (int32_t) prompt_b.size()) {
         throw std::invalid_argument("n_tail must be between 1 and the prompt length");
     }
-    prefill(prompt_p, prompt_b, n_tail_p, n_tail_b, true);
-    const std::array<std::vector<float> *, 2> outs = {&out_p, &out_b};
-    for (int s = 0; s < 2; ++s) {
-        outs[s]->resize(tail_rows_[s].size() * (size_t) n_vocab_);
-        for (size_t r = 0; r < tail_rows_[s].size(); ++r) {
-            std::memcpy(outs[s]->data() + r * n_vocab_, logits_at(tail_rows_[s][r]), sizeof(float) * n_vocab_);
-        }
+    const bool identical = prompt_p == prompt_b && n_tail_p == n_tail_b;
+    const int32_t n_streams = identical ? 1 : 2;
+    const std::vector<llama_token> * prompts[N_STREAMS] = {&prompt_p, &prompt_b};
+    const int32_t n_tail[N_STREAMS] = {n_tail_p, n_tail_b};
+    std::vector<float> * outs[N_STREAMS] = {&out_p, &out_b};
+    int32_t keep[N_STREAMS] = {0, 0};
+    for (int32_t s = 0; s < n_streams; ++s) {
+        stream & st = sl.streams[s];
+        const int32_t n = (int32_t) prompts[s]->size();
+        keep[s] = keep_prefix(st, std::min<int32_t>((int32_t) common_prefix(st.cached, *prompts[s]), n - n_tail[s]));
+        outs[s]->assign((size_t) n_tail[s] * n_vocab_, 0.0f);
     }
-}
 
-void engine::decode_floor(llama_token token, int32_t n_steps) {
-    require_open();
-    model_->check_token(token);
-    if (cached_[0].empty() || cached_[1].empty()) {
-        throw std::runtime_error("decode_floor() needs a prefill first");
+    // P's part of the shared prefix first, so that B can take its cells
+    int32_t to[N_STREAMS] = {(int32_t) prompt_p.size(), (int32_t) prompt_b.size()};
+    int32_t upto = 0;
+    if (n_streams == 2) {
+        upto = std::min({(int32_t) common_prefix(prompt_p, prompt_b), (int32_t) prompt_p.size() - n_tail_p,
+                         (int32_t) prompt_b.size() - n_tail_b});
     }
-    if (p_evicted_) {
-        restore_prompt_stream();
-    }
-    for (int32_t i = 0; i < n_steps; ++i) {
-        if (n_past(STREAM_P) >= params_.n_ctx || n_past(STREAM_B) >= params_.n_ctx) {
-            throw std::invalid_argument("decode_floor ran past the context window");
+    for (int pass = 0; pass < 2; ++pass) {
+        if (pass == 0 && upto <= keep[STREAM_B]) {
+            continue;
         }
-        batch_.n_tokens = 0;
-        batch_add(token, n_past(STREAM_P), STREAM_P, true);
-        batch_add(token, n_past(STREAM_B), STREAM_B, true);
-        run_decode("floor decode");
-        cached_[0].push_back(token);
-        cached_[1].push_back(token);
+        const int32_t n_pass = pass == 0 ? 1 : n_streams;
+        if (pass == 1 && upto > keep[STREAM_B]) {
+            stream & b = sl.streams[STREAM_B];
+            llama_memory_seq_cp(llama_get_memory(ctx_.get()), sl.streams[STREAM_P].seq, b.seq, keep[STREAM_B], upto);
+            b.cached.assign(prompt_b.begin(), prompt_b.begin() + upto);
+        }
+        int32_t end[N_STREAMS] = {pass == 0 ? std::max(upto, (int32_t) sl.streams[STREAM_P].cached.size()) : to[0], to[1]};
+        while (true) {
+            llama_batch_ref().n_tokens = 0;
+            std::vector<std::pair<int32_t, int32_t>> rows;  // (stream, tail index) of each logits row
+            int32_t next[N_STREAMS] = {0, 0};
+            for (int32_t s = 0; s < n_pass; ++s) {
+                stream & st = sl.streams[s];
+                const int32_t first_tail = (int32_t) prompts[s]->size() - n_tail[s];
+                int32_t pos = (int32_t) st.cached.size();
+                while (pos < end[s] && llama_batch_ref().n_tokens < params_.n_batch) {
+                    const bool want = pos >= first_tail;
+                    if (want) {
+                        rows.emplace_back(s, pos - first_tail);
+                    }
+                    batch_add((*prompts[s])[pos], pos, st.seq, want);
+                    ++pos;
+                }
+                next[s] = pos;
+            }
+            if (llama_batch_ref().n_tokens == 0) {
+                break;
+            }
+            run_decode("evaluation prefill");
+            for (int32_t s = 0; s < n_pass; ++s) {
+                stream & st = sl.streams[s];
+                st.cached.insert(st.cached.end(), prompts[s]->begin() + st.cached.size(), prompts[s]->begin() + next[s]);
+            }
+            int32_t row = 0;
+            for (int32_t i = 0; i < llama_batch_ref().n_tokens; ++i) {
+                if (!llama_batch_ref().logits[i]) {
+                    continue;
+                }
+                const auto & r = rows[row++];
+                std::memcpy(outs[r.first]->data() + (size_t) r.second * n_vocab_, logits_at(i), sizeof(float) * n_vocab_);
+            }
+        }
     }
-    identical_   = false;
-    base_active_ = true;
-    out_idx_     = {0, 1};
+    if (identical) {
+        out_b = out_p;
+    }
+    sl.last_used = ++clock_;
 }
 
 } // namespace linalign

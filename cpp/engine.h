@@ -1,43 +1,58 @@
-// engine: one llama_context holding the two conditioning streams of linear
-// alignment (P: with the principle, B: without) as two sequences.
+// engine: one llama_context per model whose sequences are a pool of slots.
 //
-// Each sequence has a KV buffer of its own, so each stream's logits are bit
-// for bit those of a separate context fed the same tokens. Both prompts are
-// prefilled in one llama_decode; a long prefix the two prompts share is
-// decoded once and the buffer copied to the other stream. Each step then
-// decodes the new token for both sequences in one 2-token batch. What is
-// already in the KV cache is reused: a follow-up call decodes only the tokens
-// past each stream's common prefix with what was cached.
+// A slot serves one request at a time and holds its streams: stream 0 is the
+// principled prompt P, stream 1 the base prompt B (a request without a
+// principle uses stream 0 alone). Every step() is ONE llama_decode over the
+// next token of every running slot's streams plus chunks of the prompts still
+// being prefilled, within a per-step token budget, so running streams keep
+// flowing while a long prompt is ingested. After the decode each slot whose
+// logits are ready samples its next token with its own sampler chain.
+//
+// The KV cache is unified: all sequences draw cells from one pool, so a
+// prefix two streams share is stored once (llama_memory_seq_cp shares the
+// cells, it copies nothing), and the one decode per step is one forward
+// (llama.cpp splits a unified batch only past n_batch tokens). A finished
+// slot keeps its streams' tokens and KV: the next request that shares a
+// prefix with them prefills only the rest (the prompt cache).
 #pragma once
 
 #include "llama.h"
+#include "llama_handles.h"
 #include "model.h"
 #include "sampling.h"
 
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 namespace linalign {
 
 struct engine_params {
-    int32_t n_ctx           = 4096; // per stream
+    int32_t n_ctx           = 4096; // the most tokens one stream may hold (prompt + generated)
+    int32_t n_slots         = 1;    // requests decoded at once
+    int32_t n_batch         = 512;  // tokens per step (one forward): running streams first, then prefill chunks
     int32_t n_threads       = 0;    // 0 = llama.cpp's default
     int32_t n_threads_batch = 0;
-    bool    two_call        = false; // benchmark baseline: one llama_decode per stream per step
     bool    flash_attn      = false; // llama-cpp-python's default, so logits match a plain Llama
-    // When set: the context is made from these parameters (a llama_cpp.Llama's,
-    // whose sequence becomes stream P), with the sizes and layout above.
-    const llama_context_params * base_cparams = nullptr;
 };
 
+// Streams per slot: the principled one and the base one.
+constexpr int32_t N_STREAMS = 2;
 enum stream_id : int { STREAM_P = 0, STREAM_B = 1 };
 
 struct prefill_stats {
-    int32_t reused[2]  = {0, 0}; // tokens of each stream found in the KV cache
-    int32_t decoded[2] = {0, 0}; // tokens of each stream decoded now
-    int32_t shared     = 0;      // of those, decoded once for both streams (a copied prefix, or identical prompts)
+    int32_t reused[N_STREAMS]  = {0, 0}; // tokens of each stream found in the slot's KV cache
+    int32_t decoded[N_STREAMS] = {0, 0}; // tokens of each stream left to decode
+    int32_t shared             = 0;      // of B's, taken from P's cells instead (a prefix both prompts share)
+};
+
+// What a step produced for one slot.
+struct step_event {
+    int32_t     slot  = -1;
+    llama_token token = -1;    // the token sampled, or -1 when the slot's context is full
+    std::string error;         // set when this slot's sampler chain failed (the slot stays busy)
 };
 
 class engine {
@@ -47,81 +62,95 @@ public:
     engine(const engine &) = delete;
     engine & operator=(const engine &) = delete;
 
-    // Starts a generation: prefills both prompts (reusing the KV cache) and
-    // builds the sampler chain. Throws std::invalid_argument for empty or
-    // too-long prompts, bad token ids or bad sampling parameters.
-    prefill_stats start(const std::vector<llama_token> & prompt_p,
-                        const std::vector<llama_token> & prompt_b,
-                        const sampling_params & params);
+    // The free slot whose cached tokens share the longest prefix with the
+    // prompts (least recently used among equals), or -1 when all are busy.
+    int32_t pick_slot(const std::vector<llama_token> & prompt_p, const std::vector<llama_token> & prompt_b) const;
 
-    // Samples the next token from the current logits of both streams.
-    llama_token sample();
+    // Starts a request in a free slot: keeps the longest cached prefix of each
+    // stream (none when cache_prompt is false) and queues the rest for
+    // prefill by step(). Throws std::invalid_argument for a busy slot, empty
+    // or too-long prompts, bad token ids or bad sampling parameters.
+    prefill_stats start(int32_t slot, const std::vector<llama_token> & prompt_p,
+                        const std::vector<llama_token> & prompt_b, const sampling_params & params, bool cache_prompt);
 
-    // The current next-token logits of a stream (n_vocab floats, valid until
-    // the next decode).
-    const float * logits(int stream);
+    // One llama_decode over every busy slot, then a sample for each slot whose
+    // prompt is in. Returns nothing when no slot has work.
+    std::vector<step_event> step();
 
-    // Appends a token to both streams. Returns false when the context is
-    // full (the caller finishes with "length").
-    bool decode(llama_token token);
+    // Frees a slot (finished or cancelled). Its KV stays as a prompt cache;
+    // the token it sampled last is not decoded.
+    void finish(int32_t slot);
 
-    // Teacher forcing for evaluation: prefills both prompts and returns the
+    // The next-token logits of a slot's stream after the step that sampled
+    // from them (n_vocab floats, valid until the next decode).
+    const float * logits(int32_t slot, int32_t stream) const;
+
+    // Teacher forcing for evaluation, on a free slot: prefills both prompts
+    // (reusing its cache) in llama_decode calls of its own and returns the
     // logits of the last n_tail_p positions of P and n_tail_b of B, row-major.
-    void eval_logits(const std::vector<llama_token> & prompt_p, const std::vector<llama_token> & prompt_b,
+    void eval_logits(int32_t slot, const std::vector<llama_token> & prompt_p, const std::vector<llama_token> & prompt_b,
                      int32_t n_tail_p, int32_t n_tail_b, std::vector<float> & out_p, std::vector<float> & out_b);
 
-    // The cost floor: n_steps decodes of a 2-token batch with no sampling.
-    void decode_floor(llama_token token, int32_t n_steps);
-
-    void clear();  // forgets the KV cache
-    // Forgets what the engine cached without touching the KV cache: for when
-    // a Llama sharing the context has written to it (shared_context.py).
-    void forget();
-    // A Llama sharing the context is about to decode on stream P's sequence:
-    // P's cells and the last logits become its own. The engine keeps P's
-    // tokens and decodes them again when it next needs them (B's cells are
-    // left alone), so a generation in progress goes on.
-    void evict_prompt_stream();
+    void clear();  // forgets every slot's cache (all slots must be free)
     void close();
-    bool closed() const { return ctx_ == nullptr; }
+    bool closed() const { return !ctx_; }
 
     int32_t n_ctx() const { return params_.n_ctx; }
-    int32_t n_past(int stream) const { return (int32_t) cached_.at(stream).size(); }
-    bool    streams_identical() const { return identical_; }
-    const prefill_stats & last_prefill() const { return last_prefill_; }
+    int32_t n_slots() const { return params_.n_slots; }
+    int32_t n_batch() const { return params_.n_batch; }
+    bool    busy(int32_t slot) const { return slot_at(slot).state != slot_state::free; }
+    int32_t n_busy() const;
+    int32_t n_past(int32_t slot, int32_t stream) const { return (int32_t) slot_at(slot).streams[check_stream(stream)].cached.size(); }
+    int32_t n_active_streams(int32_t slot) const { return slot_at(slot).n_active; }
+    const prefill_stats & last_prefill(int32_t slot) const { return slot_at(slot).stats; }
     int64_t n_decode_calls() const { return n_decode_calls_; }
     const model & get_model() const { return *model_; }
-    llama_context * context() const { require_open(); return ctx_; }
 
 private:
+    enum class slot_state { free, prefill, running };
+
+    struct stream {
+        llama_seq_id             seq = 0;
+        std::vector<llama_token> cached;       // tokens in the KV cache, position i at index i
+        std::vector<llama_token> prompt;       // what the request wants it to hold before sampling
+        int32_t                  copy_from_p = 0; // B: prompt tokens to take from P's cells once P holds them
+        int32_t                  row = -1;     // batch index of its logits after the last decode
+    };
+
+    struct slot {
+        slot_state                     state = slot_state::free;
+        stream                         streams[N_STREAMS];
+        int32_t                        n_active = 0;      // streams this request decodes (1 or 2)
+        bool                           b_is_p = false;    // identical prompts: B's logits are P's
+        llama_token                    next_token = -1;   // sampled, decoded at the next step
+        std::unique_ptr<sampler_chain> chain;
+        prefill_stats                  stats;
+        uint64_t                       started = 0;       // order of start(): older prefills go first
+        uint64_t                       last_used = 0;
+        int64_t                        sampled_at = -1;   // the decode call whose logits it sampled from
+    };
+
     void require_open() const;
+    const slot & slot_at(int32_t i) const;
+    slot & slot_at(int32_t i) { return const_cast<slot &>(static_cast<const engine *>(this)->slot_at(i)); }
+    static int32_t check_stream(int32_t stream);
     void check_prompt(const std::vector<llama_token> & prompt, const char * name) const;
-    prefill_stats prefill(const std::vector<llama_token> & prompt_p, const std::vector<llama_token> & prompt_b,
-                          int32_t n_tail_p, int32_t n_tail_b, bool with_base);
-    prefill_stats prefill_prompt_only(const std::vector<llama_token> & prompt_p, bool identical, int32_t n_tail = 1);
-    int32_t keep_prefix(int stream, int32_t n);
-    void restore_prompt_stream();
+    int32_t keep_prefix(stream & st, int32_t n);
+    void take_shared_prefix(slot & sl);
+    void batch_add(llama_token token, llama_pos pos, llama_seq_id seq, bool logits);
+    void add_prefill(slot & sl, int32_t & budget, std::vector<int32_t> & queued);
+    llama_batch & llama_batch_ref() { return batch_.get(); }
     void run_decode(const char * what);
-    void batch_add(llama_token token, llama_pos pos, int stream, bool logits);
     const float * logits_at(int32_t batch_index) const;
 
     std::shared_ptr<model> model_;
     engine_params          params_;
-    llama_context        * ctx_ = nullptr;
-    llama_batch            batch_{};
-    int32_t                batch_capacity_ = 0;
+    context_ptr            ctx_;
+    batch_owner            batch_;
     int32_t                n_vocab_ = 0;
-
-    std::array<std::vector<llama_token>, 2> cached_; // tokens in the KV cache, per stream
-    std::array<int32_t, 2>                  out_idx_ = {-1, -1}; // batch index of each stream's logits
-    std::array<std::vector<int32_t>, 2>     tail_rows_;          // batch index of each wanted logits row
-    bool                                    identical_ = false;   // B's prompt is P's: B's logits are P's
-    bool                                    base_active_ = true; // false when ratio == 0: B is never read
-    bool                                    p_evicted_ = false;  // see evict_prompt_stream()
-    std::vector<float>                      logits_p_copy_; // two-call mode keeps P's logits here
-    std::unique_ptr<sampler_chain>          chain_;
-    prefill_stats                           last_prefill_;
-    int64_t                                 n_decode_calls_ = 0;
+    std::vector<slot>      slots_;
+    uint64_t               clock_ = 0;
+    int64_t                n_decode_calls_ = 0;
 };
 
 } // namespace linalign

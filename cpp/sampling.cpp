@@ -27,43 +27,33 @@ sampler_chain::sampler_chain(const sampling_params & params, const llama_vocab *
 
     llama_sampler_chain_params cparams = llama_sampler_chain_default_params();
     cparams.no_perf = true;
-    chain_ = llama_sampler_chain_init(cparams);
-
-    try {
+    chain_.reset(llama_sampler_chain_init(cparams));
+    {
         if (!params.grammar.empty()) {
             llama_sampler * grammar = llama_sampler_init_grammar(vocab, params.grammar.c_str(), params.grammar_root.c_str());
             if (grammar == nullptr) {
                 throw std::invalid_argument("invalid GBNF grammar (llama.cpp could not parse it; see its log)");
             }
-            llama_sampler_chain_add(chain_, grammar);
+            llama_sampler_chain_add(chain_.get(), grammar);
         }
         la_ = llama_sampler_init_linear_alignment({params.ratio, params.top_p, params.temperature}, n_vocab_);
-        llama_sampler_chain_add(chain_, la_);
-        la_first_ = llama_sampler_chain_n(chain_) == 1;
-        llama_sampler_chain_add(chain_, llama_sampler_init_penalties(n_vocab_, params.penalty_last_n, params.repeat_penalty,
+        llama_sampler_chain_add(chain_.get(), la_);
+        la_first_ = llama_sampler_chain_n(chain_.get()) == 1;
+        llama_sampler_chain_add(chain_.get(), llama_sampler_init_penalties(n_vocab_, params.penalty_last_n, params.repeat_penalty,
                                                                      params.frequency_penalty, params.presence_penalty));
         if (params.temperature <= 0.0f) {
-            llama_sampler_chain_add(chain_, llama_sampler_init_greedy());
+            llama_sampler_chain_add(chain_.get(), llama_sampler_init_greedy());
         } else {
             if (params.top_k > 0) {
-                llama_sampler_chain_add(chain_, llama_sampler_init_top_k(params.top_k));
+                llama_sampler_chain_add(chain_.get(), llama_sampler_init_top_k(params.top_k));
             }
             if (params.min_p > 0.0f) {
-                llama_sampler_chain_add(chain_, llama_sampler_init_min_p(params.min_p, 1));
+                llama_sampler_chain_add(chain_.get(), llama_sampler_init_min_p(params.min_p, 1));
             }
-            llama_sampler_chain_add(chain_, llama_sampler_init_temp(params.temperature));
-            llama_sampler_chain_add(chain_, llama_sampler_init_dist(params.seed));
+            llama_sampler_chain_add(chain_.get(), llama_sampler_init_temp(params.temperature));
+            llama_sampler_chain_add(chain_.get(), llama_sampler_init_dist(params.seed));
         }
         cur_.reset(new llama_token_data[n_vocab_]);
-    } catch (...) {
-        llama_sampler_free(chain_);
-        throw;
-    }
-}
-
-sampler_chain::~sampler_chain() {
-    if (chain_ != nullptr) {
-        llama_sampler_free(chain_);
     }
 }
 
@@ -78,19 +68,19 @@ llama_token sampler_chain::sample(const float * logits_p, const float * logits_b
     if (la_first_) {
         // the chain's first sampler, run on the logits themselves; then the rest
         cur_p.size = llama_sampler_linear_alignment_apply_dense(la_, logits_p, cur_.get());
-        for (int32_t i = 1; i < llama_sampler_chain_n(chain_); ++i) {
-            llama_sampler_apply(llama_sampler_chain_get(chain_, i), &cur_p);
+        for (int32_t i = 1; i < llama_sampler_chain_n(chain_.get()); ++i) {
+            llama_sampler_apply(llama_sampler_chain_get(chain_.get(), i), &cur_p);
         }
     } else {
         linear_alignment_fill_candidates(logits_p, cur_p.size, cur_.get());
-        llama_sampler_apply(chain_, &cur_p);
+        llama_sampler_apply(chain_.get(), &cur_p);
     }
     llama_sampler_linear_alignment_set_base(la_, nullptr);
     if (cur_p.selected < 0 || cur_p.selected >= (int64_t) cur_p.size) {
         throw std::runtime_error("sampler chain selected no token");
     }
     const llama_token token = cur_p.data[cur_p.selected].id;
-    llama_sampler_accept(chain_, token);
+    llama_sampler_accept(chain_.get(), token);
     return token;
 }
 

@@ -4,6 +4,7 @@
 
 #include "llama.h"
 #include "linear_alignment_sampler.h"
+#include "llama_handles.h"
 
 #include <cstdint>
 #include <memory>
@@ -41,7 +42,6 @@ struct sampling_params {
 class sampler_chain {
 public:
     sampler_chain(const sampling_params & params, const llama_vocab * vocab);
-    ~sampler_chain();
     sampler_chain(const sampler_chain &) = delete;
     sampler_chain & operator=(const sampler_chain &) = delete;
 
@@ -50,7 +50,7 @@ public:
     llama_token sample(const float * logits_p, const float * logits_b);
 
 private:
-    llama_sampler * chain_  = nullptr;
+    sampler_ptr     chain_;
     llama_sampler * la_     = nullptr; // owned by chain_
     bool            la_first_ = false; // nothing before it: sample() hands it the logits directly
     int32_t         n_vocab_ = 0;

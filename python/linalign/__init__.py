@@ -10,11 +10,17 @@ import llama_cpp  # noqa: F401
 from ._core import linear_alignment_apply
 from .aligner import Aligner, AlignerClosedError, GenerationSuperseded
 from .default_model import default_model_path
+from .engine import BatchedEngine, Generation, GenerationRequest
+from .options import SamplingOptions
 from .llama_loader import load_llama
 
 __all__ = [
     "Aligner",
     "AlignerClosedError",
+    "BatchedEngine",
+    "Generation",
+    "GenerationRequest",
+    "SamplingOptions",
     "GenerationSuperseded",
     "default_model_path",
     "linear_alignment_apply",

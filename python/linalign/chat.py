@@ -43,8 +43,17 @@ def validate_messages(messages: Any) -> list[dict[str, Any]]:
         content = message.get("content")
         if content is None:
             content = ""
-        if isinstance(content, list):  # OpenAI content parts: keep the text ones
-            texts = [part.get("text", "") for part in content if isinstance(part, Mapping) and part.get("type") == "text"]
+        if isinstance(content, list):  # OpenAI content parts: this is a text-only model
+            texts = []
+            for j, part in enumerate(content):
+                kind = part.get("type") if isinstance(part, Mapping) else None
+                if kind != "text":
+                    raise ValueError(f"messages[{i}].content[{j}]: this model takes text only; a {kind!r} "
+                                     "content part cannot be given to it")
+                text = part.get("text", "")
+                if not isinstance(text, str):
+                    raise TypeError(f"messages[{i}].content[{j}].text must be a string")
+                texts.append(text)
             content = "".join(texts)
         if not isinstance(content, str):
             raise TypeError(f"messages[{i}].content must be a string, got {type(content).__name__}")

@@ -1,0 +1,9 @@
+"""The Python face of the native engine: one llama_context whose sequences
+are a pool of slots, stepped in one batched decode (see ``cpp/engine.h``).
+
+Nothing outside this package touches ``linalign._core.Engine``.
+"""
+from .batched import BatchedEngine, EngineClosedError
+from .generation import Generation, GenerationRequest
+
+__all__ = ["BatchedEngine", "EngineClosedError", "Generation", "GenerationRequest"]

@@ -1,0 +1,236 @@
+"""BatchedEngine: the slots of one llama_context, their requests, and the
+step that advances all of them in one llama_decode.
+
+Whoever drives it calls :meth:`step` (the Aligner from the thread that reads
+a stream, the server from its one scheduler thread); every call decodes the
+next token of every running request and a chunk of every pending prefill,
+and hands each request its text. All methods are thread-safe (one lock; the
+native step releases the GIL, not the lock).
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+from .. import _core
+from .generation import Generation, GenerationRequest
+
+__all__ = ["BatchedEngine", "EngineClosedError"]
+
+
+class EngineClosedError(RuntimeError):
+    """The engine (or the model it runs on) was closed."""
+
+
+class BatchedEngine:
+    """Slots over one context of ``model``.
+
+    Parameters
+    ----------
+    model
+        A ``linalign._core.Model``.
+    n_ctx
+        The most tokens one stream (prompt and completion) may hold.
+    n_slots
+        Requests decoded at once; the KV cache holds ``2 * n_slots * n_ctx``
+        cells (two streams per slot).
+    n_batch
+        Tokens per step: one per running stream, the rest for prefill chunks.
+    cache_prompt
+        Keep each slot's KV after a request, so that the next request sharing
+        a prefix with it prefills only the rest.
+    seed
+        Seed of requests whose options give none (None: random per request).
+    """
+
+    def __init__(self, model: Any, *, n_ctx: int, n_slots: int = 1, n_batch: int = 512, n_threads: int = 0,
+                 n_threads_batch: int = 0, flash_attn: bool = False, cache_prompt: bool = True,
+                 seed: int | None = None) -> None:
+        self._model = model
+        self._native = _core.Engine(model, n_ctx, n_slots, n_batch, n_threads, n_threads_batch, flash_attn)
+        self.lock = threading.RLock()
+        self.n_ctx = n_ctx
+        self.n_slots = n_slots
+        self.cache_prompt = cache_prompt
+        self._seed = seed
+        self._active: dict[int, Generation] = {}   # slot -> its request
+        self._submitted = 0
+        self._closed_reason = "the engine was closed"
+
+    # -- lifetime -----------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._native.closed
+
+    def close(self, reason: str | None = None) -> None:
+        """Frees the context; requests still running fail with EngineClosedError."""
+        with self.lock:
+            if reason:
+                self._closed_reason = reason
+            for gen in list(self._active.values()):
+                gen._finish(None, EngineClosedError(self._closed_reason))
+                self._notify(gen)
+            self._active.clear()
+            self._native.close()
+
+    def native_close(self) -> Callable[[], None]:
+        """A callable that frees the native context, for a borrowed model's
+        owner to call before it frees the model (it holds the native engine,
+        not this object)."""
+        return self._native.close
+
+    def _require_open(self) -> None:
+        if self._native.closed:
+            raise EngineClosedError(self._closed_reason)
+
+    # -- requests -----------------------------------------------------------
+
+    @property
+    def n_busy(self) -> int:
+        with self.lock:
+            return len(self._active)
+
+    @property
+    def n_free(self) -> int:
+        return self.n_slots - self.n_busy
+
+    def submit(self, request: GenerationRequest, *, notify: Callable[[], None] | None = None) -> Generation | None:
+        """Starts a request in the free slot with the longest cached prefix.
+
+        Returns None when every slot is busy. Bad input (empty or over-long
+        prompts, token ids outside the vocabulary, a grammar that does not
+        parse, sampling values out of range) raises ValueError here.
+        """
+        options = request.options
+        gen = Generation(request=request, limit=options.token_limit(self.n_ctx), notify=notify)
+        params = options.to_native(self._seed)
+        with self.lock:
+            self._require_open()
+            self._reap_cancelled()
+            prompt, base = list(request.prompt), list(request.base_prompt)
+            slot = self._native.pick_slot(prompt, base)
+            if slot < 0:
+                return None
+            stats = self._native.start(slot, prompt, base, params, self.cache_prompt)
+            gen.slot = slot
+            self._submitted += 1
+            gen.order = self._submitted
+            gen.cached_tokens = stats.reused[0]
+            self._active[slot] = gen
+        return gen
+
+    def oldest(self) -> Generation | None:
+        """The request that has held its slot longest."""
+        with self.lock:
+            return min(self._active.values(), key=lambda g: g.order, default=None) if self._active else None
+
+    def abandon(self, gen: Generation, error: BaseException) -> None:
+        """Ends a request at once with ``error`` (its consumer sees it raised)."""
+        with self.lock:
+            self._release(gen)
+            gen._finish(None, error)
+            self._notify(gen)
+
+    def _reap_cancelled(self) -> None:
+        for gen in [g for g in self._active.values() if g.cancelled]:
+            self._release(gen)
+            gen._finish("cancelled")
+            self._notify(gen)
+
+    def step(self) -> int:
+        """Frees the slots of cancelled requests, then decodes one step of all
+        the others. Returns how many requests got a token (0: nothing to do)."""
+        with self.lock:
+            self._require_open()
+            self._reap_cancelled()
+            if not self._active:
+                return 0
+            try:
+                events = self._native.step()
+            except RuntimeError as e:  # a failed llama_decode: every request in the batch fails
+                for gen in list(self._active.values()):
+                    self._release(gen)
+                    gen._finish(None, RuntimeError(str(e)))
+                    self._notify(gen)
+                raise
+            for event in events:
+                gen = self._active.get(event.slot)
+                if gen is not None:
+                    self._on_token(gen, event)
+            return len(events)
+
+    def _on_token(self, gen: Generation, event: Any) -> None:
+        model = self._model
+        if event.error:
+            self._release(gen)
+            gen._finish(None, RuntimeError(f"sampling failed: {event.error}"))
+        elif event.token < 0:
+            self._release(gen)
+            gen._finish("length")  # the stream's context is full
+        elif model.is_eog(event.token):
+            self._release(gen)
+            gen._finish("stop")
+        else:
+            gen.completion_tokens += 1
+            gen.tokens.append(event.token)
+            gen._push(gen.assembler.push(model.token_to_piece(event.token, False)))
+            if gen.assembler.stopped:
+                self._release(gen)
+                gen._finish("stop")
+            elif gen.completion_tokens >= gen.limit:
+                self._release(gen)
+                gen._finish("length")
+        self._notify(gen)
+
+    def _release(self, gen: Generation) -> None:
+        if gen.slot >= 0 and self._active.get(gen.slot) is gen:
+            del self._active[gen.slot]
+            if not self._native.closed:
+                self._native.finish(gen.slot)
+
+    @staticmethod
+    def _notify(gen: Generation) -> None:
+        if gen.notify is not None:
+            gen.notify()
+
+    # -- the rest of the engine's public face -----------------------------
+
+    @property
+    def n_decode_calls(self) -> int:
+        """llama_decode calls so far (one per step, whatever the number of slots)."""
+        return self._native.n_decode_calls
+
+    def logits(self, gen: Generation, stream: int = 0):
+        """The logits ``gen``'s stream (0: P, 1: B) sampled its last token
+        from; valid until the next step."""
+        with self.lock:
+            self._require_open()
+            if gen.slot < 0:
+                raise ValueError("this request holds no slot (it finished)")
+            return self._native.logits(gen.slot, stream)
+
+    def eval_logits(self, prompt: list[int], base_prompt: list[int], n_tail_p: int = 1, n_tail_b: int = 1):
+        """Teacher forcing: the logits of the last positions of both prompts
+        (numpy arrays of shape (n_tail, n_vocab)), on the free slot with the
+        longest cached prefix. Raises RuntimeError when every slot is busy."""
+        with self.lock:
+            self._require_open()
+            slot = self._native.pick_slot(prompt, base_prompt)
+            if slot < 0:
+                raise RuntimeError("every slot is busy")
+            return self._native.eval_logits(slot, prompt, base_prompt, n_tail_p, n_tail_b)
+
+    def reset(self) -> None:
+        """Forgets every slot's cached prompt (no request may be running)."""
+        with self.lock:
+            self._require_open()
+            if self._active:
+                raise RuntimeError("reset() while requests are running")
+            self._native.clear()
+
+    def cached_tokens(self, slot: int, stream: int = 0) -> int:
+        """Tokens a slot's stream holds in the KV cache."""
+        with self.lock:
+            self._require_open()
+            return self._native.n_past(slot, stream)
