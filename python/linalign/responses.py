@@ -9,44 +9,75 @@ from typing import Any, Iterator
 
 from .engine import Generation
 
-__all__ = ["completion_chunks", "chat_chunks", "collect_completion", "collect_chat"]
+__all__ = ["ChatChunks", "CompletionChunks", "chat_chunks", "chunks_of", "collect_chat", "collect_completion",
+           "completion_chunks"]
 
 
-def completion_chunks(deltas: Iterator[str], gen: Generation, model: str) -> Iterator[dict[str, Any]]:
-    """``text_completion`` chunks: one per text delta, then the finish reason and usage."""
-    completion_id = f"cmpl-{uuid.uuid4()}"
-    created = int(time.time())
+class CompletionChunks:
+    """Builds ``text_completion`` chunks of one response."""
 
-    def chunk(text: str, finish_reason: str | None) -> dict[str, Any]:
+    def __init__(self, model: str) -> None:
+        self.id, self.created, self.model = f"cmpl-{uuid.uuid4()}", int(time.time()), model
+
+    def _chunk(self, text: str, finish_reason: str | None) -> dict[str, Any]:
         return {
-            "id": completion_id, "object": "text_completion", "created": created, "model": model,
+            "id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
             "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}],
         }
 
-    for delta in deltas:
-        yield chunk(delta, None)
-    last = chunk("", gen.finish_reason)
-    last["usage"] = gen.usage()
-    yield last
+    def first(self) -> dict[str, Any] | None:
+        return None
+
+    def delta(self, text: str) -> dict[str, Any]:
+        return self._chunk(text, None)
+
+    def last(self, gen: Generation) -> dict[str, Any]:
+        chunk = self._chunk("", gen.finish_reason)
+        chunk["usage"] = gen.usage()
+        return chunk
 
 
-def chat_chunks(deltas: Iterator[str], gen: Generation, model: str) -> Iterator[dict[str, Any]]:
-    """``chat.completion.chunk`` chunks: the role, one per text delta, then the finish reason and usage."""
-    completion_id = f"chatcmpl-{uuid.uuid4()}"
-    created = int(time.time())
+class ChatChunks(CompletionChunks):
+    """Builds ``chat.completion.chunk`` chunks of one response."""
 
-    def chunk(delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
+    def __init__(self, model: str) -> None:
+        super().__init__(model)
+        self.id = f"chatcmpl-{uuid.uuid4()}"
+
+    def _chat_chunk(self, delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
         return {
-            "id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
         }
 
-    yield chunk({"role": "assistant"}, None)
+    def first(self) -> dict[str, Any] | None:
+        return self._chat_chunk({"role": "assistant"}, None)
+
+    def delta(self, text: str) -> dict[str, Any]:
+        return self._chat_chunk({"content": text}, None)
+
+    def last(self, gen: Generation) -> dict[str, Any]:
+        chunk = self._chat_chunk({}, gen.finish_reason)
+        chunk["usage"] = gen.usage()
+        return chunk
+
+
+def chunks_of(builder: CompletionChunks, deltas: Iterator[str], gen: Generation) -> Iterator[dict[str, Any]]:
+    """Every chunk of a response, as ``deltas`` are produced."""
+    first = builder.first()
+    if first is not None:
+        yield first
     for delta in deltas:
-        yield chunk({"content": delta}, None)
-    last = chunk({}, gen.finish_reason)
-    last["usage"] = gen.usage()
-    yield last
+        yield builder.delta(delta)
+    yield builder.last(gen)
+
+
+def completion_chunks(deltas: Iterator[str], gen: Generation, model: str) -> Iterator[dict[str, Any]]:
+    return chunks_of(CompletionChunks(model), deltas, gen)
+
+
+def chat_chunks(deltas: Iterator[str], gen: Generation, model: str) -> Iterator[dict[str, Any]]:
+    return chunks_of(ChatChunks(model), deltas, gen)
 
 
 def collect_completion(chunks: Iterator[dict[str, Any]], model: str | None = None) -> dict[str, Any]:

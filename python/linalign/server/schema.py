@@ -1,5 +1,5 @@
 """Request bodies of the OpenAI-compatible server and their mapping onto
-:class:`linalign.Aligner` calls; OpenAI-style error bodies.
+SamplingOptions and the Aligner's token streams; OpenAI-style error bodies.
 
 Validation is strict: wrong JSON types, NaN or infinities, out-of-range
 numbers and unsupported options are refused with a message naming the field.
@@ -13,7 +13,10 @@ from typing import Any, Literal
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .chat import validate_messages
+from ..aligner import Aligner
+from ..chat import validate_messages
+from ..engine import GenerationRequest
+from ..options import SamplingOptions
 
 __all__ = [
     "ApiError",
@@ -24,15 +27,11 @@ __all__ = [
     "param_of_error",
 ]
 
-_UINT32_MAX = 2**32 - 1
-
-# Defaults of the sampling fields: the Aligner's own (and llama-cpp-python's).
-_DEFAULTS: dict[str, Any] = {
-    "alignment_ratio": 2.0, "temperature": 0.8, "top_p": 0.8, "top_k": 40, "min_p": 0.0,
-    "repeat_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
-}
-# Aligner argument names that differ from the request's.
-_ALIGNER_TO_REQUEST = {"ratio": "alignment_ratio", "grammar": "response_format"}
+# Request fields named otherwise than SamplingOptions' fields.
+_OPTION_TO_REQUEST = {"ratio": "alignment_ratio", "grammar": "response_format"}
+# SamplingOptions fields a request sets under their own name.
+_SAME_NAME = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty",
+              "seed", "stop")
 
 
 class ApiError(Exception):
@@ -56,7 +55,7 @@ def error_body(message: str, *, type: str = "invalid_request_error", param: str 
 def param_of_error(message: str) -> str | None:
     """The request field an Aligner error message starts with, if any."""
     head = message.split(" ", 1)[0].split("[", 1)[0].split(".", 1)[0].rstrip(":")
-    head = _ALIGNER_TO_REQUEST.get(head, head)
+    head = _OPTION_TO_REQUEST.get(head, head)
     fields = set(ChatCompletionRequest.model_fields) | set(CompletionRequest.model_fields)
     return head if head in fields else None
 
@@ -73,24 +72,25 @@ class ResponseFormat(BaseModel):
 
 
 class _SamplingRequest(BaseModel):
-    """Fields shared by both endpoints. ``None`` means the default."""
+    """Fields shared by both endpoints. ``None`` means the default. Only JSON
+    types are checked here; ranges are SamplingOptions' to check."""
 
     model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
 
     model: str | None = None
     principle: str | None = None
     alignment_ratio: float | None = None
-    temperature: float | None = Field(None, ge=0.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    top_k: int | None = Field(None, ge=-1, le=2**31 - 1)
-    min_p: float | None = Field(None, ge=0.0, le=1.0)
-    repeat_penalty: float | None = Field(None, gt=0.0)
-    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repeat_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=0, le=_UINT32_MAX - 1)
+    seed: int | None = None
     n: int | None = Field(None, ge=1, le=1)  # one choice per request
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -100,17 +100,24 @@ class _SamplingRequest(BaseModel):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def sampling_kwargs(self, default_max_tokens: int | None) -> dict[str, Any]:
-        """Keyword arguments for ``Aligner.create_*`` (without the prompt)."""
-        kwargs = {name: getattr(self, name) for name in _DEFAULTS}
-        kwargs = {name: _DEFAULTS[name] if value is None else value for name, value in kwargs.items()}
-        kwargs["ratio"] = kwargs.pop("alignment_ratio")
+    def sampling_options(self, default_max_tokens: int | None) -> SamplingOptions:
+        """The request's SamplingOptions; out-of-range values are a 400 naming the field."""
+        given: dict[str, Any] = {name: getattr(self, name) for name in _SAME_NAME if getattr(self, name) is not None}
+        if self.alignment_ratio is not None:
+            given["ratio"] = self.alignment_ratio
         max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
-        kwargs["max_tokens"] = default_max_tokens if max_tokens is None else max_tokens
-        kwargs["stop"] = self.stop
-        kwargs["seed"] = self.seed
-        kwargs["grammar"] = _grammar(self.response_format)
-        return kwargs
+        given["max_tokens"] = default_max_tokens if max_tokens is None else max_tokens
+        given["grammar"] = _grammar(self.response_format)
+        try:
+            return SamplingOptions.from_kwargs(**given)
+        except (TypeError, ValueError) as e:
+            raise ApiError(400, _request_names(str(e)), param=param_of_error(str(e))) from None
+
+
+def _request_names(message: str) -> str:
+    """An options error message in the request's field names."""
+    head, sep, rest = message.partition(" ")
+    return _OPTION_TO_REQUEST.get(head, head) + sep + rest
 
 
 def _grammar(response_format: ResponseFormat | None) -> str | None:
@@ -132,14 +139,18 @@ class ChatCompletionRequest(_SamplingRequest):
     messages: list[dict[str, Any]]
     logprobs: bool | None = None
 
-    def aligner_kwargs(self) -> dict[str, Any]:
+    def generation_request(self, aligner: Aligner) -> GenerationRequest:
         if self.logprobs:
             raise ApiError(400, "logprobs is not supported by this server", param="logprobs")
+        options = self.sampling_options(None)
         try:
             messages = validate_messages(self.messages)
         except (TypeError, ValueError) as e:
             raise ApiError(400, str(e), param="messages") from None
-        return {"messages": messages, "principle": self.principle or "", **self.sampling_kwargs(None)}
+        try:
+            return aligner.chat_request(messages, principle=self.principle or "", options=options)
+        except (TypeError, ValueError) as e:
+            raise ApiError(400, str(e), param=param_of_error(str(e))) from None
 
 
 class CompletionRequest(_SamplingRequest):
@@ -149,10 +160,11 @@ class CompletionRequest(_SamplingRequest):
     suffix: str | None = None
     logprobs: int | None = None
 
-    def aligner_kwargs(self) -> dict[str, Any]:
+    def generation_request(self, aligner: Aligner) -> GenerationRequest:
         for name in ("echo", "suffix", "logprobs"):
             if getattr(self, name):
                 raise ApiError(400, f"{name} is not supported by this server", param=name)
+        options = self.sampling_options(16)
         prompt: str | list[int]
         if isinstance(self.prompt, list) and self.prompt and all(isinstance(p, str) for p in self.prompt):
             if len(self.prompt) != 1:
@@ -167,7 +179,10 @@ class CompletionRequest(_SamplingRequest):
                 raise ApiError(400, "principle needs a text prompt (not token ids); put the principle in the "
                                     "prompt and pass base_prompt instead", param="principle")
             prompt = f"{self.principle}\n\n{prompt}"
-        return {"prompt": prompt, "base_prompt": base_prompt, **self.sampling_kwargs(16)}
+        try:
+            return aligner.completion_request(prompt, base_prompt, options=options)
+        except (TypeError, ValueError) as e:
+            raise ApiError(400, str(e), param=param_of_error(str(e))) from None
 
 
 def parse_request(raw: bytes, model: type[_SamplingRequest]) -> Any:

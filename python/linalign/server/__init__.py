@@ -1,0 +1,13 @@
+"""``linalign serve``: an OpenAI-compatible HTTP server whose requests carry
+their own principle, decoded by one batched engine (see :mod:`.scheduler`).
+
+    app.py        the routes
+    schema.py     request bodies -> SamplingOptions, OpenAI error bodies
+    scheduler.py  the one thread that drives the engine; the waiting queue
+    cli.py        the command line
+"""
+from .app import create_app
+from .cli import main
+from .scheduler import QueueFullError, Scheduler
+
+__all__ = ["create_app", "main", "QueueFullError", "Scheduler"]

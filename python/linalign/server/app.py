@@ -1,0 +1,238 @@
+"""The routes of ``linalign serve``.
+
+Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions`` (OpenAI's
+request and response shapes; ``stream`` as Server-Sent Events ending in
+``data: [DONE]``), ``GET /v1/models``, ``GET /health`` (never needs the key).
+
+Extra request fields:
+
+* ``principle`` (string): absent or empty means plain decoding. In chat it is
+  appended to the system message of stream P (see :mod:`linalign.chat`).
+  In completions, stream P is ``principle + "\\n\\n" + prompt`` and stream B
+  is ``prompt``.
+* ``alignment_ratio`` (number, default 2.0): the step ``r`` of
+  ``l_p + r * (l_p - l_0)``.
+* ``base_prompt`` (completions only): stream B's prompt, replacing the
+  plain ``prompt`` (P is still ``prompt``, prefixed with the principle if
+  one is given).
+
+Sampling defaults are SamplingOptions' (temperature 0.8, top_p 0.8, top_k
+40); ``max_tokens`` defaults to 16 for completions and to the context for
+chat. ``response_format`` ``json_object`` (or ``json_schema``) constrains the
+output with a GBNF grammar. ``usage.prompt_tokens_details.cached_tokens``
+counts the prompt tokens of the principled stream taken from a slot's cache.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from typing import Any, AsyncIterator, Callable, Iterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from ..aligner import Aligner
+from ..engine import EngineClosedError
+from ..responses import ChatChunks, CompletionChunks, chunks_of, collect_chat, collect_completion
+from .scheduler import QueueFullError, Scheduler, Ticket
+from .schema import ApiError, ChatCompletionRequest, CompletionRequest, error_body, parse_request
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("linalign.server")
+_DISCONNECT_POLL_S = 0.1
+# HTTP status nginx uses for a client that closed the connection: never sent, only logged
+_CLIENT_CLOSED = 499
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its answer was ready."""
+
+
+def _sse(data: Any) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+async def _wait(ticket: Ticket, request: Request | None, until: Callable[[], bool]) -> None:
+    """Waits for news on ``ticket`` until ``until()`` holds; with a request,
+    raises _ClientGone once its client has disconnected (checked every
+    _DISCONNECT_POLL_S, however busy the stream)."""
+    loop = asyncio.get_running_loop()
+    next_check = loop.time() + _DISCONNECT_POLL_S
+    while not until():
+        ticket.changed.clear()
+        if until():
+            return
+        if request is None:
+            await ticket.changed.wait()
+            continue
+        try:
+            await asyncio.wait_for(ticket.changed.wait(), max(next_check - loop.time(), 0.001))
+        except asyncio.TimeoutError:
+            pass
+        if loop.time() >= next_check:
+            next_check = loop.time() + _DISCONNECT_POLL_S
+            if await request.is_disconnected():
+                raise _ClientGone() from None
+
+
+def _drain(ticket: Ticket) -> Iterator[str]:
+    """The text deltas available now (the engine thread appends them)."""
+    gen = ticket.gen
+    while (delta := gen.pop_delta()) is not None:
+        yield delta
+
+
+async def _deltas(ticket: Ticket, request: Request | None) -> AsyncIterator[str]:
+    gen = ticket.gen
+    loop = asyncio.get_running_loop()
+    next_check = loop.time() + _DISCONNECT_POLL_S
+    while True:
+        for delta in _drain(ticket):
+            yield delta
+        if gen.done and not gen.has_delta:
+            break
+        if request is not None and loop.time() >= next_check:
+            # tokens may come faster than _wait would ever time out
+            next_check = loop.time() + _DISCONNECT_POLL_S
+            if await request.is_disconnected():
+                raise _ClientGone()
+        await _wait(ticket, request, lambda: gen.has_delta or gen.done)
+    if gen.error is not None:
+        raise gen.error
+
+
+def create_app(aligner: Aligner, scheduler: Scheduler, *, model_id: str, api_key: str | None = None) -> FastAPI:
+    """The FastAPI application serving ``aligner``'s model through ``scheduler``."""
+    app = FastAPI(title="linalign", docs_url=None, redoc_url=None, openapi_url=None)
+    created = int(time.time())
+
+    @app.exception_handler(ApiError)
+    async def on_api_error(request: Request, error: ApiError) -> JSONResponse:
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
+        return JSONResponse(error_body(str(error.detail), type=kind), status_code=error.status_code)
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unexpected error serving %s", request.url.path)
+        return JSONResponse(error_body(f"internal error: {type(error).__name__}: {error}", type="server_error"),
+                            status_code=500)
+
+    def check_key(request: Request) -> None:
+        if api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), api_key.encode()):
+            raise ApiError(401, "invalid or missing API key: send 'Authorization: Bearer KEY'",
+                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "slots_total": scheduler.total, "slots_idle": scheduler.idle,
+                "queued": scheduler.queued}
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        check_key(request)
+        return {"object": "list",
+                "data": [{"id": model_id, "object": "model", "created": created, "owned_by": "linalign"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        return await complete(request, ChatCompletionRequest, ChatChunks, collect_chat)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        return await complete(request, CompletionRequest, CompletionChunks, collect_completion)
+
+    async def complete(request: Request, schema: type, builder: type[CompletionChunks], collect: Callable) -> Any:
+        """Both endpoints: authorise, validate, queue, then stream or collect."""
+        check_key(request)
+        try:
+            raw = await request.body()
+        except ClientDisconnect:
+            log.info("client disconnected while sending its request")
+            return Response(status_code=_CLIENT_CLOSED)
+        body = parse_request(raw, schema)
+        gen_request = body.generation_request(aligner)
+        try:
+            ticket = scheduler.submit(gen_request, asyncio.get_running_loop())
+        except QueueFullError as e:
+            raise ApiError(503, str(e), type="server_error", code="queue_full", headers={"Retry-After": "1"}) from None
+        try:
+            await _wait(ticket, request, lambda: ticket.settled)
+        except _ClientGone:
+            ticket.cancel()
+            scheduler.wake()
+            log.info("client disconnected while waiting for a slot")
+            return Response(status_code=_CLIENT_CLOSED)
+        except BaseException:
+            ticket.cancel()
+            raise
+        if ticket.error is not None:
+            error = ticket.error
+            if isinstance(error, (ValueError, TypeError)):
+                raise ApiError(400, str(error)) from None
+            if isinstance(error, (QueueFullError, EngineClosedError)):
+                raise ApiError(503, str(error), type="server_error") from None
+            raise error
+
+        gen = ticket.gen
+        if body.stream:
+            return StreamingResponse(_events(ticket, builder(model_id), body.include_usage),
+                                     media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        try:
+            texts = [delta async for delta in _deltas(ticket, request)]
+        except _ClientGone:
+            gen.cancel()
+            scheduler.wake()
+            log.info("client disconnected before its answer was ready")
+            return Response(status_code=_CLIENT_CLOSED)
+        finally:
+            if not gen.done:
+                gen.cancel()
+        return collect(chunks_of(builder(model_id), iter(texts), gen), model_id)
+
+    return app
+
+
+async def _events(ticket: Ticket, builder: CompletionChunks, include_usage: bool) -> AsyncIterator[str]:
+    """The SSE stream. However it ends (finished, failed, or the client gone,
+    which closes this generator) the request's slot is freed."""
+    gen = ticket.gen
+
+    def event(chunk: dict[str, Any]) -> str:
+        if include_usage:
+            chunk["usage"] = None  # OpenAI's shape: usage comes in a chunk of its own at the end
+        return _sse(chunk)
+
+    try:
+        first = builder.first()
+        if first is not None:
+            yield event(first)
+        async for delta in _deltas(ticket, None):
+            yield event(builder.delta(delta))
+    except Exception as e:  # noqa: BLE001 - the stream has begun: report in-band
+        log.exception("error while streaming")
+        yield _sse(error_body(f"internal error: {type(e).__name__}: {e}", type="server_error"))
+        return
+    finally:
+        if not gen.done:
+            gen.cancel()
+    last = builder.last(gen)
+    usage = last.pop("usage")
+    yield event(last)
+    if include_usage:
+        yield _sse({**last, "choices": [], "usage": usage})
+    yield "data: [DONE]\n\n"

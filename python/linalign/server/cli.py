@@ -1,0 +1,90 @@
+"""The command line of ``linalign serve``.
+
+    linalign serve [--model PATH] [--host 127.0.0.1] [--port 8000] [--n-ctx N]
+                   [--parallel N] [--queue N] [--threads N] [--threads-batch N]
+                   [--n-batch N] [--[no-]cache-prompt] [--n-gpu-layers N]
+                   [--api-key KEY]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+from ..aligner import Aligner
+from ..threads import physical_cores
+from .app import create_app
+from .scheduler import Scheduler
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="linalign serve", description="OpenAI-compatible server with per-request "
+                                "principles (linear alignment), every request decoded in one batch.")
+    p.add_argument("--model", help="GGUF file (default: SmolLM2-135M-Instruct Q4_1)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--n-ctx", type=int, default=4096,
+                   help="the most tokens one stream of a request may hold, prompt and answer (default 4096). "
+                        "Each slot has two streams (principled and plain), so the one context holds "
+                        "2 x --parallel x --n-ctx KV cells; a prefix the streams share is stored once.")
+    p.add_argument("--parallel", type=int, default=1,
+                   help="slots: requests decoded at once, all in one batched forward per step (default 1)")
+    p.add_argument("--queue", type=int, default=16, help="requests that may wait for a slot; more get 503 (default 16)")
+    p.add_argument("--threads", type=int, default=None,
+                   help=f"CPU threads for decoding (default: the physical cores, {physical_cores()} here)")
+    p.add_argument("--threads-batch", type=int, default=None,
+                   help="CPU threads for prompt batches (default: as --threads; one pool)")
+    p.add_argument("--n-batch", type=int, default=512,
+                   help="tokens per step: one per running stream, the rest for prompt chunks (default 512)")
+    p.add_argument("--cache-prompt", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep each slot's KV after a request, so that the next request sharing a prefix with it "
+                        "prefills only the rest (default on)")
+    p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to a GPU (-1: all)")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (also read from LINALIGN_API_KEY)")
+    p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    return p
+
+
+def main(argv: Sequence[str]) -> int:
+    """Entry point of ``linalign serve``; returns the exit status."""
+    import uvicorn
+
+    parser = _parser()
+    args = parser.parse_args(list(argv))
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be in [0, 65535], got {args.port}")
+    if not 1 <= args.parallel <= 64:
+        parser.error(f"--parallel must be in [1, 64], got {args.parallel}")
+    if args.queue < 0:
+        parser.error(f"--queue must be >= 0, got {args.queue}")
+    api_key = args.api_key or os.environ.get("LINALIGN_API_KEY") or None
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+
+    try:
+        aligner = Aligner(args.model, n_ctx=args.n_ctx, n_parallel=args.parallel, n_batch=args.n_batch,
+                          n_gpu_layers=args.n_gpu_layers, n_threads=args.threads, n_threads_batch=args.threads_batch,
+                          cache_prompt=args.cache_prompt)
+    except (OSError, ValueError, TypeError, RuntimeError) as e:
+        print(f"linalign serve: cannot load the model: {e}", flush=True)
+        return 1
+    scheduler = Scheduler(aligner.engine, queue_size=args.queue)
+    model_id = Path(aligner.model_path).name
+    app = create_app(aligner, scheduler, model_id=model_id, api_key=api_key)
+    print(f"linalign serve: {model_id} on http://{args.host}:{args.port} "
+          f"(parallel {args.parallel}, queue {args.queue}, n_ctx {args.n_ctx} per stream, "
+          f"prompt cache {'on' if args.cache_prompt else 'off'}{', API key required' if api_key else ''})", flush=True)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                            access_log=args.log_level in ("info", "debug"), timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except SystemExit as e:  # uvicorn exits when it cannot bind
+        return int(e.code or 1)
+    finally:
+        scheduler.close()
+        aligner.close()
+    return 0 if server.started else 1
