@@ -172,7 +172,7 @@ PYBIND11_MODULE(_core, m) {
 
     py::class_<engine>(m, "Engine")
         .def(py::init([](std::shared_ptr<model> mdl, int32_t n_ctx, int32_t n_slots, int32_t n_batch, int32_t n_threads,
-                         int32_t n_threads_batch, bool flash_attn) {
+                         int32_t n_threads_batch, bool flash_attn, bool kv_unified) {
                  engine_params p;
                  p.n_ctx = n_ctx;
                  p.n_slots = n_slots;
@@ -180,9 +180,11 @@ PYBIND11_MODULE(_core, m) {
                  p.n_threads = n_threads;
                  p.n_threads_batch = n_threads_batch;
                  p.flash_attn = flash_attn;
+                 p.kv_unified = kv_unified;
                  return new engine(std::move(mdl), p);
              }), py::arg("model"), py::arg("n_ctx") = 4096, py::arg("n_slots") = 1, py::arg("n_batch") = 512,
              py::arg("n_threads") = 0, py::arg("n_threads_batch") = 0, py::arg("flash_attn") = false,
+             py::arg("kv_unified") = false,
              py::call_guard<py::gil_scoped_release>(),
              "n_ctx: the most tokens one stream may hold; the context holds 2 x n_slots x n_ctx KV cells.")
         .def("pick_slot", &engine::pick_slot, py::arg("prompt"), py::arg("base_prompt"))

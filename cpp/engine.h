@@ -8,12 +8,11 @@
 // flowing while a long prompt is ingested. After the decode each slot whose
 // logits are ready samples its next token with its own sampler chain.
 //
-// The KV cache is unified: all sequences draw cells from one pool, so a
-// prefix two streams share is stored once (llama_memory_seq_cp shares the
-// cells, it copies nothing), and the one decode per step is one forward
-// (llama.cpp splits a unified batch only past n_batch tokens). A finished
-// slot keeps its streams' tokens and KV: the next request that shares a
-// prefix with them prefills only the rest (the prompt cache).
+// Each stream has a KV buffer of its own by default (see kv_unified), so a
+// request's logits do not depend on what else is cached or batched. B takes
+// the prefix it shares with P from P's cells instead of decoding it again. A
+// finished slot keeps its streams' tokens and KV: the next request that
+// shares a prefix with them prefills only the rest (the prompt cache).
 #pragma once
 
 #include "llama.h"
@@ -36,6 +35,13 @@ struct engine_params {
     int32_t n_threads       = 0;    // 0 = llama.cpp's default
     int32_t n_threads_batch = 0;
     bool    flash_attn      = false; // llama-cpp-python's default, so logits match a plain Llama
+    // false: a KV buffer per stream, whose cell i holds position i, so each
+    // stream's logits are bit for bit those of a context of its own whatever
+    // else is cached or batched (llama.cpp's CPU kernels compute each row
+    // alone). true: one pool of cells; a shared prefix is stored once, but a
+    // stream's cells then lie where the pool had room, which moves its logits
+    // by rounding (up to ~0.5 on the default Q4_1 model).
+    bool    kv_unified      = false;
 };
 
 // Streams per slot: the principled one and the base one.
@@ -138,6 +144,7 @@ private:
     int32_t keep_prefix(stream & st, int32_t n);
     void take_shared_prefix(slot & sl);
     void batch_add(llama_token token, llama_pos pos, llama_seq_id seq, bool logits);
+    std::vector<int32_t> sort_batch_by_seq();
     void add_prefill(slot & sl, int32_t & budget, std::vector<int32_t> & queued);
     llama_batch & llama_batch_ref() { return batch_.get(); }
     void run_decode(const char * what);

@@ -43,7 +43,7 @@ def test_bench_prints_the_ratios_the_issue_asks_for(bench_doc):
 def test_bench_measures_combine_memory_and_multiturn(bench_doc):
     doc, _ = bench_doc
     assert [doc["combine"][k]["n_vocab"] for k in ("model_vocab", "vocab_152k")] == [doc["model"]["n_vocab"], 151936]
-    assert set(doc["memory"]) == {"plain", "linalign", "linalign-shared", "naive", "two-call"}
+    assert set(doc["memory"]) == {"plain", "linalign", "linalign+llama", "naive", "two-call"}
     assert all(m["peak_rss_bytes"] > 0 for m in doc["memory"].values())
     assert [row["turn"] for row in doc["multiturn"]] == [1, 2, 3, 4, 5]
 

@@ -15,16 +15,17 @@ GREEDY = {"temperature": 0.0, "top_k": 40, "repeat_penalty": 1.0}
 # Bit-for-bit equality with separate contexts rests on llama.cpp's CPU
 # kernels computing each of a stream's rows the same way whatever else is in
 # the batch. CUDA picks other kernels for a 1-token than for a 2-token batch,
-# so offloaded, the two sides differ by rounding (README, notes on exactness).
+# so offloaded, the two sides differ by rounding (docs/exactness.md).
 cpu_only = pytest.mark.skipif(N_GPU_LAYERS != 0, reason="bit-exact only with llama.cpp's CPU kernels")
 
 
 @pytest.mark.parametrize("prompt", ["The capital of France is", "Once upon a time, a little robot"])
 def test_ratio_zero_top_p_one_is_llama_cpp_greedy(aligner, reference_llama, prompt):
+    aligner.reset()
     ours = aligner.create_completion(prompt, "unrelated base prompt", ratio=0.0, top_p=1.0, max_tokens=32, **GREEDY)
     theirs = reference_llama.create_completion(prompt, max_tokens=32, temperature=0.0, repeat_penalty=1.0)
     assert ours["choices"][0]["text"] == theirs["choices"][0]["text"]
-    assert ours["usage"] == theirs["usage"]
+    assert {k: ours["usage"][k] for k in theirs["usage"]} == theirs["usage"]
 
 
 @cpu_only
@@ -39,46 +40,43 @@ def test_greedy_tokens_equal_numpy_reference(aligner, reference_llama, second_ll
                                    n_tokens=48, logits_of=last_logits, eog=aligner._model.is_eog)
 
     # the native path from a fresh cache, through the public API
-    aligner.engine.clear()
+    aligner.reset()
     result = aligner.create_completion(tokens_p, tokens_b, ratio=ratio, top_p=top_p, max_tokens=48, **GREEDY)
     assert result["choices"][0]["text"] == aligner.detokenize(want)
     assert result["usage"]["completion_tokens"] == len(want)
 
     # the first step: the native sampler on the native logits
-    aligner.engine.clear()
-    params = linalign._core.SamplingParams()
-    params.ratio, params.top_p, params.temperature = ratio, top_p, 0.0
-    aligner.engine.start(tokens_p, tokens_b, params)
-    nat_p, nat_b = aligner.engine.logits(0), aligner.engine.logits(1)
-    ids, values = linalign.linear_alignment_apply(nat_p, nat_b, ratio, top_p)
+    aligner.reset()
+    nat_p, nat_b = aligner.eval_logits(tokens_p, tokens_b)
+    ids, values = linalign.linear_alignment_apply(nat_p[0], nat_b[0], ratio, top_p)
     assert sorted(ids.tolist()) == np.flatnonzero(~np.isinf(first)).tolist()
     np.testing.assert_allclose(values, first[ids], atol=1e-3)
 
 
 @cpu_only
 def test_each_stream_is_bit_for_bit_a_separate_context(aligner, reference_llama, second_llama):
-    """The engine's per-stream KV layout makes both streams' logits exactly
-    those of separate contexts, also with a long shared prefix copied between
-    the streams and during 2-token decode steps."""
+    """With a KV buffer per stream, both streams' logits are exactly those of
+    separate contexts: at the prompt (B taking a long prefix it shares with P
+    from P's cells) and at every step of the batched decode."""
     shared = "A long shared introduction that both prompts start with, about rivers, mountains and the sea. " * 2
     tokens_p = aligner.tokenize(shared + "Be terse. Describe a river:")
     tokens_b = aligner.tokenize(shared + "Describe a river:")
-    aligner.engine.clear()
-    params = linalign._core.SamplingParams()
-    params.ratio, params.temperature = 2.0, 0.0
-    stats = aligner.engine.start(tokens_p, tokens_b, params)
-    assert stats.shared >= 32  # the prefix was decoded once and copied
+    aligner.reset()
+    engine = aligner.engine
+    gen = aligner.submit(aligner.completion_request(tokens_p, tokens_b, ratio=2.0, max_tokens=9, **GREEDY))
+    assert engine.last_prefill(gen.slot)["shared"] >= 32  # decoded once, in P
     reference_llama.reset()
     second_llama.reset()
     reference_llama.eval(tokens_p)
     second_llama.eval(tokens_b)
-    for _ in range(8):
-        np.testing.assert_array_equal(aligner.engine.logits(0), last_logits(reference_llama))
-        np.testing.assert_array_equal(aligner.engine.logits(1), last_logits(second_llama))
-        token = aligner.engine.sample()
-        aligner.engine.decode(token)
-        reference_llama.eval([token])
-        second_llama.eval([token])
+    for i in range(8):
+        while len(gen.tokens) <= i:  # the prompts take two steps: P's shared part first
+            engine.step()
+        np.testing.assert_array_equal(engine.logits(gen, 0), last_logits(reference_llama))
+        np.testing.assert_array_equal(engine.logits(gen, 1), last_logits(second_llama))
+        reference_llama.eval([gen.tokens[-1]])
+        second_llama.eval([gen.tokens[-1]])
+    gen.cancel()
 
 
 def test_aligned_differs_from_plain(aligner):
@@ -90,9 +88,10 @@ def test_aligned_differs_from_plain(aligner):
 
 def test_empty_principle_is_plain_decoding_of_one_stream(aligner):
     messages = [{"role": "user", "content": "Name a fruit."}]
-    aligner.engine.clear()
-    result = aligner.create_chat_completion(messages, principle="", ratio=5.0, max_tokens=8, **GREEDY)
-    assert aligner.engine.streams_identical
-    aligner.engine.clear()
+    aligner.reset()
+    gen = aligner.submit(aligner.chat_request(messages, principle="", ratio=5.0, max_tokens=8, **GREEDY))
+    assert aligner.engine.active_streams(gen) == 1
+    result = "".join(aligner.deltas(gen))
+    aligner.reset()
     same = aligner.create_chat_completion(messages, principle="", ratio=0.0, max_tokens=8, **GREEDY)
-    assert result["choices"][0]["message"]["content"] == same["choices"][0]["message"]["content"]
+    assert result == same["choices"][0]["message"]["content"]

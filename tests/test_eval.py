@@ -84,7 +84,7 @@ def test_la0_combine_is_the_prompt_logits_exactly(aligner):
     principle = principle_for(DEFAULT_PRINCIPLE_TEMPLATE, item["personas"]["b"])
     prompt_p, prompt_b = stream_tokens(aligner, chat_messages(persona_question(item), DEFAULT_SYSTEM), principle,
                                        ANSWER_PREFIX)
-    logits_p, logits_b = aligner.engine.eval_logits(prompt_p, prompt_b, 1, 1)
+    logits_p, logits_b = aligner.eval_logits(prompt_p, prompt_b, 1, 1)
     assert not np.array_equal(logits_p, logits_b)  # the principle changes the logits
     assert np.array_equal(combine(logits_p, logits_b, 0.0), logits_p.astype(np.float64))
 
@@ -92,7 +92,7 @@ def test_la0_combine_is_the_prompt_logits_exactly(aligner):
 def test_nucleus_and_combine_match_the_native_sampler(aligner):
     tokens = aligner.tokenize("The capital of France is")
     base = aligner.tokenize("Paris is in")
-    logits_p, logits_b = aligner.engine.eval_logits(tokens, base, 1, 1)
+    logits_p, logits_b = aligner.eval_logits(tokens, base, 1, 1)
     l_p, l_0 = logits_p[0], logits_b[0]
     ids, values = linear_alignment_apply(l_p, l_0, 2.0, 0.8)
     mask = nucleus_mask(l_p, 0.8)[0]

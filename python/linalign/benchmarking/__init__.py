@@ -3,6 +3,7 @@ cost floor and against the ways users align today (see issue 3).
 
     workload    the prompts and settings every method runs on
     methods     plain, floor, linalign, naive, two-call: one timed run each
+    baselines   floor and two-call, on llama-cpp-python's ctypes API (not in the engine)
     combine     the combine step alone, in C++, at 49k and 152k vocabularies
     memory      peak RSS per method, each in its own child process
     multiturn   tokens prefilled per turn of a 5-turn chat, with and without reuse

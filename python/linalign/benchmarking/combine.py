@@ -43,8 +43,8 @@ def _nucleus_size(lp: np.ndarray) -> int:
 
 def time_combine(aligner, workload: Workload, *, n_iter: int = 300, reps: int = 5) -> dict:
     """Microseconds per combine at the model's vocabulary and at 152k (median, min, max over ``reps``)."""
-    lp, lb = aligner.engine.eval_logits(workload.prompt_p, workload.prompt_b, 1, 1)
-    aligner.engine.clear()
+    lp, lb = aligner.eval_logits(workload.prompt_p, workload.prompt_b, 1, 1)
+    aligner.reset()
     lp, lb = np.ascontiguousarray(lp[0]), np.ascontiguousarray(lb[0])
     cases = {
         "model_vocab": (lp, lb, "real logits of the benchmark prompts"),

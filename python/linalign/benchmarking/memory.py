@@ -4,9 +4,12 @@ method needs, decodes a few tokens, and reports its peak RSS (``VmHWM``).
 
     plain            one llama_cpp.Llama
     linalign         Aligner(model_path): weights once, one context, two streams
-    linalign-shared  a llama_cpp.Llama plus Aligner(llama=that Llama), which shares its context
+    linalign+llama   a llama_cpp.Llama plus Aligner(llama=that Llama): the
+                     Llama's weights once, under two contexts (the Llama's
+                     and the Aligner's own)
     naive            two llama_cpp.Llama (stream B in the second)
-    two-call         Aligner(model_path, two_call=True)
+    two-call         the two-call baseline (baselines.py) on the weights of a
+                     llama_cpp.Llama whose own context is kept to 32 cells
 
 The KV cache of one sequence is computed from the model's metadata:
 ``n_layer * n_ctx * (n_embd_k_gqa + n_embd_v_gqa) * 2`` bytes (f16 cache).
@@ -19,11 +22,12 @@ import os
 import statistics
 import subprocess
 import sys
-from typing import Sequence
+from typing import Mapping, Sequence
 
 __all__ = ["PROBES", "kv_bytes_per_sequence", "measure_memory", "main"]
 
-PROBES = ("plain", "linalign", "linalign-shared", "naive", "two-call")
+PROBES = ("plain", "linalign", "linalign+llama", "naive", "two-call")
+_IDLE_LLAMA_CTX = 32  # the two-call probe's Llama only lends its weights
 
 
 def _rss_bytes() -> int:
@@ -41,12 +45,13 @@ def _peak_rss_bytes() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def kv_bytes_per_sequence(model, n_ctx: int) -> dict:
-    """KV-cache bytes of one sequence of ``n_ctx`` cells, from GGUF metadata (``model`` is a ``_core.Model``)."""
-    arch = model.meta("general.architecture")
+def kv_bytes_per_sequence(metadata: Mapping[str, str], n_ctx: int) -> dict:
+    """KV-cache bytes of one sequence of ``n_ctx`` cells, from GGUF metadata
+    (``llama_cpp.Llama.metadata``, key -> value text)."""
+    arch = metadata["general.architecture"]
 
     def meta_int(key: str, default: int | None = None) -> int:
-        value = model.meta(f"{arch}.{key}")
+        value = metadata.get(f"{arch}.{key}")
         if value is None:
             if default is None:
                 raise KeyError(f"{arch}.{key} missing from the GGUF metadata")
@@ -72,43 +77,56 @@ def _probe(method: str, model_path: str, n_ctx: int, n_threads: int, max_tokens:
 
     import linalign
 
+    from .baselines import BaselineContext, two_call_generate
     from .methods import NaiveMethod
-    from .workload import Workload
+    from .workload import RATIO, SEED, TOP_P, Workload
 
     rss_start = _rss_bytes()
     n_threads_batch = max(os.cpu_count() or 1, n_threads)
 
-    def llama() -> "llama_cpp.Llama":
-        return linalign.load_llama(model_path, n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads_batch,
-                               verbose=False)
+    def llama(**kwargs) -> "llama_cpp.Llama":
+        return linalign.load_llama(model_path, **{"n_ctx": n_ctx, "n_threads": n_threads,
+                                                  "n_threads_batch": n_threads_batch, "verbose": False, **kwargs})
 
     keep = []  # everything stays alive until the peak is read
-    if method == "plain":
-        llm = llama()
-        keep.append(llm)
-        for _ in llm.create_completion(prompt_p, max_tokens=max_tokens, temperature=0.0, stream=True):
-            pass
-    elif method in ("linalign", "two-call", "linalign-shared"):
-        if method == "linalign-shared":
+    try:
+        if method == "plain":
             llm = llama()
             keep.append(llm)
-            aligner = linalign.Aligner(llama=llm, n_ctx=n_ctx, n_threads=n_threads, seed=0)
+            for _ in llm.create_completion(prompt_p, max_tokens=max_tokens, temperature=0.0, stream=True):
+                pass
+        elif method in ("linalign", "linalign+llama"):
+            if method == "linalign+llama":
+                llm = llama()
+                keep.append(llm)
+                aligner = linalign.Aligner(llama=llm, n_ctx=n_ctx, n_threads=n_threads, seed=0)
+            else:
+                aligner = linalign.Aligner(model_path, n_ctx=n_ctx, n_threads=n_threads, seed=0)
+            keep.append(aligner)
+            aligner.create_completion(prompt_p, prompt_b, max_tokens=max_tokens, temperature=0.0)
+        elif method == "two-call":
+            llm = llama(n_ctx=_IDLE_LLAMA_CTX, n_batch=_IDLE_LLAMA_CTX, n_ubatch=_IDLE_LLAMA_CTX)
+            keep.append(llm)
+            baseline = BaselineContext(llm, n_ctx=n_ctx, n_threads=n_threads)
+            keep.append(baseline)
+            options = linalign.SamplingOptions(ratio=RATIO, top_p=TOP_P, temperature=0.0, seed=SEED,
+                                               max_tokens=max_tokens)
+            two_call_generate(baseline, prompt_p, prompt_b, options)
+        elif method == "naive":
+            llm_p, llm_b = llama(), llama()
+            keep += [llm_p, llm_b]
+            NaiveMethod(llm_p, llm_b, Workload(prompt_p, prompt_b, 0)).run(max_tokens)
         else:
-            aligner = linalign.Aligner(model_path, n_ctx=n_ctx, n_threads=n_threads, seed=0,
-                                       two_call=method == "two-call")
-        keep.append(aligner)
-        aligner.create_completion(prompt_p, prompt_b, max_tokens=max_tokens, temperature=0.0)
-    elif method == "naive":
-        llm_p, llm_b = llama(), llama()
-        keep += [llm_p, llm_b]
-        NaiveMethod(llm_p, llm_b, Workload(prompt_p, prompt_b, 0)).run(max_tokens)
-    else:
-        raise ValueError(f"unknown method {method!r}; one of {', '.join(PROBES)}")
+            raise ValueError(f"unknown method {method!r}; one of {', '.join(PROBES)}")
+        rss_end, peak = _rss_bytes(), _peak_rss_bytes()
+    finally:
+        for obj in reversed(keep):  # contexts before the weights they run on
+            obj.close()
     return {
         "method": method,
         "rss_start_bytes": rss_start,
-        "rss_end_bytes": _rss_bytes(),
-        "peak_rss_bytes": _peak_rss_bytes(),
+        "rss_end_bytes": rss_end,
+        "peak_rss_bytes": peak,
     }
 
 

@@ -3,15 +3,18 @@
 Each method's ``run`` does one greedy generation from a cold KV cache and
 returns its timings. The clock is the same for all of them:
 
-* time to first token (TTFT): from the call to the first streamed chunk;
-* decode: from the first chunk to the end of the stream, over the
+* time to first token (TTFT): from the call to the first streamed chunk
+  (two-call: to its first sampled token; floor, which samples nothing: to
+  the end of its prefill);
+* decode: from the first token to the end of the stream, over the
   ``n_generated - 1`` tokens produced in it (each one forward pass and one
   sampling step), so prefill is excluded.
 
     plain     llama-cpp-python, principled prompt only, no alignment
-    floor     the engine's raw 2-token llama_decode per step, no sampling
+    floor     raw 2-token llama_decode per step, no sampling (baselines.py)
     linalign  Aligner.create_completion (one batched 2-token decode per step)
-    two-call  the same Aligner with two llama_decode calls per step
+    two-call  two llama_decode calls per step on one context, the engine's
+              sampler chain (baselines.py)
     naive     a second llama_cpp.Llama for stream B driven from a
               logits_processor on the first, combined in numpy
 """
@@ -25,11 +28,12 @@ import numpy as np
 
 import llama_cpp
 
-from .. import _core
+from ..options import SamplingOptions
+from .baselines import BaselineContext, floor_generate, two_call_generate
 from .workload import RATIO, SEED, TOP_P, Workload
 
-__all__ = ["RunSample", "PlainMethod", "FloorMethod", "AlignerMethod", "NaiveMethod", "NaiveLinearAlignment",
-           "METHOD_NAMES"]
+__all__ = ["RunSample", "PlainMethod", "FloorMethod", "TwoCallMethod", "AlignerMethod", "NaiveMethod",
+           "NaiveLinearAlignment", "METHOD_NAMES"]
 
 METHOD_NAMES = ("plain", "floor", "linalign", "naive", "two-call")
 
@@ -93,37 +97,47 @@ class PlainMethod:
 
 
 class FloorMethod:
-    """Raw two-sequence decoding on the engine: prefill of both prompts (the
-    shared prefix once), then one 2-token llama_decode per step, no sampling."""
+    """Raw two-sequence decoding (:func:`~.baselines.floor_generate`): prefill
+    of both prompts (the shared prefix once), then one 2-token llama_decode
+    per step, no sampling. Its TTFT is that prefill."""
 
     name = "floor"
 
-    def __init__(self, aligner, workload: Workload) -> None:
-        self.aligner = aligner
+    def __init__(self, context: BaselineContext, workload: Workload) -> None:
+        self.context = context
         self.workload = workload
-        self.params = _core.SamplingParams()
-        self.params.temperature = 0.0
-        self.params.top_p = TOP_P
-        self.params.ratio = RATIO
-        self.params.seed = SEED
 
     def run(self, max_tokens: int) -> RunSample:
-        engine, w = self.aligner.engine, self.workload
-        engine.clear()
+        w = self.workload
         t0 = time.perf_counter()
-        engine.start(w.prompt_p, w.prompt_b, self.params)
-        engine.logits(1)  # waits for the prefill (a GPU runs llama_decode asynchronously)
-        t1 = time.perf_counter()
-        # the floor of n tokens: the first comes from the prefill's logits,
-        # each of the other n - 1 costs one 2-token decode
-        engine.decode_floor(w.prompt_p[-1], max_tokens - 1)
-        engine.logits(1)  # waits for the last step, as every other method's last sampling does
-        t2 = time.perf_counter()
-        return RunSample(t1 - t0, t2 - t1, max_tokens, w.n_prompt_tokens, prefill_s=t1 - t0, finish_reason="length")
+        run = floor_generate(self.context, w.prompt_p, w.prompt_b, max_tokens)
+        prefill = run.t_prefilled - t0
+        return RunSample(prefill, run.t_end - run.t_prefilled, len(run.tokens), w.n_prompt_tokens, prefill_s=prefill,
+                         finish_reason=run.finish_reason)
+
+
+class TwoCallMethod:
+    """Aligned decoding with two llama_decode calls per step, one per stream,
+    on one context (:func:`~.baselines.two_call_generate`), sampled by the
+    engine's own sampler chain."""
+
+    name = "two-call"
+
+    def __init__(self, context: BaselineContext, workload: Workload) -> None:
+        self.context = context
+        self.workload = workload
+
+    def run(self, max_tokens: int) -> RunSample:
+        w = self.workload
+        options = SamplingOptions(ratio=RATIO, max_tokens=max_tokens, temperature=0.0, top_p=TOP_P, seed=SEED)
+        t0 = time.perf_counter()
+        run = two_call_generate(self.context, w.prompt_p, w.prompt_b, options)
+        return RunSample(run.t_first - t0, run.t_end - run.t_first, len(run.tokens), w.n_prompt_tokens,
+                         prefill_s=run.t_prefilled - t0, finish_reason=run.finish_reason, text=run.text)
 
 
 class AlignerMethod:
-    """Aligner.create_completion, streamed (batched or two-call engine)."""
+    """Aligner.create_completion, streamed, from a cold prompt cache."""
 
     def __init__(self, name: str, aligner, workload: Workload) -> None:
         self.name = name
@@ -132,14 +146,14 @@ class AlignerMethod:
 
     def run(self, max_tokens: int) -> RunSample:
         a, w = self.aligner, self.workload
-        a.engine.clear()
+        a.reset()
         t0 = time.perf_counter()
-        # create_completion prefills both streams before it returns
+        # the stream prefills both prompts at its first next(): the first
+        # chunk comes after the prefill and the first sample
         chunks = a.create_completion(w.prompt_p, w.prompt_b, ratio=RATIO, max_tokens=max_tokens, temperature=0.0,
                                      top_p=TOP_P, seed=SEED, stream=True)
-        prefill = time.perf_counter() - t0
         ttft, decode, last, text = _completion_timing(chunks, t0)
-        return RunSample(ttft, decode, last["usage"]["completion_tokens"], w.n_prompt_tokens, prefill_s=prefill,
+        return RunSample(ttft, decode, last["usage"]["completion_tokens"], w.n_prompt_tokens, prefill_s=ttft,
                          finish_reason=last["choices"][0]["finish_reason"], text=text)
 
 

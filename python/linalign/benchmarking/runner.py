@@ -18,7 +18,8 @@ import llama_cpp
 from .. import Aligner, default_model_path, load_llama
 from .combine import time_combine
 from .memory import PROBES, kv_bytes_per_sequence, measure_memory
-from .methods import METHOD_NAMES, AlignerMethod, FloorMethod, NaiveMethod, PlainMethod, RunSample
+from .baselines import BaselineContext
+from .methods import METHOD_NAMES, AlignerMethod, FloorMethod, NaiveMethod, PlainMethod, RunSample, TwoCallMethod
 from .multiturn import measure_multiturn
 from .workload import PRINCIPLE, QUESTION, RATIO, SEED, TOP_P, build_workload
 
@@ -56,49 +57,21 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def run_benchmark(config: BenchConfig, log: Callable[[str], None] = lambda s: None) -> dict:
-    methods = list(config.methods)
-    unknown = set(methods) - set(METHOD_NAMES)
-    if unknown:
-        raise ValueError(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHOD_NAMES)}")
-    if config.max_tokens < 2:
-        raise ValueError("max_tokens must be at least 2 (decode speed needs a token after the first)")
-    model_path = str(Path(config.model) if config.model else default_model_path())
-    threads = config.threads
-    load_start = os.getloadavg()
-    started = time.time()
-
-    log(f"loading {model_path}")
-    llama_kwargs = dict(n_ctx=config.n_ctx, n_threads=threads, n_threads_batch=max(os.cpu_count() or 1, threads),
-                        n_gpu_layers=config.n_gpu_layers, verbose=False)
-    llm_p = load_llama(model_path, **llama_kwargs)
-    llm_b = load_llama(model_path, **llama_kwargs) if "naive" in methods else None
-    # the aligners borrow llm_p's weights: one copy of the model in this process
-    aligner = Aligner(llama=llm_p, n_ctx=config.n_ctx, n_threads=threads, seed=SEED)
-    two_call = Aligner(llama=llm_p, n_ctx=config.n_ctx, n_threads=threads, seed=SEED, two_call=True) \
-        if "two-call" in methods else None
-    workload = build_workload(aligner)
-
-    runners = {
-        "plain": lambda: PlainMethod(llm_p, workload),
-        "floor": lambda: FloorMethod(aligner, workload),
-        "linalign": lambda: AlignerMethod("linalign", aligner, workload),
-        "naive": lambda: NaiveMethod(llm_p, llm_b, workload),
-        "two-call": lambda: AlignerMethod("two-call", two_call, workload),
-    }
-    runs = {name: runners[name]() for name in methods}
-
+def _time_methods(runs: dict, methods: list[str], max_tokens: int, reps: int,
+                  log: Callable[[str], None]) -> tuple[dict, dict]:
+    """Warm-up, then ``reps`` rounds of every method (order rotated each
+    round): per-method summaries and the decode-speed ratios of linalign."""
     log("warm-up (not counted)")
     for name in methods:
-        runs[name].run(config.max_tokens)
+        runs[name].run(max_tokens)
 
     samples: dict[str, list[RunSample]] = {name: [] for name in methods}
-    for rep in range(config.reps):
+    for rep in range(reps):
         order = methods[rep % len(methods):] + methods[:rep % len(methods)]
         for name in order:
-            s = runs[name].run(config.max_tokens)
+            s = runs[name].run(max_tokens)
             samples[name].append(s)
-            log(f"rep {rep + 1}/{config.reps} {name:9s} decode {s.decode_tps:7.1f} tok/s  ttft {s.ttft_s * 1e3:7.1f} ms"
+            log(f"rep {rep + 1}/{reps} {name:9s} decode {s.decode_tps:7.1f} tok/s  ttft {s.ttft_s * 1e3:7.1f} ms"
                 f"  ({s.n_generated} tokens, {s.finish_reason})")
 
     results = {}
@@ -130,27 +103,65 @@ def run_benchmark(config: BenchConfig, log: Callable[[str], None] = lambda s: No
                 "of_best": results["linalign"]["decode_tps"]["max"] / results[other]["decode_tps"]["max"],
                 "per_rep": _summary(per_rep),
             }
+    return results, ratios
 
-    combine = None
-    if "linalign" in methods or "floor" in methods:
-        log("combine step alone")
-        combine = time_combine(aligner, workload, n_iter=config.combine_iters)
 
-    multiturn = None
-    if config.multiturn:
-        log("multi-turn prefill")
-        multiturn = measure_multiturn(aligner, max_tokens=config.multiturn_tokens)
+def run_benchmark(config: BenchConfig, log: Callable[[str], None] = lambda s: None) -> dict:
+    methods = list(config.methods)
+    unknown = set(methods) - set(METHOD_NAMES)
+    if unknown:
+        raise ValueError(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHOD_NAMES)}")
+    if config.max_tokens < 2:
+        raise ValueError("max_tokens must be at least 2 (decode speed needs a token after the first)")
+    model_path = str(Path(config.model) if config.model else default_model_path())
+    threads = config.threads
+    load_start = os.getloadavg()
+    started = time.time()
 
-    kv = kv_bytes_per_sequence(aligner._model, config.n_ctx)
-    model_info = {"path": model_path, "size_bytes": os.path.getsize(model_path),
-                  "description": aligner._model.description, "n_vocab": aligner.n_vocab}
-    load_mid = os.getloadavg()
-    for a in (aligner, two_call):
-        if a is not None:
-            a.close()
-    for llm in (llm_p, llm_b):
-        if llm is not None:
-            llm.close()
+    log(f"loading {model_path}")
+    llama_kwargs = dict(n_ctx=config.n_ctx, n_threads=threads, n_threads_batch=max(os.cpu_count() or 1, threads),
+                        n_gpu_layers=config.n_gpu_layers, verbose=False)
+    llm_p = load_llama(model_path, **llama_kwargs)
+    llm_b = aligner = baseline = None
+    try:
+        llm_b = load_llama(model_path, **llama_kwargs) if "naive" in methods else None
+        # the Aligner and the baselines run on llm_p's weights (one copy of
+        # the model in this process), each on a context of its own
+        aligner = Aligner(llama=llm_p, n_ctx=config.n_ctx, n_threads=threads, seed=SEED)
+        if "floor" in methods or "two-call" in methods:
+            # the engine's context for one slot, decoded by hand (baselines.py);
+            # floor and two-call take turns on it, each from an empty cache
+            baseline = BaselineContext(llm_p, n_ctx=config.n_ctx, n_threads=threads, n_threads_batch=threads)
+        workload = build_workload(aligner)
+        runners = {
+            "plain": lambda: PlainMethod(llm_p, workload),
+            "floor": lambda: FloorMethod(baseline, workload),
+            "linalign": lambda: AlignerMethod("linalign", aligner, workload),
+            "naive": lambda: NaiveMethod(llm_p, llm_b, workload),
+            "two-call": lambda: TwoCallMethod(baseline, workload),
+        }
+        runs = {name: runners[name]() for name in methods}
+        results, ratios = _time_methods(runs, methods, config.max_tokens, config.reps, log)
+
+        combine = None
+        if "linalign" in methods or "floor" in methods:
+            log("combine step alone")
+            combine = time_combine(aligner, workload, n_iter=config.combine_iters)
+
+        multiturn = None
+        if config.multiturn:
+            log("multi-turn prefill")
+            multiturn = measure_multiturn(aligner, max_tokens=config.multiturn_tokens)
+
+        kv = kv_bytes_per_sequence(llm_p.metadata, config.n_ctx)
+        model_info = {"path": model_path, "size_bytes": os.path.getsize(model_path),
+                      "description": aligner.model_description, "n_vocab": aligner.n_vocab}
+        load_mid = os.getloadavg()
+    finally:
+        # contexts before the weights they run on
+        for closable in (baseline, aligner, llm_b, llm_p):
+            if closable is not None:
+                closable.close()
 
     memory = None
     if config.memory:
@@ -169,9 +180,12 @@ def run_benchmark(config: BenchConfig, log: Callable[[str], None] = lambda s: No
         "model": model_info,
         "definitions": {
             "decode_tps": "(generated tokens - 1) / (time from first streamed token to end of stream); prefill excluded",
-            "ttft_ms": "from the call to the first streamed chunk (floor: engine.start of both prompts)",
+            "ttft_ms": ("from the call to the first streamed chunk (two-call: to its first sampled token; "
+                        "floor, which samples nothing: its prefill of both prompts)"),
             "prefill_tps": "prompt tokens the method must process (plain: P; others: P + B) / TTFT",
-            "prefill_ms": "time until create_completion returns (it prefills eagerly); floor: engine.start",
+            "prefill_ms": ("linalign: time to the first streamed chunk (the stream prefills at its first next(), "
+                           "then samples the first token), i.e. its TTFT; floor and two-call: their prefill of "
+                           "both prompts alone, until llama_synchronize; plain and naive: not measured"),
             "combine": ("the linear-alignment sampler on the logits, as the engine runs it without a grammar "
                         "(dense entry point), C++ (linalign._core.time_combine_us)"),
             "peak_rss": "VmHWM of a fresh child process that loads the method and decodes 8 tokens",
@@ -229,7 +243,10 @@ def _targets(doc: dict) -> list[dict]:
     mem, kv = doc["memory"], doc["kv_cache_one_sequence"]["bytes"]
     if mem:
         plain = mem["plain"]["peak_rss_bytes"]
-        for probe, n_kv_expected in (("linalign", 1), ("linalign-shared", 1), ("naive", 1), ("two-call", 1)):
+        # KV sequences of n_ctx cells each probe holds beyond plain's one
+        for probe, n_kv_expected in (("linalign", 1), ("linalign+llama", 2), ("naive", 1), ("two-call", 1)):
+            if probe not in mem:
+                continue
             delta = mem[probe]["peak_rss_bytes"] - plain
             mem[probe]["minus_plain_bytes"] = delta
             mem[probe]["minus_plain_over_one_kv"] = delta / kv
@@ -238,13 +255,18 @@ def _targets(doc: dict) -> list[dict]:
             mem[probe]["extra_kv_sequences"] = n_kv_expected
             mem[probe]["beyond_kv_bytes"] = delta - n_kv_expected * kv
         weights = doc["model"]["size_bytes"]
-        add("memory: RSS(linalign) - RSS(plain) over one KV", mem["linalign"]["minus_plain_over_one_kv"], "within", 0.1,
-            "Aligner(model_path); within 10% of one extra sequence's KV cache")
-        add("memory: RSS(linalign-shared) - RSS(plain) over one KV", mem["linalign-shared"]["minus_plain_over_one_kv"],
-            "within", 0.1, "Llama + Aligner(llama=Llama): the Llama decodes on stream P of the Aligner's context")
-        add("memory: shared weights loaded once: (RSS(linalign-shared) - RSS(plain) - 1 KV) / weights file",
-            mem["linalign-shared"]["beyond_kv_bytes"] / weights, "<=", 0.1,
-            "a second copy of the weights would make this about 1")
+        if "linalign" in mem:
+            add("memory: RSS(linalign) - RSS(plain) over one KV", mem["linalign"]["minus_plain_over_one_kv"],
+                "within", 0.1, "Aligner(model_path); within 10% of one extra sequence's KV cache")
+        if "linalign" in mem and "linalign+llama" in mem:
+            # a Llama added beside an Aligner on its weights should cost what
+            # a Llama costs beyond its weights (its context), no more
+            llama_alone = plain - mem["plain"]["rss_start_bytes"]
+            added = mem["linalign+llama"]["peak_rss_bytes"] - mem["linalign"]["peak_rss_bytes"]
+            add("memory: shared weights loaded once: (RSS(linalign+llama) - RSS(linalign) - (RSS(plain) - "
+                "RSS(plain) before loading)) / weights file", (added - llama_alone) / weights, "<=", 0.1,
+                "Llama + Aligner(llama=Llama), a second context on the Llama's weights; "
+                "a second copy of the weights would make this about 1")
     if doc["multiturn"]:
         later = doc["multiturn"][1:]
         only_new = all(row["reuse"]["reused"][0] > 0 and row["reuse"]["decoded"][0] < row["no_reuse"]["decoded"][0]

@@ -36,6 +36,10 @@ class BatchedEngine:
         cells (two streams per slot).
     n_batch
         Tokens per step: one per running stream, the rest for prefill chunks.
+    kv_unified
+        One pool of KV cells for every stream (a shared prefix stored once)
+        instead of a buffer per stream (each stream's logits exactly those of
+        a context of its own, whatever else runs); see ``cpp/engine.h``.
     cache_prompt
         Keep each slot's KV after a request, so that the next request sharing
         a prefix with it prefills only the rest.
@@ -44,10 +48,10 @@ class BatchedEngine:
     """
 
     def __init__(self, model: Any, *, n_ctx: int, n_slots: int = 1, n_batch: int = 512, n_threads: int = 0,
-                 n_threads_batch: int = 0, flash_attn: bool = False, cache_prompt: bool = True,
-                 seed: int | None = None) -> None:
+                 n_threads_batch: int = 0, flash_attn: bool = False, kv_unified: bool = False,
+                 cache_prompt: bool = True, seed: int | None = None) -> None:
         self._model = model
-        self._native = _core.Engine(model, n_ctx, n_slots, n_batch, n_threads, n_threads_batch, flash_attn)
+        self._native = _core.Engine(model, n_ctx, n_slots, n_batch, n_threads, n_threads_batch, flash_attn, kv_unified)
         self.lock = threading.RLock()
         self.n_ctx = n_ctx
         self.n_slots = n_slots
@@ -234,3 +238,21 @@ class BatchedEngine:
         with self.lock:
             self._require_open()
             return self._native.n_past(slot, stream)
+
+    def active_streams(self, gen: Generation) -> int:
+        """Streams a running request decodes: 2, or 1 when it is plain
+        decoding (ratio 0, or no principle: both prompts the same)."""
+        with self.lock:
+            self._require_open()
+            if gen.slot < 0:
+                raise ValueError("this request holds no slot (it finished)")
+            return self._native.n_active_streams(gen.slot)
+
+    def last_prefill(self, slot: int) -> dict[str, object]:
+        """What the last request started in ``slot`` found in its cache:
+        tokens reused and left to decode per stream (P, B), and B's tokens
+        taken from P's cells."""
+        with self.lock:
+            self._require_open()
+            stats = self._native.last_prefill(slot)
+            return {"reused": stats.reused, "decoded": stats.decoded, "shared": stats.shared}

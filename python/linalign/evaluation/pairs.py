@@ -60,7 +60,6 @@ def evaluate_pairs(
         raise ValueError(f"floor must be a negative log-probability, got {floor}")
     ratios = [float(r) for r in ratios]
     methods = ["none", "prompt"] + [method_name(r) for r in ratios]
-    engine = aligner.engine
     records = []
     n_tokens = 0
     n_outside = dict.fromkeys(methods, 0)
@@ -72,11 +71,11 @@ def evaluate_pairs(
             if not response:
                 raise ValueError(f"pair {index + 1}: the {side} response has no tokens")
             longest = max(len(prompt_p), len(prompt_b)) + len(response)
-            if longest > aligner.n_ctx:
+            if longest >= aligner.n_ctx:
                 raise ValueError(f"pair {index + 1}: prompt and {side} response take {longest} tokens, more than "
-                                 f"the context window ({aligner.n_ctx})")
+                                 f"the context window allows ({aligner.n_ctx} - 1)")
             n = len(response)
-            logits_p, logits_b = engine.eval_logits(prompt_p + response, prompt_b + response, n + 1, n + 1)
+            logits_p, logits_b = aligner.eval_logits(prompt_p + response, prompt_b + response, n + 1, n + 1)
             # row j predicts response[j]; the last row predicts past the response
             l_p, l_0 = logits_p[:n].astype(np.float64), logits_b[:n].astype(np.float64)
             mask_p, mask_0 = nucleus_mask(l_p, top_p), nucleus_mask(l_0, top_p)

@@ -111,7 +111,6 @@ def evaluate_persona(
     methods = ["none", "prompt"] + [method_name(r) for r in ratios]
     if generate:
         methods += ["gen:none"] + ["gen:" + method_name(r) for r in ratios]
-    engine = aligner.engine
     records = []
     for index, item in enumerate(items):
         messages = chat_messages(persona_question(item), system)
@@ -121,7 +120,7 @@ def evaluate_persona(
             prompt_p, prompt_b = stream_tokens(aligner, messages, principle, ANSWER_PREFIX)
             # B is the same for the four personas of an item: the engine keeps
             # it in the KV cache and re-decodes only its last position
-            logits_p, logits_b = engine.eval_logits(prompt_p, prompt_b, 1, 1)
+            logits_p, logits_b = aligner.eval_logits(prompt_p, prompt_b, 1, 1)
             l_p = logits_p[0, letter_ids].astype(np.float64)
             l_0 = logits_b[0, letter_ids].astype(np.float64)
             scores = {"none": l_0, "prompt": l_p}

@@ -1,5 +1,5 @@
 """ALGORITHM.md's combine step in numpy, over the logit rows that
-``Engine.eval_logits`` returns: the nucleus mask of stream P, the linear
+``Aligner.eval_logits`` returns: the nucleus mask of stream P, the linear
 combination, and log-probabilities of given tokens under the result.
 
 The native sampler does the same on one row at a time while generating; the
