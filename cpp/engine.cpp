@@ -330,7 +330,14 @@ void engine::add_prefill(slot & sl, int32_t & budget, std::vector<int32_t> & que
             ready = false;  // waits for P's cells
             continue;
         }
-        const int32_t body = (int32_t) st.prompt.size() - 1;
+        int32_t body = (int32_t) st.prompt.size() - 1;
+        if (s == STREAM_P && sl.n_active == 2 && sl.streams[STREAM_B].copy_from_p > 0) {
+            // P stops at the shared prefix until B has it, so that the prefix
+            // is decoded in a batch of its own and B's rest in one batch with
+            // P's (llama.cpp's rounding depends on how rows are batched; so
+            // B's logits are those of a context that decoded B's prompt alone)
+            body = std::min(body, sl.streams[STREAM_B].copy_from_p);
+        }
         int32_t pos = (int32_t) st.cached.size();
         while (pos < body && budget > 0) {
             batch_add(st.prompt[pos], pos, st.seq, false);
@@ -338,7 +345,7 @@ void engine::add_prefill(slot & sl, int32_t & budget, std::vector<int32_t> & que
             --budget;
         }
         queued[s] = pos - (int32_t) st.cached.size();
-        ready = ready && pos == body;
+        ready = ready && pos == (int32_t) st.prompt.size() - 1;
     }
     if (!ready || budget < sl.n_active) {
         return;

@@ -17,9 +17,9 @@ def chat_text(result) -> str:
 def test_same_seed_same_text(aligner):
     # each from an empty cache: reused positions are computed by other
     # kernels than a fresh prefill (on CUDA it shows in the text)
-    aligner.engine.clear()
+    aligner.reset()
     a = aligner.create_chat_completion(MESSAGES, principle=PRINCIPLE, seed=42, max_tokens=24, temperature=1.0)
-    aligner.engine.clear()
+    aligner.reset()
     b = aligner.create_chat_completion(MESSAGES, principle=PRINCIPLE, seed=42, max_tokens=24, temperature=1.0)
     assert chat_text(a) == chat_text(b)
 
@@ -69,18 +69,18 @@ def test_filling_the_context_finishes_with_length(model_path):
 def test_streamed_text_equals_non_streamed(aligner, call):
     if call == "chat":
         kwargs = dict(principle=PRINCIPLE, seed=7, max_tokens=24, temperature=0.9)
-        aligner.engine.clear()  # both from an empty cache (see test_same_seed_same_text)
+        aligner.reset()  # both from an empty cache (see test_same_seed_same_text)
         whole = chat_text(aligner.create_chat_completion(MESSAGES, **kwargs))
-        aligner.engine.clear()
+        aligner.reset()
         chunks = list(aligner.create_chat_completion(MESSAGES, stream=True, **kwargs))
         streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
         assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"}
         assert chunks[-1]["object"] == "chat.completion.chunk"
     else:
         kwargs = dict(seed=7, max_tokens=24, temperature=0.9)
-        aligner.engine.clear()
+        aligner.reset()
         whole = aligner.create_completion("Pirates are", "Sailors are", **kwargs)["choices"][0]["text"]
-        aligner.engine.clear()
+        aligner.reset()
         chunks = list(aligner.create_completion("Pirates are", "Sailors are", stream=True, **kwargs))
         streamed = "".join(c["choices"][0]["text"] for c in chunks)
     assert streamed == whole
@@ -93,7 +93,8 @@ def test_completion_shape_matches_llama_cpp_python(aligner):
     assert result["object"] == "text_completion"
     assert set(result) >= {"id", "object", "created", "model", "choices", "usage"}
     assert set(result["choices"][0]) == {"text", "index", "logprobs", "finish_reason"}
-    assert set(result["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens"}
+    assert set(result["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens", "prompt_tokens_details"}
+    assert set(result["usage"]["prompt_tokens_details"]) == {"cached_tokens"}
 
 
 def test_penalties_and_samplers_compose(aligner):

@@ -34,6 +34,10 @@ from ..options import SamplingOptions
 __all__ = ["BaselineContext", "BaselineRun", "floor_generate", "two_call_generate"]
 
 _SEQ_P, _SEQ_B = 0, 1
+# the engine's rule (cpp/engine.cpp): with a buffer per stream a shared prefix
+# is taken from P's cells only from this length on (the copy is of P's whole
+# buffer); shorter ones are decoded again in B. A unified cache shares any.
+_MIN_SHARED_TO_COPY = 8
 
 
 class BaselineContext:
@@ -133,18 +137,25 @@ class BaselineContext:
             llama_cpp.llama_memory_seq_rm(self._memory, _SEQ_B, n, -1)
 
     def prefill(self, seq: int, tokens: Sequence[int], start: int = 0) -> None:
-        """Decodes ``tokens[start:]`` at positions ``start...`` of ``seq`` in
-        calls of at most n_batch tokens; only the last one's logits are kept."""
-        batch, n = self._batch, len(tokens)
-        for first in range(start, n, self.n_batch):
-            last = min(first + self.n_batch, n)
-            for i, pos in enumerate(range(first, last)):
-                batch.token[i] = tokens[pos]
+        """Decodes ``tokens[start:]`` at positions ``start...`` of ``seq``;
+        only the last one's logits are kept."""
+        n = len(tokens)
+        self.decode_tokens([(tokens[pos], pos, seq, pos == n - 1) for pos in range(start, n)])
+
+    def decode_tokens(self, items: Sequence[tuple[int, int, int, bool]]) -> None:
+        """Decodes (token, position, sequence, wants logits) items, in their
+        order (by sequence, for a cache with a buffer per stream), in calls
+        of at most n_batch tokens."""
+        batch = self._batch
+        for first in range(0, len(items), self.n_batch):
+            chunk = items[first:first + self.n_batch]
+            for i, (token, pos, seq, want) in enumerate(chunk):
+                batch.token[i] = token
                 batch.pos[i] = pos
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = seq
-                batch.logits[i] = pos == n - 1
-            batch.n_tokens = last - first
+                batch.logits[i] = want
+            batch.n_tokens = len(chunk)
             self.decode("prefill")
 
     def step_batch(self, n_rows: int) -> llama_cpp.llama_batch:
@@ -211,26 +222,31 @@ def floor_generate(ctx: BaselineContext, prompt_p: Sequence[int], prompt_b: Sequ
                    n_tokens: int) -> BaselineRun:
     """The cost floor of ``n_tokens`` aligned tokens from a cold cache.
 
-    Prefill: P's prompt in its own call(s), then B takes the prefix both
-    prompts share from P's cells and decodes the rest of its own (the
-    engine's prefill, in as many calls). The first token would come from the
-    prefill's logits; each of the other ``n_tokens - 1`` costs one 2-token
-    llama_decode (P's last prompt token fed again, positions advancing), and
-    nothing is sampled. Times end on a synchronize, as every other method's
-    end on a read of the logits.
+    Prefill, the tokens the engine's prefill decodes: where B takes the
+    prefix both prompts share from P's cells (under the engine's rule), that
+    prefix is decoded in P first and shared; then the rest of both prompts
+    goes in one batch (calls of n_batch tokens). The first token would come
+    from the prefill's logits; each of the other ``n_tokens - 1`` costs one
+    2-token llama_decode (P's last prompt token fed again, positions
+    advancing), and nothing is sampled. Times end on a synchronize, as every
+    other method's end on a read of the logits.
     """
     _check_room(ctx, prompt_p, prompt_b)
     if len(prompt_p) + n_tokens > ctx.n_ctx or len(prompt_b) + n_tokens > ctx.n_ctx:
         raise ValueError(f"{n_tokens} tokens after the prompts overrun n_ctx {ctx.n_ctx}")
+    n_p, n_b = len(prompt_p), len(prompt_b)
+    shared = min(_common_prefix(prompt_p, prompt_b), n_p - 1, n_b - 1)
+    if shared < (1 if ctx.kv_unified else _MIN_SHARED_TO_COPY):
+        shared = 0
     ctx.clear()
-    shared = min(_common_prefix(prompt_p, prompt_b), len(prompt_p) - 1, len(prompt_b) - 1)
-    ctx.prefill(_SEQ_P, prompt_p)
-    ctx.share_prefix(shared)
-    ctx.prefill(_SEQ_B, prompt_b, shared)
+    if shared:
+        ctx.decode_tokens([(prompt_p[pos], pos, _SEQ_P, False) for pos in range(shared)])
+        ctx.share_prefix(shared)
+    ctx.decode_tokens([(prompt_p[pos], pos, _SEQ_P, pos == n_p - 1) for pos in range(shared, n_p)]
+                      + [(prompt_b[pos], pos, _SEQ_B, pos == n_b - 1) for pos in range(shared, n_b)])
     ctx.synchronize()
     t_prefilled = time.perf_counter()
     token = int(prompt_p[-1])
-    n_p, n_b = len(prompt_p), len(prompt_b)
     batch, decode = ctx.step_batch(2), ctx.decode
     batch.token[0] = batch.token[1] = token
     for i in range(n_tokens - 1):
