@@ -75,6 +75,9 @@ class Aligner:
         Keep each slot's KV cache after a call, so that a continued
         conversation prefills only its new tokens (reported in
         ``usage.prompt_tokens_details.cached_tokens``).
+    kv_unified
+        One pool of KV cells for all streams instead of a buffer per stream
+        (see :class:`~linalign.engine.BatchedEngine`).
     flash_attn
         Use flash attention (off by default, as in llama_cpp.Llama).
     verbose
@@ -94,6 +97,7 @@ class Aligner:
         n_threads_batch: int | None = None,
         seed: int | None = None,
         cache_prompt: bool = True,
+        kv_unified: bool = False,
         flash_attn: bool = False,
         verbose: bool = False,
     ) -> None:
@@ -138,7 +142,8 @@ class Aligner:
         with suppress_stdout_stderr(disable=verbose):
             self._engine = BatchedEngine(self._model, n_ctx=self.n_ctx, n_slots=n_parallel, n_batch=n_batch,
                                          n_threads=threads, n_threads_batch=n_threads_batch or threads,
-                                         flash_attn=bool(flash_attn), cache_prompt=cache_prompt, seed=seed)
+                                         flash_attn=bool(flash_attn), kv_unified=kv_unified,
+                                         cache_prompt=cache_prompt, seed=seed)
         if llama is not None:
             # The borrowed weights must outlive this context, whichever is
             # closed or collected first: the Llama's model frees them from its

@@ -56,6 +56,7 @@ class BatchedEngine:
         self.n_ctx = n_ctx
         self.n_slots = n_slots
         self.cache_prompt = cache_prompt
+        self.kv_unified = kv_unified
         self._seed = seed
         self._active: dict[int, Generation] = {}   # slot -> its request
         self._submitted = 0
@@ -121,6 +122,7 @@ class BatchedEngine:
             self._submitted += 1
             gen.order = self._submitted
             gen.cached_tokens = stats.reused[0]
+            gen.prefill = {"reused": stats.reused, "decoded": stats.decoded, "shared": stats.shared}
             self._active[slot] = gen
         return gen
 

@@ -41,6 +41,7 @@ class Generation:
     prompt_tokens: int = 0
     cached_tokens: int = 0      # prompt tokens of stream P found in the slot's cache
     completion_tokens: int = 0
+    prefill: dict[str, object] = field(default_factory=dict)  # per stream (P, B): reused, decoded; B's shared
     finish_reason: str | None = None
     error: BaseException | None = None
     tokens: list[int] = field(default_factory=list)

@@ -1,0 +1,159 @@
+"""The batched engine: many requests in one context, one llama_decode per
+step across every slot, a slot per request chosen by its cached prefix, and
+requests that join, leave and are cancelled between steps."""
+from __future__ import annotations
+
+import pytest
+
+import linalign
+from linalign import GenerationRequest, SamplingOptions
+
+from conftest import CHAT_PAIRS, N_GPU_LAYERS
+
+GREEDY = SamplingOptions(temperature=0.0, max_tokens=32)
+QUESTIONS = CHAT_PAIRS + [("Tell me about cats.", "Answer in one short sentence.")]
+
+
+@pytest.fixture(scope="module")
+def pool(model_path):
+    with linalign.Aligner(model_path, n_ctx=512, n_parallel=4, n_batch=256, n_threads=2,
+                          n_gpu_layers=N_GPU_LAYERS) as a:
+        yield a
+
+
+def chat(aligner, question: str, principle: str, options: SamplingOptions = GREEDY) -> GenerationRequest:
+    return aligner.chat_request([{"role": "user", "content": question}], principle=principle, options=options)
+
+
+def run_all(aligner, gens) -> int:
+    """Steps the engine until every request is done; returns the steps taken."""
+    steps = 0
+    while not all(g.done for g in gens):
+        aligner.engine.step()
+        steps += 1
+    return steps
+
+
+def text_of(gen) -> str:
+    return "".join(iter(gen.pop_delta, None))
+
+
+@pytest.mark.skipif(N_GPU_LAYERS != 0, reason="CUDA picks other kernels for other batch sizes")
+def test_four_concurrent_greedy_requests_equal_each_alone(pool):
+    alone = []
+    for question, principle in QUESTIONS:
+        pool.reset()
+        alone.append(pool.create_chat_completion([{"role": "user", "content": question}], principle=principle,
+                                                 options=GREEDY)["choices"][0]["message"]["content"])
+    pool.reset()
+    gens = [pool.submit(chat(pool, q, p)) for q, p in QUESTIONS]
+    run_all(pool, gens)
+    assert [text_of(g) for g in gens] == alone
+
+
+def test_one_llama_decode_per_step_across_all_slots(pool):
+    pool.reset()
+    before = pool.engine.n_decode_calls
+    gens = [pool.submit(chat(pool, q, p)) for q, p in QUESTIONS]
+    assert pool.engine.n_free == 0
+    steps = run_all(pool, gens)
+    assert pool.engine.n_decode_calls - before == steps
+    # the four requests together took no more steps than the longest of them
+    assert steps <= max(g.completion_tokens for g in gens) + 2
+
+
+def test_a_new_request_takes_the_free_slot_with_the_longest_cached_prefix(pool):
+    pool.reset()
+    first = [pool.submit(chat(pool, q, p, GREEDY.replace(max_tokens=2))) for q, p in QUESTIONS]
+    run_all(pool, first)
+    slots = [g for g in first]
+    for gen, (question, principle) in zip(reversed(slots), reversed(QUESTIONS)):
+        again = pool.submit(chat(pool, question, principle, GREEDY.replace(max_tokens=1)))
+        assert again.cached_tokens == again.prompt_tokens - 1  # everything but the last prompt token
+        run_all(pool, [again])
+
+
+def test_a_changed_system_message_reuses_only_the_tokens_before_the_change(pool):
+    pool.reset()
+    long_system = "You are a helpful assistant who knows a great deal about the sea and its creatures. "
+    messages = [{"role": "system", "content": long_system + "Be brief."}, {"role": "user", "content": "Hi"}]
+    run_all(pool, [pool.submit(pool.chat_request(messages, principle="Be kind.", options=GREEDY.replace(max_tokens=1)))])
+    changed = [{"role": "system", "content": long_system + "Be verbose."}, messages[1]]
+    gen = pool.submit(pool.chat_request(changed, principle="Be kind.", options=GREEDY.replace(max_tokens=1)))
+    prompt = list(gen.request.prompt)
+    earlier = pool.tokenize(pool.render_chat(messages, "Be kind.")[0], add_bos=False)
+    common = next(i for i, (a, b) in enumerate(zip(prompt, earlier)) if a != b)
+    assert 0 < gen.cached_tokens == common < gen.prompt_tokens - 1  # compared as tokens, up to the change
+    run_all(pool, [gen])
+
+
+def test_without_cache_prompt_every_request_prefills_from_scratch(model_path):
+    with linalign.Aligner(model_path, n_ctx=256, cache_prompt=False, n_threads=2, n_gpu_layers=N_GPU_LAYERS) as a:
+        messages = [{"role": "user", "content": "Name a colour."}]
+        a.create_chat_completion(messages, principle="Be brief.", options=GREEDY.replace(max_tokens=2))
+        again = a.create_chat_completion(messages, principle="Be brief.", options=GREEDY.replace(max_tokens=2))
+        assert again["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+
+
+def test_a_cancelled_request_frees_its_slot_at_the_next_step(pool):
+    pool.reset()
+    gens = [pool.submit(chat(pool, q, p, GREEDY.replace(max_tokens=200))) for q, p in QUESTIONS]
+    pool.engine.step()
+    gens[1].cancel()
+    pool.engine.step()
+    assert gens[1].done and gens[1].finish_reason == "cancelled"
+    assert pool.engine.n_free == 1
+    late = pool.submit(chat(pool, "Say hello.", "", GREEDY.replace(max_tokens=4)))
+    assert late is not None
+    for g in gens:
+        g.cancel()
+    run_all(pool, [late] + gens)
+    assert late.finish_reason in ("stop", "length")
+
+
+def test_a_request_cancelled_mid_prefill_leaves_a_consistent_cache(model_path):
+    with linalign.Aligner(model_path, n_ctx=1024, n_batch=32, n_threads=2, n_gpu_layers=N_GPU_LAYERS) as a:
+        document = "The quick brown fox jumps over the lazy dog. " * 20
+        gen = a.submit(a.completion_request(document + "Summary:", options=GREEDY.replace(max_tokens=4)))
+        a.engine.step()  # 32 of its ~200 prompt tokens
+        gen.cancel()
+        a.engine.step()
+        assert gen.finish_reason == "cancelled"
+        after = a.create_completion(document + "Summary:", options=GREEDY.replace(max_tokens=4))
+        a.reset()
+        fresh = a.create_completion(document + "Summary:", options=GREEDY.replace(max_tokens=4))
+        assert after["usage"]["prompt_tokens_details"]["cached_tokens"] == 32
+        assert after["choices"][0]["text"] == fresh["choices"][0]["text"]
+
+
+def test_running_streams_get_a_token_every_step_while_a_long_prompt_is_ingested(model_path):
+    with linalign.Aligner(model_path, n_ctx=1024, n_parallel=2, n_batch=64, n_threads=2,
+                          n_gpu_layers=N_GPU_LAYERS) as a:
+        running = a.submit(a.completion_request("Count: 1, 2, 3,", options=GREEDY.replace(max_tokens=60)))
+        a.engine.step()
+        assert running.completion_tokens == 1
+        long_prompt = "A very long document about rivers and lakes. " * 30  # ~300 tokens: five 64-token steps
+        joining = a.submit(a.completion_request(long_prompt, "Plain: " + long_prompt,
+                                                options=GREEDY.replace(max_tokens=2)))
+        for step in range(2, 8):
+            a.engine.step()
+            assert running.completion_tokens == step
+        assert joining.completion_tokens == 0  # still prefilling, in chunks
+        run_all(a, [running, joining])
+        assert joining.finish_reason == "length"
+
+
+def test_superseding_the_oldest_stream_when_every_slot_is_busy(model_path):
+    with linalign.Aligner(model_path, n_ctx=256, n_threads=2, n_gpu_layers=N_GPU_LAYERS) as a:
+        old = a.create_completion("Once upon a time", stream=True, options=GREEDY)
+        next(old)
+        new = a.create_completion("The capital of France is", options=GREEDY.replace(max_tokens=3))
+        assert new["usage"]["completion_tokens"] == 3
+        with pytest.raises(linalign.GenerationSuperseded):
+            list(old)
+
+
+def test_bad_grammar_is_a_value_error_at_the_call(pool):
+    with pytest.raises(ValueError, match="grammar"):
+        pool.create_completion("Hello", grammar="root ::= (")
+    assert pool.engine.n_busy == 0
