@@ -37,7 +37,8 @@ static py::tuple linear_alignment_apply(float_array logits_p, float_array logits
         throw std::invalid_argument("logits_p and logits_b must be non-empty 1-D arrays of the same length");
     }
     const int32_t n_vocab = (int32_t) logits_p.size();
-    llama_sampler * smpl = llama_sampler_init_linear_alignment({ratio, top_p, temperature}, n_vocab);
+    sampler_ptr owner(llama_sampler_init_linear_alignment({ratio, top_p, temperature}, n_vocab));
+    llama_sampler * smpl = owner.get();
     std::vector<llama_token_data> cur(n_vocab);
     llama_token_data_array cur_p = {cur.data(), cur.size(), -1, false};
     llama_sampler_linear_alignment_set_base(smpl, logits_b.data());
@@ -47,7 +48,6 @@ static py::tuple linear_alignment_apply(float_array logits_p, float_array logits
         linear_alignment_fill_candidates(logits_p.data(), cur.size(), cur.data());
         llama_sampler_apply(smpl, &cur_p);
     }
-    llama_sampler_free(smpl);
 
     py::array_t<int32_t> ids(cur_p.size);
     py::array_t<float>   out(cur_p.size);
@@ -72,7 +72,8 @@ static double time_combine_us(float_array logits_p, float_array logits_b, int32_
     }
     const int32_t n_vocab = (int32_t) logits_p.size();
     const float * lp = logits_p.data();
-    llama_sampler * smpl = llama_sampler_init_linear_alignment({ratio, top_p, 1.0f}, n_vocab);
+    sampler_ptr owner(llama_sampler_init_linear_alignment({ratio, top_p, 1.0f}, n_vocab));
+    llama_sampler * smpl = owner.get();
     llama_sampler_linear_alignment_set_base(smpl, logits_b.data());
     std::vector<llama_token_data> cur(n_vocab);
     double elapsed_us = 0.0;
@@ -90,7 +91,6 @@ static double time_combine_us(float_array logits_p, float_array logits_b, int32_
         }
         elapsed_us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
     }
-    llama_sampler_free(smpl);
     return elapsed_us / n_iter;
 }
 

@@ -2,14 +2,23 @@
 // weights of every candidate at the mask temperature, and the mass above a
 // threshold. Compiled on their own with fast math so that the compiler can
 // vectorise the reductions and call a vectorised expf (glibc's libmvec): exp
-// over the whole vocabulary is most of the sampler's cost. Inputs are made
-// finite first, since fast math assumes no infinities.
+// over the whole vocabulary is most of the sampler's cost.
+//
+// Logits may be -inf (masked by a grammar) or, from a caller, NaN, so the
+// unit is built with -fno-finite-math-only (CMakeLists.txt): the compiler may
+// not assume them away, and every loop below is written for them (-inf and
+// NaN lose every comparison). Without finite-math-only glibc no longer
+// declares its vector expf, so it is declared here, as math-vector.h does
+// under fast math.
 //
 // Where the toolchain can (GCC on x86-64 with glibc: ifuncs), each loop is also built for
 // AVX2 and AVX-512 and the best one is picked when the library loads, so a
 // portable wheel still gets 8- or 16-wide expf instead of SSE's 4.
 #include "linear_alignment_weights.h"
 
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__)
+extern "C" float expf(float) noexcept __attribute__((__simd__("notinbranch")));
+#endif
 #include <cmath>
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__) && defined(__GLIBC__)

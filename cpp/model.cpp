@@ -48,14 +48,13 @@ model::model(const std::string & path, int32_t n_gpu_layers, bool use_mmap) {
         params.use_extra_bufts = false;
     }
     params.load_mode    = use_mmap ? LLAMA_LOAD_MODE_AUTO : LLAMA_LOAD_MODE_NONE;
-    ptr_ = llama_model_load_from_file(path.c_str(), params);
-    if (ptr_ == nullptr) {
+    ptr_ = model_ptr(llama_model_load_from_file(path.c_str(), params), model_deleter{true});
+    if (!ptr_) {
         throw std::runtime_error("llama.cpp failed to load the model (corrupt or unsupported GGUF?): " + path);
     }
-    owned_ = true;
 }
 
-model::model(llama_model * borrowed) : ptr_(borrowed), owned_(false) {
+model::model(llama_model * borrowed) : ptr_(borrowed, model_deleter{false}) {
     if (borrowed == nullptr) {
         throw std::invalid_argument("borrowed model pointer is null (was the Llama closed?)");
     }
@@ -63,18 +62,13 @@ model::model(llama_model * borrowed) : ptr_(borrowed), owned_(false) {
 
 model::~model() { close(); }
 
-void model::close() {
-    if (ptr_ != nullptr && owned_) {
-        llama_model_free(ptr_);
-    }
-    ptr_ = nullptr;
-}
+void model::close() { ptr_.reset(); }
 
 llama_model * model::get() const {
-    if (ptr_ == nullptr) {
+    if (!ptr_) {
         throw std::runtime_error("model is closed");
     }
-    return ptr_;
+    return ptr_.get();
 }
 
 const llama_vocab * model::vocab() const { return llama_model_get_vocab(get()); }

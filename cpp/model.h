@@ -6,6 +6,7 @@
 #include "llama.h"
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -33,7 +34,7 @@ public:
 
     int32_t n_vocab() const;
     int32_t n_ctx_train() const;
-    bool    owns_weights() const { return owned_; }
+    bool    owns_weights() const { return ptr_.get_deleter().owned; }
 
     std::vector<llama_token> tokenize(const std::string & text, bool add_special, bool parse_special) const;
     std::string token_to_piece(llama_token token, bool special) const;
@@ -49,11 +50,20 @@ public:
     void check_token(llama_token token) const;
 
     void close();
-    bool closed() const { return ptr_ == nullptr; }
+    bool closed() const { return !ptr_; }
 
 private:
-    llama_model * ptr_   = nullptr;
-    bool          owned_ = false;
+    // frees the weights only when this object loaded them
+    struct model_deleter {
+        bool owned = false;
+        void operator()(llama_model * m) const {
+            if (owned) {
+                llama_model_free(m);
+            }
+        }
+    };
+    using model_ptr = std::unique_ptr<llama_model, model_deleter>;
+    model_ptr ptr_{nullptr, model_deleter{false}};
 };
 
 } // namespace linalign

@@ -139,9 +139,9 @@ def test_nothing_leaks_over_open_generate_fail_close(tiny_gguf):
 
 
 @pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="reads /proc (Linux)")
-def test_nothing_leaks_when_a_llama_lends_its_context_over_and_over(tiny_gguf):
-    """Each Aligner(llama=...) frees the Llama's context, makes a shared one,
-    and gives the Llama a new one on close: none of them may be left behind."""
+def test_nothing_leaks_when_a_llama_lends_its_weights_over_and_over(tiny_gguf):
+    """Each Aligner(llama=...) makes a context on the Llama's weights and
+    registers its close with the Llama's model: none may be left behind."""
     llm = linalign.load_llama(tiny_gguf, n_ctx=256, n_threads=1, verbose=False)
 
     def cycle():

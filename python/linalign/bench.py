@@ -1,6 +1,9 @@
 """``linalign bench``: aligned decoding against the cost floor and the ways
 users align today (plain, floor, linalign, naive, two-call). The work is in
-:mod:`linalign.benchmarking`; this is its command line."""
+:mod:`linalign.benchmarking`; this is its command line.
+
+``linalign bench server [options]`` benchmarks the OpenAI-compatible server
+instead (:mod:`linalign.benchmarking.server_bench`)."""
 from __future__ import annotations
 
 import argparse
@@ -22,7 +25,12 @@ def _methods(text: str) -> list[str]:
 
 
 def main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="linalign bench", description=__doc__.splitlines()[0])
+    argv = list(argv)
+    if argv and argv[0] == "server":
+        from .benchmarking.server_bench import main as server_main
+        return server_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="linalign bench", description=__doc__.splitlines()[0],
+                                     epilog="linalign bench server --help: the server benchmark")
     parser.add_argument("--model", help="GGUF file (default: the default model)")
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens generated per run (default 64)")
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions after the warm-up (default 5)")
