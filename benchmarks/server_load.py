@@ -2,9 +2,10 @@
 each, some disconnecting mid-stream and some sending bad requests.
 
 Starts its own server (``python -m linalign serve``) on a free loopback port
-unless ``--url`` is given, and prints throughput, p50/p95 time to first token
-and latency of the good requests, error counts by kind, and the server's RSS
-before and after.
+unless ``--url`` is given (``ServerProcess`` of
+``linalign.benchmarking.server_bench``, which ``linalign bench server`` runs
+on), and prints throughput, p50/p95 time to first token and latency of the
+good requests, error counts by kind, and the server's RSS before and after.
 
     python benchmarks/server_load.py --clients 4 --requests 5 --parallel 2
 """
@@ -14,16 +15,14 @@ import argparse
 import asyncio
 import json
 import random
-import socket
-import statistics
-import subprocess
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 import httpx
-import psutil
+
+from linalign.benchmarking.server_bench import ServerProcess, percentile, rss_bytes
 
 PROMPTS = ["Name a colour.", "Say hello.", "What is the capital of France?", "Give me a tip for sleeping well.",
            "Describe the sea in one sentence."]
@@ -47,11 +46,8 @@ class Results:
 
 
 def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+    p = percentile(values, q)
+    return float("nan") if p is None else p
 
 
 async def _good(client: httpx.AsyncClient, url: str, max_tokens: int, rng: random.Random, res: Results,
@@ -122,36 +118,22 @@ async def _client(index: int, args: argparse.Namespace, url: str, res: Results) 
                 await _good(client, url, args.max_tokens, rng, res, disconnect_after=None)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _start_server(args: argparse.Namespace) -> ServerProcess:
+    def cmd(port: int) -> list[str]:
+        c = [sys.executable, "-m", "linalign", "serve", "--port", str(port), "--n-ctx", str(args.n_ctx),
+             "--parallel", str(args.parallel), "--queue", str(args.queue)]
+        return c + (["--model", args.model] if args.model else [])
+
+    server = ServerProcess(cmd, startup_timeout_s=120)
+    try:
+        server.start()
+    except RuntimeError as e:
+        raise SystemExit(str(e)) from None
+    return server
 
 
-def _start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    cmd = [sys.executable, "-m", "linalign", "serve", "--port", str(port), "--n-ctx", str(args.n_ctx),
-           "--parallel", str(args.parallel), "--queue", str(args.queue)]
-    if args.model:
-        cmd += ["--model", args.model]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited at startup (status {proc.returncode})")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.terminate()
-    raise SystemExit("the server did not answer /health in 120 s")
-
-
-def _rss_mib(pid: int) -> float:
-    return psutil.Process(pid).memory_info().rss / 2**20
+def _rss_mib(pid: int | None) -> float:
+    return rss_bytes(pid) / 2**20 if pid else float("nan")
 
 
 async def _warm_up(url: str, max_tokens: int) -> None:
@@ -177,15 +159,15 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
 
-    proc = None
+    server = None
     if args.url:
         url, pid = args.url.rstrip("/"), args.pid
     else:
-        proc, url = _start_server(args)
-        pid = proc.pid
+        server = _start_server(args)
+        url, pid = server.url, server.process.pid
     try:
         asyncio.run(_warm_up(url, 4))
-        rss_before = _rss_mib(pid) if pid else float("nan")
+        rss_before = _rss_mib(pid)
         res = Results()
         start = time.perf_counter()
 
@@ -196,12 +178,11 @@ def main() -> int:
         wall = time.perf_counter() - start
         time.sleep(0.5)
         health = httpx.get(f"{url}/health", timeout=10).json()
-        rss_after = _rss_mib(pid) if pid else float("nan")
-        alive = proc is None or proc.poll() is None
+        rss_after = _rss_mib(pid)
+        alive = server is None or server.alive
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=30)
+        if server is not None:
+            server.stop()
 
     print(f"server: {url}  parallel={args.parallel}  clients={args.clients} x requests={args.requests}  "
           f"max_tokens={args.max_tokens}")

@@ -343,3 +343,77 @@ def test_disconnect_while_waiting_for_a_whole_answer_frees_the_slot(one_slot_ser
         httpx.post(f"{one_slot_server.url}/v1/completions", json=body, timeout=1.0)
     # noticed by polling, so less promptly than a stream, yet well before the ~20 s answer
     assert one_slot_server.wait_idle(10) < 8
+
+
+# -- one batched engine, prompt cache ------------------------------------------
+
+@pytest.fixture(scope="module")
+def four_slot_server() -> Iterator[Server]:
+    srv = Server("--parallel", "4", "--queue", "8")
+    yield srv
+    srv.stop()
+
+
+QUESTIONS = [("Why is the sky blue?", "The user is a five-year-old child."),
+             ("Give me a tip for cooking pasta.", "Always answer like a pirate."),
+             ("What is a good way to learn programming?", "The user is a retired professor of mathematics."),
+             ("Tell me about cats.", "Answer in one short sentence.")]
+
+
+def _ask(srv: Server, question: str, principle: str, **kw) -> openai.types.chat.ChatCompletion:
+    return srv.client().chat.completions.create(
+        model="any", messages=[{"role": "user", "content": question}], max_tokens=24, temperature=0,
+        extra_body={"principle": principle, **kw.pop("extra_body", {})}, **kw)
+
+
+def test_four_concurrent_greedy_clients_get_what_each_gets_alone(four_slot_server: Server) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    # a long system message in front of each question, so that every request
+    # runs from the cache both times (see the note above the streaming tests)
+    for q, p in QUESTIONS:
+        _ask(four_slot_server, q, p)
+    alone = [_ask(four_slot_server, q, p).choices[0].message.content for q, p in QUESTIONS]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda qp: _ask(four_slot_server, *qp).choices[0].message.content, QUESTIONS))
+    assert together == alone
+
+
+def test_cached_tokens_are_reported_from_the_second_turn(four_slot_server: Server) -> None:
+    client = four_slot_server.client()
+    history = [{"role": "user", "content": "Hi! Who are you?"}]
+    extra = {"principle": "Always answer like a pirate."}
+    first = client.chat.completions.create(model="any", messages=history, max_tokens=12, extra_body=extra)
+    history += [{"role": "assistant", "content": first.choices[0].message.content},
+                {"role": "user", "content": "What do you eat?"}]
+    second = client.chat.completions.create(model="any", messages=history, max_tokens=12, extra_body=extra)
+    assert second.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens - 1
+    chunks = list(client.chat.completions.create(model="any", messages=history, max_tokens=4, extra_body=extra,
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1].usage.prompt_tokens_details.cached_tokens == second.usage.prompt_tokens - 1
+
+
+def test_no_cache_prompt_recomputes_every_prompt() -> None:
+    srv = Server("--no-cache-prompt")
+    try:
+        for _ in range(2):
+            r = _ask(srv, "Name a colour.", "Be brief.")
+            assert r.usage.prompt_tokens_details.cached_tokens == 0
+    finally:
+        srv.stop()
+
+
+def test_a_prompt_longer_than_a_slot_is_400_and_the_slots_go_on(four_slot_server: Server) -> None:
+    r = four_slot_server.post("/v1/completions", {"prompt": "word " * 1100, "max_tokens": 2})
+    assert r.status_code == 400
+    assert "context window" in r.json()["error"]["message"]
+    assert _ask(four_slot_server, "Say hi.", "").usage.completion_tokens > 0
+
+
+def test_disconnect_mid_prefill_frees_the_slot(four_slot_server: Server) -> None:
+    four_slot_server.wait_idle(30)
+    body = {"prompt": "The river runs to the sea. " * 120, "max_tokens": 400, "temperature": 0}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{four_slot_server.url}/v1/completions", json=body, timeout=0.05)
+    assert four_slot_server.wait_idle(10) < 8
+    assert _ask(four_slot_server, "Say hi.", "").usage.completion_tokens > 0

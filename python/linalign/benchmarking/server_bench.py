@@ -43,8 +43,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-__all__ = ["ServerBenchConfig", "ServerProcess", "format_table", "free_port", "percentile", "run_server_bench",
-           "write_json", "write_png", "write_txt"]
+__all__ = ["ServerBenchConfig", "ServerProcess", "format_table", "free_port", "peak_rss_bytes", "percentile",
+           "rss_bytes", "run_server_bench", "write_json", "write_png", "write_txt"]
 
 _MiB = 1024 * 1024
 
@@ -100,6 +100,38 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _tree(pid: int) -> list:
+    import psutil
+
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of process ``pid`` and its children, now."""
+    import psutil
+
+    total = 0
+    for p in _tree(pid):
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def peak_rss_bytes(pid: int) -> int | None:
+    """Peak resident memory (Linux VmHWM) of process ``pid`` and its children; None elsewhere."""
+    total = 0
+    for p in _tree(pid):
+        try:
+            with open(f"/proc/{p.pid}/status") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) * 1024
+        except (OSError, StopIteration):
+            return None
+    return total
 
 
 # -- servers -------------------------------------------------------------------
@@ -174,34 +206,13 @@ class ServerProcess:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def _processes(self) -> list:
-        import psutil
-
-        root = psutil.Process(self.process.pid)
-        return [root, *root.children(recursive=True)]
-
     def rss_bytes(self) -> int:
         """Resident memory of the server and its children, now."""
-        import psutil
-
-        total = 0
-        for p in self._processes():
-            try:
-                total += p.memory_info().rss
-            except psutil.Error:
-                pass
-        return total
+        return rss_bytes(self.process.pid)
 
     def peak_rss_bytes(self) -> int | None:
         """Peak resident memory (Linux VmHWM) of the server and its children; None elsewhere."""
-        total = 0
-        for p in self._processes():
-            try:
-                with open(f"/proc/{p.pid}/status") as f:
-                    total += next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) * 1024
-            except (OSError, StopIteration):
-                return None
-        return total
+        return peak_rss_bytes(self.process.pid)
 
     def output_tail(self, n: int = 4000) -> str:
         self._log.flush()
@@ -707,6 +718,10 @@ def write_txt(doc: dict, path: str | Path) -> None:
     path.write_text(f"command: {doc['command']}\n\n{format_table(doc)}\n")
 
 
+_COLORS = {"linalign": "tab:orange", "linalign --no-cache-prompt": "tab:red", "c97029f": "tab:gray",
+           "llama-cpp-python": "tab:blue"}
+
+
 def write_png(doc: dict, path: str | Path) -> None:
     import matplotlib
 
@@ -720,7 +735,7 @@ def write_png(doc: dict, path: str | Path) -> None:
     for label, entry in doc["load"].items():
         xs = [lv["clients"] for lv in entry["levels"]]
         ys = [lv["tok_s"] or 0 for lv in entry["levels"]]
-        ax.plot(xs, ys, marker="o", label=f"{label} (slots {entry['parallel']})")
+        ax.plot(xs, ys, marker="o", label=f"{label} (slots {entry['parallel']})", color=_COLORS.get(label))
     if doc["load"]:
         ax.set_xscale("log", base=2)
         ax.set_xticks(doc["config"]["clients"], [str(c) for c in doc["config"]["clients"]])
@@ -733,7 +748,8 @@ def write_png(doc: dict, path: str | Path) -> None:
     ax = axes[1]
     for label, mt in doc["multiturn"].items():
         rows = [r for r in mt["turns"] if r["ok"] and r["ttft_s"] is not None]
-        ax.plot([r["turn"] for r in rows], [r["ttft_s"] * 1e3 for r in rows], marker="o", label=label)
+        ax.plot([r["turn"] for r in rows], [r["ttft_s"] * 1e3 for r in rows], marker="o", label=label,
+                color=_COLORS.get(label))
     if doc["multiturn"]:
         ax.legend(fontsize=8)
         ax.set_xticks(range(1, max(len(mt["turns"]) for mt in doc["multiturn"].values()) + 1))
