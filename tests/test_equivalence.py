@@ -15,7 +15,7 @@ GREEDY = {"temperature": 0.0, "top_k": 40, "repeat_penalty": 1.0}
 # Bit-for-bit equality with separate contexts rests on llama.cpp's CPU
 # kernels computing each of a stream's rows the same way whatever else is in
 # the batch. CUDA picks other kernels for a 1-token than for a 2-token batch,
-# so offloaded, the two sides differ by rounding (docs/exactness.md).
+# so offloaded, the two sides differ by rounding (docs/serving.md).
 cpu_only = pytest.mark.skipif(N_GPU_LAYERS != 0, reason="bit-exact only with llama.cpp's CPU kernels")
 
 

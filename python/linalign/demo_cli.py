@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from .cli_common import add_model_options, add_sampling_options, load_aligner, sampling_kwargs, stream_chat
+from .cli_common import add_model_options, add_sampling_options, load_aligner, sampling_options, stream_chat
 
 __all__ = ["main"]
 
@@ -43,11 +43,12 @@ def main(argv: Sequence[str]) -> int:
     if args.principle:
         print(f"principle: {args.principle}\n")
     try:
+        options = sampling_options(args)
         for title, principle, ratio in runs:
             if args.compare:
                 print(f"=== {title} ===")
-            chunks = aligner.create_chat_completion(messages, principle=principle, ratio=ratio, stream=True,
-                                                    **sampling_kwargs(args))
+            chunks = aligner.create_chat_completion(messages, principle=principle, stream=True,
+                                                    options=options.replace(ratio=ratio))
             stream_chat(chunks)
             if args.compare:
                 print()
