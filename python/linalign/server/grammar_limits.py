@@ -444,7 +444,7 @@ def check_gbnf(text: str) -> None:
                 counts = [int(p) if p else None for p in parts]
             except ValueError:
                 counts = []
-            if any(c is not None and c > MAX_REPETITION for c in counts):
+            if any(count is not None and count > MAX_REPETITION for count in counts):
                 raise GrammarTooLarge(f"repetition {text[i:close + 1][:40]} in the grammar exceeds the limit of "
                                       f"{MAX_REPETITION}")
             lo = counts[0] if counts and counts[0] is not None else 0

@@ -17,6 +17,7 @@ from ..aligner import Aligner
 from ..chat import validate_messages
 from ..engine import GenerationRequest
 from ..options import SamplingOptions
+from .grammar_limits import GrammarTooLarge, check_gbnf, check_json_schema
 
 __all__ = [
     "ApiError",
@@ -129,10 +130,21 @@ def _grammar(response_format: ResponseFormat | None) -> str | None:
     schema = spec.get("schema")
     if not isinstance(schema, dict):
         raise ApiError(400, "response_format.json_schema.schema must be a JSON schema object", param="response_format")
+    # bounded before the converter and llama.cpp see it: either can be made to
+    # crash or stall the server (grammar_limits.py)
     try:
-        return json_schema_to_gbnf(json.dumps(schema))
+        check_json_schema(schema)
+    except GrammarTooLarge as e:
+        raise ApiError(400, f"response_format.json_schema.schema is too large: {e}", param="response_format") from None
+    try:
+        grammar = json_schema_to_gbnf(json.dumps(schema))
     except Exception as e:  # the converter raises assorted errors on schemas it cannot express
         raise ApiError(400, f"response_format.json_schema: unsupported schema ({e})", param="response_format") from None
+    try:
+        check_gbnf(grammar)
+    except GrammarTooLarge as e:
+        raise ApiError(400, f"response_format.json_schema.schema is too large: {e}", param="response_format") from None
+    return grammar
 
 
 class ChatCompletionRequest(_SamplingRequest):
