@@ -408,17 +408,6 @@ class ServerBenchConfig:
     command: str = ""
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _specs(cfg: ServerBenchConfig) -> dict[str, ServerSpec]:
     threads: list[str] = []
     if cfg.threads is not None:
@@ -462,6 +451,7 @@ def _server_info(spec: ServerSpec, server: ServerProcess, parallel: int | None) 
 def run_server_bench(cfg: ServerBenchConfig, log: Callable[[str], None] = lambda s: None) -> dict:
     """Runs the benchmark; returns the result document (see :func:`format_table`)."""
     from .. import default_model_path
+    from .runner import _cpu_name
 
     model = str(Path(cfg.model).resolve()) if cfg.model else str(default_model_path())
     parallel = cfg.parallel or max(cfg.clients)

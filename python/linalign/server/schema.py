@@ -135,7 +135,7 @@ def _grammar(response_format: ResponseFormat | None) -> str | None:
     try:
         check_json_schema(schema)
     except GrammarTooLarge as e:
-        raise ApiError(400, f"response_format.json_schema.schema is too large: {e}", param="response_format") from None
+        raise ApiError(400, f"response_format.json_schema.schema is beyond the server's grammar limits: {e}", param="response_format") from None
     try:
         grammar = json_schema_to_gbnf(json.dumps(schema))
     except Exception as e:  # the converter raises assorted errors on schemas it cannot express
@@ -143,7 +143,7 @@ def _grammar(response_format: ResponseFormat | None) -> str | None:
     try:
         check_gbnf(grammar)
     except GrammarTooLarge as e:
-        raise ApiError(400, f"response_format.json_schema.schema is too large: {e}", param="response_format") from None
+        raise ApiError(400, f"response_format.json_schema.schema is beyond the server's grammar limits: {e}", param="response_format") from None
     return grammar
 
 
