@@ -178,3 +178,11 @@ def test_load_llama_keeps_weights_out_of_amx_buffers(model_path):
     assert not weights_in_amx_buffers(llm)
     assert llm.create_completion("Hello", max_tokens=2)["choices"]
     llm.close()
+
+
+@pytest.mark.parametrize("kwargs", [{"n_ctx": 2**40}, {"n_ctx": 2**23, "n_parallel": 64}, {"n_ctx": 4},
+                                    {"n_parallel": 0}, {"n_batch": 1}, {"n_threads": 0}])
+def test_sizes_beyond_what_fits_are_a_value_error(tiny_gguf, kwargs):
+    """Checked before any 32-bit arithmetic: never an overflow or a crash."""
+    with pytest.raises(ValueError):
+        linalign.Aligner(tiny_gguf, **kwargs)
