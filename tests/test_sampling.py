@@ -97,8 +97,32 @@ def test_completion_shape_matches_llama_cpp_python(aligner):
     assert set(result["usage"]["prompt_tokens_details"]) == {"cached_tokens"}
 
 
+PENALTIES = dict(repeat_penalty=1.3, presence_penalty=0.5, frequency_penalty=0.5)
+
+
+def _greedy_text(aligner, **kwargs) -> str:
+    aligner.reset()  # each from an empty cache (see test_same_seed_same_text)
+    return chat_text(aligner.create_chat_completion(MESSAGES, principle=PRINCIPLE, max_tokens=32, **kwargs))
+
+
+def test_penalties_change_the_output(aligner):
+    """Greedy decoding with and without the penalties: they change the text,
+    and each one alone does too."""
+    plain = _greedy_text(aligner, temperature=0.0)
+    assert plain
+    assert _greedy_text(aligner, temperature=0.0, **PENALTIES) != plain
+    for name, value in PENALTIES.items():
+        assert _greedy_text(aligner, temperature=0.0, **{name: value}) != plain, name
+
+
 def test_penalties_and_samplers_compose(aligner):
-    result = aligner.create_chat_completion(MESSAGES, principle=PRINCIPLE, max_tokens=16, temperature=0.7,
-                                            top_k=5, min_p=0.05, repeat_penalty=1.3, presence_penalty=0.5,
-                                            frequency_penalty=0.5, seed=3)
-    assert chat_text(result)
+    """top_k = 1 after the penalties leaves one token, the argmax of the
+    penalised logits, so sampling with any seed (min_p on top) gives the
+    greedy text with the same penalties, not the plain greedy one. At
+    temperature 1: greedy decoding takes its nucleus at temperature 1 too
+    (ALGORITHM.md step 1), so both chains see the same nucleus."""
+    greedy = _greedy_text(aligner, temperature=0.0, **PENALTIES)
+    for seed in (3, 4):
+        sampled = _greedy_text(aligner, temperature=1.0, top_k=1, min_p=0.05, seed=seed, **PENALTIES)
+        assert sampled == greedy
+    assert greedy != _greedy_text(aligner, temperature=0.0)

@@ -22,8 +22,9 @@ from .chat import ChatRenderer
 from .default_model import resolve_model_path
 from .engine import BatchedEngine, EngineClosedError, Generation, GenerationRequest
 from .llama_loader import weights_in_amx_buffers
+from .logprobs import TokenLogprob, chat_top_logprobs, check_logprobs_request, completion_top_logprobs
 from .options import SamplingOptions, _integer
-from .responses import chat_chunks, collect_chat, collect_completion, completion_chunks
+from .responses import ChatChunks, CompletionChunks, chunks_of, collect_chat, collect_completion
 from .threads import physical_cores
 
 __all__ = ["Aligner", "AlignerClosedError", "GenerationSuperseded", "PromptType"]
@@ -263,25 +264,32 @@ class Aligner:
     # -- requests -----------------------------------------------------------
 
     def completion_request(self, prompt: PromptType, base_prompt: PromptType | None = None, *,
-                           options: SamplingOptions | None = None, **sampling: Any) -> GenerationRequest:
+                           options: SamplingOptions | None = None, logprobs: int | None = None,
+                           **sampling: Any) -> GenerationRequest:
         """The token streams of a completion (see :meth:`create_completion`)."""
         self._require_open()
+        want = completion_top_logprobs(logprobs)
         options = SamplingOptions.from_kwargs(options, **sampling)
+        check_logprobs_request(want, options)
         prompt_tokens = self._prompt_tokens("prompt", prompt)
         base_tokens = prompt_tokens if base_prompt is None else self._prompt_tokens("base_prompt", base_prompt)
-        return GenerationRequest(prompt_tokens, base_tokens, options, options.stop)
+        return GenerationRequest(prompt_tokens, base_tokens, options, options.stop, want_logprobs=want)
 
     def chat_request(self, messages: Sequence[dict[str, Any]], *, principle: str = "",
-                     options: SamplingOptions | None = None, **sampling: Any) -> GenerationRequest:
+                     options: SamplingOptions | None = None, logprobs: bool | None = None,
+                     top_logprobs: int | None = None, **sampling: Any) -> GenerationRequest:
         """The token streams of a chat call (see :meth:`create_chat_completion`)."""
         self._require_open()
         if not isinstance(principle, str):
             raise TypeError(f"principle must be a string, got {type(principle).__name__}")
+        want = chat_top_logprobs(logprobs, top_logprobs)
         options = SamplingOptions.from_kwargs(options, **sampling)
+        check_logprobs_request(want, options)
         prompts = self._renderer.prompts(messages, principle)
         prompt_tokens = self._prompt_tokens("messages", prompts.prompt, add_bos=prompts.add_bos)
         base_tokens = self._prompt_tokens("messages", prompts.base_prompt, add_bos=prompts.add_bos)
-        return GenerationRequest(prompt_tokens, base_tokens, options, options.stop + tuple(prompts.stop))
+        return GenerationRequest(prompt_tokens, base_tokens, options, options.stop + tuple(prompts.stop),
+                                 want_logprobs=want)
 
     def submit(self, request: GenerationRequest) -> Generation:
         """Starts a request in a slot (superseding the oldest stream when all
@@ -296,11 +304,22 @@ class Aligner:
     def deltas(self, gen: Generation) -> Iterator[str]:
         """``gen``'s text as it is decoded: reading it steps the engine (all
         of its requests at once). Closing the iterator early frees the slot."""
+        chunks = self.chunks(gen)
+        try:
+            for text, _ in chunks:
+                yield text
+        finally:
+            chunks.close()
+
+    def chunks(self, gen: Generation) -> Iterator[tuple[str, list[TokenLogprob]]]:
+        """As :meth:`deltas`, each text delta with the logprob entries of the
+        tokens it completes (empty unless the request asked for logprobs;
+        see :class:`~linalign.engine.Generation`)."""
         engine = self._require_open()
         try:
             while True:
                 with engine.lock:
-                    delta = gen.pop_delta()
+                    delta = gen.pop_chunk()
                     if delta is None:
                         if gen.done:
                             break
@@ -319,6 +338,7 @@ class Aligner:
 
     def create_completion(self, prompt: PromptType, base_prompt: PromptType | None = None, *,
                           stream: bool = False, options: SamplingOptions | None = None,
+                          logprobs: int | None = None,
                           **sampling: Any) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """Aligned text completion.
 
@@ -337,6 +357,12 @@ class Aligner:
             ``repeat_penalty``, ``frequency_penalty``, ``presence_penalty``,
             ``penalty_last_n``, ``seed``, ``max_tokens``, ``stop``,
             ``grammar``), which override it.
+        logprobs
+            ``k`` in [0, 20]: each token's logprob and its ``k`` most likely
+            alternatives, in OpenAI's legacy shape (``choices[0].logprobs``:
+            ``tokens``, ``token_logprobs``, ``top_logprobs``, ``text_offset``),
+            plus ``linalign``, what the alignment changed, per token (see
+            :mod:`linalign.logprobs`). Not with a grammar.
 
         Returns
         -------
@@ -344,23 +370,32 @@ class Aligner:
             llama-cpp-python's ``text_completion`` shape, with
             ``usage.prompt_tokens_details.cached_tokens``.
         """
-        gen = self.submit(self.completion_request(prompt, base_prompt, options=options, **sampling))
-        chunks = completion_chunks(self.deltas(gen), gen, str(self.model_path))
-        return chunks if stream else collect_completion(chunks)
+        gen = self.submit(self.completion_request(prompt, base_prompt, options=options, logprobs=logprobs,
+                                                  **sampling))
+        builder = CompletionChunks(str(self.model_path), logprobs=gen.request.want_logprobs,
+                                   text_offset=len(prompt) if isinstance(prompt, str) else 0)
+        chunks = chunks_of(builder, self.chunks(gen), gen)
+        return chunks if stream else collect_completion(chunks, logprobs_asked=logprobs is not None)
 
     def create_chat_completion(self, messages: Sequence[dict[str, Any]], *, principle: str = "",
                                stream: bool = False, options: SamplingOptions | None = None,
+                               logprobs: bool | None = None, top_logprobs: int | None = None,
                                **sampling: Any) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """Aligned chat completion in OpenAI's ``chat.completion`` shape.
 
         Stream P gets ``principle`` appended to the system message (one is
         added when there is none); stream B gets ``messages`` as given. Both
         are rendered with the model's own chat template. An empty principle
-        is plain decoding. Other parameters as in :meth:`create_completion`.
+        is plain decoding. ``logprobs=True`` (with ``top_logprobs`` k in
+        [0, 20] alternatives) adds OpenAI's ``choices[0].logprobs.content``,
+        each entry with a ``linalign`` object (see :mod:`linalign.logprobs`).
+        Other parameters as in :meth:`create_completion`.
         """
-        gen = self.submit(self.chat_request(messages, principle=principle, options=options, **sampling))
-        chunks = chat_chunks(self.deltas(gen), gen, str(self.model_path))
-        return chunks if stream else collect_chat(chunks)
+        gen = self.submit(self.chat_request(messages, principle=principle, options=options, logprobs=logprobs,
+                                            top_logprobs=top_logprobs, **sampling))
+        chunks = chunks_of(ChatChunks(str(self.model_path), logprobs=gen.request.want_logprobs),
+                           self.chunks(gen), gen)
+        return chunks if stream else collect_chat(chunks, logprobs_asked=gen.request.want_logprobs is not None)
 
     def render_chat(self, messages: Sequence[dict[str, Any]], principle: str = "") -> tuple[str, str]:
         """The (P, B) prompt texts a chat call would decode."""

@@ -1,38 +1,57 @@
 """OpenAI's response shapes, as llama-cpp-python returns them: completion and
 chat chunks for streaming, and the whole response collected from them.
+
+With logprobs asked for, each chunk carries the entries of the tokens whose
+text it completes (see :class:`~linalign.engine.Generation`), and the
+collected response all of them (shapes in :mod:`linalign.logprobs`).
 """
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Union
 
 from .engine import Generation
+from .logprobs import TokenLogprob, chat_logprobs, completion_logprobs
 
 __all__ = ["ChatChunks", "CompletionChunks", "chat_chunks", "chunks_of", "collect_chat", "collect_completion",
            "completion_chunks"]
 
+# a text delta, or a text delta with the logprob entries of the tokens it completes
+Delta = Union[str, "tuple[str, list[TokenLogprob]]"]
+
 
 class CompletionChunks:
-    """Builds ``text_completion`` chunks of one response."""
+    """Builds ``text_completion`` chunks of one response.
 
-    def __init__(self, model: str) -> None:
+    ``logprobs``: None (no logprobs) or the number of alternatives asked for;
+    ``text_offset``: where the completion starts in the logprobs'
+    ``text_offset`` (the prompt's length in characters, as OpenAI counts)."""
+
+    def __init__(self, model: str, *, logprobs: int | None = None, text_offset: int = 0) -> None:
         self.id, self.created, self.model = f"cmpl-{uuid.uuid4()}", int(time.time()), model
+        self.logprobs, self.text_offset = logprobs, text_offset
 
-    def _chunk(self, text: str, finish_reason: str | None) -> dict[str, Any]:
+    def _logprobs(self, entries: list[TokenLogprob]) -> dict[str, Any] | None:
+        if self.logprobs is None or not entries:
+            return None
+        return completion_logprobs(entries, self.text_offset)
+
+    def _chunk(self, text: str, finish_reason: str | None, entries: list[TokenLogprob] = ()) -> dict[str, Any]:
         return {
             "id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
-            "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish_reason}],
+            "choices": [{"text": text, "index": 0, "logprobs": self._logprobs(list(entries)),
+                         "finish_reason": finish_reason}],
         }
 
     def first(self) -> dict[str, Any] | None:
         return None
 
-    def delta(self, text: str) -> dict[str, Any]:
-        return self._chunk(text, None)
+    def delta(self, text: str, entries: list[TokenLogprob] = ()) -> dict[str, Any]:
+        return self._chunk(text, None, entries)
 
     def last(self, gen: Generation) -> dict[str, Any]:
-        chunk = self._chunk("", gen.finish_reason)
+        chunk = self._chunk("", gen.finish_reason, gen.final_logprobs)
         chunk["usage"] = gen.usage()
         return chunk
 
@@ -40,67 +59,99 @@ class CompletionChunks:
 class ChatChunks(CompletionChunks):
     """Builds ``chat.completion.chunk`` chunks of one response."""
 
-    def __init__(self, model: str) -> None:
-        super().__init__(model)
+    def __init__(self, model: str, *, logprobs: int | None = None) -> None:
+        super().__init__(model, logprobs=logprobs)
         self.id = f"chatcmpl-{uuid.uuid4()}"
 
-    def _chat_chunk(self, delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
+    def _logprobs(self, entries: list[TokenLogprob]) -> dict[str, Any] | None:
+        if self.logprobs is None or not entries:
+            return None
+        return chat_logprobs(entries)
+
+    def _chat_chunk(self, delta: dict[str, Any], finish_reason: str | None,
+                    entries: list[TokenLogprob] = ()) -> dict[str, Any]:
         return {
             "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+            "choices": [{"index": 0, "delta": delta, "logprobs": self._logprobs(list(entries)),
+                         "finish_reason": finish_reason}],
         }
 
     def first(self) -> dict[str, Any] | None:
         return self._chat_chunk({"role": "assistant"}, None)
 
-    def delta(self, text: str) -> dict[str, Any]:
-        return self._chat_chunk({"content": text}, None)
+    def delta(self, text: str, entries: list[TokenLogprob] = ()) -> dict[str, Any]:
+        return self._chat_chunk({"content": text}, None, entries)
 
     def last(self, gen: Generation) -> dict[str, Any]:
-        chunk = self._chat_chunk({}, gen.finish_reason)
+        chunk = self._chat_chunk({}, gen.finish_reason, gen.final_logprobs)
         chunk["usage"] = gen.usage()
         return chunk
 
 
-def chunks_of(builder: CompletionChunks, deltas: Iterator[str], gen: Generation) -> Iterator[dict[str, Any]]:
+def chunks_of(builder: CompletionChunks, deltas: Iterable[Delta], gen: Generation) -> Iterator[dict[str, Any]]:
     """Every chunk of a response, as ``deltas`` are produced."""
     first = builder.first()
     if first is not None:
         yield first
     for delta in deltas:
-        yield builder.delta(delta)
+        if isinstance(delta, str):
+            yield builder.delta(delta)
+        else:
+            yield builder.delta(*delta)
     yield builder.last(gen)
 
 
-def completion_chunks(deltas: Iterator[str], gen: Generation, model: str) -> Iterator[dict[str, Any]]:
-    return chunks_of(CompletionChunks(model), deltas, gen)
+def completion_chunks(deltas: Iterable[Delta], gen: Generation, model: str) -> Iterator[dict[str, Any]]:
+    return chunks_of(CompletionChunks(model, logprobs=gen.request.want_logprobs), deltas, gen)
 
 
-def chat_chunks(deltas: Iterator[str], gen: Generation, model: str) -> Iterator[dict[str, Any]]:
-    return chunks_of(ChatChunks(model), deltas, gen)
+def chat_chunks(deltas: Iterable[Delta], gen: Generation, model: str) -> Iterator[dict[str, Any]]:
+    return chunks_of(ChatChunks(model, logprobs=gen.request.want_logprobs), deltas, gen)
 
 
-def collect_completion(chunks: Iterator[dict[str, Any]], model: str | None = None) -> dict[str, Any]:
-    texts = []
+def _merge_completion_logprobs(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    merged: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": [],
+                               "linalign": []}
+    for part in parts:
+        for key, values in merged.items():
+            values.extend(part[key])
+    return merged
+
+
+def collect_completion(chunks: Iterator[dict[str, Any]], model: str | None = None, *,
+                       logprobs_asked: bool = False) -> dict[str, Any]:
+    """The whole response from its chunks; ``logprobs_asked``: the logprobs
+    field is an object even when no token came (not null)."""
+    texts, logprobs = [], []
     for chunk in chunks:
-        texts.append(chunk["choices"][0]["text"])
+        choice = chunk["choices"][0]
+        texts.append(choice["text"])
+        if choice["logprobs"] is not None:
+            logprobs.append(choice["logprobs"])
         last = chunk
     return {
         "id": last["id"], "object": "text_completion", "created": last["created"], "model": model or last["model"],
-        "choices": [{"text": "".join(texts), "index": 0, "logprobs": None,
+        "choices": [{"text": "".join(texts), "index": 0,
+                     "logprobs": _merge_completion_logprobs(logprobs) if logprobs or logprobs_asked else None,
                      "finish_reason": last["choices"][0]["finish_reason"]}],
         "usage": last["usage"],
     }
 
 
-def collect_chat(chunks: Iterator[dict[str, Any]], model: str | None = None) -> dict[str, Any]:
-    texts = []
+def collect_chat(chunks: Iterator[dict[str, Any]], model: str | None = None, *,
+                 logprobs_asked: bool = False) -> dict[str, Any]:
+    """As :func:`collect_completion`, for chat."""
+    texts, content = [], []
     for chunk in chunks:
-        texts.append(chunk["choices"][0]["delta"].get("content", ""))
+        choice = chunk["choices"][0]
+        texts.append(choice["delta"].get("content", ""))
+        if choice["logprobs"] is not None:
+            content.extend(choice["logprobs"]["content"])
         last = chunk
     return {
         "id": last["id"], "object": "chat.completion", "created": last["created"], "model": model or last["model"],
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(texts)}, "logprobs": None,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(texts)},
+                     "logprobs": {"content": content, "refusal": None} if content or logprobs_asked else None,
                      "finish_reason": last["choices"][0]["finish_reason"]}],
         "usage": last["usage"],
     }

@@ -28,6 +28,23 @@ class TextAssembler:
         """The text emitted so far."""
         return self._text[: self._emitted]
 
+    @property
+    def decoded_length(self) -> int:
+        """Characters decoded so far (emitted or held back; after a stop,
+        the text before it)."""
+        return len(self._text)
+
+    @property
+    def emitted_length(self) -> int:
+        """Characters emitted so far."""
+        return self._emitted
+
+    @property
+    def pending_bytes(self) -> bool:
+        """Whether the last pieces ended inside a multi-byte character (its
+        bytes wait for the next piece)."""
+        return bool(self._decoder.getstate()[0])
+
     def push(self, piece: bytes) -> str:
         """Adds one token's bytes; returns the text that became final.
 

@@ -13,6 +13,7 @@ import threading
 from typing import Any, Callable
 
 from .. import _core
+from ..logprobs import TokenLogprob, check_logprobs_request, compute_token_logprob
 from .generation import Generation, GenerationRequest
 
 __all__ = ["BatchedEngine", "EngineClosedError"]
@@ -105,9 +106,11 @@ class BatchedEngine:
 
         Returns None when every slot is busy. Bad input (empty or over-long
         prompts, token ids outside the vocabulary, a grammar that does not
-        parse, sampling values out of range) raises ValueError here.
+        parse, sampling values out of range, logprobs with a grammar) raises
+        ValueError here.
         """
         options = request.options
+        check_logprobs_request(request.want_logprobs, options)
         gen = Generation(request=request, limit=options.token_limit(self.n_ctx), notify=notify)
         params = options.to_native(self._seed)
         with self.lock:
@@ -180,7 +183,11 @@ class BatchedEngine:
         else:
             gen.completion_tokens += 1
             gen.tokens.append(event.token)
-            gen._push(gen.assembler.push(model.token_to_piece(event.token, False)))
+            piece = model.token_to_piece(event.token, False)
+            entry = None
+            if gen.request.want_logprobs is not None:  # while the slot's logits are still there
+                entry = self._token_logprob(gen, event.token, piece)
+            gen._push_token(piece, entry)
             if gen.assembler.stopped:
                 self._release(gen)
                 gen._finish("stop")
@@ -188,6 +195,17 @@ class BatchedEngine:
                 self._release(gen)
                 gen._finish("length")
         self._notify(gen)
+
+    def _token_logprob(self, gen: Generation, token: int, piece: bytes) -> TokenLogprob:
+        """The logprobs of the token ``gen`` just sampled (linalign.logprobs)."""
+        native, slot = self._native, gen.slot
+        logits_p = native.logits(slot, 0)
+        # B not decoded (ratio 0, or both prompts the same): P's logits stand in
+        logits_b = native.logits(slot, 1) if native.n_active_streams(slot) == 2 else logits_p
+        model = self._model
+        return compute_token_logprob(token, piece, logits_p, logits_b, gen.request.options,
+                                     gen.request.want_logprobs, lambda t: model.token_to_piece(t, False),
+                                     text_offset=gen.assembler.decoded_length)
 
     def _release(self, gen: Generation) -> None:
         if gen.slot >= 0 and self._active.get(gen.slot) is gen:

@@ -8,6 +8,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from ..logprobs import TokenLogprob
 from ..options import SamplingOptions
 from ..text_stream import TextAssembler
 
@@ -22,12 +23,24 @@ class GenerationRequest:
     base_prompt: Sequence[int]   # stream B: without it (== prompt: plain decoding)
     options: SamplingOptions
     stop: tuple[str, ...] = ()   # the options' stop strings and the chat template's
+    # None: no logprobs; k >= 0: each token's logprob and its k most likely
+    # alternatives (linalign.logprobs), captured by the engine per token
+    want_logprobs: int | None = None
 
 
 @dataclass
 class Generation:
     """A request's progress. The engine appends text deltas to it and marks
-    it done; a consumer reads them with :meth:`pop_delta`.
+    it done; a consumer reads them with :meth:`pop_delta`, or with
+    :meth:`pop_chunk` for the text and the logprobs of the tokens it completes.
+
+    Logprobs (when the request wants them): a text delta may cover several
+    tokens, and a token's text may be held back (an incomplete UTF-8
+    character, a possible start of a stop string) and come out in a later
+    delta, or in two. Each token's entry comes with the delta in which its
+    text is complete; the entries of tokens whose text was never emitted
+    (the tokens of a stop string) are dropped; what no delta took comes in
+    :attr:`final_logprobs`.
 
     ``notify``, when given, is called (from the thread that stepped the
     engine) after every change, for consumers that wait elsewhere.
@@ -45,7 +58,11 @@ class Generation:
     finish_reason: str | None = None
     error: BaseException | None = None
     tokens: list[int] = field(default_factory=list)
-    _deltas: deque[str] = field(default_factory=deque)
+    final_logprobs: list[TokenLogprob] = field(default_factory=list)
+    _deltas: deque[tuple[str, list[TokenLogprob]]] = field(default_factory=deque)
+    # tokens whose text is not all emitted yet: [entry, start, end (None: bytes pending)]
+    _held: list[list] = field(default_factory=list)
+    _carry: list[TokenLogprob] = field(default_factory=list)  # complete, awaiting a non-empty delta
     _cancelled: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
@@ -66,7 +83,16 @@ class Generation:
         self._cancelled.set()
 
     def pop_delta(self) -> str | None:
-        return self._deltas.popleft() if self._deltas else None
+        chunk = self.pop_chunk()
+        return None if chunk is None else chunk[0]
+
+    def pop_chunk(self) -> tuple[str, list[TokenLogprob]] | None:
+        """The next text delta and the logprob entries of the tokens it
+        completes (empty unless the request wants logprobs)."""
+        try:
+            return self._deltas.popleft()
+        except IndexError:
+            return None
 
     @property
     def has_delta(self) -> bool:
@@ -84,16 +110,54 @@ class Generation:
 
     # -- written by the engine, under its lock ----------------------------
 
-    def _push(self, delta: str) -> None:
+    def _push(self, delta: str, logprobs: list[TokenLogprob] | None = None) -> None:
+        if logprobs:
+            self._carry.extend(logprobs)
         if delta:
-            self._deltas.append(delta)
+            entries, self._carry = self._carry, []
+            self._deltas.append((delta, entries))
+
+    def _push_token(self, piece: bytes, entry: TokenLogprob | None = None) -> None:
+        """One generated token's bytes (and its logprob entry)."""
+        assembler = self.assembler
+        start = assembler.decoded_length
+        delta = assembler.push(piece)
+        if entry is None:
+            self._push(delta)
+            return
+        # (after a stop the text is cut before it: an end is never before a start)
+        end = None if assembler.pending_bytes and not assembler.stopped else assembler.decoded_length
+        if end is not None:
+            for held in self._held:
+                if held[2] is None:
+                    held[2] = max(end, held[1])
+            end = max(end, start)
+        self._held.append([entry, start, end])
+        self._push(delta, self._release(final=False))
+
+    def _release(self, final: bool) -> list[TokenLogprob]:
+        """The held entries whose text is now emitted, in order; after a stop
+        (or at the end) also those whose text was emitted in part."""
+        emitted = self.assembler.emitted_length
+        partial = final or self.assembler.stopped
+        n = 0
+        for entry, start, end in self._held:
+            if not ((end is not None and end <= emitted) or (partial and start < emitted)):
+                break
+            n += 1
+        released = [held[0] for held in self._held[:n]]
+        del self._held[:n]
+        if final:
+            self._held.clear()  # text never emitted: a stop string's tokens
+        return released
 
     def _finish(self, reason: str | None, error: BaseException | None = None) -> None:
         if self.done:
             return
         if error is None:
             tail = self.assembler.finish()
-            self._push(tail)
+            self._push(tail, self._release(final=True))
+            self.final_logprobs, self._carry = self._carry, []
             if self.assembler.stopped:
                 reason = "stop"
         self.error = error

@@ -2,7 +2,19 @@
 
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions`` (OpenAI's
 request and response shapes; ``stream`` as Server-Sent Events ending in
-``data: [DONE]``), ``GET /v1/models``, ``GET /health`` (never needs the key).
+``data: [DONE]``), ``GET /v1/models`` (the model, and one id
+``<model>:<name>`` per preset, see :mod:`.presets`), ``GET /health`` and
+``GET /`` (a page to try it, ``static/index.html``; neither needs the key).
+
+``model``: absent, the model's id, or any id without a colon is the model
+with no preset; ``<model>:<name>`` is a preset (its principle, ratio and
+sampling defaults, for the fields the request leaves out); any other id with
+a colon is a 404 (``model_not_found``).
+
+``logprobs`` (chat: ``logprobs: true`` and ``top_logprobs`` 0-20;
+completions: ``logprobs`` 0-20) in OpenAI's shapes, streamed too: each chunk
+carries the entries of the tokens whose text it completes. Each entry has a
+``linalign`` object (what the alignment changed); see :mod:`linalign.logprobs`.
 
 Extra request fields:
 
@@ -29,16 +41,19 @@ import json
 import logging
 import secrets
 import time
+from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterator
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from ..aligner import Aligner
 from ..engine import EngineClosedError
+from ..logprobs import TokenLogprob
 from ..responses import ChatChunks, CompletionChunks, chunks_of, collect_chat, collect_completion
+from .presets import Presets, UnknownModelError
 from .scheduler import QueueFullError, Scheduler, Ticket
 from .schema import ApiError, ChatCompletionRequest, CompletionRequest, error_body, parse_request
 
@@ -48,6 +63,7 @@ log = logging.getLogger("linalign.server")
 _DISCONNECT_POLL_S = 0.1
 # HTTP status nginx uses for a client that closed the connection: never sent, only logged
 _CLIENT_CLOSED = 499
+PLAYGROUND = Path(__file__).resolve().parent / "static" / "index.html"
 
 
 class _ClientGone(Exception):
@@ -81,14 +97,15 @@ async def _wait(ticket: Ticket, request: Request | None, until: Callable[[], boo
                 raise _ClientGone() from None
 
 
-def _drain(ticket: Ticket) -> Iterator[str]:
-    """The text deltas available now (the engine thread appends them)."""
+def _drain(ticket: Ticket) -> Iterator[tuple[str, list[TokenLogprob]]]:
+    """The text deltas available now, each with the logprob entries of the
+    tokens it completes (the engine thread appends them)."""
     gen = ticket.gen
-    while (delta := gen.pop_delta()) is not None:
+    while (delta := gen.pop_chunk()) is not None:
         yield delta
 
 
-async def _deltas(ticket: Ticket, request: Request | None) -> AsyncIterator[str]:
+async def _deltas(ticket: Ticket, request: Request | None) -> AsyncIterator[tuple[str, list[TokenLogprob]]]:
     gen = ticket.gen
     loop = asyncio.get_running_loop()
     next_check = loop.time() + _DISCONNECT_POLL_S
@@ -107,10 +124,15 @@ async def _deltas(ticket: Ticket, request: Request | None) -> AsyncIterator[str]
         raise gen.error
 
 
-def create_app(aligner: Aligner, scheduler: Scheduler, *, model_id: str, api_key: str | None = None) -> FastAPI:
-    """The FastAPI application serving ``aligner``'s model through ``scheduler``."""
+def create_app(aligner: Aligner, scheduler: Scheduler, *, model_id: str, api_key: str | None = None,
+               presets: Presets | None = None) -> FastAPI:
+    """The FastAPI application serving ``aligner``'s model through
+    ``scheduler``, and ``presets`` (their base id must be ``model_id``)."""
     app = FastAPI(title="linalign", docs_url=None, redoc_url=None, openapi_url=None)
     created = int(time.time())
+    presets = presets if presets is not None else Presets(model_id)
+    if presets.base_id != model_id:
+        raise ValueError(f"the presets are of model {presets.base_id!r}, not {model_id!r}")
 
     @app.exception_handler(ApiError)
     async def on_api_error(request: Request, error: ApiError) -> JSONResponse:
@@ -141,11 +163,18 @@ def create_app(aligner: Aligner, scheduler: Scheduler, *, model_id: str, api_key
         return {"status": "ok", "slots_total": scheduler.total, "slots_idle": scheduler.idle,
                 "queued": scheduler.queued}
 
+    @app.get("/", response_class=HTMLResponse)
+    async def playground() -> HTMLResponse:
+        # the page asks for the key itself; it holds nothing secret
+        return HTMLResponse(PLAYGROUND.read_text(encoding="utf-8"), headers={"Cache-Control": "no-cache"})
+
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
         check_key(request)
-        return {"object": "list",
-                "data": [{"id": model_id, "object": "model", "created": created, "owned_by": "linalign"}]}
+        data = [{"id": model_id, "object": "model", "created": created, "owned_by": "linalign"}]
+        data += [{"id": id_, "object": "model", "created": created, "owned_by": "linalign",
+                  "linalign": preset.describe()} for id_, preset in presets]
+        return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
@@ -164,7 +193,18 @@ def create_app(aligner: Aligner, scheduler: Scheduler, *, model_id: str, api_key
             log.info("client disconnected while sending its request")
             return Response(status_code=_CLIENT_CLOSED)
         body = parse_request(raw, schema)
-        gen_request = body.generation_request(aligner)
+        try:
+            preset = presets.resolve(body.model)
+        except UnknownModelError as e:
+            raise ApiError(404, str(e), type="not_found_error", param="model", code="model_not_found") from None
+        gen_request = body.generation_request(aligner, preset)
+        answered_as = body.model if preset is not None else model_id
+        want = gen_request.want_logprobs
+
+        def chunk_builder() -> CompletionChunks:
+            if builder is ChatChunks:
+                return ChatChunks(answered_as, logprobs=want)
+            return CompletionChunks(answered_as, logprobs=want, text_offset=body.text_offset())
         try:
             ticket = scheduler.submit(gen_request, asyncio.get_running_loop())
         except QueueFullError as e:
@@ -189,11 +229,11 @@ def create_app(aligner: Aligner, scheduler: Scheduler, *, model_id: str, api_key
 
         gen = ticket.gen
         if body.stream:
-            return StreamingResponse(_events(ticket, builder(model_id), body.include_usage),
+            return StreamingResponse(_events(ticket, chunk_builder(), body.include_usage),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
-            texts = [delta async for delta in _deltas(ticket, request)]
+            deltas = [delta async for delta in _deltas(ticket, request)]
         except _ClientGone:
             gen.cancel()
             scheduler.wake()
@@ -202,7 +242,7 @@ def create_app(aligner: Aligner, scheduler: Scheduler, *, model_id: str, api_key
         finally:
             if not gen.done:
                 gen.cancel()
-        return collect(chunks_of(builder(model_id), iter(texts), gen), model_id)
+        return collect(chunks_of(chunk_builder(), iter(deltas), gen), answered_as, logprobs_asked=want is not None)
 
     return app
 
@@ -221,8 +261,8 @@ async def _events(ticket: Ticket, builder: CompletionChunks, include_usage: bool
         first = builder.first()
         if first is not None:
             yield event(first)
-        async for delta in _deltas(ticket, None):
-            yield event(builder.delta(delta))
+        async for text, entries in _deltas(ticket, None):
+            yield event(builder.delta(text, entries))
     except Exception as e:  # noqa: BLE001 - the stream has begun: report in-band
         log.exception("error while streaming")
         yield _sse(error_body(f"internal error: {type(e).__name__}: {e}", type="server_error"))

@@ -3,19 +3,25 @@
     linalign serve [--model PATH] [--host 127.0.0.1] [--port 8000] [--n-ctx N]
                    [--parallel N] [--queue N] [--threads N] [--threads-batch N]
                    [--n-batch N] [--[no-]cache-prompt] [--n-gpu-layers N]
-                   [--api-key KEY]
+                   [--api-key KEY] [--preset NAME=PRINCIPLE[:RATIO]]...
+                   [--presets FILE]...
+
+A bad preset (flag or file) is reported on stderr, naming where it is, and
+the command exits with status 2 before loading the model.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Sequence
 
 from ..aligner import Aligner
 from ..threads import physical_cores
 from .app import create_app
+from .presets import PresetError, Presets, load_presets
 from .scheduler import Scheduler
 
 __all__ = ["main"]
@@ -45,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
                         "prefills only the rest (default on)")
     p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to a GPU (-1: all)")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (also read from LINALIGN_API_KEY)")
+    p.add_argument("--preset", action="append", default=[], metavar="NAME=PRINCIPLE[:RATIO]",
+                   help="serve a principle as the model id MODEL:NAME (repeatable); the text after the last colon "
+                        "is the ratio when it is a number, e.g. --preset 'pirate=Always answer like a pirate.:4'")
+    p.add_argument("--presets", action="append", default=[], metavar="FILE",
+                   help="presets from a JSON or TOML file: NAME = principle, or a table with principle, ratio "
+                        "and sampling defaults (temperature, top_p, top_k, min_p, repeat_penalty, ...); repeatable")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     return p
 
@@ -62,6 +74,11 @@ def main(argv: Sequence[str]) -> int:
     if args.queue < 0:
         parser.error(f"--queue must be >= 0, got {args.queue}")
     api_key = args.api_key or os.environ.get("LINALIGN_API_KEY") or None
+    try:
+        preset_list = load_presets(args.preset, args.presets)
+    except PresetError as e:
+        print(f"linalign serve: error: {e}", file=sys.stderr, flush=True)
+        return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
 
     try:
@@ -73,10 +90,14 @@ def main(argv: Sequence[str]) -> int:
         return 1
     scheduler = Scheduler(aligner.engine, queue_size=args.queue)
     model_id = Path(aligner.model_path).name
-    app = create_app(aligner, scheduler, model_id=model_id, api_key=api_key)
+    presets = Presets(model_id, preset_list)
+    app = create_app(aligner, scheduler, model_id=model_id, api_key=api_key, presets=presets)
     print(f"linalign serve: {model_id} on http://{args.host}:{args.port} "
           f"(parallel {args.parallel}, queue {args.queue}, n_ctx {args.n_ctx} per stream, "
           f"prompt cache {'on' if args.cache_prompt else 'off'}{', API key required' if api_key else ''})", flush=True)
+    if len(presets):
+        print(f"linalign serve: presets: {', '.join(presets.ids[1:])}", flush=True)
+    print(f"linalign serve: try it at http://{args.host}:{args.port}/", flush=True)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             access_log=args.log_level in ("info", "debug"), timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)

@@ -191,6 +191,8 @@ def check_json_schema(schema: Any) -> None:
                 name_maps.add((*path, key))
         for key in _COUNT_KEYWORDS:
             value = node.get(key)
+            if isinstance(value, (bool, float)):
+                raise GrammarTooLarge(f"{key} must be an integer, got {json.dumps(value)} (at {where})")
             if _is_count(value):
                 if not 0 <= value <= MAX_REPETITION:
                     raise GrammarTooLarge(f"{key} {value} exceeds the limit of {MAX_REPETITION} (at {where})"

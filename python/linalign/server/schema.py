@@ -8,7 +8,7 @@ Unknown fields are ignored, as OpenAI clients send many.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -16,8 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..aligner import Aligner
 from ..chat import validate_messages
 from ..engine import GenerationRequest
+from ..logprobs import chat_top_logprobs, check_logprobs_request, completion_top_logprobs
 from ..options import SamplingOptions
 from .grammar_limits import GrammarTooLarge, check_gbnf, check_json_schema
+from .presets import Preset
 
 __all__ = [
     "ApiError",
@@ -101,18 +103,28 @@ class _SamplingRequest(BaseModel):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def sampling_options(self, default_max_tokens: int | None) -> SamplingOptions:
-        """The request's SamplingOptions; out-of-range values are a 400 naming the field."""
-        given: dict[str, Any] = {name: getattr(self, name) for name in _SAME_NAME if getattr(self, name) is not None}
+    def sampling_options(self, default_max_tokens: int | None, preset: Preset | None = None) -> SamplingOptions:
+        """The request's SamplingOptions, over the preset's defaults (if its
+        ``model`` names one); out-of-range values are a 400 naming the field."""
+        given: dict[str, Any] = preset.defaults() if preset is not None else {}
+        given.update({name: getattr(self, name) for name in _SAME_NAME if getattr(self, name) is not None})
         if self.alignment_ratio is not None:
             given["ratio"] = self.alignment_ratio
         max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
-        given["max_tokens"] = default_max_tokens if max_tokens is None else max_tokens
+        if max_tokens is None:
+            max_tokens = given.get("max_tokens", default_max_tokens)
+        given["max_tokens"] = max_tokens
         given["grammar"] = _grammar(self.response_format)
         try:
             return SamplingOptions.from_kwargs(**given)
         except (TypeError, ValueError) as e:
             raise ApiError(400, _request_names(str(e)), param=param_of_error(str(e))) from None
+
+    def principle_of(self, preset: Preset | None) -> str:
+        """The request's principle; absent, the preset's (if any)."""
+        if self.principle is not None:
+            return self.principle
+        return preset.principle if preset is not None else ""
 
 
 def _request_names(message: str) -> str:
@@ -147,20 +159,30 @@ def _grammar(response_format: ResponseFormat | None) -> str | None:
     return grammar
 
 
+def _logprobs_checked(want: Callable[[], int | None], options: SamplingOptions) -> int | None:
+    try:
+        k = want()
+        check_logprobs_request(k, options)
+    except (TypeError, ValueError) as e:
+        raise ApiError(400, str(e), param=param_of_error(str(e)) or "logprobs") from None
+    return k
+
+
 class ChatCompletionRequest(_SamplingRequest):
     messages: list[dict[str, Any]]
     logprobs: bool | None = None
+    top_logprobs: int | None = None
 
-    def generation_request(self, aligner: Aligner) -> GenerationRequest:
-        if self.logprobs:
-            raise ApiError(400, "logprobs is not supported by this server", param="logprobs")
-        options = self.sampling_options(None)
+    def generation_request(self, aligner: Aligner, preset: Preset | None = None) -> GenerationRequest:
+        options = self.sampling_options(None, preset)
+        k = _logprobs_checked(lambda: chat_top_logprobs(self.logprobs, self.top_logprobs), options)
         try:
             messages = validate_messages(self.messages)
         except (TypeError, ValueError) as e:
             raise ApiError(400, str(e), param="messages") from None
         try:
-            return aligner.chat_request(messages, principle=self.principle or "", options=options)
+            return aligner.chat_request(messages, principle=self.principle_of(preset), options=options,
+                                        logprobs=k is not None, top_logprobs=k)
         except (TypeError, ValueError) as e:
             raise ApiError(400, str(e), param=param_of_error(str(e))) from None
 
@@ -172,11 +194,20 @@ class CompletionRequest(_SamplingRequest):
     suffix: str | None = None
     logprobs: int | None = None
 
-    def generation_request(self, aligner: Aligner) -> GenerationRequest:
-        for name in ("echo", "suffix", "logprobs"):
+    def text_offset(self) -> int:
+        """Where the completion starts in the logprobs' ``text_offset``: the
+        length of a text prompt (as OpenAI counts), 0 for token ids."""
+        prompt = self.prompt
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        return len(prompt) if isinstance(prompt, str) else 0
+
+    def generation_request(self, aligner: Aligner, preset: Preset | None = None) -> GenerationRequest:
+        for name in ("echo", "suffix"):
             if getattr(self, name):
                 raise ApiError(400, f"{name} is not supported by this server", param=name)
-        options = self.sampling_options(16)
+        options = self.sampling_options(16, preset)
+        k = _logprobs_checked(lambda: completion_top_logprobs(self.logprobs), options)
         prompt: str | list[int]
         if isinstance(self.prompt, list) and self.prompt and all(isinstance(p, str) for p in self.prompt):
             if len(self.prompt) != 1:
@@ -186,13 +217,18 @@ class CompletionRequest(_SamplingRequest):
         else:
             prompt = self.prompt  # type: ignore[assignment]
         base_prompt = prompt if self.base_prompt is None else self.base_prompt
-        if self.principle:
+        principle = self.principle_of(preset)
+        if principle:
             if not isinstance(prompt, str):
+                if self.principle is None:
+                    raise ApiError(400, f"model {self.model}: the preset's principle needs a text prompt (not "
+                                        "token ids); ask the base model and put the principle in the prompt",
+                                   param="model")
                 raise ApiError(400, "principle needs a text prompt (not token ids); put the principle in the "
                                     "prompt and pass base_prompt instead", param="principle")
-            prompt = f"{self.principle}\n\n{prompt}"
+            prompt = f"{principle}\n\n{prompt}"
         try:
-            return aligner.completion_request(prompt, base_prompt, options=options)
+            return aligner.completion_request(prompt, base_prompt, options=options, logprobs=k)
         except (TypeError, ValueError) as e:
             raise ApiError(400, str(e), param=param_of_error(str(e))) from None
 

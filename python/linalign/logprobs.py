@@ -1,0 +1,191 @@
+"""Log probabilities of generated tokens, in OpenAI's shapes, plus what the
+alignment changed.
+
+What a token's ``logprob`` is taken from
+-----------------------------------------
+The distribution the token was drawn from by the linear-alignment step: the
+combined logits ``l = l_p + r * (l_p - l_0)`` restricted to the top-p nucleus
+of P (``linalign._core.linear_alignment_apply``, with the request's ratio,
+top_p and temperature, so that the nucleus is the one the sampler used),
+normalised by a log-softmax over the surviving candidates, **at temperature
+1** (the logits are not divided by the request's temperature, as in OpenAI's
+and llama-cpp-python's logprobs; that keeps them defined for greedy decoding).
+Top-k, min-p, the repetition penalties and the temperature that the rest of
+the sampler chain applies afterwards are not in it. Tokens outside the
+nucleus have probability 0 there, so ``top_logprobs`` lists at most the
+nucleus's tokens (fewer than asked for when the nucleus is smaller).
+
+Each entry also carries a ``linalign`` object::
+
+    plain_top_token     the most likely token of stream B, the prompt without
+                        the principle (stream P's when B is not decoded:
+                        ratio 0 or no principle)
+    plain_top_logprob   its logprob under log_softmax(l_0)
+    logprob_principled  the chosen token under log_softmax(l_p)
+    logprob_plain       the chosen token under log_softmax(l_0)
+    changed             whether the chosen token differs from plain_top_token
+
+(``l_p``, ``l_0``: full-vocabulary logits at temperature 1.) Computing this
+copies both streams' logits each token, so it is done only when asked.
+
+A grammar (``response_format``) masks tokens before the alignment step, a
+mask this module cannot reproduce: logprobs are refused with one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from . import _core
+from .options import SamplingOptions
+
+__all__ = ["MAX_TOP_LOGPROBS", "TokenLogprob", "chat_logprobs", "check_logprobs_request", "completion_logprobs",
+           "compute_token_logprob", "chat_top_logprobs", "completion_top_logprobs"]
+
+MAX_TOP_LOGPROBS = 20
+# OpenAI's stand-in for a probability of zero (JSON has no -Infinity)
+_ZERO_LOGPROB = -9999.0
+
+
+def chat_top_logprobs(logprobs: Any, top_logprobs: Any) -> int | None:
+    """The number of alternatives a chat request asks for (None: no
+    logprobs); raises TypeError/ValueError naming the field."""
+    if logprobs is not None and not isinstance(logprobs, bool):
+        raise TypeError(f"logprobs must be true or false, got {type(logprobs).__name__}")
+    if top_logprobs is not None:
+        _check_k("top_logprobs", top_logprobs)
+        if not logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+    if not logprobs:
+        return None
+    return 0 if top_logprobs is None else top_logprobs
+
+
+def completion_top_logprobs(logprobs: Any) -> int | None:
+    """The ``logprobs`` of a completion request: alternatives per token
+    (None: no logprobs)."""
+    if logprobs is None:
+        return None
+    _check_k("logprobs", logprobs)
+    return logprobs
+
+
+def _check_k(name: str, k: Any) -> None:
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"{name} must be an integer in [0, {MAX_TOP_LOGPROBS}], got {type(k).__name__}")
+    if not 0 <= k <= MAX_TOP_LOGPROBS:
+        raise ValueError(f"{name} must be in [0, {MAX_TOP_LOGPROBS}], got {k}")
+
+
+def check_logprobs_request(k: int | None, options: SamplingOptions) -> None:
+    """Refuses logprobs a request cannot give."""
+    if k is not None and options.grammar:
+        raise ValueError("logprobs cannot be computed with a grammar (response_format): the grammar masks tokens "
+                         "before the alignment step; ask for one or the other")
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log probabilities (see the module's doc)."""
+
+    token: int
+    piece: bytes
+    logprob: float
+    top: tuple[tuple[bytes, float], ...]   # (piece, logprob), most likely first
+    plain_top_token: int
+    plain_top_piece: bytes
+    plain_top_logprob: float
+    logprob_principled: float
+    logprob_plain: float
+    text_offset: int = 0                   # characters of the completion text before this token
+
+    @property
+    def changed(self) -> bool:
+        return self.plain_top_token != self.token
+
+    @property
+    def text(self) -> str:
+        return _text(self.piece)
+
+
+def _text(piece: bytes) -> str:
+    return piece.decode("utf-8", "replace")
+
+
+def _log_softmax_at(logits: np.ndarray, *ids: int) -> list[float]:
+    x = logits.astype(np.float64, copy=False)
+    m = float(x.max())
+    lse = m + float(np.log(np.exp(x - m).sum()))
+    return [float(x[i]) - lse for i in ids]
+
+
+def compute_token_logprob(token: int, piece: bytes, logits_p: np.ndarray, logits_b: np.ndarray,
+                          options: SamplingOptions, k: int, piece_of: Callable[[int], bytes],
+                          text_offset: int = 0) -> TokenLogprob:
+    """The entry of ``token``, drawn from ``logits_p``/``logits_b`` with
+    ``options``, with its ``k`` most likely alternatives."""
+    ids, aligned = _core.linear_alignment_apply(logits_p, logits_b, options.ratio, options.top_p,
+                                                options.temperature, True)
+    x = aligned.astype(np.float64)
+    m = float(x.max())
+    logprobs = x - (m + float(np.log(np.exp(x - m).sum())))
+    hit = np.flatnonzero(ids == token)
+    logprob = float(logprobs[hit[0]]) if hit.size else _ZERO_LOGPROB
+    top: tuple[tuple[bytes, float], ...] = ()
+    if k > 0:
+        n = min(k, ids.size)
+        best = np.argpartition(-logprobs, n - 1)[:n] if n < ids.size else np.arange(ids.size)
+        best = best[np.lexsort((ids[best], -logprobs[best]))]
+        top = tuple((piece_of(int(ids[i])), float(logprobs[i])) for i in best)
+    plain_top = int(np.argmax(logits_b))
+    plain_top_logprob, logprob_plain = _log_softmax_at(logits_b, plain_top, token)
+    (logprob_principled,) = _log_softmax_at(logits_p, token)
+    return TokenLogprob(token=token, piece=piece, logprob=logprob, top=top, plain_top_token=plain_top,
+                        plain_top_piece=piece_of(plain_top), plain_top_logprob=plain_top_logprob,
+                        logprob_principled=logprob_principled, logprob_plain=logprob_plain,
+                        text_offset=text_offset)
+
+
+def _finite(x: float) -> float:
+    return x if np.isfinite(x) else _ZERO_LOGPROB
+
+
+def _linalign(entry: TokenLogprob) -> dict[str, Any]:
+    return {"plain_top_token": _text(entry.plain_top_piece), "plain_top_logprob": _finite(entry.plain_top_logprob),
+            "logprob_principled": _finite(entry.logprob_principled), "logprob_plain": _finite(entry.logprob_plain),
+            "changed": entry.changed}
+
+
+def chat_logprobs(entries: Iterable[TokenLogprob]) -> dict[str, Any]:
+    """A chat choice's ``logprobs``: ``{"content": [...], "refusal": None}``."""
+    return {
+        "content": [
+            {"token": e.text, "logprob": _finite(e.logprob), "bytes": list(e.piece),
+             "top_logprobs": [{"token": _text(p), "logprob": _finite(lp), "bytes": list(p)} for p, lp in e.top],
+             "linalign": _linalign(e)}
+            for e in entries
+        ],
+        "refusal": None,
+    }
+
+
+def completion_logprobs(entries: Sequence[TokenLogprob], offset_base: int = 0) -> dict[str, Any]:
+    """A completion choice's legacy ``logprobs``: parallel lists, plus
+    ``linalign`` (one object per token). ``top_logprobs`` holds the k most
+    likely tokens and the chosen one, as in OpenAI's legacy API;
+    ``text_offset`` counts characters from the start of the prompt given
+    (a text prompt; 0 for token ids) as OpenAI's does."""
+    tops = []
+    for e in entries:
+        top = {_text(p): _finite(lp) for p, lp in e.top}
+        top[e.text] = _finite(e.logprob)
+        tops.append(top)
+    return {
+        "tokens": [e.text for e in entries],
+        "token_logprobs": [_finite(e.logprob) for e in entries],
+        "top_logprobs": tops,
+        "text_offset": [offset_base + e.text_offset for e in entries],
+        "linalign": [_linalign(e) for e in entries],
+    }
