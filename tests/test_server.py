@@ -7,6 +7,7 @@ import math
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Iterator
 
@@ -21,20 +22,25 @@ LONG_PROMPT = "Count: 1, 2, 3, 4,"
 
 
 class Server:
+    """A ``linalign serve`` process on a free loopback port. Its output goes
+    to a file: a pipe nobody reads would fill up and block the server on its
+    next write to stderr."""
+
     def __init__(self, *args: str, api_key: str | None = None) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.api_key = api_key
+        self.log = tempfile.TemporaryFile(mode="w+")
         cmd = [sys.executable, "-m", "linalign", "serve", "--port", str(self.port), "--n-ctx", "1024", *args]
         if api_key:
             cmd += ["--api-key", api_key]
-        self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.process = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"server exited at startup:\n{self.process.stdout.read()}")
+                raise RuntimeError(f"server exited at startup:\n{self.output()}")
             try:
                 if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
                     return
@@ -43,6 +49,20 @@ class Server:
             time.sleep(0.2)
         self.stop()
         raise RuntimeError("server did not answer /health in time")
+
+    def output(self) -> str:
+        """The last of what the server printed."""
+        self.log.seek(0)
+        return self.log.read()[-4000:]
+
+    def assert_alive(self) -> None:
+        assert self.process.poll() is None, f"the server died ({self.process.returncode}):\n{self.output()}"
+        assert httpx.get(f"{self.url}/health", timeout=10).status_code == 200
+
+    def rss_mib(self) -> float:
+        import psutil
+
+        return psutil.Process(self.process.pid).memory_info().rss / 2**20
 
     def client(self) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=self.api_key or "unused", max_retries=0, timeout=120)
@@ -57,12 +77,12 @@ class Server:
     def health(self) -> dict:
         return httpx.get(f"{self.url}/health", timeout=10).json()
 
-    def wait_idle(self, timeout: float) -> float:
+    def wait_idle(self, timeout: float = 30) -> float:
         """Seconds until every slot is idle; fails after ``timeout``."""
         start = time.monotonic()
         while time.monotonic() - start < timeout:
             h = self.health()
-            if h["slots_idle"] == h["slots_total"]:
+            if h["slots_idle"] == h["slots_total"] and h["queued"] == 0:
                 return time.monotonic() - start
             time.sleep(0.05)
         pytest.fail(f"slots still busy after {timeout} s: {self.health()}")
@@ -74,7 +94,7 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        self.process.stdout.close()
+        self.log.close()
 
 
 @pytest.fixture(scope="module")

@@ -8,55 +8,26 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
 
 import httpx
-import psutil
 import pytest
 
 from linalign.server import grammar_limits as limits
 
-STARTUP_TIMEOUT_S = 90
+import test_server
+
 TIMEOUT_S = 60
 CHAT = [{"role": "user", "content": "Name a colour."}]
 # greedy continuation of this prompt counts on for hundreds of tokens
 LONG_PROMPT = "Count: 1, 2, 3, 4,"
 
 
-class Server:
-    """A server process whose output goes to a file: a pipe nobody reads
-    would fill up and block the server on its next write to stderr."""
-
-    def __init__(self, *args: str) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tempfile.TemporaryFile(mode="w+")
-        cmd = [sys.executable, "-m", "linalign", "serve", "--port", str(self.port), "--n-ctx", "1024", *args]
-        self.process = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited at startup:\n{self.output()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("server did not answer /health in time")
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read()[-4000:]
+class Server(test_server.Server):
+    """The server of tests/test_server.py, with bodies sent as given (NaN
+    included, no API key) and a health check that insists on 200."""
 
     def post(self, path: str, body: Any = None, *, content: str | bytes | None = None,
              timeout: float = TIMEOUT_S) -> httpx.Response:
@@ -69,31 +40,6 @@ class Server:
         r = httpx.get(f"{self.url}/health", timeout=timeout)
         assert r.status_code == 200
         return r.json()
-
-    def assert_alive(self) -> None:
-        assert self.process.poll() is None, f"the server died ({self.process.returncode}):\n{self.output()}"
-        self.health()
-
-    def wait_idle(self, timeout: float = 30) -> float:
-        start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            h = self.health()
-            if h["slots_idle"] == h["slots_total"] and h["queued"] == 0:
-                return time.monotonic() - start
-            time.sleep(0.05)
-        pytest.fail(f"slots still busy after {timeout} s: {self.health()}")
-
-    def rss_mib(self) -> float:
-        return psutil.Process(self.process.pid).memory_info().rss / 2**20
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.log.close()
 
 
 @pytest.fixture(scope="module")
