@@ -31,17 +31,31 @@ static py::array_t<float> to_array(std::vector<float> && values, int32_t n_vocab
 // under test of the sampler math. Returns the surviving ids and their logits.
 // dense: through the entry point the engine uses when no grammar precedes
 // the sampler, instead of llama_sampler_apply on a candidate array.
+// logits_extra and extra_ratios: further principled streams, composed.
 static py::tuple linear_alignment_apply(float_array logits_p, float_array logits_b, float ratio, float top_p, float temperature,
-                                        bool dense) {
+                                        bool dense, const std::vector<float_array> & logits_extra,
+                                        const std::vector<float> & extra_ratios) {
     if (logits_p.ndim() != 1 || logits_b.ndim() != 1 || logits_p.size() != logits_b.size() || logits_p.size() == 0) {
         throw std::invalid_argument("logits_p and logits_b must be non-empty 1-D arrays of the same length");
     }
+    if (logits_extra.size() != extra_ratios.size()) {
+        throw std::invalid_argument("logits_extra and extra_ratios must have the same length");
+    }
+    std::vector<const float *> extra;
+    for (const float_array & a : logits_extra) {
+        if (a.ndim() != 1 || a.size() != logits_p.size()) {
+            throw std::invalid_argument("every logits_extra array must be 1-D and as long as logits_p");
+        }
+        extra.push_back(a.data());
+    }
     const int32_t n_vocab = (int32_t) logits_p.size();
-    sampler_ptr owner(llama_sampler_init_linear_alignment({ratio, top_p, temperature}, n_vocab));
+    sampler_ptr owner(llama_sampler_init_linear_alignment_composed({ratio, top_p, temperature}, extra_ratios.data(),
+                                                                   extra_ratios.size(), n_vocab));
     llama_sampler * smpl = owner.get();
     std::vector<llama_token_data> cur(n_vocab);
     llama_token_data_array cur_p = {cur.data(), cur.size(), -1, false};
     llama_sampler_linear_alignment_set_base(smpl, logits_b.data());
+    llama_sampler_linear_alignment_set_principled(smpl, extra.data(), extra.size());
     if (dense) {
         cur_p.size = llama_sampler_linear_alignment_apply_dense(smpl, logits_p.data(), cur.data());
     } else {
@@ -133,13 +147,15 @@ PYBIND11_MODULE(_core, m) {
         .def_readwrite("presence_penalty", &sampling_params::presence_penalty)
         .def_readwrite("penalty_last_n", &sampling_params::penalty_last_n)
         .def_readwrite("seed", &sampling_params::seed)
+        .def_readwrite("extra_ratios", &sampling_params::extra_ratios,
+                       "ratios of the principled streams after P (several principles composed)")
         .def_readwrite("grammar", &sampling_params::grammar)
         .def_readwrite("grammar_root", &sampling_params::grammar_root)
         .def("validate", &sampling_params::validate);
 
     py::class_<prefill_stats>(m, "PrefillStats")
-        .def_property_readonly("reused", [](const prefill_stats & s) { return py::make_tuple(s.reused[0], s.reused[1]); })
-        .def_property_readonly("decoded", [](const prefill_stats & s) { return py::make_tuple(s.decoded[0], s.decoded[1]); })
+        .def_property_readonly("reused", [](const prefill_stats & s) { return py::tuple(py::cast(s.reused)); })
+        .def_property_readonly("decoded", [](const prefill_stats & s) { return py::tuple(py::cast(s.decoded)); })
         .def_readonly("shared", &prefill_stats::shared);
 
     py::class_<step_event>(m, "StepEvent")
@@ -153,26 +169,36 @@ PYBIND11_MODULE(_core, m) {
         .def(py::init([](const sampling_params & params, const model & mdl) {
                  return std::make_unique<sampler_chain>(params, mdl.vocab());
              }), py::arg("params"), py::arg("model"))
-        .def("sample", [](sampler_chain & self, float_array logits_p, py::object logits_b, int32_t n_vocab) {
+        .def("sample", [](sampler_chain & self, float_array logits_p, py::object logits_b, int32_t n_vocab,
+                          const std::vector<float_array> & logits_extra) {
                  if (logits_p.ndim() != 1 || logits_p.size() != n_vocab) {
                      throw std::invalid_argument("logits_p must be a 1-D array of n_vocab floats");
                  }
+                 std::vector<const float *> extra;
+                 for (const float_array & a : logits_extra) {
+                     if (a.ndim() != 1 || a.size() != n_vocab) {
+                         throw std::invalid_argument("every logits_extra array must be 1-D, of n_vocab floats");
+                     }
+                     extra.push_back(a.data());
+                 }
                  if (logits_b.is_none()) {
                      py::gil_scoped_release release;
-                     return self.sample(logits_p.data(), nullptr);
+                     return self.sample(logits_p.data(), nullptr, extra.data(), extra.size());
                  }
                  float_array base = logits_b.cast<float_array>();
                  if (base.ndim() != 1 || base.size() != n_vocab) {
                      throw std::invalid_argument("logits_b must be a 1-D array of n_vocab floats");
                  }
                  py::gil_scoped_release release;
-                 return self.sample(logits_p.data(), base.data());
+                 return self.sample(logits_p.data(), base.data(), extra.data(), extra.size());
              }, py::arg("logits_p"), py::arg("logits_b"), py::arg("n_vocab"),
-             "Runs the chain over P's logits steered by B's (None: no base stream) and accepts the token.");
+             py::arg("logits_extra") = std::vector<float_array>(),
+             "Runs the chain over P's logits steered by B's (None: no base stream), and by the further "
+             "principled streams' when the parameters compose several, and accepts the token.");
 
     py::class_<engine>(m, "Engine")
         .def(py::init([](std::shared_ptr<model> mdl, int32_t n_ctx, int32_t n_slots, int32_t n_batch, int32_t n_threads,
-                         int32_t n_threads_batch, bool flash_attn, bool kv_unified) {
+                         int32_t n_threads_batch, bool flash_attn, bool kv_unified, int32_t n_streams) {
                  engine_params p;
                  p.n_ctx = n_ctx;
                  p.n_slots = n_slots;
@@ -181,15 +207,19 @@ PYBIND11_MODULE(_core, m) {
                  p.n_threads_batch = n_threads_batch;
                  p.flash_attn = flash_attn;
                  p.kv_unified = kv_unified;
+                 p.n_streams = n_streams;
                  return new engine(std::move(mdl), p);
              }), py::arg("model"), py::arg("n_ctx") = 4096, py::arg("n_slots") = 1, py::arg("n_batch") = 512,
              py::arg("n_threads") = 0, py::arg("n_threads_batch") = 0, py::arg("flash_attn") = false,
-             py::arg("kv_unified") = false,
+             py::arg("kv_unified") = false, py::arg("n_streams") = 2,
              py::call_guard<py::gil_scoped_release>(),
-             "n_ctx: the most tokens one stream may hold; the context holds 2 x n_slots x n_ctx KV cells.")
-        .def("pick_slot", &engine::pick_slot, py::arg("prompt"), py::arg("base_prompt"))
-        .def("start", &engine::start, py::arg("slot"), py::arg("prompt"), py::arg("base_prompt"), py::arg("params"),
-             py::arg("cache_prompt") = true, py::call_guard<py::gil_scoped_release>())
+             "n_ctx: the most tokens one stream may hold; n_streams: streams per slot (P, B and one per further "
+             "principle); the context holds n_streams x n_slots x n_ctx KV cells.")
+        .def("pick_slot", &engine::pick_slot, py::arg("prompts"),
+             "The free slot with the longest cached prefix of the prompts (P, B, further principled ones), or -1.")
+        .def("start", &engine::start, py::arg("slot"), py::arg("prompts"), py::arg("params"),
+             py::arg("cache_prompt") = true, py::call_guard<py::gil_scoped_release>(),
+             "Starts a request: prompts are P, B, then one per params.extra_ratios.")
         .def("step", &engine::step, py::call_guard<py::gil_scoped_release>(),
              "One llama_decode over every busy slot, then a token for each slot whose logits are in.")
         .def("finish", &engine::finish, py::arg("slot"))
@@ -215,6 +245,7 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("n_ctx", &engine::n_ctx)
         .def_property_readonly("n_slots", &engine::n_slots)
         .def_property_readonly("n_batch", &engine::n_batch)
+        .def_property_readonly("n_streams", &engine::n_streams)
         .def_property_readonly("n_busy", &engine::n_busy)
         .def("busy", &engine::busy, py::arg("slot"))
         .def("n_past", &engine::n_past, py::arg("slot"), py::arg("stream"))
@@ -226,7 +257,8 @@ PYBIND11_MODULE(_core, m) {
           "True when llama.cpp would put CPU weights in AMX buffers, whose matrix product crashes on some machines "
           "(llama.cpp issue 20824): linalign then loads weights without extra buffer types.");
     m.def("linear_alignment_apply", &linear_alignment_apply, py::arg("logits_p"), py::arg("logits_b"), py::arg("ratio"),
-          py::arg("top_p"), py::arg("temperature") = 1.0f, py::arg("dense") = false);
+          py::arg("top_p"), py::arg("temperature") = 1.0f, py::arg("dense") = false,
+          py::arg("logits_extra") = std::vector<float_array>(), py::arg("extra_ratios") = std::vector<float>());
     m.def("time_combine_us", &time_combine_us, py::arg("logits_p"), py::arg("logits_b"), py::arg("n_iter") = 200,
           py::arg("ratio") = 2.0f, py::arg("top_p") = 0.8f, py::arg("dense") = true);
 }

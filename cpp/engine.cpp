@@ -18,9 +18,10 @@ static size_t common_prefix(const std::vector<llama_token> & a, const std::vecto
     return i;
 }
 
-// The most slots one context may hold: two sequences each, within llama.cpp's
-// LLAMA_MAX_SEQ (256).
+// The most slots one context may hold, and the most sequences (slots x
+// streams), within llama.cpp's LLAMA_MAX_SEQ.
 static constexpr int32_t MAX_SLOTS = 64;
+static constexpr int32_t MAX_SEQUENCES = 256;
 // A prefix B shares with P is taken from P's cells when at least this long
 // and B's own cache lacks it. With per-stream buffers (kv_unified false) the
 // copy is of P's whole buffer and costs a pass over it, so shorter prefixes
@@ -45,14 +46,23 @@ engine::engine(std::shared_ptr<model> mdl, const engine_params & params) : model
         throw std::invalid_argument("n_slots must be in [1, " + std::to_string(MAX_SLOTS) + "], got " +
                                     std::to_string(params.n_slots));
     }
-    const int64_t n_cells = (int64_t) params.n_ctx * N_STREAMS * params.n_slots;
+    if (params.n_streams < MIN_STREAMS || params.n_streams > MAX_STREAMS) {
+        throw std::invalid_argument("n_streams must be in [" + std::to_string(MIN_STREAMS) + ", " +
+                                    std::to_string(MAX_STREAMS) + "] (P, B and one per further principle), got " +
+                                    std::to_string(params.n_streams));
+    }
+    if (params.n_streams * params.n_slots > MAX_SEQUENCES) {
+        throw std::invalid_argument(std::to_string(params.n_slots) + " slots x " + std::to_string(params.n_streams) +
+                                    " streams is more than llama.cpp's " + std::to_string(MAX_SEQUENCES) + " sequences");
+    }
+    const int64_t n_cells = (int64_t) params.n_ctx * params.n_streams * params.n_slots;
     if (n_cells > MAX_CELLS) {
-        throw std::invalid_argument("n_ctx " + std::to_string(params.n_ctx) + " x " + std::to_string(N_STREAMS) +
+        throw std::invalid_argument("n_ctx " + std::to_string(params.n_ctx) + " x " + std::to_string(params.n_streams) +
                                     " streams x " + std::to_string(params.n_slots) + " slots is " +
                                     std::to_string(n_cells) + " KV cells, more than " + std::to_string(MAX_CELLS));
     }
     // every running stream's token must fit one step, with room for a prefill chunk
-    const int32_t min_batch = N_STREAMS * params.n_slots;
+    const int32_t min_batch = params.n_streams * params.n_slots;
     if (params.n_batch < min_batch || params.n_batch > 65536) {
         throw std::invalid_argument("n_batch must be in [" + std::to_string(min_batch) + ", 65536] for " +
                                     std::to_string(params.n_slots) + " slots, got " + std::to_string(params.n_batch));
@@ -67,7 +77,7 @@ engine::engine(std::shared_ptr<model> mdl, const engine_params & params) : model
     // n_ubatch = n_batch: a step's one llama_decode is one forward pass
     cparams.n_batch    = (uint32_t) params.n_batch;
     cparams.n_ubatch   = (uint32_t) params.n_batch;
-    cparams.n_seq_max  = (uint32_t) (N_STREAMS * params.n_slots);
+    cparams.n_seq_max  = (uint32_t) (params.n_streams * params.n_slots);
     cparams.kv_unified = params.kv_unified;
     cparams.no_perf    = true;
     cparams.flash_attn_type = params.flash_attn ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
@@ -84,8 +94,9 @@ engine::engine(std::shared_ptr<model> mdl, const engine_params & params) : model
     batch_ = batch_owner(params.n_batch);
     slots_.resize(params.n_slots);
     for (int32_t i = 0; i < params.n_slots; ++i) {
-        for (int32_t s = 0; s < N_STREAMS; ++s) {
-            slots_[i].streams[s].seq = i * N_STREAMS + s;
+        slots_[i].streams.resize(params.n_streams);
+        for (int32_t s = 0; s < params.n_streams; ++s) {
+            slots_[i].streams[s].seq = i * params.n_streams + s;
         }
     }
 }
@@ -113,9 +124,10 @@ const engine::slot & engine::slot_at(int32_t i) const {
     return slots_[i];
 }
 
-int32_t engine::check_stream(int32_t stream) {
-    if (stream != STREAM_P && stream != STREAM_B) {
-        throw std::invalid_argument("stream must be 0 (P) or 1 (B)");
+int32_t engine::check_stream(int32_t stream) const {
+    if (stream < 0 || stream >= params_.n_streams) {
+        throw std::invalid_argument("stream must be 0 (P), 1 (B) or a further principled stream below " +
+                                    std::to_string(params_.n_streams) + ", got " + std::to_string(stream));
     }
     return stream;
 }
@@ -139,8 +151,12 @@ void engine::check_prompt(const std::vector<llama_token> & prompt, const char * 
     }
 }
 
-int32_t engine::pick_slot(const std::vector<llama_token> & prompt_p, const std::vector<llama_token> & prompt_b) const {
+int32_t engine::pick_slot(const prompt_list & prompts) const {
     require_open();
+    if (prompts.size() > (size_t) params_.n_streams) {
+        throw std::invalid_argument(std::to_string(prompts.size()) + " prompts, but a slot holds " +
+                                    std::to_string(params_.n_streams) + " streams");
+    }
     int32_t best = -1;
     size_t best_common = 0;
     for (int32_t i = 0; i < (int32_t) slots_.size(); ++i) {
@@ -148,8 +164,10 @@ int32_t engine::pick_slot(const std::vector<llama_token> & prompt_p, const std::
         if (sl.state != slot_state::free) {
             continue;
         }
-        const size_t common = common_prefix(sl.streams[STREAM_P].cached, prompt_p) +
-                              common_prefix(sl.streams[STREAM_B].cached, prompt_b);
+        size_t common = 0;
+        for (size_t s = 0; s < prompts.size(); ++s) {
+            common += common_prefix(sl.streams[s].cached, prompts[s]);
+        }
         if (best < 0 || common > best_common || (common == best_common && sl.last_used < slots_[best].last_used)) {
             best = i;
             best_common = common;
@@ -175,24 +193,40 @@ int32_t engine::keep_prefix(stream & st, int32_t n) {
     return n;
 }
 
-prefill_stats engine::start(int32_t slot_index, const std::vector<llama_token> & prompt_p,
-                            const std::vector<llama_token> & prompt_b, const sampling_params & params, bool cache_prompt) {
+prefill_stats engine::start(int32_t slot_index, const prompt_list & prompts, const sampling_params & params,
+                            bool cache_prompt) {
     slot & sl = slot_at(slot_index);
     if (sl.state != slot_state::free) {
         throw std::invalid_argument("slot " + std::to_string(slot_index) + " is busy");
     }
     params.validate();
-    check_prompt(prompt_p, "prompt");
-    check_prompt(prompt_b, "base_prompt");
+    const size_t n_prompts = 2 + params.extra_ratios.size();
+    if (prompts.size() != n_prompts) {
+        throw std::invalid_argument("expected " + std::to_string(n_prompts) + " prompts (P, B and one per extra ratio), got " +
+                                    std::to_string(prompts.size()));
+    }
+    if (n_prompts > (size_t) params_.n_streams) {
+        throw std::invalid_argument(std::to_string(params.extra_ratios.size() + 1) + " principles need " +
+                                    std::to_string(n_prompts) + " streams, but this engine's slots hold " +
+                                    std::to_string(params_.n_streams));
+    }
+    for (size_t s = 0; s < n_prompts; ++s) {
+        check_prompt(prompts[s], s == STREAM_P ? "prompt" : s == STREAM_B ? "base_prompt" : "principled prompt");
+    }
+    const std::vector<llama_token> & prompt_p = prompts[STREAM_P];
+    const std::vector<llama_token> & prompt_b = prompts[STREAM_B];
     auto chain = std::make_unique<sampler_chain>(params, model_->vocab());
 
-    const bool identical = prompt_p == prompt_b;
-    sl.n_active = (params.ratio != 0.0f && !identical) ? 2 : 1;
+    const bool composed  = n_prompts > 2;
+    const bool identical = !composed && prompt_p == prompt_b;
+    sl.n_active = composed ? (int32_t) n_prompts : (params.ratio != 0.0f && !identical) ? 2 : 1;
     sl.b_is_p   = identical;
     sl.stats    = prefill_stats();
+    sl.stats.reused.assign(params_.n_streams, 0);
+    sl.stats.decoded.assign(params_.n_streams, 0);
     for (int32_t s = 0; s < sl.n_active; ++s) {
         stream & st = sl.streams[s];
-        st.prompt = s == STREAM_P ? prompt_p : prompt_b;
+        st.prompt = prompts[s];
         st.row = -1;
         st.copy_from_p = 0;
         const int32_t n = (int32_t) st.prompt.size();
@@ -201,17 +235,19 @@ prefill_stats engine::start(int32_t slot_index, const std::vector<llama_token> &
         sl.stats.reused[s]  = keep_prefix(st, keep);
         sl.stats.decoded[s] = n - sl.stats.reused[s];
     }
-    if (sl.n_active == 2) {
-        // B takes the part of its prompt that P's prompt shares, and that its
-        // own cache lacks, from P's cells once P holds it
-        stream & b = sl.streams[STREAM_B];
-        const int32_t upto = std::min({(int32_t) common_prefix(prompt_p, prompt_b), (int32_t) prompt_p.size() - 1,
-                                       (int32_t) prompt_b.size() - 1});
+    (void) prompt_b;
+    // every other stream takes the part of its prompt that P's prompt
+    // shares, and that its own cache lacks, from P's cells once P holds it
+    for (int32_t s = 1; s < sl.n_active; ++s) {
+        stream & o = sl.streams[s];
+        const int32_t upto = std::min({(int32_t) common_prefix(prompt_p, o.prompt), (int32_t) prompt_p.size() - 1,
+                                       (int32_t) o.prompt.size() - 1});
         const int32_t min_shared = params_.kv_unified ? 1 : MIN_SHARED_TO_COPY;
-        if (upto - (int32_t) b.cached.size() >= min_shared) {
-            b.copy_from_p = upto;
-            sl.stats.shared  = upto - (int32_t) b.cached.size();
-            sl.stats.decoded[STREAM_B] -= sl.stats.shared;
+        if (upto - (int32_t) o.cached.size() >= min_shared) {
+            o.copy_from_p = upto;
+            const int32_t shared = upto - (int32_t) o.cached.size();
+            sl.stats.shared += shared;
+            sl.stats.decoded[s] -= shared;
         }
     }
     sl.chain      = std::move(chain);
@@ -242,6 +278,10 @@ void engine::clear() {
     if (n_busy() > 0) {
         throw std::logic_error("clear() while slots are busy");
     }
+    forget_all_cached();
+}
+
+void engine::forget_all_cached() {
     llama_memory_clear(llama_get_memory(ctx_.get()), true);
     for (slot & sl : slots_) {
         for (stream & st : sl.streams) {
@@ -264,14 +304,13 @@ void engine::batch_add(llama_token token, llama_pos pos, llama_seq_id seq, bool 
     b.n_tokens++;
 }
 
-// B takes its shared prefix from P's cells as soon as P holds it: in a
-// unified cache the cells become B's too (nothing is copied); with a buffer
-// per stream P's whole buffer is copied into B's (llama.cpp can copy no
-// less), carried out at the next decode, before that decode writes, and B
-// is cut back to the prefix.
-void engine::take_shared_prefix(slot & sl) {
+// A stream (B, or a further principled one) takes its shared prefix from P's
+// cells as soon as P holds it: in a unified cache the cells become its too
+// (nothing is copied); with a buffer per stream P's whole buffer is copied
+// into its (llama.cpp can copy no less), carried out at the next decode,
+// before that decode writes, and it is cut back to the prefix.
+void engine::take_shared_prefix(slot & sl, stream & b) {
     stream & p = sl.streams[STREAM_P];
-    stream & b = sl.streams[STREAM_B];
     if (b.copy_from_p == 0 || (int32_t) p.cached.size() < b.copy_from_p) {
         return;
     }
@@ -320,8 +359,14 @@ std::vector<int32_t> engine::sort_batch_by_seq() {
 // stream's last prompt token, whose logits are wanted, goes in the same batch
 // as the others' (logits last only until the next decode).
 void engine::add_prefill(slot & sl, int32_t & budget, std::vector<int32_t> & queued) {
-    if (sl.n_active == 2) {
-        take_shared_prefix(sl);
+    // where P waits: the nearest shared prefix a stream still has to take
+    int32_t p_waits_at = -1;
+    for (int32_t s = 1; s < sl.n_active; ++s) {
+        take_shared_prefix(sl, sl.streams[s]);
+        const int32_t at = sl.streams[s].copy_from_p;
+        if (at > 0 && (p_waits_at < 0 || at < p_waits_at)) {
+            p_waits_at = at;
+        }
     }
     bool ready = true;
     for (int32_t s = 0; s < sl.n_active; ++s) {
@@ -331,12 +376,13 @@ void engine::add_prefill(slot & sl, int32_t & budget, std::vector<int32_t> & que
             continue;
         }
         int32_t body = (int32_t) st.prompt.size() - 1;
-        if (s == STREAM_P && sl.n_active == 2 && sl.streams[STREAM_B].copy_from_p > 0) {
-            // P stops at the shared prefix until B has it, so that the prefix
-            // is decoded in a batch of its own and B's rest in one batch with
-            // P's (llama.cpp's rounding depends on how rows are batched; so
-            // B's logits are those of a context that decoded B's prompt alone)
-            body = std::min(body, sl.streams[STREAM_B].copy_from_p);
+        if (s == STREAM_P && p_waits_at >= 0) {
+            // P stops at a shared prefix until the stream that takes it has
+            // it, so that the prefix is decoded in a batch of its own and the
+            // stream's rest in one batch with P's (llama.cpp's rounding
+            // depends on how rows are batched; so B's logits are those of a
+            // context that decoded B's prompt alone)
+            body = std::min(body, p_waits_at);
         }
         int32_t pos = (int32_t) st.cached.size();
         while (pos < body && budget > 0) {
@@ -366,12 +412,7 @@ void engine::run_decode(const char * what) {
     if (rc != 0) {
         // The cache may hold part of the batch now: forget it so the next
         // call starts from a known state instead of a corrupt one.
-        llama_memory_clear(llama_get_memory(ctx_.get()), true);
-        for (slot & sl : slots_) {
-            for (stream & st : sl.streams) {
-                st.cached.clear();
-            }
-        }
+        forget_all_cached();
         throw std::runtime_error(std::string("llama_decode failed during ") + what + " (code " + std::to_string(rc) +
                                  (rc == 1 ? ": no room in the KV cache)" : ")"));
     }
@@ -390,7 +431,7 @@ std::vector<step_event> engine::step() {
     std::vector<step_event> events;
     llama_batch_ref().n_tokens = 0;
     // tokens each slot's streams put in this batch
-    std::vector<std::array<int32_t, N_STREAMS>> queued(slots_.size(), {0, 0});
+    std::vector<std::vector<int32_t>> queued(slots_.size(), std::vector<int32_t>(params_.n_streams, 0));
 
     // 1. the running slots' last sampled tokens, one per stream
     for (int32_t i = 0; i < (int32_t) slots_.size(); ++i) {
@@ -425,16 +466,11 @@ std::vector<step_event> engine::step() {
         }
     }
     std::sort(order.begin(), order.end(), [this](int32_t a, int32_t b) { return slots_[a].started < slots_[b].started; });
-    std::vector<int32_t> prefill_queued(N_STREAMS);
     for (int32_t i : order) {
-        std::fill(prefill_queued.begin(), prefill_queued.end(), 0);
         for (stream & st : slots_[i].streams) {
             st.row = -1;
         }
-        add_prefill(slots_[i], budget, prefill_queued);
-        for (int32_t s = 0; s < N_STREAMS; ++s) {
-            queued[i][s] = prefill_queued[s];
-        }
+        add_prefill(slots_[i], budget, queued[i]);
     }
     if (llama_batch_ref().n_tokens == 0) {
         return events;
@@ -477,8 +513,12 @@ std::vector<step_event> engine::step() {
         step_event ev;
         ev.slot = i;
         try {
-            const float * logits_b = sl.n_active == 2 ? logits_at(sl.streams[STREAM_B].row) : nullptr;
-            ev.token = sl.chain->sample(logits_at(sl.streams[STREAM_P].row), logits_b);
+            const float * logits_b = sl.n_active >= 2 ? logits_at(sl.streams[STREAM_B].row) : nullptr;
+            std::vector<const float *> extra;
+            for (int32_t s = 2; s < sl.n_active; ++s) {
+                extra.push_back(logits_at(sl.streams[s].row));
+            }
+            ev.token = sl.chain->sample(logits_at(sl.streams[STREAM_P].row), logits_b, extra.data(), extra.size());
         } catch (const std::exception & e) {
             ev.error = e.what();  // this request fails; the others go on
         }
@@ -503,6 +543,9 @@ const float * engine::logits(int32_t slot_index, int32_t stream) const {
         }
         stream = STREAM_P;
     }
+    if (stream >= sl.n_active) {
+        throw std::runtime_error("stream " + std::to_string(stream) + " is not decoded in this request");
+    }
     return logits_at(sl.streams[stream].row);
 }
 
@@ -520,10 +563,11 @@ void engine::eval_logits(int32_t slot_index, const std::vector<llama_token> & pr
     }
     const bool identical = prompt_p == prompt_b && n_tail_p == n_tail_b;
     const int32_t n_streams = identical ? 1 : 2;
-    const std::vector<llama_token> * prompts[N_STREAMS] = {&prompt_p, &prompt_b};
-    const int32_t n_tail[N_STREAMS] = {n_tail_p, n_tail_b};
-    std::vector<float> * outs[N_STREAMS] = {&out_p, &out_b};
-    int32_t keep[N_STREAMS] = {0, 0};
+    constexpr int32_t N_EVAL = 2;  // P and B
+    const std::vector<llama_token> * prompts[N_EVAL] = {&prompt_p, &prompt_b};
+    const int32_t n_tail[N_EVAL] = {n_tail_p, n_tail_b};
+    std::vector<float> * outs[N_EVAL] = {&out_p, &out_b};
+    int32_t keep[N_EVAL] = {0, 0};
     for (int32_t s = 0; s < n_streams; ++s) {
         stream & st = sl.streams[s];
         const int32_t n = (int32_t) prompts[s]->size();
@@ -532,7 +576,7 @@ void engine::eval_logits(int32_t slot_index, const std::vector<llama_token> & pr
     }
 
     // P's part of the shared prefix first, so that B can take its cells
-    int32_t to[N_STREAMS] = {(int32_t) prompt_p.size(), (int32_t) prompt_b.size()};
+    int32_t to[N_EVAL] = {(int32_t) prompt_p.size(), (int32_t) prompt_b.size()};
     int32_t upto = 0;
     if (n_streams == 2) {
         upto = std::min({(int32_t) common_prefix(prompt_p, prompt_b), (int32_t) prompt_p.size() - n_tail_p,
@@ -550,14 +594,14 @@ void engine::eval_logits(int32_t slot_index, const std::vector<llama_token> & pr
             stream & b = sl.streams[STREAM_B];
             b.prompt = prompt_b;
             b.copy_from_p = upto;
-            take_shared_prefix(sl);
+            take_shared_prefix(sl, b);
             b.prompt.clear();
         }
-        int32_t end[N_STREAMS] = {pass == 0 ? std::max(upto, (int32_t) sl.streams[STREAM_P].cached.size()) : to[0], to[1]};
+        int32_t end[N_EVAL] = {pass == 0 ? std::max(upto, (int32_t) sl.streams[STREAM_P].cached.size()) : to[0], to[1]};
         while (true) {
             llama_batch_ref().n_tokens = 0;
             std::vector<std::pair<int32_t, int32_t>> rows;  // (stream, tail index) of each logits row
-            int32_t next[N_STREAMS] = {0, 0};
+            int32_t next[N_EVAL] = {0, 0};
             for (int32_t s = 0; s < n_pass; ++s) {
                 stream & st = sl.streams[s];
                 const int32_t first_tail = (int32_t) prompts[s]->size() - n_tail[s];

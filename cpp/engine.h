@@ -2,7 +2,9 @@
 //
 // A slot serves one request at a time and holds its streams: stream 0 is the
 // principled prompt P, stream 1 the base prompt B (a request without a
-// principle uses stream 0 alone). Every step() is ONE llama_decode over the
+// principle uses stream 0 alone), and streams 2, 3, ... the further
+// principled prompts of a request that composes several principles
+// (engine_params::n_streams says how many a slot can hold). Every step() is ONE llama_decode over the
 // next token of every running slot's streams plus chunks of the prompts still
 // being prefilled, within a per-step token budget, so running streams keep
 // flowing while a long prompt is ingested. After the decode each slot whose
@@ -42,16 +44,20 @@ struct engine_params {
     // stream's cells then lie where the pool had room, which moves its logits
     // by rounding (up to ~0.5 on the default Q4_1 model).
     bool    kv_unified      = false;
+    // Streams a slot can hold: P and B, plus one per further principle a
+    // request may compose (each costs one stream's KV: n_ctx cells).
+    int32_t n_streams       = 2;
 };
 
-// Streams per slot: the principled one and the base one.
-constexpr int32_t N_STREAMS = 2;
 enum stream_id : int { STREAM_P = 0, STREAM_B = 1 };
+// A slot's streams: P and B, and up to LINEAR_ALIGNMENT_MAX_PRINCIPLES - 1 more principled ones.
+constexpr int32_t MIN_STREAMS = 2;
+constexpr int32_t MAX_STREAMS = 1 + (int32_t) LINEAR_ALIGNMENT_MAX_PRINCIPLES;
 
 struct prefill_stats {
-    int32_t reused[N_STREAMS]  = {0, 0}; // tokens of each stream found in the slot's KV cache
-    int32_t decoded[N_STREAMS] = {0, 0}; // tokens of each stream left to decode
-    int32_t shared             = 0;      // of B's, taken from P's cells instead (a prefix both prompts share)
+    std::vector<int32_t> reused;  // per stream: tokens found in the slot's KV cache
+    std::vector<int32_t> decoded; // per stream: tokens left to decode
+    int32_t              shared = 0; // of the other streams', taken from P's cells instead (a prefix they share with P)
 };
 
 // What a step produced for one slot.
@@ -68,16 +74,20 @@ public:
     engine(const engine &) = delete;
     engine & operator=(const engine &) = delete;
 
+    using prompt_list = std::vector<std::vector<llama_token>>;
+
     // The free slot whose cached tokens share the longest prefix with the
-    // prompts (least recently used among equals), or -1 when all are busy.
-    int32_t pick_slot(const std::vector<llama_token> & prompt_p, const std::vector<llama_token> & prompt_b) const;
+    // prompts (summed over streams; least recently used among equals), or -1
+    // when all are busy. prompts: P, B, then any further principled ones.
+    int32_t pick_slot(const prompt_list & prompts) const;
 
     // Starts a request in a free slot: keeps the longest cached prefix of each
     // stream (none when cache_prompt is false) and queues the rest for
-    // prefill by step(). Throws std::invalid_argument for a busy slot, empty
-    // or too-long prompts, bad token ids or bad sampling parameters.
-    prefill_stats start(int32_t slot, const std::vector<llama_token> & prompt_p,
-                        const std::vector<llama_token> & prompt_b, const sampling_params & params, bool cache_prompt);
+    // prefill by step(). prompts: P, B, then one per params.extra_ratios.
+    // Throws std::invalid_argument for a busy slot, a prompt count that does
+    // not match the parameters or the slot, empty or too-long prompts, bad
+    // token ids or bad sampling parameters.
+    prefill_stats start(int32_t slot, const prompt_list & prompts, const sampling_params & params, bool cache_prompt);
 
     // One llama_decode over every busy slot, then a sample for each slot whose
     // prompt is in. Returns nothing when no slot has work.
@@ -104,6 +114,7 @@ public:
     int32_t n_ctx() const { return params_.n_ctx; }
     int32_t n_slots() const { return params_.n_slots; }
     int32_t n_batch() const { return params_.n_batch; }
+    int32_t n_streams() const { return params_.n_streams; }
     bool    busy(int32_t slot) const { return slot_at(slot).state != slot_state::free; }
     int32_t n_busy() const;
     int32_t n_past(int32_t slot, int32_t stream) const { return (int32_t) slot_at(slot).streams[check_stream(stream)].cached.size(); }
@@ -119,14 +130,14 @@ private:
         llama_seq_id             seq = 0;
         std::vector<llama_token> cached;       // tokens in the KV cache, position i at index i
         std::vector<llama_token> prompt;       // what the request wants it to hold before sampling
-        int32_t                  copy_from_p = 0; // B: prompt tokens to take from P's cells once P holds them
+        int32_t                  copy_from_p = 0; // not P: prompt tokens to take from P's cells once P holds them
         int32_t                  row = -1;     // batch index of its logits after the last decode
     };
 
     struct slot {
         slot_state                     state = slot_state::free;
-        stream                         streams[N_STREAMS];
-        int32_t                        n_active = 0;      // streams this request decodes (1 or 2)
+        std::vector<stream>            streams;           // n_streams of them
+        int32_t                        n_active = 0;      // streams this request decodes (1, 2, or 2 + extra principles)
         bool                           b_is_p = false;    // identical prompts: B's logits are P's
         llama_token                    next_token = -1;   // sampled, decoded at the next step
         std::unique_ptr<sampler_chain> chain;
@@ -139,13 +150,14 @@ private:
     void require_open() const;
     const slot & slot_at(int32_t i) const;
     slot & slot_at(int32_t i) { return const_cast<slot &>(static_cast<const engine *>(this)->slot_at(i)); }
-    static int32_t check_stream(int32_t stream);
+    int32_t check_stream(int32_t stream) const;
     void check_prompt(const std::vector<llama_token> & prompt, const char * name) const;
     int32_t keep_prefix(stream & st, int32_t n);
-    void take_shared_prefix(slot & sl);
+    void take_shared_prefix(slot & sl, stream & st);
     void batch_add(llama_token token, llama_pos pos, llama_seq_id seq, bool logits);
     std::vector<int32_t> sort_batch_by_seq();
     void add_prefill(slot & sl, int32_t & budget, std::vector<int32_t> & queued);
+    void forget_all_cached();
     llama_batch & llama_batch_ref() { return batch_.get(); }
     void run_decode(const char * what);
     const float * logits_at(int32_t batch_index) const;

@@ -20,11 +20,19 @@ struct llama_sampler_linear_alignment {
 
     const float * logits_base = nullptr;
 
+    // composed principles: the ratios of the principled streams after P, and
+    // their logits for the next apply (empty: one principle)
+    const std::vector<float>   extra_ratios;
+    std::vector<const float *> logits_extra;
+
     // scratch reused across calls
     std::vector<int32_t>          order;  // candidate indices by decreasing logit
     std::vector<double>           bin_mass; // a wide nucleus's mass by log-weight
     std::vector<float>            weight; // unnormalised probabilities at the mask temperature
     std::vector<llama_token_data> kept;  // the nucleus, before it is copied back
+    std::vector<float>            masked; // an extra stream's logits over the candidates
+    std::vector<uint8_t>          in_union; // candidate index -> in the union of the nuclei
+    std::vector<int32_t>          union_idx; // that union, in the order it was found
 };
 
 static const char * llama_sampler_linear_alignment_name(const struct llama_sampler * /*smpl*/) {
@@ -173,9 +181,134 @@ static void linear_alignment_combine(const llama_sampler_linear_alignment * ctx,
     }
 }
 
+// Several principles: the union of the principled streams' nuclei.
+// src_k(i) is stream k's logit at candidate index i. Adds stream k's nucleus
+// to ctx->union_idx (the whole set when top_p is 1 or nothing is plausible).
+template <typename Logits>
+static void linear_alignment_union_add(llama_sampler_linear_alignment * ctx, const Logits * src, size_t n) {
+    const size_t k = ctx->top_p >= 1.0f ? n : linear_alignment_nucleus(ctx, src, n);
+    for (size_t j = 0; j < k; ++j) {
+        const int32_t i = k == n ? (int32_t) j : ctx->order[j];
+        if (!ctx->in_union[i]) {
+            ctx->in_union[i] = 1;
+            ctx->union_idx.push_back(i);
+        }
+    }
+}
+
+// Step 3 for several principles over the kept candidates:
+// l = l_0 + sum_i (1 + r_i) (l_i - l_0), with l_1 the candidate's own logit.
+static void linear_alignment_combine_composed(const llama_sampler_linear_alignment * ctx, llama_token_data * data,
+                                              size_t n) {
+    const float * l0 = ctx->logits_base;
+    if (l0 == nullptr) {
+        return;  // no base stream: masking only, as with one principle
+    }
+    const size_t n_extra = ctx->extra_ratios.size();
+    for (size_t i = 0; i < n; ++i) {
+        llama_token_data & td = data[i];
+        if (td.id < 0 || td.id >= ctx->n_vocab || !std::isfinite(td.logit)) {
+            continue;  // -inf (a grammar's) stays -inf
+        }
+        const float base = l0[td.id];
+        float l = base + (1.0f + ctx->ratio) * (td.logit - base);
+        for (size_t k = 0; k < n_extra; ++k) {
+            l += (1.0f + ctx->extra_ratios[k]) * (ctx->logits_extra[k][td.id] - base);
+        }
+        td.logit = l;
+    }
+}
+
+// Clears the union marks for the next call.
+static void linear_alignment_union_clear(llama_sampler_linear_alignment * ctx) {
+    for (int32_t i : ctx->union_idx) {
+        ctx->in_union[i] = 0;
+    }
+    ctx->union_idx.clear();
+}
+
+static bool linear_alignment_has_streams(const llama_sampler_linear_alignment * ctx) {
+    for (const float * l : ctx->logits_extra) {
+        if (l == nullptr) {
+            return false;
+        }
+    }
+    return ctx->logits_extra.size() == ctx->extra_ratios.size();
+}
+
+// The composed apply on a candidate array (a grammar may have set some
+// logits to -inf: those tokens are -inf in every principled stream too).
+static void linear_alignment_apply_composed(llama_sampler_linear_alignment * ctx, llama_token_data_array * cur_p) {
+    const size_t n = cur_p->size;
+    ctx->in_union.assign(std::max(ctx->in_union.size(), n), 0);
+    ctx->union_idx.clear();
+    linear_alignment_union_add(ctx, cur_p->data, n);
+    if (linear_alignment_has_streams(ctx)) {
+        auto & masked = ctx->masked;
+        masked.resize(n);
+        for (const float * lk : ctx->logits_extra) {
+            for (size_t i = 0; i < n; ++i) {
+                const llama_token_data & td = cur_p->data[i];
+                const bool ok = td.id >= 0 && td.id < ctx->n_vocab && std::isfinite(td.logit);
+                masked[i] = ok ? lk[td.id] : -INFINITY;
+            }
+            linear_alignment_union_add(ctx, masked.data(), n);
+        }
+    }
+    if (ctx->union_idx.size() < n) {
+        auto & kept = ctx->kept;
+        kept.resize(ctx->union_idx.size());
+        for (size_t j = 0; j < kept.size(); ++j) {
+            kept[j] = cur_p->data[ctx->union_idx[j]];
+        }
+        std::copy(kept.begin(), kept.end(), cur_p->data);
+        cur_p->size = kept.size();
+    }
+    linear_alignment_union_clear(ctx);
+    if (linear_alignment_has_streams(ctx)) {
+        linear_alignment_combine_composed(ctx, cur_p->data, cur_p->size);
+    }
+}
+
+// The composed apply on P's full logits in id order (the dense entry point).
+static size_t linear_alignment_apply_dense_composed(llama_sampler_linear_alignment * ctx, const float * logits_p,
+                                                    llama_token_data * out) {
+    const size_t n = (size_t) ctx->n_vocab;
+    ctx->in_union.assign(std::max(ctx->in_union.size(), n), 0);
+    ctx->union_idx.clear();
+    linear_alignment_union_add(ctx, logits_p, n);
+    const bool streams = linear_alignment_has_streams(ctx);
+    if (streams) {
+        for (const float * lk : ctx->logits_extra) {
+            linear_alignment_union_add(ctx, lk, n);
+        }
+    }
+    size_t n_keep = n;
+    if (ctx->union_idx.size() < n) {
+        n_keep = ctx->union_idx.size();
+        for (size_t j = 0; j < n_keep; ++j) {
+            const int32_t id = ctx->union_idx[j];
+            out[j] = llama_token_data{id, logits_p[id], 0.0f};
+        }
+    } else {
+        linear_alignment_fill_candidates(logits_p, n, out);
+    }
+    linear_alignment_union_clear(ctx);
+    if (streams) {
+        linear_alignment_combine_composed(ctx, out, n_keep);
+    }
+    return n_keep;
+}
+
 static void llama_sampler_linear_alignment_apply(struct llama_sampler * smpl, llama_token_data_array * cur_p) {
     auto * ctx = (llama_sampler_linear_alignment *) smpl->ctx;
     if (cur_p->size == 0) {
+        return;
+    }
+    if (!ctx->extra_ratios.empty()) {
+        linear_alignment_apply_composed(ctx, cur_p);
+        cur_p->sorted   = false;
+        cur_p->selected = -1;
         return;
     }
 
@@ -209,6 +342,9 @@ size_t llama_sampler_linear_alignment_apply_dense(llama_sampler * smpl, const fl
         throw std::invalid_argument("not a linear-alignment sampler");
     }
     auto * ctx = (llama_sampler_linear_alignment *) smpl->ctx;
+    if (!ctx->extra_ratios.empty()) {
+        return linear_alignment_apply_dense_composed(ctx, logits_p, out);
+    }
     const size_t n = (size_t) ctx->n_vocab;
     const size_t n_keep = ctx->top_p >= 1.0f ? n : linear_alignment_nucleus(ctx, logits_p, n);
     if (n_keep < n) {
@@ -225,8 +361,10 @@ size_t llama_sampler_linear_alignment_apply_dense(llama_sampler * smpl, const fl
 
 static struct llama_sampler * llama_sampler_linear_alignment_clone(const struct llama_sampler * smpl) {
     const auto * ctx = (const llama_sampler_linear_alignment *) smpl->ctx;
-    llama_sampler * result = llama_sampler_init_linear_alignment({ctx->ratio, ctx->top_p, ctx->temperature}, ctx->n_vocab);
+    llama_sampler * result = llama_sampler_init_linear_alignment_composed(
+        {ctx->ratio, ctx->top_p, ctx->temperature}, ctx->extra_ratios.data(), ctx->extra_ratios.size(), ctx->n_vocab);
     llama_sampler_linear_alignment_set_base(result, ctx->logits_base);
+    ((llama_sampler_linear_alignment *) result->ctx)->logits_extra = ctx->logits_extra;
     return result;
 }
 
@@ -262,9 +400,27 @@ void linear_alignment_validate(const llama_sampler_linear_alignment_params & par
 }
 
 llama_sampler * llama_sampler_init_linear_alignment(const llama_sampler_linear_alignment_params & params, int32_t n_vocab) {
+    return llama_sampler_init_linear_alignment_composed(params, nullptr, 0, n_vocab);
+}
+
+llama_sampler * llama_sampler_init_linear_alignment_composed(const llama_sampler_linear_alignment_params & params,
+                                                             const float * extra_ratios, size_t n_extra,
+                                                             int32_t n_vocab) {
     linear_alignment_validate(params);
     if (n_vocab <= 0) {
         throw std::invalid_argument("n_vocab must be positive");
+    }
+    if (n_extra + 1 > LINEAR_ALIGNMENT_MAX_PRINCIPLES) {
+        throw std::invalid_argument("at most " + std::to_string(LINEAR_ALIGNMENT_MAX_PRINCIPLES) +
+                                    " principles, got " + std::to_string(n_extra + 1));
+    }
+    if (n_extra > 0 && extra_ratios == nullptr) {
+        throw std::invalid_argument("extra_ratios is null");
+    }
+    for (size_t k = 0; k < n_extra; ++k) {
+        if (!std::isfinite(extra_ratios[k])) {
+            throw std::invalid_argument("ratio of principle " + std::to_string(k + 2) + " must be a finite number");
+        }
     }
     return llama_sampler_init(
         /* .iface = */ &llama_sampler_linear_alignment_i,
@@ -274,10 +430,15 @@ llama_sampler * llama_sampler_init_linear_alignment(const llama_sampler_linear_a
             /* .temperature = */ params.temperature,
             /* .n_vocab     = */ n_vocab,
             /* .logits_base = */ nullptr,
+            /* .extra_ratios = */ std::vector<float>(extra_ratios, extra_ratios + n_extra),
+            /* .logits_extra = */ std::vector<const float *>(n_extra, nullptr),
             /* .order       = */ {},
             /* .bin_mass    = */ std::vector<double>(4096),
             /* .weight      = */ {},
             /* .kept        = */ {},
+            /* .masked      = */ {},
+            /* .in_union    = */ {},
+            /* .union_idx   = */ {},
         });
 }
 
@@ -286,6 +447,20 @@ void llama_sampler_linear_alignment_set_base(llama_sampler * smpl, const float *
         throw std::invalid_argument("not a linear-alignment sampler");
     }
     ((llama_sampler_linear_alignment *) smpl->ctx)->logits_base = logits_base;
+}
+
+void llama_sampler_linear_alignment_set_principled(llama_sampler * smpl, const float * const * logits, size_t n) {
+    if (!llama_sampler_is_linear_alignment(smpl)) {
+        throw std::invalid_argument("not a linear-alignment sampler");
+    }
+    auto * ctx = (llama_sampler_linear_alignment *) smpl->ctx;
+    if (n != ctx->extra_ratios.size()) {
+        throw std::invalid_argument("the sampler composes " + std::to_string(ctx->extra_ratios.size()) +
+                                    " extra principled streams, got " + std::to_string(n));
+    }
+    for (size_t k = 0; k < n; ++k) {
+        ctx->logits_extra[k] = logits == nullptr ? nullptr : logits[k];
+    }
 }
 
 bool llama_sampler_is_linear_alignment(const llama_sampler * smpl) {

@@ -30,6 +30,24 @@ void llama_sampler_linear_alignment_set_base(llama_sampler * smpl, const float *
 
 bool llama_sampler_is_linear_alignment(const llama_sampler * smpl);
 
+// Several principles composed (ALGORITHM.md, "Composing principles"): stream
+// P (the candidate array, ratio params.ratio) and n_extra more principled
+// streams with their own ratios, over one base stream:
+//   l = l_0 + sum_i (1 + r_i) (l_i - l_0)
+// inside the union of the principled streams' top-p nuclei. With n_extra = 0
+// it is llama_sampler_init_linear_alignment (the same sampler, bit for bit).
+llama_sampler * llama_sampler_init_linear_alignment_composed(
+        const llama_sampler_linear_alignment_params & params, const float * extra_ratios, size_t n_extra,
+        int32_t n_vocab);
+
+// The logits of the extra principled streams for the next apply, in the
+// order of their ratios (n_extra arrays of n_vocab floats, alive until then).
+// Throws std::invalid_argument when n differs from the sampler's n_extra.
+void llama_sampler_linear_alignment_set_principled(llama_sampler * smpl, const float * const * logits, size_t n);
+
+// The most principled streams one sampler composes.
+constexpr size_t LINEAR_ALIGNMENT_MAX_PRINCIPLES = 8;
+
 // out[i] = {i, logits[i], 0} for i < n: the full candidate array of a logits
 // vector, in id order.
 void linear_alignment_fill_candidates(const float * logits, size_t n, llama_token_data * out);

@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <stdexcept>
+#include <string>
 
 namespace linalign {
 
@@ -19,6 +20,12 @@ void sampling_params::validate() const {
     require(std::isfinite(frequency_penalty), "frequency_penalty must be finite");
     require(std::isfinite(presence_penalty), "presence_penalty must be finite");
     require(penalty_last_n >= -1, "penalty_last_n must be >= -1");
+    require(extra_ratios.size() + 1 <= LINEAR_ALIGNMENT_MAX_PRINCIPLES,
+            "at most " + std::to_string(LINEAR_ALIGNMENT_MAX_PRINCIPLES) + " principles, got " +
+                std::to_string(extra_ratios.size() + 1));
+    for (size_t k = 0; k < extra_ratios.size(); ++k) {
+        require(std::isfinite(extra_ratios[k]), "ratio of principle " + std::to_string(k + 2) + " must be finite");
+    }
 }
 
 sampler_chain::sampler_chain(const sampling_params & params, const llama_vocab * vocab) {
@@ -36,7 +43,10 @@ sampler_chain::sampler_chain(const sampling_params & params, const llama_vocab *
             }
             llama_sampler_chain_add(chain_.get(), grammar);
         }
-        la_ = llama_sampler_init_linear_alignment({params.ratio, params.top_p, params.temperature}, n_vocab_);
+        la_ = llama_sampler_init_linear_alignment_composed({params.ratio, params.top_p, params.temperature},
+                                                           params.extra_ratios.data(), params.extra_ratios.size(),
+                                                           n_vocab_);
+        n_extra_ = params.extra_ratios.size();
         llama_sampler_chain_add(chain_.get(), la_);
         la_first_ = llama_sampler_chain_n(chain_.get()) == 1;
         llama_sampler_chain_add(chain_.get(), llama_sampler_init_penalties(n_vocab_, params.penalty_last_n, params.repeat_penalty,
@@ -57,7 +67,12 @@ sampler_chain::sampler_chain(const sampling_params & params, const llama_vocab *
     }
 }
 
-llama_token sampler_chain::sample(const float * logits_p, const float * logits_b) {
+llama_token sampler_chain::sample(const float * logits_p, const float * logits_b, const float * const * logits_extra,
+                                  size_t n_extra) {
+    if (n_extra != n_extra_ || (n_extra > 0 && (logits_extra == nullptr || logits_b == nullptr))) {
+        throw std::invalid_argument("this chain composes " + std::to_string(n_extra_ + 1) +
+                                    " principles: it needs the base stream's and every principled stream's logits");
+    }
     llama_token_data_array cur_p = {
         /* .data     = */ cur_.get(),
         /* .size     = */ (size_t) n_vocab_,
@@ -65,6 +80,7 @@ llama_token sampler_chain::sample(const float * logits_p, const float * logits_b
         /* .sorted   = */ false,
     };
     llama_sampler_linear_alignment_set_base(la_, logits_b);
+    llama_sampler_linear_alignment_set_principled(la_, logits_extra, n_extra);
     if (la_first_) {
         // the chain's first sampler, run on the logits themselves; then the rest
         cur_p.size = llama_sampler_linear_alignment_apply_dense(la_, logits_p, cur_.get());
@@ -76,6 +92,7 @@ llama_token sampler_chain::sample(const float * logits_p, const float * logits_b
         llama_sampler_apply(chain_.get(), &cur_p);
     }
     llama_sampler_linear_alignment_set_base(la_, nullptr);
+    llama_sampler_linear_alignment_set_principled(la_, nullptr, n_extra);
     if (cur_p.selected < 0 || cur_p.selected >= (int64_t) cur_p.size) {
         throw std::runtime_error("sampler chain selected no token");
     }

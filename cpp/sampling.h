@@ -24,6 +24,9 @@ struct sampling_params {
     float    presence_penalty  = 0.0f;
     int32_t  penalty_last_n    = 64;
     uint32_t seed              = LLAMA_DEFAULT_SEED;
+    // ratios of the principled streams after P, when several principles are
+    // composed (engine stream 2, 3, ...); empty for one principle
+    std::vector<float> extra_ratios;
     std::string grammar;                // GBNF, empty for none
     std::string grammar_root   = "root";
 
@@ -45,15 +48,21 @@ public:
     sampler_chain(const sampler_chain &) = delete;
     sampler_chain & operator=(const sampler_chain &) = delete;
 
-    // Runs the chain over stream P's logits, steered by stream B's, and
-    // accepts the chosen token into the stateful samplers.
-    llama_token sample(const float * logits_p, const float * logits_b);
+    // Runs the chain over stream P's logits, steered by stream B's (and by
+    // the extra principled streams' when several principles are composed:
+    // one array per extra ratio), and accepts the chosen token into the
+    // stateful samplers.
+    llama_token sample(const float * logits_p, const float * logits_b, const float * const * logits_extra = nullptr,
+                       size_t n_extra = 0);
+
+    size_t n_extra() const { return n_extra_; }
 
 private:
     sampler_ptr     chain_;
     llama_sampler * la_     = nullptr; // owned by chain_
     bool            la_first_ = false; // nothing before it: sample() hands it the logits directly
     int32_t         n_vocab_ = 0;
+    size_t          n_extra_ = 0;
     // Candidate storage, left uninitialised: the dense path writes only the
     // nucleus, so the rest of it never becomes resident (576 KiB at 49k
     // tokens, 1.7 MiB at 152k).

@@ -58,10 +58,10 @@ def test_aligned_and_plain_stream_side_by_side_with_changes_highlighted(server: 
     page.fill("#api-key", KEY)
     page.dispatch_event("#api-key", "change")
     page.wait_for_function("document.querySelectorAll('#preset option').length === 2")
-    assert page.is_disabled("#negative")
-    assert "coming" in page.get_attribute("#negative", "title")
+    assert not page.is_disabled("#negative")
 
     page.fill("#principle", "Always answer like a pirate.")
+    page.fill("#negative", "Be formal and serious.")
     page.fill("#ratio", "4")  # the slider
     assert page.text_content("#ratio-value") == "4.0"
     page.fill("#temperature", "0")

@@ -64,8 +64,8 @@ def test_presets_file_toml_and_json(tmp_path) -> None:
 @pytest.mark.parametrize(("suffix", "text", "message"), [
     (".toml", '[p]\nprinciple = "x"\ntemprature = 1\n', r"p\.toml: p\.temprature: unknown field"),
     (".toml", '[p]\nprinciple = "x"\nstop = ["a"]\n', r"p\.stop: unknown field \(stop strings"),
-    (".toml", '[p]\nprinciple = "x"\nnegative_principle = "y"\n', r"p\.negative_principle: not supported yet"),
-    (".json", '{"p": {"principle": "x", "principles": ["a"]}}', r"p\.principles: not supported yet"),
+    (".toml", '[p]\nprinciple = "x"\nnegative_principle = " x"\n', r"p: negative_principle equals principle"),
+    (".json", '{"p": {"principle": "x", "principles": ["a"]}}', r"p: principle and principles"),
     (".toml", '[p]\nprinciple = "x"\nprinciple_position = "end"\n', r"p\.principle_position: not supported yet"),
     (".toml", '[p]\nprinciple = "x"\ntemperature = -1\n', r"p\.temperature: must be >= 0"),
     (".toml", '[p]\nprinciple = "x"\ntop_k = 1.5\n', r"p\.top_k: must be an integer"),

@@ -24,6 +24,7 @@ from .engine import BatchedEngine, EngineClosedError, Generation, GenerationRequ
 from .llama_loader import weights_in_amx_buffers
 from .logprobs import TokenLogprob, chat_top_logprobs, check_logprobs_request, completion_top_logprobs
 from .options import SamplingOptions, _integer
+from .principles import MAX_PRINCIPLES, Composition, compose
 from .responses import ChatChunks, CompletionChunks, chunks_of, collect_chat, collect_completion
 from .threads import physical_cores
 
@@ -45,7 +46,9 @@ class Aligner:
     Two streams share every generated token: P (the prompt with the
     principle) and B (without it). Each step the native sampler combines
     their logits, ``l = l_p + ratio * (l_p - l_0)``, inside the top-p nucleus
-    of P, and the usual samplers run after it.
+    of P, and the usual samplers run after it. Several principles, and a
+    negative one, compose over more streams in the same batch (see
+    :mod:`linalign.principles`).
 
     Parameters
     ----------
@@ -81,6 +84,12 @@ class Aligner:
         (see :class:`~linalign.engine.BatchedEngine`).
     flash_attn
         Use flash attention (off by default, as in llama_cpp.Llama).
+    max_principles
+        Principles one request may compose (each is one more stream's KV
+        cache per slot). ``None``: one to start with, and the context is made
+        again with room for more when a request asks for them while nothing
+        runs (its prompt cache is lost then); an integer fixes it, and a
+        request composing more is a ValueError.
     verbose
         Let llama.cpp print its load log.
     """
@@ -100,6 +109,7 @@ class Aligner:
         cache_prompt: bool = True,
         kv_unified: bool = False,
         flash_attn: bool = False,
+        max_principles: int | None = None,
         verbose: bool = False,
     ) -> None:
         self._engine: BatchedEngine | None = None
@@ -116,6 +126,9 @@ class Aligner:
                 _integer(name, value, low=1, high=1024)
         if seed is not None:
             SamplingOptions(seed=seed)  # validates it
+        if max_principles is not None:
+            _integer("max_principles", max_principles, low=1, high=MAX_PRINCIPLES)
+        self._grow_streams = max_principles is None
         set_verbose(verbose)  # llama.cpp's log level, as llama_cpp.Llama sets it
 
         if llama is not None:
@@ -140,23 +153,49 @@ class Aligner:
                 self._model = _core.Model(str(self.model_path), n_gpu_layers, True)
         self.n_ctx = n_ctx or 4096
         threads = n_threads or physical_cores()
-        with suppress_stdout_stderr(disable=verbose):
-            self._engine = BatchedEngine(self._model, n_ctx=self.n_ctx, n_slots=n_parallel, n_batch=n_batch,
-                                         n_threads=threads, n_threads_batch=n_threads_batch or threads,
-                                         flash_attn=bool(flash_attn), kv_unified=kv_unified,
-                                         cache_prompt=cache_prompt, seed=seed)
-        if llama is not None:
-            # The borrowed weights must outlive this context, whichever is
-            # closed or collected first: the Llama's model frees them from its
-            # exit stack, whose callbacks run last-in first-out, so this one
-            # frees the context before. It holds the native engine, not the
-            # Aligner (a closed engine is an empty shell).
-            llama._model._exit_stack.callback(self._engine.native_close())
+        self._engine_kwargs = dict(n_ctx=self.n_ctx, n_slots=n_parallel, n_batch=n_batch, n_threads=threads,
+                                   n_threads_batch=n_threads_batch or threads, flash_attn=bool(flash_attn),
+                                   kv_unified=kv_unified, cache_prompt=cache_prompt, seed=seed)
+        self._engine = self._make_engine(1 + (max_principles or 1))
         self._renderer = ChatRenderer(
             self._model.chat_template(),
             bos_token=self._model.token_to_piece(self._model.bos, True).decode("utf-8", "ignore"),
             eos_token=self._model.token_to_piece(self._model.eos, True).decode("utf-8", "ignore"),
         )
+
+    def _make_engine(self, n_streams: int) -> BatchedEngine:
+        with suppress_stdout_stderr(disable=self._verbose):
+            engine = BatchedEngine(self._model, n_streams=n_streams, **self._engine_kwargs)
+        if self._llama is not None:
+            # The borrowed weights must outlive this context, whichever is
+            # closed or collected first: the Llama's model frees them from its
+            # exit stack, whose callbacks run last-in first-out, so this one
+            # frees the context before. It holds the native engine, not the
+            # Aligner (a closed engine is an empty shell).
+            self._llama._model._exit_stack.callback(engine.native_close())
+        return engine
+
+    def _room_for(self, n_streams: int) -> None:
+        """Makes the context again with ``n_streams`` streams per slot when a
+        request needs more than it has and nothing runs (max_principles=None)."""
+        engine = self._require_open()
+        if n_streams <= engine.n_streams:
+            return
+        k, have = n_streams - 1, engine.n_streams - 1
+        if not self._grow_streams:
+            raise ValueError(f"principles: this request composes {k} principles; this Aligner was made with "
+                             f"max_principles={have}")
+        with engine.lock:
+            if engine.n_busy:
+                raise ValueError(f"principles: this request composes {k} principles while other streams run on "
+                                 f"a context made for {have}; make the Aligner with max_principles={k}")
+            engine.close("this Aligner's context was made again for more principles")
+            self._engine = self._make_engine(n_streams)
+
+    @property
+    def max_principles(self) -> int:
+        """Principles one request may compose on the current context."""
+        return self._require_open().n_streams - 1
 
     # -- lifetime ---------------------------------------------------------
 
@@ -264,6 +303,8 @@ class Aligner:
     # -- requests -----------------------------------------------------------
 
     def completion_request(self, prompt: PromptType, base_prompt: PromptType | None = None, *,
+                           principle: str | None = None, principles: Sequence[Any] | None = None,
+                           negative_principle: str | None = None, composition: Composition | None = None,
                            options: SamplingOptions | None = None, logprobs: int | None = None,
                            **sampling: Any) -> GenerationRequest:
         """The token streams of a completion (see :meth:`create_completion`)."""
@@ -271,25 +312,60 @@ class Aligner:
         want = completion_top_logprobs(logprobs)
         options = SamplingOptions.from_kwargs(options, **sampling)
         check_logprobs_request(want, options)
-        prompt_tokens = self._prompt_tokens("prompt", prompt)
-        base_tokens = prompt_tokens if base_prompt is None else self._prompt_tokens("base_prompt", base_prompt)
-        return GenerationRequest(prompt_tokens, base_tokens, options, options.stop, want_logprobs=want)
+        composition = self._composition(composition, principle, principles, negative_principle, options,
+                                        "ratio" in sampling)
+        if composition.is_plain:
+            prompt_tokens = self._prompt_tokens("prompt", prompt)
+            base_tokens = prompt_tokens if base_prompt is None else self._prompt_tokens("base_prompt", base_prompt)
+            return GenerationRequest(prompt_tokens, base_tokens, options, options.stop, want_logprobs=want)
+        for name, text in (("prompt", prompt), ("base_prompt", base_prompt)):
+            if text is not None and not isinstance(text, str):
+                raise TypeError(f"{name} must be text when principles are given (each stream is the principle, "
+                                "a blank line, then the prompt)")
+        base = prompt if base_prompt is None else base_prompt
+        principled = [self._prompt_tokens("prompt", _prefixed(text, prompt)) for text in composition.stream_texts]
+        base_tokens = self._prompt_tokens("base_prompt", _prefixed(composition.negative, base))
+        return self._composed_request(principled, base_tokens, composition, options, options.stop, want)
 
-    def chat_request(self, messages: Sequence[dict[str, Any]], *, principle: str = "",
-                     options: SamplingOptions | None = None, logprobs: bool | None = None,
-                     top_logprobs: int | None = None, **sampling: Any) -> GenerationRequest:
+    def chat_request(self, messages: Sequence[dict[str, Any]], *, principle: str | None = None,
+                     principles: Sequence[Any] | None = None, negative_principle: str | None = None,
+                     composition: Composition | None = None, options: SamplingOptions | None = None,
+                     logprobs: bool | None = None, top_logprobs: int | None = None,
+                     **sampling: Any) -> GenerationRequest:
         """The token streams of a chat call (see :meth:`create_chat_completion`)."""
         self._require_open()
-        if not isinstance(principle, str):
-            raise TypeError(f"principle must be a string, got {type(principle).__name__}")
         want = chat_top_logprobs(logprobs, top_logprobs)
         options = SamplingOptions.from_kwargs(options, **sampling)
         check_logprobs_request(want, options)
-        prompts = self._renderer.prompts(messages, principle)
-        prompt_tokens = self._prompt_tokens("messages", prompts.prompt, add_bos=prompts.add_bos)
-        base_tokens = self._prompt_tokens("messages", prompts.base_prompt, add_bos=prompts.add_bos)
-        return GenerationRequest(prompt_tokens, base_tokens, options, options.stop + tuple(prompts.stop),
-                                 want_logprobs=want)
+        composition = self._composition(composition, principle, principles, negative_principle, options,
+                                        "ratio" in sampling)
+        streams = self._renderer.stream_prompts(messages, composition.stream_texts, composition.negative)
+        principled = [self._prompt_tokens("messages", p, add_bos=streams.add_bos) for p in streams.prompts]
+        base_tokens = self._prompt_tokens("messages", streams.base_prompt, add_bos=streams.add_bos)
+        return self._composed_request(principled, base_tokens, composition, options,
+                                      options.stop + tuple(streams.stop), want)
+
+    @staticmethod
+    def _composition(composition: Composition | None, principle: Any, principles: Any, negative_principle: Any,
+                     options: SamplingOptions, ratio_given: bool) -> Composition:
+        """The request's principles: ``composition`` as given (made by
+        linalign.principles.compose), or composed from the keywords."""
+        if composition is None:
+            return compose(principle=principle, principles=principles, negative_principle=negative_principle,
+                           ratio=options.ratio, ratio_given=ratio_given)
+        if not isinstance(composition, Composition):
+            raise TypeError("composition must be a linalign.principles.Composition")
+        if principle is not None or principles is not None or negative_principle is not None:
+            raise ValueError("composition and principle/principles/negative_principle: give one or the other")
+        return composition
+
+    def _composed_request(self, principled: list[list[int]], base_tokens: list[int], composition: Composition,
+                          options: SamplingOptions, stop: tuple[str, ...], want: int | None) -> GenerationRequest:
+        ratios = composition.ratios
+        self._room_for(1 + len(principled))
+        return GenerationRequest(principled[0], base_tokens, options.replace(ratio=ratios[0]), stop,
+                                 want_logprobs=want, extra_prompts=tuple(principled[1:]),
+                                 extra_ratios=tuple(ratios[1:]))
 
     def submit(self, request: GenerationRequest) -> Generation:
         """Starts a request in a slot (superseding the oldest stream when all
@@ -337,6 +413,8 @@ class Aligner:
     # -- completions --------------------------------------------------------
 
     def create_completion(self, prompt: PromptType, base_prompt: PromptType | None = None, *,
+                          principle: str | None = None, principles: Sequence[Any] | None = None,
+                          negative_principle: str | None = None, composition: Composition | None = None,
                           stream: bool = False, options: SamplingOptions | None = None,
                           logprobs: int | None = None,
                           **sampling: Any) -> dict[str, Any] | Iterator[dict[str, Any]]:
@@ -349,6 +427,11 @@ class Aligner:
         base_prompt
             Stream B: the same prompt without the principle. ``None`` means
             the same as ``prompt`` (plain decoding with a top-p nucleus).
+        principle, principles, negative_principle
+            Principles to put before a text prompt instead (each stream is
+            ``text + "\n\n" + prompt``, the base stream the negative
+            principle's, or ``base_prompt``/``prompt`` alone); as in
+            :meth:`create_chat_completion`.
         stream
             Return an iterator of ``text_completion`` chunks.
         options, **sampling
@@ -370,14 +453,17 @@ class Aligner:
             llama-cpp-python's ``text_completion`` shape, with
             ``usage.prompt_tokens_details.cached_tokens``.
         """
-        gen = self.submit(self.completion_request(prompt, base_prompt, options=options, logprobs=logprobs,
-                                                  **sampling))
+        gen = self.submit(self.completion_request(prompt, base_prompt, principle=principle, principles=principles,
+                                                  negative_principle=negative_principle, composition=composition,
+                                                  options=options, logprobs=logprobs, **sampling))
         builder = CompletionChunks(str(self.model_path), logprobs=gen.request.want_logprobs,
                                    text_offset=len(prompt) if isinstance(prompt, str) else 0)
         chunks = chunks_of(builder, self.chunks(gen), gen)
         return chunks if stream else collect_completion(chunks, logprobs_asked=logprobs is not None)
 
-    def create_chat_completion(self, messages: Sequence[dict[str, Any]], *, principle: str = "",
+    def create_chat_completion(self, messages: Sequence[dict[str, Any]], *, principle: str | None = None,
+                               principles: Sequence[Any] | None = None, negative_principle: str | None = None,
+                               composition: Composition | None = None,
                                stream: bool = False, options: SamplingOptions | None = None,
                                logprobs: bool | None = None, top_logprobs: int | None = None,
                                **sampling: Any) -> dict[str, Any] | Iterator[dict[str, Any]]:
@@ -386,13 +472,24 @@ class Aligner:
         Stream P gets ``principle`` appended to the system message (one is
         added when there is none); stream B gets ``messages`` as given. Both
         are rendered with the model's own chat template. An empty principle
-        is plain decoding. ``logprobs=True`` (with ``top_logprobs`` k in
+        is plain decoding.
+
+        ``negative_principle`` goes into stream B instead of none: toward
+        ``principle``, away from it (with no principle: away only).
+        ``principles=[{"text": ..., "ratio": ...}, ...]`` (1 to 8; plain
+        strings take ``ratio``'s default) composes several, one stream each,
+        ``l = l_B + sum_i (1 + r_i) (l_i - l_B)`` inside the union of their
+        nuclei, all in one batched decode per step; not together with
+        ``principle`` or ``ratio``. ``composition`` (from
+        :func:`linalign.principles.compose`) gives all of that at once. ``logprobs=True`` (with ``top_logprobs`` k in
         [0, 20] alternatives) adds OpenAI's ``choices[0].logprobs.content``,
         each entry with a ``linalign`` object (see :mod:`linalign.logprobs`).
         Other parameters as in :meth:`create_completion`.
         """
-        gen = self.submit(self.chat_request(messages, principle=principle, options=options, logprobs=logprobs,
-                                            top_logprobs=top_logprobs, **sampling))
+        gen = self.submit(self.chat_request(messages, principle=principle, principles=principles,
+                                            negative_principle=negative_principle, composition=composition,
+                                            options=options, logprobs=logprobs, top_logprobs=top_logprobs,
+                                            **sampling))
         chunks = chunks_of(ChatChunks(str(self.model_path), logprobs=gen.request.want_logprobs),
                            self.chunks(gen), gen)
         return chunks if stream else collect_chat(chunks, logprobs_asked=gen.request.want_logprobs is not None)
@@ -433,3 +530,8 @@ class Aligner:
             while (gen := engine.oldest()) is not None:
                 engine.abandon(gen, GenerationSuperseded("the Aligner was reset; this stream was abandoned"))
             engine.reset()
+
+
+def _prefixed(principle: str, prompt: Any) -> Any:
+    """A completion stream's text: the principle, a blank line, the prompt."""
+    return f"{principle}\n\n{prompt}" if principle else prompt

@@ -3,7 +3,9 @@ users align today (plain, floor, linalign, naive, two-call). The work is in
 :mod:`linalign.benchmarking`; this is its command line.
 
 ``linalign bench server [options]`` benchmarks the OpenAI-compatible server
-instead (:mod:`linalign.benchmarking.server_bench`)."""
+instead (:mod:`linalign.benchmarking.server_bench`), ``linalign bench
+principles`` the cost of composing several principles
+(:mod:`linalign.benchmarking.principles_bench`)."""
 from __future__ import annotations
 
 import argparse
@@ -29,8 +31,12 @@ def main(argv: Sequence[str]) -> int:
     if argv and argv[0] == "server":
         from .benchmarking.server_bench import main as server_main
         return server_main(argv[1:])
+    if argv and argv[0] == "principles":
+        from .benchmarking.principles_bench import main as principles_main
+        return principles_main(argv[1:])
     parser = argparse.ArgumentParser(prog="linalign bench", description=__doc__.splitlines()[0],
-                                     epilog="linalign bench server --help: the server benchmark")
+                                     epilog="linalign bench server --help: the server benchmark; "
+                                            "linalign bench principles --help: composed principles")
     parser.add_argument("--model", help="GGUF file (default: the default model)")
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens generated per run (default 64)")
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions after the warm-up (default 5)")

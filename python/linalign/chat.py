@@ -10,7 +10,7 @@ from typing import Any, Mapping, Sequence
 
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-__all__ = ["ROLES", "ChatPrompts", "with_principle", "validate_messages", "ChatRenderer"]
+__all__ = ["ROLES", "ChatPrompts", "ChatStreams", "with_principle", "validate_messages", "ChatRenderer"]
 
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -27,6 +27,16 @@ class ChatPrompts:
     base_prompt: str   # stream B, without it
     stop: list[str]    # the template's own stop strings
     add_bos: bool      # whether tokenization should add BOS (the template did not)
+
+
+@dataclass(frozen=True)
+class ChatStreams:
+    """The prompts of a composed request (linalign.principles)."""
+
+    prompts: list[str]  # one per principled stream, P first
+    base_prompt: str    # the base stream: the negative principle, or none
+    stop: list[str]
+    add_bos: bool
 
 
 def validate_messages(messages: Any) -> list[dict[str, Any]]:
@@ -94,3 +104,16 @@ class ChatRenderer:
         prompt, stop, add_bos = self.render(with_principle(checked, principle))
         base_prompt, _, _ = self.render(checked)
         return ChatPrompts(prompt=prompt, base_prompt=base_prompt, stop=stop, add_bos=add_bos)
+
+    def stream_prompts(self, messages: Any, texts: Sequence[str], base_text: str = "") -> ChatStreams:
+        """One prompt per principle in ``texts`` ("" : the messages as
+        given) and the base stream's, with ``base_text`` as its principle."""
+        checked = validate_messages(messages)
+        prompts, stop, add_bos = [], [], True
+        for i, text in enumerate(texts):
+            prompt, s, b = self.render(with_principle(checked, text))
+            prompts.append(prompt)
+            if i == 0:
+                stop, add_bos = s, b
+        base_prompt, _, _ = self.render(with_principle(checked, base_text))
+        return ChatStreams(prompts=prompts, base_prompt=base_prompt, stop=stop, add_bos=add_bos)

@@ -1,7 +1,9 @@
 """``linalign chat``: interactive multi-turn chat with a principle.
 
 Each turn reuses the KV cache of the previous one, so only the new tokens of
-each stream are decoded. Commands: /principle TEXT, /ratio R, /reset, /quit.
+each stream are decoded. Commands: /principle TEXT[:RATIO] (replaces all),
+/add TEXT[:RATIO] (composes one more), /negative TEXT, /ratio R, /reset,
+/quit.
 """
 from __future__ import annotations
 
@@ -9,11 +11,13 @@ import argparse
 import sys
 from typing import Sequence
 
-from .cli_common import add_model_options, add_sampling_options, load_aligner, sampling_options, stream_chat
+from .cli_common import (add_model_options, add_sampling_options, composition, describe, load_aligner,
+                         sampling_options, stream_chat)
 
 __all__ = ["main"]
 
-HELP = "commands: /principle TEXT  /ratio R  /reset  /help  /quit"
+HELP = ("commands: /principle TEXT[:RATIO]  /add TEXT[:RATIO]  /negative TEXT  /ratio R  /reset  /help  /quit "
+        "(an empty TEXT clears it)")
 
 
 def main(argv: Sequence[str]) -> int:
@@ -28,10 +32,15 @@ def main(argv: Sequence[str]) -> int:
         print(f"linalign: {e}", file=sys.stderr)
         return 2
 
-    principle, ratio = args.principle, args.ratio
+    principles, negative = list(args.principle or []), args.negative_principle or ""
+    try:
+        steer = composition(args)
+    except (ValueError, TypeError) as e:
+        print(f"linalign: {e}", file=sys.stderr)
+        return 2
     history = [{"role": "system", "content": args.system}] if args.system else []
     interactive = sys.stdin.isatty()
-    print(f"{HELP}\nprinciple: {principle or '(none)'}  ratio: {ratio:g}")
+    print(f"{HELP}\n{describe(steer) or 'principle: (none)'}")
     with aligner:
         while True:
             try:
@@ -46,26 +55,37 @@ def main(argv: Sequence[str]) -> int:
                 command, _, rest = line.partition(" ")
                 if command == "/quit":
                     return 0
+                changed = (principles, negative, args.ratio)
                 if command == "/principle":
-                    principle = rest.strip()
-                    print(f"principle: {principle or '(none)'}")
+                    principles = [rest.strip()] if rest.strip() else []
+                elif command == "/add" and rest.strip():
+                    principles = principles + [rest.strip()]
+                elif command == "/negative":
+                    negative = rest.strip()
                 elif command == "/ratio":
                     try:
-                        ratio = float(rest)
+                        args.ratio = float(rest)
                     except ValueError:
                         print("usage: /ratio NUMBER")
                         continue
-                    print(f"ratio: {ratio:g}")
+                if command in ("/principle", "/add", "/negative", "/ratio"):
+                    try:
+                        steer = composition(args, principles, negative)
+                    except (ValueError, TypeError) as e:
+                        print(f"error: {e}")
+                        principles, negative, args.ratio = changed
+                        continue
+                    print(describe(steer) or "principle: (none)")
                 elif command == "/reset":
                     history = history[:1] if args.system else []
                     print("conversation cleared")
-                else:
+                elif command not in ("/principle", "/add", "/negative", "/ratio"):
                     print(HELP)
                 continue
             history.append({"role": "user", "content": line})
             try:
-                chunks = aligner.create_chat_completion(history, principle=principle, stream=True,
-                                                        options=sampling_options(args).replace(ratio=ratio))
+                chunks = aligner.create_chat_completion(history, composition=steer, stream=True,
+                                                        options=sampling_options(args))
                 reply = stream_chat(chunks)
             except (ValueError, TypeError) as e:
                 print(f"error: {e}")

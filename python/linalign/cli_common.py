@@ -6,8 +6,10 @@ import sys
 from typing import Any, Iterator
 
 from .options import SamplingOptions
+from .principles import Composition, Principle, compose, parse_principle_flag
 
-__all__ = ["add_model_options", "add_sampling_options", "sampling_options", "load_aligner", "stream_chat"]
+__all__ = ["add_model_options", "add_sampling_options", "composition", "sampling_options", "load_aligner",
+           "stream_chat"]
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -27,8 +29,13 @@ _TYPES = {"ratio": float, "max_tokens": int, "temperature": float, "top_p": floa
 
 
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
-    """--principle and one flag per SamplingOptions field, with its default and help."""
-    parser.add_argument("--principle", "-p", default="", help="the principle to align with (empty: plain decoding)")
+    """--principle, --negative-principle and one flag per SamplingOptions
+    field, with its default and help."""
+    parser.add_argument("--principle", "-p", action="append", default=None, metavar="TEXT[:RATIO]",
+                        help="a principle to align with; repeat it to compose several, each with its own ratio "
+                             "after a last colon (default: --ratio)")
+    parser.add_argument("--negative-principle", default=None, metavar="TEXT",
+                        help="a principle to steer away from (it replaces the plain prompt as the base stream)")
     for name, (default, text, short) in SamplingOptions.field_help().items():
         if name not in _CLI_FIELDS:
             continue
@@ -44,6 +51,30 @@ def sampling_options(args: argparse.Namespace) -> SamplingOptions:
     """The SamplingOptions the command line asks for (ValueError/TypeError when out of range)."""
     return SamplingOptions.from_kwargs(**{name: getattr(args, name) for name in _CLI_FIELDS
                                           if getattr(args, name) is not None or name == "seed"})
+
+
+def composition(args: argparse.Namespace, principles: list[str] | None = None,
+                negative: str | None = None) -> Composition:
+    """The principles the command line (or ``principles``/``negative``, as
+    a chat changes them) asks for: one plain ``--principle TEXT`` is the
+    shorthand with ``--ratio``; several, or one with a ``:RATIO``, compose."""
+    flags = list(args.principle or []) if principles is None else principles
+    negative = args.negative_principle if negative is None else negative
+    parsed = [parse_principle_flag(flag) for flag in flags]
+    ratio = args.ratio
+    if len(parsed) == 1 and isinstance(parsed[0], str):
+        return compose(principle=parsed[0], negative_principle=negative or None, ratio=ratio)
+    items = [p if isinstance(p, Principle) else Principle(p, ratio) for p in parsed]
+    return compose(principles=items or None, negative_principle=negative or None, ratio=ratio)
+
+
+def describe(comp: Composition) -> str:
+    """One line per principle, for the commands' headers."""
+    lines = [f"principle: {p.text} (ratio {p.ratio:g})" for p in comp.principles]
+    if comp.negative:
+        away = "" if comp.principles else f" (ratio {comp.away_ratio:g})"
+        lines.append(f"negative principle: {comp.negative}{away}")
+    return "\n".join(lines)
 
 
 def load_aligner(args: argparse.Namespace):

@@ -7,7 +7,9 @@ import argparse
 import sys
 from typing import Sequence
 
-from .cli_common import add_model_options, add_sampling_options, load_aligner, sampling_options, stream_chat
+from .cli_common import (add_model_options, add_sampling_options, composition, describe, load_aligner,
+                         sampling_options, stream_chat)
+from .principles import compose
 
 __all__ = ["main"]
 
@@ -37,18 +39,26 @@ def main(argv: Sequence[str]) -> int:
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
         {"role": "user", "content": args.prompt}
     ]
-    runs = [(f"aligned (ratio {args.ratio:g})", args.principle, args.ratio)]
-    if args.compare:
-        runs = [("plain (no principle)", "", 0.0), ("principle in the prompt only", args.principle, 0.0)] + runs
-    if args.principle:
-        print(f"principle: {args.principle}\n")
     try:
         options = sampling_options(args)
-        for title, principle, ratio in runs:
+        steer = composition(args)
+        if len(steer.principles) == 1 and not steer.negative:
+            title = f"aligned (ratio {steer.principles[0].ratio:g})"
+        else:
+            title = "aligned (" + ", ".join([f"{p.ratio:g}" for p in steer.principles] +
+                                             (["away from the negative"] if steer.negative else [])) + ")"
+        runs = [(title, steer)]
+        if args.compare:
+            # the principles' texts in the system message, plainly decoded
+            in_prompt = "\n".join(p.text for p in steer.principles)
+            runs = [("plain (no principle)", compose()),
+                    ("principle in the prompt only", compose(principle=in_prompt, ratio=0.0))] + runs
+        if not steer.is_plain:
+            print(describe(steer) + "\n")
+        for title, comp in runs:
             if args.compare:
                 print(f"=== {title} ===")
-            chunks = aligner.create_chat_completion(messages, principle=principle, stream=True,
-                                                    options=options.replace(ratio=ratio))
+            chunks = aligner.create_chat_completion(messages, composition=comp, stream=True, options=options)
             stream_chat(chunks)
             if args.compare:
                 print()

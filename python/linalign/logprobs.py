@@ -19,9 +19,11 @@ Each entry also carries a ``linalign`` object::
 
     plain_top_token     the most likely token of stream B, the prompt without
                         the principle (stream P's when B is not decoded:
-                        ratio 0 or no principle)
+                        ratio 0 or no principle; with a negative principle,
+                        B is the prompt with that one)
     plain_top_logprob   its logprob under log_softmax(l_0)
-    logprob_principled  the chosen token under log_softmax(l_p)
+    logprob_principled  the chosen token under log_softmax(l_p) (with several
+                        principles: the first one's stream)
     logprob_plain       the chosen token under log_softmax(l_0)
     changed             whether the chosen token differs from plain_top_token
 
@@ -123,11 +125,13 @@ def _log_softmax_at(logits: np.ndarray, *ids: int) -> list[float]:
 
 def compute_token_logprob(token: int, piece: bytes, logits_p: np.ndarray, logits_b: np.ndarray,
                           options: SamplingOptions, k: int, piece_of: Callable[[int], bytes],
-                          text_offset: int = 0) -> TokenLogprob:
-    """The entry of ``token``, drawn from ``logits_p``/``logits_b`` with
-    ``options``, with its ``k`` most likely alternatives."""
+                          text_offset: int = 0, logits_extra: Sequence[np.ndarray] = (),
+                          extra_ratios: Sequence[float] = ()) -> TokenLogprob:
+    """The entry of ``token``, drawn from ``logits_p``/``logits_b`` (and the
+    further principled streams' logits, when several principles are
+    composed) with ``options``, with its ``k`` most likely alternatives."""
     ids, aligned = _core.linear_alignment_apply(logits_p, logits_b, options.ratio, options.top_p,
-                                                options.temperature, True)
+                                                options.temperature, True, list(logits_extra), list(extra_ratios))
     x = aligned.astype(np.float64)
     m = float(x.max())
     logprobs = x - (m + float(np.log(np.exp(x - m).sum())))

@@ -7,7 +7,9 @@ low-level ctypes API so that the production engine carries no code of theirs:
     two-call  aligned decoding as a straightforward port does it: one
               context, but two llama_decode calls per step (one per stream),
               sampled with the engine's own sampler chain
-              (``linalign._core.SamplerChain``)
+              (``linalign._core.SamplerChain``); ``separate_calls_generate``
+              is the same for any number of streams (composed principles:
+              one call per principled stream and one for the base)
 
 Both run on a context of their own on the weights of a ``llama_cpp.Llama``
 (load it with :func:`linalign.load_llama`; nothing here loads a model, so the
@@ -31,7 +33,7 @@ import llama_cpp
 from .. import _core
 from ..options import SamplingOptions
 
-__all__ = ["BaselineContext", "BaselineRun", "floor_generate", "two_call_generate"]
+__all__ = ["BaselineContext", "BaselineRun", "floor_generate", "separate_calls_generate", "two_call_generate"]
 
 _SEQ_P, _SEQ_B = 0, 1
 # the engine's rule (cpp/engine.cpp): with a buffer per stream a shared prefix
@@ -46,14 +48,15 @@ class BaselineContext:
     also closes itself when the Llama frees its model first."""
 
     def __init__(self, llama: llama_cpp.Llama, *, n_ctx: int, n_threads: int, n_threads_batch: int | None = None,
-                 n_batch: int = 512, kv_unified: bool = True) -> None:
+                 n_batch: int = 512, kv_unified: bool = True, n_seq: int = 2) -> None:
         self._ctx = None
         self._batch: llama_cpp.llama_batch | None = None
         model_ptr = getattr(getattr(llama, "_model", None), "model", None)
         if not model_ptr:
             raise RuntimeError("the llama_cpp.Llama passed in is closed")
-        if n_ctx < 8 or n_batch < 2:
-            raise ValueError(f"need n_ctx >= 8 and n_batch >= 2, got {n_ctx} and {n_batch}")
+        if n_ctx < 8 or n_batch < n_seq or n_seq < 2:
+            raise ValueError(f"need n_ctx >= 8, n_seq >= 2 and n_batch >= n_seq, got {n_ctx}, {n_seq} and {n_batch}")
+        self.n_seq = n_seq
         self.n_ctx = n_ctx        # the most tokens one stream holds
         self.n_batch = n_batch
         self.kv_unified = kv_unified
@@ -63,10 +66,10 @@ class BaselineContext:
         self.model = _core.Model.borrow(ctypes.cast(model_ptr, ctypes.c_void_p).value)
 
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = 2 * n_ctx
+        params.n_ctx = n_seq * n_ctx
         params.n_batch = n_batch
         params.n_ubatch = n_batch
-        params.n_seq_max = 2
+        params.n_seq_max = n_seq
         params.kv_unified = kv_unified
         params.no_perf = True
         params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
@@ -74,9 +77,9 @@ class BaselineContext:
         params.n_threads_batch = n_threads_batch or n_threads
         ctx = llama_cpp.llama_init_from_model(model_ptr, params)
         if not ctx:
-            raise RuntimeError(f"llama.cpp could not create a context ({2 * n_ctx} KV cells; out of memory?)")
+            raise RuntimeError(f"llama.cpp could not create a context ({n_seq * n_ctx} KV cells; out of memory?)")
         self._ctx = ctx
-        self._batch = llama_cpp.llama_batch_init(n_batch, 0, 2)
+        self._batch = llama_cpp.llama_batch_init(n_batch, 0, n_seq)
         self._memory = llama_cpp.llama_get_memory(ctx)
         # the Llama's model frees its weights from its exit stack: this
         # context must go first, whichever is closed first
@@ -306,6 +309,62 @@ def two_call_generate(ctx: BaselineContext, prompt_p: Sequence[int], prompt_b: S
         n_p += 1
         n_b += 1
         token = chain.sample(logits_p, ctx.logits(0), n_vocab)
+    t_end = time.perf_counter() if tokens else t_first
+    text = b"".join(model.token_to_piece(t, False) for t in tokens).decode("utf-8", "replace")
+    return BaselineRun(t_prefilled, t_first, t_end, tokens, finish, text)
+
+
+def separate_calls_generate(ctx: BaselineContext, prompts: Sequence[Sequence[int]], options: SamplingOptions,
+                            extra_ratios: Sequence[float] = ()) -> BaselineRun:
+    """Composed principles decoded as a port without batching would: one
+    llama_decode per stream per step, from a cold cache.
+
+    ``prompts`` are the engine's streams in its order (P, B, then one per
+    ``extra_ratios``), each in a sequence of its own of ``ctx`` (made with
+    ``n_seq`` >= their number); every step decodes the sampled token into
+    each stream in turn, copying each one's logits out before the next call
+    overwrites them, and samples from the copies with ``_core.SamplerChain``
+    (the engine's chain, composing the extra streams). Stops as
+    :func:`two_call_generate` does.
+    """
+    if len(prompts) != 2 + len(extra_ratios) or len(prompts) > ctx.n_seq:
+        raise ValueError(f"{len(prompts)} prompts for {len(extra_ratios)} extra ratios on a context of "
+                         f"{ctx.n_seq} sequences")
+    for prompt in prompts:
+        _check_room(ctx, prompt, prompt)
+    model, n_vocab = ctx.model, ctx.n_vocab
+    params = options.to_native()
+    params.extra_ratios = list(extra_ratios)
+    chain = _core.SamplerChain(params, model)
+    limit = options.token_limit(ctx.n_ctx)
+    logits = [np.empty(n_vocab, dtype=np.float32) for _ in prompts]
+    ctx.clear()
+    for seq, prompt in enumerate(prompts):
+        ctx.prefill(seq, prompt)
+        np.copyto(logits[seq], ctx.logits(-1))
+    ctx.synchronize()
+    t_prefilled = time.perf_counter()
+    token = chain.sample(logits[0], logits[1], n_vocab, logits[2:])
+    t_first = time.perf_counter()
+    tokens: list[int] = []
+    n_past = [len(p) for p in prompts]
+    batch, decode = ctx.step_batch(1), ctx.decode
+    finish = "length"
+    while True:
+        if model.is_eog(token):
+            finish = "stop"
+            break
+        tokens.append(token)
+        if len(tokens) >= limit or max(n_past) >= ctx.n_ctx:
+            break
+        batch.token[0] = token
+        for seq in range(len(prompts)):
+            batch.pos[0] = n_past[seq]
+            batch.seq_id[0][0] = seq
+            decode(f"decode of stream {seq}")
+            np.copyto(logits[seq], ctx.logits(0))
+            n_past[seq] += 1
+        token = chain.sample(logits[0], logits[1], n_vocab, logits[2:])
     t_end = time.perf_counter() if tokens else t_first
     text = b"".join(model.token_to_piece(t, False) for t in tokens).decode("utf-8", "replace")
     return BaselineRun(t_prefilled, t_first, t_end, tokens, finish, text)

@@ -33,8 +33,11 @@ class BatchedEngine:
     n_ctx
         The most tokens one stream (prompt and completion) may hold.
     n_slots
-        Requests decoded at once; the KV cache holds ``2 * n_slots * n_ctx``
-        cells (two streams per slot).
+        Requests decoded at once; the KV cache holds
+        ``n_streams * n_slots * n_ctx`` cells.
+    n_streams
+        Streams a slot can hold: 2 (P and B) plus one per further principle a
+        request may compose (at most 1 + linalign.principles.MAX_PRINCIPLES).
     n_batch
         Tokens per step: one per running stream, the rest for prefill chunks.
     kv_unified
@@ -50,9 +53,11 @@ class BatchedEngine:
 
     def __init__(self, model: Any, *, n_ctx: int, n_slots: int = 1, n_batch: int = 512, n_threads: int = 0,
                  n_threads_batch: int = 0, flash_attn: bool = False, kv_unified: bool = False,
-                 cache_prompt: bool = True, seed: int | None = None) -> None:
+                 cache_prompt: bool = True, seed: int | None = None, n_streams: int = 2) -> None:
         self._model = model
-        self._native = _core.Engine(model, n_ctx, n_slots, n_batch, n_threads, n_threads_batch, flash_attn, kv_unified)
+        self._native = _core.Engine(model, n_ctx, n_slots, n_batch, n_threads, n_threads_batch, flash_attn, kv_unified,
+                                    n_streams)
+        self.n_streams = n_streams
         self.lock = threading.RLock()
         self.n_ctx = n_ctx
         self.n_slots = n_slots
@@ -111,16 +116,21 @@ class BatchedEngine:
         """
         options = request.options
         check_logprobs_request(request.want_logprobs, options)
+        if request.n_streams > self.n_streams:
+            raise ValueError(f"principles: {request.n_streams - 1} principles need {request.n_streams} streams per "
+                             f"slot; this engine was made with {self.n_streams} (at most "
+                             f"{self.n_streams - 1} principles per request)")
         gen = Generation(request=request, limit=options.token_limit(self.n_ctx), notify=notify)
         params = options.to_native(self._seed)
+        params.extra_ratios = list(request.extra_ratios)
         with self.lock:
             self._require_open()
             self._reap_cancelled()
-            prompt, base = list(request.prompt), list(request.base_prompt)
-            slot = self._native.pick_slot(prompt, base)
+            prompts = request.prompts
+            slot = self._native.pick_slot(prompts)
             if slot < 0:
                 return None
-            stats = self._native.start(slot, prompt, base, params, self.cache_prompt)
+            stats = self._native.start(slot, prompts, params, self.cache_prompt)
             gen.slot = slot
             self._submitted += 1
             gen.order = self._submitted
@@ -200,12 +210,15 @@ class BatchedEngine:
         """The logprobs of the token ``gen`` just sampled (linalign.logprobs)."""
         native, slot = self._native, gen.slot
         logits_p = native.logits(slot, 0)
+        n_active = native.n_active_streams(slot)
         # B not decoded (ratio 0, or both prompts the same): P's logits stand in
-        logits_b = native.logits(slot, 1) if native.n_active_streams(slot) == 2 else logits_p
+        logits_b = native.logits(slot, 1) if n_active >= 2 else logits_p
+        extra = [native.logits(slot, s) for s in range(2, n_active)]
         model = self._model
         return compute_token_logprob(token, piece, logits_p, logits_b, gen.request.options,
                                      gen.request.want_logprobs, lambda t: model.token_to_piece(t, False),
-                                     text_offset=gen.assembler.decoded_length)
+                                     text_offset=gen.assembler.decoded_length,
+                                     logits_extra=extra, extra_ratios=gen.request.extra_ratios)
 
     def _release(self, gen: Generation) -> None:
         if gen.slot >= 0 and self._active.get(gen.slot) is gen:
@@ -226,8 +239,8 @@ class BatchedEngine:
         return self._native.n_decode_calls
 
     def logits(self, gen: Generation, stream: int = 0):
-        """The logits ``gen``'s stream (0: P, 1: B) sampled its last token
-        from; valid until the next step."""
+        """The logits ``gen``'s stream (0: P, 1: B, 2...: further principled
+        streams) sampled its last token from; valid until the next step."""
         with self.lock:
             self._require_open()
             if gen.slot < 0:
@@ -240,7 +253,7 @@ class BatchedEngine:
         longest cached prefix. Raises RuntimeError when every slot is busy."""
         with self.lock:
             self._require_open()
-            slot = self._native.pick_slot(prompt, base_prompt)
+            slot = self._native.pick_slot([prompt, base_prompt])
             if slot < 0:
                 raise RuntimeError("every slot is busy")
             return self._native.eval_logits(slot, prompt, base_prompt, n_tail_p, n_tail_b)
@@ -260,8 +273,9 @@ class BatchedEngine:
             return self._native.n_past(slot, stream)
 
     def active_streams(self, gen: Generation) -> int:
-        """Streams a running request decodes: 2, or 1 when it is plain
-        decoding (ratio 0, or no principle: both prompts the same)."""
+        """Streams a running request decodes: 2, 1 when it is plain decoding
+        (ratio 0, or no principle: both prompts the same), or 1 + K for K
+        composed principles."""
         with self.lock:
             self._require_open()
             if gen.slot < 0:

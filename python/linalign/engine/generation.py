@@ -26,6 +26,24 @@ class GenerationRequest:
     # None: no logprobs; k >= 0: each token's logprob and its k most likely
     # alternatives (linalign.logprobs), captured by the engine per token
     want_logprobs: int | None = None
+    # further principled streams when several principles are composed
+    # (linalign.principles): their prompts and ratios; options.ratio is P's
+    extra_prompts: tuple[Sequence[int], ...] = ()
+    extra_ratios: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.extra_prompts) != len(self.extra_ratios):
+            raise ValueError("extra_prompts and extra_ratios must have the same length")
+
+    @property
+    def prompts(self) -> list[list[int]]:
+        """Every stream's prompt in engine order: P, B, then the further principled ones."""
+        return [list(self.prompt), list(self.base_prompt), *(list(p) for p in self.extra_prompts)]
+
+    @property
+    def n_streams(self) -> int:
+        """Streams a slot needs for this request."""
+        return 2 + len(self.extra_prompts)
 
 
 @dataclass

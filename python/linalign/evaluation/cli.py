@@ -12,6 +12,7 @@ import os
 import sys
 from typing import Any, Sequence
 
+from ..principles import parse_principle_flag
 from .compare import comparison_html, format_comparison, generate_comparison
 from .data import load_pairs, load_persona_items, load_prompts
 from .pairs import DEFAULT_FLOOR, evaluate_pairs
@@ -90,7 +91,11 @@ def _parser() -> argparse.ArgumentParser:
 
     compare = sub.add_parser("compare", help="side-by-side generations")
     compare.add_argument("--prompts", required=True, help="text file, one prompt per line ('#' lines skipped)")
-    compare.add_argument("--principle", required=True, help="the principle of the prompt-only and aligned columns")
+    compare.add_argument("--principle", required=True, action="append", metavar="TEXT[:RATIO]",
+                         help="the principle of the prompt-only and aligned columns; repeat it to compose several "
+                              "(each may carry its own ratio after a last colon)")
+    compare.add_argument("--negative-principle", default="", metavar="TEXT",
+                         help="a principle the aligned columns steer away from")
     common(compare, "1,2")
     compare.add_argument("--system", default="", help="system message of both streams (default none)")
     compare.add_argument("--max-tokens", type=_positive_int, default=128, help="tokens per generation (default 128)")
@@ -181,8 +186,11 @@ def _run(args: argparse.Namespace) -> int:
             result = evaluate_pairs(aligner, data, ratios=args.ratios, system=args.system, top_p=args.top_p,
                                     floor=args.floor, progress=bar.update)
         else:
-            bar = ProgressBar(len(data) * (2 + len(args.ratios)), "compare")
-            result = generate_comparison(aligner, data, args.principle, ratios=args.ratios, system=args.system,
+            given = [parse_principle_flag(p) for p in args.principle]
+            n_columns = 2 + len(args.ratios) + (len(given) if len(given) > 1 else 0)
+            bar = ProgressBar(len(data) * n_columns, "compare")
+            result = generate_comparison(aligner, data, given, negative_principle=args.negative_principle,
+                                         ratios=args.ratios, system=args.system,
                                          max_tokens=args.max_tokens, temperature=args.temperature,
                                          top_p=args.top_p, seed=args.seed, progress=bar.update)
         bar.close()

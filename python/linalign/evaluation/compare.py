@@ -1,6 +1,11 @@
 """Side-by-side generations for a list of prompts: plain (no principle),
 prompt-only (the principle in the system message, ratio 0) and linear
 alignment at each ratio; as a terminal table and a self-contained HTML page.
+
+Several principles (and a negative one) compose: the aligned columns then
+steer by all of them at once (each at the column's ratio unless it carries
+its own), and one column per principle shows it alone, so that the
+composition can be read against its parts.
 """
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import shutil
 import textwrap
 from typing import Any, Callable, Sequence
 
+from ..principles import Principle, compose
 from .chat_streams import chat_messages
 from .persona import method_name
 
@@ -18,8 +24,9 @@ __all__ = ["generate_comparison", "format_comparison", "comparison_html"]
 def generate_comparison(
     aligner: Any,
     prompts: Sequence[str],
-    principle: str,
+    principle: str | Sequence[str | Principle],
     *,
+    negative_principle: str = "",
     ratios: Sequence[float] = (1.0, 2.0),
     system: str = "",
     max_tokens: int = 128,
@@ -30,25 +37,39 @@ def generate_comparison(
 ) -> dict[str, Any]:
     """Generates every column for every prompt; returns the JSON-shaped result
     (``columns`` in order, ``rows`` of ``{"prompt", "outputs": {column: text}}``)."""
-    if not isinstance(principle, str) or not principle.strip():
+    given = [principle] if isinstance(principle, str) else list(principle)
+    if not given or any(not (p.text if isinstance(p, Principle) else p).strip() for p in given):
         raise ValueError("compare needs a non-empty --principle")
     if not prompts:
         raise ValueError("no prompts to compare")
     ratios = [float(r) for r in ratios]
-    columns = {"plain": ("", 0.0), "prompt-only": (principle, 0.0)}
-    columns.update({method_name(r): (principle, r) for r in ratios})
+    texts = [p.text if isinstance(p, Principle) else p for p in given]
+
+    def at(r: float) -> list[Principle]:
+        return [p if isinstance(p, Principle) else Principle(p, r) for p in given]
+
+    composed = len(given) > 1 or bool(negative_principle) or isinstance(given[0], Principle)
+    columns = {"plain": compose(), "prompt-only": compose(principle="\n".join(texts), ratio=0.0)}
+    for r in ratios:
+        name = method_name(r) if not composed else f"composed {method_name(r)}"
+        columns[name] = (compose(principles=at(r), negative_principle=negative_principle or None) if composed
+                         else compose(principle=texts[0], ratio=r))
+    if len(given) > 1:
+        for i, p in enumerate(at(ratios[0] if ratios else 2.0), start=1):
+            columns[f"only {i} r={p.ratio:g}"] = compose(principles=[p])
     rows = []
     for prompt in prompts:
         outputs = {}
-        for column, (column_principle, ratio) in columns.items():
+        for column, composition in columns.items():
             out = aligner.create_chat_completion(
-                chat_messages(prompt, system), principle=column_principle, ratio=ratio, temperature=temperature,
+                chat_messages(prompt, system), composition=composition, temperature=temperature,
                 top_p=top_p, max_tokens=max_tokens, seed=seed)
             outputs[column] = out["choices"][0]["message"]["content"].strip()
             if progress is not None:
                 progress(1)
         rows.append({"prompt": prompt, "outputs": outputs})
-    return {"protocol": "compare", "principle": principle, "system": system, "ratios": ratios,
+    return {"protocol": "compare", "principle": "\n".join(texts), "negative_principle": negative_principle,
+            "methods": {c: comp.describe() for c, comp in columns.items()}, "system": system, "ratios": ratios,
             "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens, "seed": seed,
             "columns": list(columns), "rows": rows}
 
@@ -59,6 +80,8 @@ def format_comparison(result: dict[str, Any], *, width: int | None = None) -> st
     columns = result["columns"]
     col_width = max((width - 3 * (len(columns) - 1)) // len(columns), 12)
     blocks = [f"principle: {result['principle']}"]
+    if result.get("negative_principle"):
+        blocks.append(f"negative principle: {result['negative_principle']}")
     for i, row in enumerate(result["rows"], start=1):
         wrapped = [textwrap.wrap(row["outputs"][c], col_width) or ["(empty)"] for c in columns]
         height = max(len(w) for w in wrapped)

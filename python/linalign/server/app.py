@@ -21,9 +21,15 @@ Extra request fields:
 * ``principle`` (string): absent or empty means plain decoding. In chat it is
   appended to the system message of stream P (see :mod:`linalign.chat`).
   In completions, stream P is ``principle + "\\n\\n" + prompt`` and stream B
-  is ``prompt``.
+  is ``prompt`` (each principle's stream, and a negative principle's, alike).
 * ``alignment_ratio`` (number, default 2.0): the step ``r`` of
   ``l_p + r * (l_p - l_0)``.
+* ``negative_principle`` (string): stream B gets it instead of no
+  principle (toward ``principle``, away from this one; alone: away only).
+* ``principles`` (list of ``{"text", "ratio"}``, 1 to ``--max-principles``):
+  several principles, one stream each, composed as
+  ``l_B + sum_i (1 + r_i) (l_i - l_B)`` (see :mod:`linalign.principles`);
+  not with ``principle`` or ``alignment_ratio``.
 * ``base_prompt`` (completions only): stream B's prompt, replacing the
   plain ``prompt`` (P is still ``prompt``, prefixed with the principle if
   one is given).

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..aligner import Aligner
+from ..principles import MAX_PRINCIPLES
 from ..threads import physical_cores
 from .app import create_app
 from .presets import PresetError, Presets, load_presets
@@ -57,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--presets", action="append", default=[], metavar="FILE",
                    help="presets from a JSON or TOML file: NAME = principle, or a table with principle, ratio "
                         "and sampling defaults (temperature, top_p, top_k, min_p, repeat_penalty, ...); repeatable")
+    p.add_argument("--max-principles", type=int, default=None, metavar="K",
+                   help="principles one request may compose (each is one more stream's KV per slot: "
+                        "n_ctx cells); default: the most any preset composes, at least 1")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     return p
 
@@ -80,11 +84,17 @@ def main(argv: Sequence[str]) -> int:
         print(f"linalign serve: error: {e}", file=sys.stderr, flush=True)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    needed = max([preset.composition().k for preset in preset_list], default=1)
+    max_principles = args.max_principles if args.max_principles is not None else needed
+    if not 1 <= max_principles <= MAX_PRINCIPLES:
+        parser.error(f"--max-principles must be in [1, {MAX_PRINCIPLES}], got {max_principles}")
+    if max_principles < needed:
+        parser.error(f"--max-principles {max_principles}: a preset composes {needed} principles")
 
     try:
         aligner = Aligner(args.model, n_ctx=args.n_ctx, n_parallel=args.parallel, n_batch=args.n_batch,
                           n_gpu_layers=args.n_gpu_layers, n_threads=args.threads, n_threads_batch=args.threads_batch,
-                          cache_prompt=args.cache_prompt)
+                          cache_prompt=args.cache_prompt, max_principles=max_principles)
     except (OSError, ValueError, TypeError, RuntimeError) as e:
         print(f"linalign serve: cannot load the model: {e}", flush=True)
         return 1
@@ -94,7 +104,7 @@ def main(argv: Sequence[str]) -> int:
     app = create_app(aligner, scheduler, model_id=model_id, api_key=api_key, presets=presets)
     print(f"linalign serve: {model_id} on http://{args.host}:{args.port} "
           f"(parallel {args.parallel}, queue {args.queue}, n_ctx {args.n_ctx} per stream, "
-          f"prompt cache {'on' if args.cache_prompt else 'off'}{', API key required' if api_key else ''})", flush=True)
+          f"prompt cache {'on' if args.cache_prompt else 'off'}, up to {max_principles} principle(s) per request{', API key required' if api_key else ''})", flush=True)
     if len(presets):
         print(f"linalign serve: presets: {', '.join(presets.ids[1:])}", flush=True)
     print(f"linalign serve: try it at http://{args.host}:{args.port}/", flush=True)

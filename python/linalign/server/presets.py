@@ -14,6 +14,10 @@ to a table::
     ratio = 4                # or alignment_ratio
     temperature = 0.7        # any of PRESET_SAMPLING_FIELDS
 
+    [friendly-french]        # several principles, and one to steer away from
+    principles = [{ text = "Answer in French.", ratio = 2 }, { text = "Be warm and friendly.", ratio = 1 }]
+    negative_principle = "Be sarcastic."
+
 Names are 1-64 characters of ``[A-Za-z0-9._-]``. A name may be defined once,
 across every ``--preset`` and ``--presets``.
 
@@ -35,6 +39,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..options import SamplingOptions
+from ..principles import Composition, Principle, compose
 
 __all__ = ["PRESET_SAMPLING_FIELDS", "Preset", "PresetError", "Presets", "UnknownModelError", "load_presets",
            "parse_preset_flag", "read_presets_file"]
@@ -46,7 +51,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 PRESET_SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "frequency_penalty",
                           "presence_penalty", "penalty_last_n", "seed", "max_tokens")
 # fields of other open issues, refused at startup until they are supported
-_NOT_YET = ("principles", "negative_principle", "principle_position")
+_NOT_YET = ("principle_position",)
 _RATIO_RE = re.compile(r"\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*")
 
 
@@ -65,10 +70,17 @@ class UnknownModelError(LookupError):
 @dataclass(frozen=True)
 class Preset:
     name: str
-    principle: str
+    principle: str | None                        # the one-principle form (None: principles, or only a negative one)
     ratio: float | None = None                   # None: the request's, or the default
     sampling: Mapping[str, Any] = field(default_factory=dict)  # PRESET_SAMPLING_FIELDS it sets
     source: str = ""                             # "--preset" or a file name, for messages
+    principles: tuple[Principle, ...] | None = None  # several, each with its ratio
+    negative_principle: str | None = None
+
+    def composition(self) -> Composition:
+        """What the preset steers by, alone (a request may replace parts)."""
+        return compose(principle=self.principle, principles=self.principles,
+                       negative_principle=self.negative_principle, ratio=2.0 if self.ratio is None else self.ratio)
 
     def defaults(self) -> dict[str, Any]:
         """SamplingOptions fields this preset sets (ratio included)."""
@@ -79,8 +91,13 @@ class Preset:
 
     def describe(self) -> dict[str, Any]:
         """What ``GET /v1/models`` says about it."""
-        return {"preset": self.name, "principle": self.principle, "alignment_ratio": self.ratio,
-                "sampling": dict(self.sampling)}
+        described: dict[str, Any] = {"preset": self.name, "principle": self.principle,
+                                     "alignment_ratio": self.ratio, "sampling": dict(self.sampling)}
+        if self.principles is not None:
+            described["principles"] = [{"text": p.text, "ratio": p.ratio} for p in self.principles]
+        if self.negative_principle:
+            described["negative_principle"] = self.negative_principle
+        return described
 
 
 def _check_name(name: Any, where: str) -> str:
@@ -182,13 +199,14 @@ def _preset_of(path: Path, name: Any, value: Any) -> Preset:
     for key in value:
         if key in _NOT_YET:
             raise PresetError(f"{where}.{key}: not supported yet (planned; see the open issues)")
-        if key not in ("principle", "ratio", "alignment_ratio", *PRESET_SAMPLING_FIELDS):
+        if key not in ("principle", "principles", "negative_principle", "ratio", "alignment_ratio",
+                       *PRESET_SAMPLING_FIELDS):
             hint = (" (stop strings and response_format belong to a request)" if key in ("stop", "grammar",
                                                                                         "response_format") else "")
-            raise PresetError(f"{where}.{key}: unknown field{hint}; known: principle, ratio (or alignment_ratio), "
-                              f"{', '.join(PRESET_SAMPLING_FIELDS)}")
-    if "principle" not in value:
-        raise PresetError(f"{where}: 'principle' is missing")
+            raise PresetError(f"{where}.{key}: unknown field{hint}; known: principle, principles, "
+                              f"negative_principle, ratio (or alignment_ratio), {', '.join(PRESET_SAMPLING_FIELDS)}")
+    if not any(k in value for k in ("principle", "principles", "negative_principle")):
+        raise PresetError(f"{where}: 'principle' is missing (or give 'principles' or 'negative_principle')")
     if "ratio" in value and "alignment_ratio" in value:
         raise PresetError(f"{where}: give ratio or alignment_ratio, not both")
     ratio = value.get("ratio", value.get("alignment_ratio"))
@@ -197,8 +215,17 @@ def _preset_of(path: Path, name: Any, value: Any) -> Preset:
         key = "ratio" if "ratio" in value else "alignment_ratio"
         raise PresetError(f"{where}.{key}: must be a finite number, got {ratio!r}")
     sampling = {k: v for k, v in value.items() if k in PRESET_SAMPLING_FIELDS}
-    preset = Preset(name, _check_principle(value["principle"], f"{where}.principle"),
-                    None if ratio is None else float(ratio), sampling, str(path))
+    principle = _check_principle(value["principle"], f"{where}.principle") if "principle" in value else None
+    negative = value.get("negative_principle")
+    try:
+        composition = compose(principle=principle, principles=value.get("principles"), negative_principle=negative,
+                              ratio=2.0 if ratio is None else float(ratio),
+                              ratio_given=ratio is not None and "principles" in value)
+    except (TypeError, ValueError) as e:
+        raise PresetError(f"{where}: {e}") from None
+    principles = composition.principles if "principles" in value else None
+    preset = Preset(name, principle, None if ratio is None else float(ratio), sampling, str(path),
+                    principles=principles, negative_principle=composition.negative or None)
     return _validated(preset, where)
 
 

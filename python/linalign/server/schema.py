@@ -18,6 +18,7 @@ from ..chat import validate_messages
 from ..engine import GenerationRequest
 from ..logprobs import chat_top_logprobs, check_logprobs_request, completion_top_logprobs
 from ..options import SamplingOptions
+from ..principles import Composition, compose
 from .grammar_limits import GrammarTooLarge, check_gbnf, check_json_schema
 from .presets import Preset
 
@@ -82,6 +83,9 @@ class _SamplingRequest(BaseModel):
 
     model: str | None = None
     principle: str | None = None
+    # [{"text": ..., "ratio": ...}, ...]: checked by linalign.principles.compose
+    principles: list[Any] | None = None
+    negative_principle: str | None = None
     alignment_ratio: float | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -120,11 +124,30 @@ class _SamplingRequest(BaseModel):
         except (TypeError, ValueError) as e:
             raise ApiError(400, _request_names(str(e)), param=param_of_error(str(e))) from None
 
-    def principle_of(self, preset: Preset | None) -> str:
-        """The request's principle; absent, the preset's (if any)."""
-        if self.principle is not None:
-            return self.principle
-        return preset.principle if preset is not None else ""
+    def composition(self, options: SamplingOptions, preset: Preset | None) -> Composition:
+        """The request's principles, each field absent from the request taken
+        from the preset (its principle or principles together: a request
+        that sets either form sets both); a 400 naming the field when they
+        do not compose."""
+        own = self.principle is not None or self.principles is not None
+        principle = self.principle if own or preset is None else preset.principle
+        principles = self.principles if own or preset is None else preset.principles
+        negative = self.negative_principle
+        if negative is None and preset is not None:
+            negative = preset.negative_principle
+        try:
+            return compose(principle=principle, principles=principles, negative_principle=negative,
+                           ratio=options.ratio, ratio_given=self.alignment_ratio is not None,
+                           ratio_name="alignment_ratio")
+        except (TypeError, ValueError) as e:
+            raise ApiError(400, str(e), param=param_of_error(str(e))) from None
+
+    def check_streams(self, composition: Composition, max_principles: int) -> None:
+        """400 when the server's slots cannot hold the request's streams."""
+        if composition.k > max_principles:
+            raise ApiError(400, f"principles: this request composes {composition.k} principles; this server "
+                                f"holds {max_principles} per request (start it with --max-principles "
+                                f"{composition.k})", param="principles")
 
 
 def _request_names(message: str) -> str:
@@ -180,8 +203,10 @@ class ChatCompletionRequest(_SamplingRequest):
             messages = validate_messages(self.messages)
         except (TypeError, ValueError) as e:
             raise ApiError(400, str(e), param="messages") from None
+        composition = self.composition(options, preset)
+        self.check_streams(composition, aligner.max_principles)
         try:
-            return aligner.chat_request(messages, principle=self.principle_of(preset), options=options,
+            return aligner.chat_request(messages, composition=composition, options=options,
                                         logprobs=k is not None, top_logprobs=k)
         except (TypeError, ValueError) as e:
             raise ApiError(400, str(e), param=param_of_error(str(e))) from None
@@ -216,19 +241,23 @@ class CompletionRequest(_SamplingRequest):
             prompt = self.prompt[0]
         else:
             prompt = self.prompt  # type: ignore[assignment]
-        base_prompt = prompt if self.base_prompt is None else self.base_prompt
-        principle = self.principle_of(preset)
-        if principle:
-            if not isinstance(prompt, str):
-                if self.principle is None:
+        composition = self.composition(options, preset)
+        if not composition.is_plain:
+            if not isinstance(prompt, str) or not isinstance(self.base_prompt, (str, type(None))):
+                own = (self.principle is not None or self.principles is not None
+                       or self.negative_principle is not None)
+                if not own:
                     raise ApiError(400, f"model {self.model}: the preset's principle needs a text prompt (not "
                                         "token ids); ask the base model and put the principle in the prompt",
                                    param="model")
-                raise ApiError(400, "principle needs a text prompt (not token ids); put the principle in the "
-                                    "prompt and pass base_prompt instead", param="principle")
-            prompt = f"{principle}\n\n{prompt}"
+                field = ("principle" if self.principle is not None else
+                         "principles" if self.principles is not None else "negative_principle")
+                raise ApiError(400, f"{field} needs a text prompt (not token ids); put the principle in the "
+                                    "prompt and pass base_prompt instead", param=field)
+        self.check_streams(composition, aligner.max_principles)
         try:
-            return aligner.completion_request(prompt, base_prompt, options=options, logprobs=k)
+            return aligner.completion_request(prompt, self.base_prompt, composition=composition, options=options,
+                                              logprobs=k)
         except (TypeError, ValueError) as e:
             raise ApiError(400, str(e), param=param_of_error(str(e))) from None
 
