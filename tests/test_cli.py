@@ -20,9 +20,13 @@ def test_demo_compare_prints_three_answers():
 
 def test_chat_reads_commands():
     result = run("chat", "-p", "Answer like a pirate.", "-n", "8", "--n-ctx", "512",
-                 stdin="hello\n/ratio 1.5\n/principle Be brief.\nbye\n")
+                 stdin="hello\n/ratio 1.5\n/principle Be brief.\n/add Be kind.:3\n/negative Be rude.\nbye\n"
+                       "/negative Be kind.\n/add \n")
     assert result.returncode == 0, result.stderr
-    assert "ratio: 1.5" in result.stdout and "principle: Be brief." in result.stdout
+    out = result.stdout
+    assert "principle: Answer like a pirate. (ratio 1.5)" in out and "principle: Be brief. (ratio 1.5)" in out
+    assert "principle: Be kind. (ratio 3)" in out and "negative principle: Be rude." in out
+    assert "error: negative_principle equals" in out  # refused; the chat goes on
 
 
 def test_missing_model_is_a_clear_error():
