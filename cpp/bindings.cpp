@@ -156,6 +156,7 @@ PYBIND11_MODULE(_core, m) {
     py::class_<prefill_stats>(m, "PrefillStats")
         .def_property_readonly("reused", [](const prefill_stats & s) { return py::tuple(py::cast(s.reused)); })
         .def_property_readonly("decoded", [](const prefill_stats & s) { return py::tuple(py::cast(s.decoded)); })
+        .def_property_readonly("cached", [](const prefill_stats & s) { return py::tuple(py::cast(s.cached)); })
         .def_readonly("shared", &prefill_stats::shared);
 
     py::class_<step_event>(m, "StepEvent")

@@ -224,30 +224,50 @@ prefill_stats engine::start(int32_t slot_index, const prompt_list & prompts, con
     sl.stats    = prefill_stats();
     sl.stats.reused.assign(params_.n_streams, 0);
     sl.stats.decoded.assign(params_.n_streams, 0);
+    sl.stats.cached.assign(params_.n_streams, 0);
     for (int32_t s = 0; s < sl.n_active; ++s) {
         stream & st = sl.streams[s];
         st.prompt = prompts[s];
         st.row = -1;
-        st.copy_from_p = 0;
+        st.copy_src = -1;
+        st.copy_upto = 0;
         const int32_t n = (int32_t) st.prompt.size();
         // at least the last prompt token is decoded again: its logits are wanted
         const int32_t keep = cache_prompt ? std::min<int32_t>((int32_t) common_prefix(st.cached, st.prompt), n - 1) : 0;
         sl.stats.reused[s]  = keep_prefix(st, keep);
         sl.stats.decoded[s] = n - sl.stats.reused[s];
+        sl.stats.cached[s]  = sl.stats.reused[s];
     }
     (void) prompt_b;
-    // every other stream takes the part of its prompt that P's prompt
-    // shares, and that its own cache lacks, from P's cells once P holds it
+    // Every other stream takes the part of its prompt that P's prompt
+    // shares, and that its own cache lacks, from P's cells once P holds it.
+    // With two streams the one that already holds more of the shared part
+    // gives it to the other: when the principle comes after the history
+    // (principle_position "end"), last turn's tokens are in B's cache as B
+    // had them, not in P's, whose principle sat where the new turn goes.
+    const int32_t min_shared = params_.kv_unified ? 1 : MIN_SHARED_TO_COPY;
     for (int32_t s = 1; s < sl.n_active; ++s) {
         stream & o = sl.streams[s];
+        stream & p = sl.streams[STREAM_P];
         const int32_t upto = std::min({(int32_t) common_prefix(prompt_p, o.prompt), (int32_t) prompt_p.size() - 1,
                                        (int32_t) o.prompt.size() - 1});
-        const int32_t min_shared = params_.kv_unified ? 1 : MIN_SHARED_TO_COPY;
-        if (upto - (int32_t) o.cached.size() >= min_shared) {
-            o.copy_from_p = upto;
-            const int32_t shared = upto - (int32_t) o.cached.size();
+        const int32_t o_has = std::min<int32_t>((int32_t) o.cached.size(), upto);
+        const int32_t p_has = std::min<int32_t>((int32_t) p.cached.size(), upto);
+        stream * taker = &o;
+        int32_t taker_index = s, donor_index = STREAM_P, donor_has = p_has;
+        if (sl.n_active == 2 && o_has > p_has) {
+            taker = &p;
+            taker_index = STREAM_P;
+            donor_index = s;
+            donor_has = o_has;
+        }
+        const int32_t shared = upto - (int32_t) taker->cached.size();
+        if (shared >= min_shared) {
+            taker->copy_src  = donor_index;
+            taker->copy_upto = upto;
             sl.stats.shared += shared;
-            sl.stats.decoded[s] -= shared;
+            sl.stats.decoded[taker_index] -= shared;
+            sl.stats.cached[taker_index] += std::max(0, donor_has - (int32_t) taker->cached.size());
         }
     }
     sl.chain      = std::move(chain);
@@ -267,7 +287,8 @@ void engine::finish(int32_t slot_index) {
     for (stream & st : sl.streams) {
         st.prompt.clear();
         st.prompt.shrink_to_fit();
-        st.copy_from_p = 0;
+        st.copy_src = -1;
+        st.copy_upto = 0;
         st.row = -1;
     }
     sl.last_used = ++clock_;
@@ -304,25 +325,29 @@ void engine::batch_add(llama_token token, llama_pos pos, llama_seq_id seq, bool 
     b.n_tokens++;
 }
 
-// A stream (B, or a further principled one) takes its shared prefix from P's
-// cells as soon as P holds it: in a unified cache the cells become its too
-// (nothing is copied); with a buffer per stream P's whole buffer is copied
-// into its (llama.cpp can copy no less), carried out at the next decode,
-// before that decode writes, and it is cut back to the prefix.
+// A stream takes its shared prefix from its donor's cells (P's, or for P
+// B's) as soon as the donor holds it: in a unified cache the cells become
+// its too (nothing is copied); with a buffer per stream the donor's whole
+// buffer is copied into its (llama.cpp can copy no less), carried out at the
+// next decode, before that decode writes, and it is cut back to the prefix.
 void engine::take_shared_prefix(slot & sl, stream & b) {
-    stream & p = sl.streams[STREAM_P];
-    if (b.copy_from_p == 0 || (int32_t) p.cached.size() < b.copy_from_p) {
+    if (b.copy_src < 0) {
+        return;
+    }
+    stream & p = sl.streams[b.copy_src];
+    if ((int32_t) p.cached.size() < b.copy_upto) {
         return;
     }
     llama_memory_t mem = llama_get_memory(ctx_.get());
     if (params_.kv_unified) {
-        llama_memory_seq_cp(mem, p.seq, b.seq, (llama_pos) b.cached.size(), b.copy_from_p);
+        llama_memory_seq_cp(mem, p.seq, b.seq, (llama_pos) b.cached.size(), b.copy_upto);
     } else {
         llama_memory_seq_cp(mem, p.seq, b.seq, -1, -1);
-        llama_memory_seq_rm(mem, b.seq, b.copy_from_p, -1);
+        llama_memory_seq_rm(mem, b.seq, b.copy_upto, -1);
     }
-    b.cached.assign(b.prompt.begin(), b.prompt.begin() + b.copy_from_p);
-    b.copy_from_p = 0;
+    b.cached.assign(b.prompt.begin(), b.prompt.begin() + b.copy_upto);
+    b.copy_src  = -1;
+    b.copy_upto = 0;
 }
 
 // With a buffer per stream llama.cpp puts in one forward only sequences
@@ -359,30 +384,30 @@ std::vector<int32_t> engine::sort_batch_by_seq() {
 // stream's last prompt token, whose logits are wanted, goes in the same batch
 // as the others' (logits last only until the next decode).
 void engine::add_prefill(slot & sl, int32_t & budget, std::vector<int32_t> & queued) {
-    // where P waits: the nearest shared prefix a stream still has to take
-    int32_t p_waits_at = -1;
-    for (int32_t s = 1; s < sl.n_active; ++s) {
-        take_shared_prefix(sl, sl.streams[s]);
-        const int32_t at = sl.streams[s].copy_from_p;
-        if (at > 0 && (p_waits_at < 0 || at < p_waits_at)) {
-            p_waits_at = at;
+    // where each donor waits: the nearest shared prefix a stream still has to take from it
+    std::vector<int32_t> waits_at(sl.n_active, -1);
+    for (int32_t s = 0; s < sl.n_active; ++s) {
+        stream & st = sl.streams[s];
+        take_shared_prefix(sl, st);
+        if (st.copy_src >= 0 && (waits_at[st.copy_src] < 0 || st.copy_upto < waits_at[st.copy_src])) {
+            waits_at[st.copy_src] = st.copy_upto;
         }
     }
     bool ready = true;
     for (int32_t s = 0; s < sl.n_active; ++s) {
         stream & st = sl.streams[s];
-        if (st.copy_from_p > 0) {
-            ready = false;  // waits for P's cells
+        if (st.copy_src >= 0) {
+            ready = false;  // waits for its donor's cells
             continue;
         }
         int32_t body = (int32_t) st.prompt.size() - 1;
-        if (s == STREAM_P && p_waits_at >= 0) {
-            // P stops at a shared prefix until the stream that takes it has
-            // it, so that the prefix is decoded in a batch of its own and the
-            // stream's rest in one batch with P's (llama.cpp's rounding
-            // depends on how rows are batched; so B's logits are those of a
-            // context that decoded B's prompt alone)
-            body = std::min(body, p_waits_at);
+        if (waits_at[s] >= 0) {
+            // A donor stops at a shared prefix until the stream that takes
+            // it has it, so that the prefix is decoded in a batch of its own
+            // and the taker's rest in one batch with the donor's (llama.cpp's
+            // rounding depends on how rows are batched; so B's logits are
+            // those of a context that decoded B's prompt alone)
+            body = std::min(body, waits_at[s]);
         }
         int32_t pos = (int32_t) st.cached.size();
         while (pos < body && budget > 0) {
@@ -593,7 +618,8 @@ void engine::eval_logits(int32_t slot_index, const std::vector<llama_token> & pr
         if (pass == 1 && upto > keep[STREAM_B]) {
             stream & b = sl.streams[STREAM_B];
             b.prompt = prompt_b;
-            b.copy_from_p = upto;
+            b.copy_src = STREAM_P;
+            b.copy_upto = upto;
             take_shared_prefix(sl, b);
             b.prompt.clear();
         }

@@ -57,7 +57,9 @@ constexpr int32_t MAX_STREAMS = 1 + (int32_t) LINEAR_ALIGNMENT_MAX_PRINCIPLES;
 struct prefill_stats {
     std::vector<int32_t> reused;  // per stream: tokens found in the slot's KV cache
     std::vector<int32_t> decoded; // per stream: tokens left to decode
-    int32_t              shared = 0; // of the other streams', taken from P's cells instead (a prefix they share with P)
+    std::vector<int32_t> cached;  // per stream: tokens not computed for this request (its own cache, and
+                                  // what it takes from a stream that already held them)
+    int32_t              shared = 0; // tokens taken from another stream's cells instead of decoded (a shared prefix)
 };
 
 // What a step produced for one slot.
@@ -130,7 +132,10 @@ private:
         llama_seq_id             seq = 0;
         std::vector<llama_token> cached;       // tokens in the KV cache, position i at index i
         std::vector<llama_token> prompt;       // what the request wants it to hold before sampling
-        int32_t                  copy_from_p = 0; // not P: prompt tokens to take from P's cells once P holds them
+        // the prefix of its prompt it takes from another stream's cells once
+        // that stream holds them: copy_upto tokens from stream copy_src
+        int32_t                  copy_src  = -1;
+        int32_t                  copy_upto = 0;
         int32_t                  row = -1;     // batch index of its logits after the last decode
     };
 

@@ -27,6 +27,41 @@ CHAT_TEMPLATE = (
     "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}assistant:{% endif %}"
 )
+# Chat templates of model families whose templates refuse what linalign's
+# default placement does (a system message; roles that do not alternate),
+# in the form their GGUFs carry them (tests/test_placement.py).
+TEMPLATES = {
+    # Gemma (2, instruction-tuned): no system role at all
+    "gemma": (
+        "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+        "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+        "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
+        "{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
+    ),
+    # Mistral (7B Instruct v0.1): user and assistant only, alternating
+    "mistral": (
+        "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+        "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+        "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+        "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}"
+        "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}"
+    ),
+    # Llama 2 (chat): a system message only as the first one, folded into the first user turn
+    "llama2": (
+        "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+        "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
+        "{% set system_message = false %}{% endif %}{% for message in loop_messages %}"
+        "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+        "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+        "{% if loop.index0 == 0 and system_message != false %}"
+        "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+        "{% else %}{% set content = message['content'] %}{% endif %}{% if message['role'] == 'user' %}"
+        "{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
+        "{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}"
+    ),
+}
 WORDS = ["hello", "world", "the", "and", "yes", "no", "cat", "dog", "good", "bad", "answer", "question"]
 
 
@@ -58,10 +93,12 @@ def build_vocab(n_vocab: int, *, fill: bool = False) -> tuple[list[str], list[fl
 
 def write_tiny_gguf(path, *, n_vocab: int = 400, n_embd: int = 64, n_layer: int = 2, n_head: int = 4,
                     n_head_kv: int = 2, n_ff: int = 128, n_ctx_train: int = 512, seed: int = 0,
-                    f16: bool = False, tie_output: bool = False, name: str = "linalign-tiny-random") -> Path:
+                    f16: bool = False, tie_output: bool = False, name: str = "linalign-tiny-random",
+                    chat_template: str = CHAT_TEMPLATE) -> Path:
     """Write a random-weight llama GGUF to `path` (F32, or F16 with ``f16``;
     with ``tie_output`` the output layer is the token embedding, as in small
-    models) and return it as a Path."""
+    models; ``chat_template`` a Jinja chat template, such as one of
+    TEMPLATES) and return it as a Path."""
     if n_embd % n_head or n_head % n_head_kv:
         raise ValueError("n_embd must be divisible by n_head, and n_head by n_head_kv")
     path = Path(path)
@@ -101,7 +138,7 @@ def write_tiny_gguf(path, *, n_vocab: int = 400, n_embd: int = 64, n_layer: int 
     writer.add_eos_token_id(2)
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
-    writer.add_chat_template(CHAT_TEMPLATE)
+    writer.add_chat_template(chat_template)
 
     # After RMS norm the hidden state is ~unit scale, so a logit's std is the
     # output weights' std times sqrt(n_embd): 0.3 * sqrt(64) = 2.4 for the

@@ -255,3 +255,13 @@ def test_server_bad_principles_are_400_naming_the_field(server: Server, body, pa
 def test_server_principles_need_a_text_prompt(server: Server) -> None:
     r = server.post("/v1/completions", {"prompt": [1, 2, 3], "principles": [FRENCH], "max_tokens": 2})
     assert r.status_code == 400 and r.json()["error"]["param"] == "principles"
+
+
+def test_server_principle_position(server: Server) -> None:
+    ok = server.post("/v1/chat/completions", {"messages": ASK, "max_tokens": 3, "principle": PIRATE,
+                                              "principle_position": "end"})
+    assert ok.status_code == 200, ok.text
+    for path, extra, position in (("/v1/chat/completions", {"messages": ASK}, "middle"),
+                                  ("/v1/completions", {"prompt": "Hi"}, "end")):
+        r = server.post(path, {"max_tokens": 2, "principle": PIRATE, "principle_position": position, **extra})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "principle_position", r.text

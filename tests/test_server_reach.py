@@ -66,7 +66,7 @@ def test_presets_file_toml_and_json(tmp_path) -> None:
     (".toml", '[p]\nprinciple = "x"\nstop = ["a"]\n', r"p\.stop: unknown field \(stop strings"),
     (".toml", '[p]\nprinciple = "x"\nnegative_principle = " x"\n', r"p: negative_principle equals principle"),
     (".json", '{"p": {"principle": "x", "principles": ["a"]}}', r"p: principle and principles"),
-    (".toml", '[p]\nprinciple = "x"\nprinciple_position = "end"\n', r"p\.principle_position: not supported yet"),
+    (".toml", '[p]\nprinciple = "x"\nprinciple_position = "middle"\n', r"p: principle_position must be one of"),
     (".toml", '[p]\nprinciple = "x"\ntemperature = -1\n', r"p\.temperature: must be >= 0"),
     (".toml", '[p]\nprinciple = "x"\ntop_k = 1.5\n', r"p\.top_k: must be an integer"),
     (".toml", '[p]\nprinciple = "x"\nratio = 1\nalignment_ratio = 2\n', "not both"),

@@ -161,6 +161,7 @@ class Aligner:
             self._model.chat_template(),
             bos_token=self._model.token_to_piece(self._model.bos, True).decode("utf-8", "ignore"),
             eos_token=self._model.token_to_piece(self._model.eos, True).decode("utf-8", "ignore"),
+            name=f"{self.model_path.name}'s",
         )
 
     def _make_engine(self, n_streams: int) -> BatchedEngine:
@@ -305,15 +306,18 @@ class Aligner:
     def completion_request(self, prompt: PromptType, base_prompt: PromptType | None = None, *,
                            principle: str | None = None, principles: Sequence[Any] | None = None,
                            negative_principle: str | None = None, composition: Composition | None = None,
-                           options: SamplingOptions | None = None, logprobs: int | None = None,
-                           **sampling: Any) -> GenerationRequest:
+                           principle_position: str | None = None, options: SamplingOptions | None = None,
+                           logprobs: int | None = None, **sampling: Any) -> GenerationRequest:
         """The token streams of a completion (see :meth:`create_completion`)."""
         self._require_open()
         want = completion_top_logprobs(logprobs)
         options = SamplingOptions.from_kwargs(options, **sampling)
         check_logprobs_request(want, options)
-        composition = self._composition(composition, principle, principles, negative_principle, options,
-                                        "ratio" in sampling)
+        composition = self._composition(composition, principle, principles, negative_principle,
+                                        principle_position, options, "ratio" in sampling)
+        if composition.position != "system":
+            raise ValueError("principle_position: completions put each principle before the prompt; "
+                             "'end' applies to chat")
         if composition.is_plain:
             prompt_tokens = self._prompt_tokens("prompt", prompt)
             base_tokens = prompt_tokens if base_prompt is None else self._prompt_tokens("base_prompt", base_prompt)
@@ -329,34 +333,63 @@ class Aligner:
 
     def chat_request(self, messages: Sequence[dict[str, Any]], *, principle: str | None = None,
                      principles: Sequence[Any] | None = None, negative_principle: str | None = None,
-                     composition: Composition | None = None, options: SamplingOptions | None = None,
-                     logprobs: bool | None = None, top_logprobs: int | None = None,
-                     **sampling: Any) -> GenerationRequest:
+                     composition: Composition | None = None, principle_position: str | None = None,
+                     options: SamplingOptions | None = None, logprobs: bool | None = None,
+                     top_logprobs: int | None = None, **sampling: Any) -> GenerationRequest:
         """The token streams of a chat call (see :meth:`create_chat_completion`)."""
         self._require_open()
         want = chat_top_logprobs(logprobs, top_logprobs)
         options = SamplingOptions.from_kwargs(options, **sampling)
         check_logprobs_request(want, options)
-        composition = self._composition(composition, principle, principles, negative_principle, options,
-                                        "ratio" in sampling)
-        streams = self._renderer.stream_prompts(messages, composition.stream_texts, composition.negative)
-        principled = [self._prompt_tokens("messages", p, add_bos=streams.add_bos) for p in streams.prompts]
-        base_tokens = self._prompt_tokens("messages", streams.base_prompt, add_bos=streams.add_bos)
+        composition = self._composition(composition, principle, principles, negative_principle,
+                                        principle_position, options, "ratio" in sampling)
+        texts, base_text = composition.stream_texts, composition.negative
+        if not any(self._has_control_text(t) for t in (*texts, base_text)):
+            streams = self._renderer.stream_prompts(messages, texts, base_text, composition.position)
+            principled = [self._prompt_tokens("messages", p, add_bos=streams.add_bos) for p in streams.prompts]
+            base_tokens = self._prompt_tokens("messages", streams.base_prompt, add_bos=streams.add_bos)
+        else:
+            # A principle that spells a control token ("<|im_end|>") is text:
+            # rendered as a placeholder, tokenized apart without special tokens.
+            mark = f"\ue000{os.urandom(8).hex()}\ue001"
+            streams = self._renderer.stream_prompts(messages, [mark if t else "" for t in texts],
+                                                    mark if base_text else "", composition.position)
+            principled = [self._literal_tokens(p, mark, t, streams.add_bos) for p, t in zip(streams.prompts, texts)]
+            base_tokens = self._literal_tokens(streams.base_prompt, mark, base_text, streams.add_bos)
         return self._composed_request(principled, base_tokens, composition, options,
                                       options.stop + tuple(streams.stop), want)
 
+    def _has_control_text(self, text: str) -> bool:
+        """Whether ``text`` holds a control token's spelling (it would
+        tokenize to that token with special tokens parsed)."""
+        if not text:
+            return False
+        data = text.encode("utf-8", "surrogatepass")
+        return self._model.tokenize(data, False, True) != self._model.tokenize(data, False, False)
+
+    def _literal_tokens(self, rendered: str, mark: str, principle: str, add_bos: bool) -> list[int]:
+        """``rendered`` with each ``mark`` replaced by ``principle``'s tokens as plain text."""
+        parts = rendered.split(mark)
+        tokens = self.tokenize(parts[0], add_bos=add_bos) if parts[0] or add_bos else []
+        for part in parts[1:]:
+            tokens += self.tokenize(principle, add_bos=False, special=False)
+            if part:
+                tokens += self.tokenize(part, add_bos=False)
+        return self._prompt_tokens("messages", tokens)
+
     @staticmethod
     def _composition(composition: Composition | None, principle: Any, principles: Any, negative_principle: Any,
-                     options: SamplingOptions, ratio_given: bool) -> Composition:
+                     principle_position: Any, options: SamplingOptions, ratio_given: bool) -> Composition:
         """The request's principles: ``composition`` as given (made by
         linalign.principles.compose), or composed from the keywords."""
         if composition is None:
             return compose(principle=principle, principles=principles, negative_principle=negative_principle,
-                           ratio=options.ratio, ratio_given=ratio_given)
+                           ratio=options.ratio, ratio_given=ratio_given, principle_position=principle_position)
         if not isinstance(composition, Composition):
             raise TypeError("composition must be a linalign.principles.Composition")
-        if principle is not None or principles is not None or negative_principle is not None:
-            raise ValueError("composition and principle/principles/negative_principle: give one or the other")
+        if any(x is not None for x in (principle, principles, negative_principle, principle_position)):
+            raise ValueError("composition and principle/principles/negative_principle/principle_position: "
+                             "give one or the other")
         return composition
 
     def _composed_request(self, principled: list[list[int]], base_tokens: list[int], composition: Composition,
@@ -415,6 +448,7 @@ class Aligner:
     def create_completion(self, prompt: PromptType, base_prompt: PromptType | None = None, *,
                           principle: str | None = None, principles: Sequence[Any] | None = None,
                           negative_principle: str | None = None, composition: Composition | None = None,
+                          principle_position: str | None = None,
                           stream: bool = False, options: SamplingOptions | None = None,
                           logprobs: int | None = None,
                           **sampling: Any) -> dict[str, Any] | Iterator[dict[str, Any]]:
@@ -455,7 +489,8 @@ class Aligner:
         """
         gen = self.submit(self.completion_request(prompt, base_prompt, principle=principle, principles=principles,
                                                   negative_principle=negative_principle, composition=composition,
-                                                  options=options, logprobs=logprobs, **sampling))
+                                                  principle_position=principle_position, options=options,
+                                                  logprobs=logprobs, **sampling))
         builder = CompletionChunks(str(self.model_path), logprobs=gen.request.want_logprobs,
                                    text_offset=len(prompt) if isinstance(prompt, str) else 0)
         chunks = chunks_of(builder, self.chunks(gen), gen)
@@ -463,7 +498,7 @@ class Aligner:
 
     def create_chat_completion(self, messages: Sequence[dict[str, Any]], *, principle: str | None = None,
                                principles: Sequence[Any] | None = None, negative_principle: str | None = None,
-                               composition: Composition | None = None,
+                               composition: Composition | None = None, principle_position: str | None = None,
                                stream: bool = False, options: SamplingOptions | None = None,
                                logprobs: bool | None = None, top_logprobs: int | None = None,
                                **sampling: Any) -> dict[str, Any] | Iterator[dict[str, Any]]:
@@ -480,7 +515,10 @@ class Aligner:
         strings take ``ratio``'s default) composes several, one stream each,
         ``l = l_B + sum_i (1 + r_i) (l_i - l_B)`` inside the union of their
         nuclei, all in one batched decode per step; not together with
-        ``principle`` or ``ratio``. ``composition`` (from
+        ``principle`` or ``ratio``. ``principle_position="end"`` appends
+        every principle to the last user message instead of the system
+        message, so that the streams share the whole conversation before it
+        (one prefill; see docs/placement.md). ``composition`` (from
         :func:`linalign.principles.compose`) gives all of that at once. ``logprobs=True`` (with ``top_logprobs`` k in
         [0, 20] alternatives) adds OpenAI's ``choices[0].logprobs.content``,
         each entry with a ``linalign`` object (see :mod:`linalign.logprobs`).
@@ -488,16 +526,17 @@ class Aligner:
         """
         gen = self.submit(self.chat_request(messages, principle=principle, principles=principles,
                                             negative_principle=negative_principle, composition=composition,
-                                            options=options, logprobs=logprobs, top_logprobs=top_logprobs,
-                                            **sampling))
+                                            principle_position=principle_position, options=options,
+                                            logprobs=logprobs, top_logprobs=top_logprobs, **sampling))
         chunks = chunks_of(ChatChunks(str(self.model_path), logprobs=gen.request.want_logprobs),
                            self.chunks(gen), gen)
         return chunks if stream else collect_chat(chunks, logprobs_asked=gen.request.want_logprobs is not None)
 
-    def render_chat(self, messages: Sequence[dict[str, Any]], principle: str = "") -> tuple[str, str]:
+    def render_chat(self, messages: Sequence[dict[str, Any]], principle: str = "",
+                    principle_position: str = "system") -> tuple[str, str]:
         """The (P, B) prompt texts a chat call would decode."""
-        prompts = self._renderer.prompts(messages, principle)
-        return prompts.prompt, prompts.base_prompt
+        streams = self._renderer.stream_prompts(messages, [principle], "", principle_position)
+        return streams.prompts[0], streams.base_prompt
 
     def chat_tokens(self, messages: Sequence[dict[str, Any]], principle: str = "", *,
                     assistant_prefix: str = "") -> tuple[list[int], list[int]]:

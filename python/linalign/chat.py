@@ -71,10 +71,21 @@ def validate_messages(messages: Any) -> list[dict[str, Any]]:
     return checked
 
 
-def with_principle(messages: Sequence[Mapping[str, Any]], principle: str) -> list[dict[str, Any]]:
-    """The messages of stream P: the principle appended to the system message."""
+def with_principle(messages: Sequence[Mapping[str, Any]], principle: str,
+                   position: str = "system") -> list[dict[str, Any]]:
+    """The messages of a principled stream: the principle appended to the
+    system message ("system"; one is added when there is none), or to the
+    last user message ("end", after the history)."""
     out = [dict(m) for m in messages]
     if not principle:
+        return out
+    if position == "end":
+        last_user = next((i for i in range(len(out) - 1, -1, -1) if out[i]["role"] == "user"), None)
+        if last_user is None:
+            raise ValueError("principle_position 'end' appends the principle to the last user message, and "
+                             "messages has none")
+        content = out[last_user]["content"]
+        out[last_user]["content"] = f"{content}\n\n{principle}" if content else principle
         return out
     if out and out[0]["role"] == "system":
         system = out[0]["content"]
@@ -87,7 +98,8 @@ def with_principle(messages: Sequence[Mapping[str, Any]], principle: str) -> lis
 class ChatRenderer:
     """Renders messages with a model's chat template."""
 
-    def __init__(self, template: str | None, *, bos_token: str, eos_token: str) -> None:
+    def __init__(self, template: str | None, *, bos_token: str, eos_token: str, name: str = "") -> None:
+        self.name = name or "the model's"
         self._formatter = Jinja2ChatFormatter(
             template=template or CHATML_TEMPLATE, eos_token=eos_token, bos_token=bos_token, add_generation_prompt=True
         )
@@ -105,15 +117,29 @@ class ChatRenderer:
         base_prompt, _, _ = self.render(checked)
         return ChatPrompts(prompt=prompt, base_prompt=base_prompt, stop=stop, add_bos=add_bos)
 
-    def stream_prompts(self, messages: Any, texts: Sequence[str], base_text: str = "") -> ChatStreams:
+    def stream_prompts(self, messages: Any, texts: Sequence[str], base_text: str = "",
+                       position: str = "system") -> ChatStreams:
         """One prompt per principle in ``texts`` ("" : the messages as
-        given) and the base stream's, with ``base_text`` as its principle."""
+        given) and the base stream's, with ``base_text`` as its principle,
+        each placed at ``position`` (linalign.principles.POSITIONS)."""
         checked = validate_messages(messages)
         prompts, stop, add_bos = [], [], True
         for i, text in enumerate(texts):
-            prompt, s, b = self.render(with_principle(checked, text))
+            prompt, s, b = self._render_with(checked, text, position)
             prompts.append(prompt)
             if i == 0:
                 stop, add_bos = s, b
-        base_prompt, _, _ = self.render(with_principle(checked, base_text))
+        base_prompt, _, _ = self._render_with(checked, base_text, position)
         return ChatStreams(prompts=prompts, base_prompt=base_prompt, stop=stop, add_bos=add_bos)
+
+    def _render_with(self, messages: list[dict[str, Any]], principle: str, position: str):
+        try:
+            return self.render(with_principle(messages, principle, position))
+        except ValueError as e:
+            if not principle or position != "system":
+                raise
+            self.render(messages)  # raises if the messages themselves do not fit the template
+            # they do: it is the system message the template refuses
+            raise ValueError(f"principle_position 'system': {self.name} chat template refuses the principle "
+                             f"as a system message ({e}); use principle_position='end', which appends it to "
+                             "the last user message") from None

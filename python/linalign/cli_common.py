@@ -6,7 +6,7 @@ import sys
 from typing import Any, Iterator
 
 from .options import SamplingOptions
-from .principles import Composition, Principle, compose, parse_principle_flag
+from .principles import POSITIONS, Composition, Principle, compose, parse_principle_flag
 
 __all__ = ["add_model_options", "add_sampling_options", "composition", "sampling_options", "load_aligner",
            "stream_chat"]
@@ -36,6 +36,9 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
                              "after a last colon (default: --ratio)")
     parser.add_argument("--negative-principle", default=None, metavar="TEXT",
                         help="a principle to steer away from (it replaces the plain prompt as the base stream)")
+    parser.add_argument("--principle-position", choices=POSITIONS, default="system",
+                        help="where principles go: appended to the system message (default), or 'end': to the "
+                             "last user message, after the history (the streams then share the conversation)")
     for name, (default, text, short) in SamplingOptions.field_help().items():
         if name not in _CLI_FIELDS:
             continue
@@ -63,9 +66,11 @@ def composition(args: argparse.Namespace, principles: list[str] | None = None,
     parsed = [parse_principle_flag(flag) for flag in flags]
     ratio = args.ratio
     if len(parsed) == 1 and isinstance(parsed[0], str):
-        return compose(principle=parsed[0], negative_principle=negative or None, ratio=ratio)
+        return compose(principle=parsed[0], negative_principle=negative or None, ratio=ratio,
+                       principle_position=args.principle_position)
     items = [p if isinstance(p, Principle) else Principle(p, ratio) for p in parsed]
-    return compose(principles=items or None, negative_principle=negative or None, ratio=ratio)
+    return compose(principles=items or None, negative_principle=negative or None, ratio=ratio,
+                   principle_position=args.principle_position)
 
 
 def describe(comp: Composition) -> str:

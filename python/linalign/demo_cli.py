@@ -52,7 +52,8 @@ def main(argv: Sequence[str]) -> int:
             # the principles' texts in the system message, plainly decoded
             in_prompt = "\n".join(p.text for p in steer.principles)
             runs = [("plain (no principle)", compose()),
-                    ("principle in the prompt only", compose(principle=in_prompt, ratio=0.0))] + runs
+                    ("principle in the prompt only", compose(principle=in_prompt, ratio=0.0,
+                                                             principle_position=steer.position))] + runs
         if not steer.is_plain:
             print(describe(steer) + "\n")
         for title, comp in runs:

@@ -24,7 +24,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-__all__ = ["MAX_PRINCIPLES", "MAX_PRINCIPLE_RATIO", "Composition", "Principle", "compose", "parse_principle_flag"]
+__all__ = ["MAX_PRINCIPLES", "MAX_PRINCIPLE_RATIO", "POSITIONS", "Composition", "Principle", "compose",
+           "parse_principle_flag"]
 
 # The most principled streams one request composes (the native sampler's
 # limit): each is one more stream's KV cache and one more row per step.
@@ -32,6 +33,12 @@ MAX_PRINCIPLES = 8
 # |ratio| of a principle in ``principles``: beyond it the combined logits are
 # dominated by the difference of two streams' rounding.
 MAX_PRINCIPLE_RATIO = 100.0
+
+# Where a chat principle goes (linalign.chat): "system", appended to the
+# system message (one is added when there is none); "end", appended to the
+# last user message, after the history, so that the streams share the whole
+# conversation before it (docs/placement.md).
+POSITIONS = ("system", "end")
 
 _RATIO_RE = re.compile(r"\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*")
 
@@ -58,6 +65,7 @@ class Composition:
     # the ratio of the one principled stream when there is no positive
     # principle (away from the negative one only)
     away_ratio: float = 2.0
+    position: str = "system"  # where chat principles go: one of POSITIONS
 
     @property
     def is_plain(self) -> bool:
@@ -80,7 +88,7 @@ class Composition:
 
     def describe(self) -> dict[str, Any]:
         return {"principles": [{"text": p.text, "ratio": p.ratio} for p in self.principles],
-                "negative_principle": self.negative}
+                "negative_principle": self.negative, "principle_position": self.position}
 
 
 def _ratio(name: str, value: Any) -> float:
@@ -126,7 +134,7 @@ def _principle(i: int, item: Any, default_ratio: float) -> Principle:
 
 def compose(*, principle: str | None = None, principles: Iterable[Any] | None = None,
             negative_principle: str | None = None, ratio: float = 2.0, ratio_given: bool = False,
-            ratio_name: str = "ratio") -> Composition:
+            ratio_name: str = "ratio", principle_position: str | None = None) -> Composition:
     """Checks a request's principle fields and composes them.
 
     ``principle`` with ``ratio`` is the one-principle shorthand ("" is plain
@@ -140,6 +148,10 @@ def compose(*, principle: str | None = None, principles: Iterable[Any] | None = 
         raise TypeError(f"principle must be a string, got {type(principle).__name__}")
     if negative_principle is not None and not isinstance(negative_principle, str):
         raise TypeError(f"negative_principle must be a string, got {type(negative_principle).__name__}")
+    position = "system" if principle_position is None else principle_position
+    if position not in POSITIONS:
+        raise ValueError(f"principle_position must be one of {', '.join(map(repr, POSITIONS))}, "
+                         f"got {principle_position!r}")
     negative = negative_principle or ""
     if negative and not negative.strip():
         raise ValueError("negative_principle is only whitespace; leave it out instead")
@@ -168,7 +180,7 @@ def compose(*, principle: str | None = None, principles: Iterable[Any] | None = 
             where = "principle" if principles is None else f"principles[{i}].text"
             raise ValueError(f"negative_principle equals {where}: steering toward and away from the same text "
                              "is plain decoding; give different texts")
-    return Composition(composed, negative, away_ratio=ratio)
+    return Composition(composed, negative, away_ratio=ratio, position=position)
 
 
 def parse_principle_flag(text: str) -> Principle | str:

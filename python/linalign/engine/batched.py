@@ -134,8 +134,10 @@ class BatchedEngine:
             gen.slot = slot
             self._submitted += 1
             gen.order = self._submitted
-            gen.cached_tokens = stats.reused[0]
-            gen.prefill = {"reused": stats.reused, "decoded": stats.decoded, "shared": stats.shared}
+            # P's prompt tokens not computed: its own cache, and what it takes from B's
+            gen.cached_tokens = stats.cached[0]
+            gen.prefill = {"reused": stats.reused, "decoded": stats.decoded, "shared": stats.shared,
+                           "cached": stats.cached}
             self._active[slot] = gen
         return gen
 
@@ -289,4 +291,5 @@ class BatchedEngine:
         with self.lock:
             self._require_open()
             stats = self._native.last_prefill(slot)
-            return {"reused": stats.reused, "decoded": stats.decoded, "shared": stats.shared}
+            return {"reused": stats.reused, "decoded": stats.decoded, "shared": stats.shared,
+                    "cached": stats.cached}

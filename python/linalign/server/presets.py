@@ -51,7 +51,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 PRESET_SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "frequency_penalty",
                           "presence_penalty", "penalty_last_n", "seed", "max_tokens")
 # fields of other open issues, refused at startup until they are supported
-_NOT_YET = ("principle_position",)
+_NOT_YET: tuple[str, ...] = ()
 _RATIO_RE = re.compile(r"\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*")
 
 
@@ -76,11 +76,13 @@ class Preset:
     source: str = ""                             # "--preset" or a file name, for messages
     principles: tuple[Principle, ...] | None = None  # several, each with its ratio
     negative_principle: str | None = None
+    principle_position: str | None = None        # None: the request's, or "system"
 
     def composition(self) -> Composition:
         """What the preset steers by, alone (a request may replace parts)."""
         return compose(principle=self.principle, principles=self.principles,
-                       negative_principle=self.negative_principle, ratio=2.0 if self.ratio is None else self.ratio)
+                       negative_principle=self.negative_principle, ratio=2.0 if self.ratio is None else self.ratio,
+                       principle_position=self.principle_position)
 
     def defaults(self) -> dict[str, Any]:
         """SamplingOptions fields this preset sets (ratio included)."""
@@ -97,6 +99,8 @@ class Preset:
             described["principles"] = [{"text": p.text, "ratio": p.ratio} for p in self.principles]
         if self.negative_principle:
             described["negative_principle"] = self.negative_principle
+        if self.principle_position:
+            described["principle_position"] = self.principle_position
         return described
 
 
@@ -199,12 +203,13 @@ def _preset_of(path: Path, name: Any, value: Any) -> Preset:
     for key in value:
         if key in _NOT_YET:
             raise PresetError(f"{where}.{key}: not supported yet (planned; see the open issues)")
-        if key not in ("principle", "principles", "negative_principle", "ratio", "alignment_ratio",
-                       *PRESET_SAMPLING_FIELDS):
+        if key not in ("principle", "principles", "negative_principle", "principle_position", "ratio",
+                       "alignment_ratio", *PRESET_SAMPLING_FIELDS):
             hint = (" (stop strings and response_format belong to a request)" if key in ("stop", "grammar",
                                                                                         "response_format") else "")
             raise PresetError(f"{where}.{key}: unknown field{hint}; known: principle, principles, "
-                              f"negative_principle, ratio (or alignment_ratio), {', '.join(PRESET_SAMPLING_FIELDS)}")
+                              f"negative_principle, principle_position, ratio (or alignment_ratio), "
+                              f"{', '.join(PRESET_SAMPLING_FIELDS)}")
     if not any(k in value for k in ("principle", "principles", "negative_principle")):
         raise PresetError(f"{where}: 'principle' is missing (or give 'principles' or 'negative_principle')")
     if "ratio" in value and "alignment_ratio" in value:
@@ -220,12 +225,14 @@ def _preset_of(path: Path, name: Any, value: Any) -> Preset:
     try:
         composition = compose(principle=principle, principles=value.get("principles"), negative_principle=negative,
                               ratio=2.0 if ratio is None else float(ratio),
-                              ratio_given=ratio is not None and "principles" in value)
+                              ratio_given=ratio is not None and "principles" in value,
+                              principle_position=value.get("principle_position"))
     except (TypeError, ValueError) as e:
         raise PresetError(f"{where}: {e}") from None
     principles = composition.principles if "principles" in value else None
     preset = Preset(name, principle, None if ratio is None else float(ratio), sampling, str(path),
-                    principles=principles, negative_principle=composition.negative or None)
+                    principles=principles, negative_principle=composition.negative or None,
+                    principle_position=value.get("principle_position"))
     return _validated(preset, where)
 
 

@@ -86,6 +86,7 @@ class _SamplingRequest(BaseModel):
     # [{"text": ..., "ratio": ...}, ...]: checked by linalign.principles.compose
     principles: list[Any] | None = None
     negative_principle: str | None = None
+    principle_position: str | None = None  # "system" or "end" (linalign.principles.POSITIONS)
     alignment_ratio: float | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -135,10 +136,13 @@ class _SamplingRequest(BaseModel):
         negative = self.negative_principle
         if negative is None and preset is not None:
             negative = preset.negative_principle
+        position = self.principle_position
+        if position is None and preset is not None:
+            position = preset.principle_position
         try:
             return compose(principle=principle, principles=principles, negative_principle=negative,
                            ratio=options.ratio, ratio_given=self.alignment_ratio is not None,
-                           ratio_name="alignment_ratio")
+                           ratio_name="alignment_ratio", principle_position=position)
         except (TypeError, ValueError) as e:
             raise ApiError(400, str(e), param=param_of_error(str(e))) from None
 
