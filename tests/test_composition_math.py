@@ -53,9 +53,10 @@ def reference_combine(ids: np.ndarray, principled: list[np.ndarray], ratios: lis
             out[j] = l1
             continue
         b = np.float32(base[i])
-        value = b + np.float32(1.0 + ratios[0]) * (l1 - b)
+        one = np.float32(1.0)
+        value = b + (one + np.float32(ratios[0])) * (l1 - b)
         for lk, r in zip(principled[1:], ratios[1:]):
-            value = value + np.float32(1.0 + r) * (np.float32(lk[i]) - b)
+            value = value + (one + np.float32(r)) * (np.float32(lk[i]) - b)
         out[j] = value
     return out
 
@@ -72,7 +73,8 @@ def check_composed(principled: list[np.ndarray], ratios: list[float], base: np.n
         strict |= s
         loose |= lo
     assert strict <= kept <= loose
-    np.testing.assert_allclose(values, reference_combine(ids, principled, ratios, base), rtol=2e-6, atol=2e-5)
+    # float32 both; the compiler may fuse a multiply-add the reference rounds twice
+    np.testing.assert_allclose(values, reference_combine(ids, principled, ratios, base), rtol=1e-5, atol=1e-4)
 
 
 def _logits(n: int, seed: int, kind: str) -> np.ndarray:

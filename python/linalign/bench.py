@@ -31,6 +31,9 @@ def main(argv: Sequence[str]) -> int:
     if argv and argv[0] == "server":
         from .benchmarking.server_bench import main as server_main
         return server_main(argv[1:])
+    if argv and argv[0] == "long-chat":
+        from .benchmarking.long_chat import main as long_chat_main
+        return long_chat_main(argv[1:])
     if argv and argv[0] == "principles":
         from .benchmarking.principles_bench import main as principles_main
         return principles_main(argv[1:])
