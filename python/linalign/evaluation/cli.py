@@ -10,16 +10,22 @@ import argparse
 import math
 import os
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from ..principles import parse_principle_flag
+from ..principles import POSITIONS
 from .compare import comparison_html, format_comparison, generate_comparison
+from .follow import INSTRUCTIONS, evaluate_follow, follow_methods, load_instructions, plot_follow
 from .data import load_pairs, load_persona_items, load_prompts
 from .pairs import DEFAULT_FLOOR, evaluate_pairs
 from .persona import DEFAULT_PRINCIPLE_TEMPLATE, DEFAULT_SYSTEM, evaluate_persona, method_name
 from .report import ProgressBar, format_table, plot_sensitivity, write_json
 
 __all__ = ["main"]
+
+FOLLOW_DEFAULT = ("lowercase", "no_comma", "postscript", "keyword", "quotation", "end_phrase")
+DEFAULT_TASKS = Path(__file__).resolve().parents[3] / "data" / "follow_tasks.txt"
 
 
 def _ratios(text: str) -> list[float]:
@@ -58,7 +64,7 @@ def _top_p(text: str) -> float:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="linalign eval", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="protocol", required=True, metavar="{persona,pairs,compare}")
+    sub = parser.add_subparsers(dest="protocol", required=True, metavar="{persona,pairs,compare,follow}")
 
     def common(p: argparse.ArgumentParser, ratios: str) -> None:
         p.add_argument("--model", default=None, help="GGUF file (default: SmolLM2-135M-Instruct Q4_1)")
@@ -103,6 +109,17 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--top-p", type=_top_p, default=0.8, help="nucleus (default 0.8)")
     compare.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
     compare.add_argument("--html", default=None, metavar="OUT.html", help="write a self-contained HTML page")
+
+    follow = sub.add_parser("follow", help="adherence to checkable principles (IFEval's verifiable instructions)")
+    follow.add_argument("--tasks", default=None, help="text file of user requests, one per line "
+                                                      "(default: data/follow_tasks.txt)")
+    follow.add_argument("--instructions", default=",".join(FOLLOW_DEFAULT),
+                        help=f"comma-separated, of {','.join(INSTRUCTIONS)} (default {','.join(FOLLOW_DEFAULT)})")
+    common(follow, "1,2")
+    follow.add_argument("--positions", default="system,end", help="placements of the principle (default system,end)")
+    follow.add_argument("--max-tokens", type=_positive_int, default=96, help="tokens per answer (default 96)")
+    follow.add_argument("--top-p", type=_top_p, default=0.8, help="nucleus (default 0.8)")
+    follow.add_argument("--plot", default=None, metavar="OUT.png", help="adherence per method")
     return parser
 
 
@@ -148,6 +165,18 @@ def _print_pairs(result: dict[str, Any]) -> None:
                         "tokens outside nucleus"], _accuracy_rows(result, extra)))
 
 
+def _print_follow(result: dict[str, Any]) -> None:
+    names = list(result["instructions"])
+    print(f"follow protocol: {result['n_tasks']} tasks x {len(names)} instructions = {result['n']} answers per "
+          f"method, greedy, {result['max_tokens']} tokens")
+    rows = []
+    for m in result["methods"]:
+        per = result["per_instruction"][m]
+        rows.append([m, f"{result['followed'][m]}/{result['n']}", f"{result['adherence'][m]:.3f}",
+                     _fmt_interval(*result["interval"][m])] + [f"{per[n]['followed']}/{per[n]['n']}" for n in names])
+    print(format_table(["method", "followed", "adherence", "95% interval", *names], rows))
+
+
 def _plot(path: str, result: dict[str, Any], title: str, chance: float | None) -> None:
     ratios = result["ratios"]
     keys = [method_name(r) for r in ratios]
@@ -168,6 +197,14 @@ def _run(args: argparse.Namespace) -> int:
         data = load_persona_items(args.data)
     elif args.protocol == "pairs":
         data = load_pairs(args.data)
+    elif args.protocol == "follow":
+        data = load_prompts(args.tasks or str(DEFAULT_TASKS))
+        instructions = [n.strip() for n in args.instructions.split(",") if n.strip()]
+        positions = [p.strip() for p in args.positions.split(",") if p.strip()]
+        bad = [p for p in positions if p not in POSITIONS]
+        if bad or not positions:
+            raise ValueError(f"--positions: each of {', '.join(POSITIONS)}, got {args.positions!r}")
+        load_instructions(instructions)  # fails before the model loads
     else:
         data = load_prompts(args.prompts)
     data = data[:args.limit] if args.limit else data
@@ -181,6 +218,10 @@ def _run(args: argparse.Namespace) -> int:
             result = evaluate_persona(aligner, data, ratios=args.ratios, principle_template=args.principle_template,
                                       system=args.system, generate=args.generate, top_p=args.top_p,
                                       progress=bar.update)
+        elif args.protocol == "follow":
+            bar = ProgressBar(len(data) * len(instructions) * len(follow_methods(args.ratios, positions)), "follow")
+            result = evaluate_follow(aligner, data, instructions, ratios=args.ratios, positions=positions,
+                                     max_tokens=args.max_tokens, top_p=args.top_p, progress=bar.update)
         elif args.protocol == "pairs":
             bar = ProgressBar(len(data), "pairs")
             result = evaluate_pairs(aligner, data, ratios=args.ratios, system=args.system, top_p=args.top_p,
@@ -200,6 +241,10 @@ def _run(args: argparse.Namespace) -> int:
         _print_persona(result)
         if args.plot:
             _plot(args.plot, result, f"persona accuracy, {model}, n={result['n']}", chance=0.25)
+    elif args.protocol == "follow":
+        _print_follow(result)
+        if args.plot:
+            plot_follow(args.plot, result, f"instruction adherence, {model}, n={result['n']} per method")
     elif args.protocol == "pairs":
         _print_pairs(result)
         if args.plot:
@@ -218,6 +263,6 @@ def main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(list(argv))
     try:
         return _run(args)
-    except (ValueError, TypeError, FileNotFoundError, OSError) as e:
+    except (ValueError, TypeError, FileNotFoundError, OSError, ImportError) as e:
         print(f"linalign eval {args.protocol}: error: {e}", file=sys.stderr)
         return 2

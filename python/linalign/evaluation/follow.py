@@ -1,0 +1,138 @@
+"""``linalign eval follow``: how often an answer follows a principle that a
+program can check: IFEval's verifiable instructions (the ``if-verifiable``
+package ships IFEval's instruction classes; each gives a principle text by
+``build_description`` and a checker by ``check_following``).
+
+Every task (a plain user request, ``data/follow_tasks.txt``) is answered
+under every instruction by every method, greedy:
+
+    plain           no principle
+    prompt/<pos>    the instruction as a principle, ratio 0 (in the prompt only)
+    la@r/<pos>      linear alignment at ratio r
+
+for each placement ``<pos>`` of the principle (``system``: the system
+message; ``end``: after the history, appended to the user turn). Reported:
+adherence (the share of answers whose checker passes) per method, per
+method and instruction, with 95% Wilson intervals; a JSON and a PNG.
+
+Only instructions whose checkers need no downloaded data are offered
+(no NLTK sentence models: this runs offline).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from .stats import wilson_interval
+
+__all__ = ["INSTRUCTIONS", "evaluate_follow", "follow_methods", "load_instructions"]
+
+# name -> (IFEval instruction class, build_description arguments)
+INSTRUCTIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "lowercase": ("LowercaseLettersEnglishChecker", {}),
+    "no_comma": ("CommaChecker", {}),
+    "postscript": ("PostscriptChecker", {"postscript_marker": "P.S."}),
+    "keyword": ("KeywordChecker", {"keywords": ["sunshine"]}),
+    "quotation": ("QuotationChecker", {}),
+    "end_phrase": ("EndChecker", {"end_phrase": "Any other questions?"}),
+    "title": ("TitleChecker", {}),
+    "french": ("ResponseLanguageChecker", {"language": "fr"}),
+}
+
+
+def load_instructions(names: Sequence[str]) -> list[tuple[str, str, Callable[[str], bool]]]:
+    """(name, principle text, checker) of each named instruction."""
+    unknown = [n for n in names if n not in INSTRUCTIONS]
+    if unknown:
+        raise ValueError(f"unknown instruction(s) {', '.join(unknown)}; known: {', '.join(INSTRUCTIONS)}")
+    try:
+        import langdetect
+        from if_verifiable.ifeval import instructions as ifeval
+    except ImportError as e:
+        raise ImportError("linalign eval follow needs the if-verifiable package: pip install \".[eval]\"") from e
+    langdetect.DetectorFactory.seed = 0  # the language checks are random otherwise
+    out = []
+    for name in names:
+        cls, kwargs = INSTRUCTIONS[name]
+        checker = getattr(ifeval, cls)(name)
+        text = checker.build_description(**kwargs)
+        out.append((name, text, checker.check_following))
+    return out
+
+
+def follow_methods(ratios: Sequence[float], positions: Sequence[str]) -> dict[str, tuple[float | None, str]]:
+    """method name -> (ratio, or None for no principle; placement)."""
+    methods: dict[str, tuple[float | None, str]] = {"plain": (None, "system")}
+    for position in positions:
+        methods[f"prompt/{position}"] = (0.0, position)
+        for r in ratios:
+            methods[f"la@{float(r)!r}/{position}"] = (float(r), position)
+    return methods
+
+
+def evaluate_follow(aligner: Any, tasks: Sequence[str], instruction_names: Sequence[str], *,
+                    ratios: Sequence[float] = (1.0, 2.0), positions: Sequence[str] = ("system", "end"),
+                    max_tokens: int = 96, top_p: float = 0.8,
+                    progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Generates and checks every (method, instruction, task); returns the
+    JSON-shaped result."""
+    if not tasks:
+        raise ValueError("no tasks")
+    instructions = load_instructions(instruction_names)
+    methods = follow_methods(ratios, positions)
+    passed = {m: {name: 0 for name, _, _ in instructions} for m in methods}
+    samples: list[dict[str, Any]] = []
+    for name, text, check in instructions:
+        for task in tasks:
+            messages = [{"role": "user", "content": task}]
+            for method, (ratio, position) in methods.items():
+                kw: dict[str, Any] = dict(temperature=0.0, top_p=top_p, max_tokens=max_tokens, seed=0)
+                if ratio is not None:
+                    kw.update(principle=text, ratio=ratio, principle_position=position)
+                out = aligner.create_chat_completion(messages, **kw)
+                answer = out["choices"][0]["message"]["content"]
+                ok = bool(check(answer))
+                passed[method][name] += ok
+                samples.append({"method": method, "instruction": name, "task": task, "followed": ok,
+                                "answer": answer})
+                if progress is not None:
+                    progress(1)
+    n_per = len(tasks)
+    n = n_per * len(instructions)
+    total = {m: sum(v.values()) for m, v in passed.items()}
+    return {
+        "protocol": "follow", "ratios": [float(r) for r in ratios], "positions": list(positions),
+        "max_tokens": max_tokens, "top_p": top_p, "n_tasks": len(tasks),
+        "instructions": {name: text for name, text, _ in instructions},
+        "methods": list(methods), "n": n,
+        "adherence": {m: total[m] / n for m in methods},
+        "followed": total,
+        "interval": {m: list(wilson_interval(total[m], n)) for m in methods},
+        "per_instruction": {m: {name: {"followed": c, "n": n_per, "adherence": c / n_per,
+                                       "interval": list(wilson_interval(c, n_per))}
+                                for name, c in passed[m].items()} for m in methods},
+        "samples": samples,
+    }
+
+
+def plot_follow(path: str, result: dict[str, Any], title: str) -> None:
+    """Adherence per method with 95% intervals, one bar per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = result["methods"]
+    values = [result["adherence"][m] for m in methods]
+    lo = [v - result["interval"][m][0] for v, m in zip(values, methods)]
+    hi = [result["interval"][m][1] - v for v, m in zip(values, methods)]
+    colors = ["#888888" if m == "plain" else "#1f77b4" if m.endswith("/system") else "#ff7f0e" for m in methods]
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(methods)), 4))
+    ax.bar(range(len(methods)), values, yerr=[lo, hi], color=colors, capsize=4)
+    ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
+    ax.set_ylabel("adherence (share of answers that follow)")
+    ax.set_ylim(0, 1)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
