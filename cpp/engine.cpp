@@ -55,7 +55,14 @@ engine::engine(std::shared_ptr<model> mdl, const engine_params & params) : model
         throw std::invalid_argument(std::to_string(params.n_slots) + " slots x " + std::to_string(params.n_streams) +
                                     " streams is more than llama.cpp's " + std::to_string(MAX_SEQUENCES) + " sequences");
     }
-    const int64_t n_cells = (int64_t) params.n_ctx * params.n_streams * params.n_slots;
+    const int64_t n_most = (int64_t) params.n_ctx * params.n_streams * params.n_slots;
+    if (params.n_cells != 0 && (!params.kv_unified || params.n_cells < params.n_ctx || params.n_cells > n_most)) {
+        throw std::invalid_argument("kv_cells (the unified KV pool's cells) needs kv_unified and must be in [n_ctx, n_ctx x " +
+                                    std::to_string(params.n_streams) + " streams x " + std::to_string(params.n_slots) +
+                                    " slots] = [" + std::to_string(params.n_ctx) + ", " + std::to_string(n_most) +
+                                    "], got " + std::to_string(params.n_cells));
+    }
+    const int64_t n_cells = params.n_cells != 0 ? params.n_cells : n_most;
     if (n_cells > MAX_CELLS) {
         throw std::invalid_argument("n_ctx " + std::to_string(params.n_ctx) + " x " + std::to_string(params.n_streams) +
                                     " streams x " + std::to_string(params.n_slots) + " slots is " +
@@ -302,6 +309,24 @@ void engine::clear() {
     forget_all_cached();
 }
 
+bool engine::free_idle_caches() {
+    llama_memory_t mem = llama_get_memory(ctx_.get());
+    bool freed = false;
+    for (slot & sl : slots_) {
+        if (sl.state != slot_state::free) {
+            continue;
+        }
+        for (stream & st : sl.streams) {
+            if (!st.cached.empty()) {
+                llama_memory_seq_rm(mem, st.seq, -1, -1);
+                st.cached.clear();
+                freed = true;
+            }
+        }
+    }
+    return freed;
+}
+
 void engine::forget_all_cached() {
     llama_memory_clear(llama_get_memory(ctx_.get()), true);
     for (slot & sl : slots_) {
@@ -432,14 +457,20 @@ void engine::add_prefill(slot & sl, int32_t & budget, std::vector<int32_t> & que
 }
 
 void engine::run_decode(const char * what) {
-    const int32_t rc = llama_decode(ctx_.get(), batch_.get());
+    int32_t rc = llama_decode(ctx_.get(), batch_.get());
     n_decode_calls_++;
+    if (rc == 1 && free_idle_caches()) {
+        // no room (llama.cpp applied nothing): the idle slots' prompt caches made way
+        rc = llama_decode(ctx_.get(), batch_.get());
+        n_decode_calls_++;
+    }
     if (rc != 0) {
         // The cache may hold part of the batch now: forget it so the next
         // call starts from a known state instead of a corrupt one.
         forget_all_cached();
         throw std::runtime_error(std::string("llama_decode failed during ") + what + " (code " + std::to_string(rc) +
-                                 (rc == 1 ? ": no room in the KV cache)" : ")"));
+                                 (rc == 1 ? ": no room in the KV cache; the streams running hold more cells than "
+                                            "it has" : "") + ")");
     }
 }
 

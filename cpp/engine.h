@@ -47,6 +47,12 @@ struct engine_params {
     // Streams a slot can hold: P and B, plus one per further principle a
     // request may compose (each costs one stream's KV: n_ctx cells).
     int32_t n_streams       = 2;
+    // With kv_unified: the cells of the one pool (0: n_ctx per stream of
+    // every slot, the most the streams can hold). Fewer make streams that
+    // share a prefix (principle_position "end") cost what they hold, not
+    // what they could: a step that finds no room first frees the prompt
+    // caches of idle slots, then fails.
+    int32_t n_cells         = 0;
 };
 
 enum stream_id : int { STREAM_P = 0, STREAM_B = 1 };
@@ -163,6 +169,7 @@ private:
     std::vector<int32_t> sort_batch_by_seq();
     void add_prefill(slot & sl, int32_t & budget, std::vector<int32_t> & queued);
     void forget_all_cached();
+    bool free_idle_caches();
     llama_batch & llama_batch_ref() { return batch_.get(); }
     void run_decode(const char * what);
     const float * logits_at(int32_t batch_index) const;

@@ -113,3 +113,33 @@ def test_control_token_text_in_a_principle_is_text(aligner) -> None:
         assert aligner.detokenize(request.prompt).count("<|im_end|>") == 1
     out = aligner.create_chat_completion(CHAT, negative_principle=evil, principle_position="end", max_tokens=3)
     assert out["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_a_unified_pool_of_one_stream_serves_an_end_chat(model_path) -> None:
+    """With the principle at the end the streams share their cells: a pool
+    of n_ctx cells (one plain stream's) holds both; streams that share
+    little overflow it with a clear error, and the Aligner goes on."""
+    long_user = "Tell me about the sea. " * 45
+    with linalign.Aligner(model_path, n_ctx=512, n_threads=2, kv_unified=True, kv_cells=512) as a:
+        history = [{"role": "user", "content": long_user}]
+        request = a.chat_request(history, principle=PIRATE, principle_position="end")
+        assert 2 * len(request.prompt) > 512  # two separate copies would not fit
+        out = a.create_chat_completion(history, principle=PIRATE, principle_position="end", max_tokens=8,
+                                       temperature=0)
+        assert out["usage"]["completion_tokens"] >= 1
+        with pytest.raises(RuntimeError, match="no room in the KV cache"):
+            a.create_chat_completion([{"role": "user", "content": long_user}],
+                                     principle="The user is a child. " * 20, max_tokens=8)
+        again = a.create_chat_completion(history, principle=PIRATE, principle_position="end", max_tokens=8,
+                                         temperature=0)
+        assert again["usage"]["completion_tokens"] >= 1
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(kv_cells=600), "kv_unified=True"),
+    (dict(kv_cells=100, kv_unified=True), r"kv_cells .* = \[512, 1024\], got 100"),
+    (dict(kv_cells=5000, kv_unified=True), r"= \[512, 1024\], got 5000"),
+])
+def test_bad_pool_sizes_are_value_errors(model_path, kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        linalign.Aligner(model_path, n_ctx=512, n_threads=2, **kwargs)

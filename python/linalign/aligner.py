@@ -84,6 +84,12 @@ class Aligner:
         (see :class:`~linalign.engine.BatchedEngine`).
     flash_attn
         Use flash attention (off by default, as in llama_cpp.Llama).
+    kv_cells
+        With ``kv_unified=True``, the KV pool's size in cells (default
+        ``n_ctx`` per stream of every slot). With the principle at the end
+        (``principle_position="end"``) the streams share the conversation's
+        cells, so a pool of little more than ``n_ctx`` serves a long chat; a
+        step that finds no room fails with RuntimeError.
     max_principles
         Principles one request may compose (each is one more stream's KV
         cache per slot). ``None``: one to start with, and the context is made
@@ -110,6 +116,7 @@ class Aligner:
         kv_unified: bool = False,
         flash_attn: bool = False,
         max_principles: int | None = None,
+        kv_cells: int | None = None,
         verbose: bool = False,
     ) -> None:
         self._engine: BatchedEngine | None = None
@@ -128,6 +135,10 @@ class Aligner:
             SamplingOptions(seed=seed)  # validates it
         if max_principles is not None:
             _integer("max_principles", max_principles, low=1, high=MAX_PRINCIPLES)
+        if kv_cells is not None:
+            _integer("kv_cells", kv_cells, low=8, high=2**28)
+            if not kv_unified:
+                raise ValueError("kv_cells sizes the unified KV pool: pass kv_unified=True with it")
         self._grow_streams = max_principles is None
         set_verbose(verbose)  # llama.cpp's log level, as llama_cpp.Llama sets it
 
@@ -155,7 +166,7 @@ class Aligner:
         threads = n_threads or physical_cores()
         self._engine_kwargs = dict(n_ctx=self.n_ctx, n_slots=n_parallel, n_batch=n_batch, n_threads=threads,
                                    n_threads_batch=n_threads_batch or threads, flash_attn=bool(flash_attn),
-                                   kv_unified=kv_unified, cache_prompt=cache_prompt, seed=seed)
+                                   kv_unified=kv_unified, cache_prompt=cache_prompt, seed=seed, kv_cells=kv_cells)
         self._engine = self._make_engine(1 + (max_principles or 1))
         self._renderer = ChatRenderer(
             self._model.chat_template(),

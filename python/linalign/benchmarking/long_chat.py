@@ -10,9 +10,12 @@ growth over the two turns, and the KV cells the streams hold (a KV buffer
 per stream holds each stream's tokens; a unified cache holds a prefix the
 streams share once) times the bytes per cell.
 
-Cases: ``plain`` (no principle), ``system``, ``end`` (a KV buffer per
-stream: bit-exact logits, shared prefix decoded once but stored twice) and
-``end-unified`` (one pool of cells: the shared prefix stored once).
+Cases: ``llama.cpp`` (llama-cpp-python's Llama alone, plain decoding: one
+stream, ``n_ctx`` cells), ``plain`` (the Aligner, no principle),
+``system``, ``end`` (a KV buffer per stream: bit-exact logits, shared prefix
+decoded once but stored twice), ``end-unified`` (one pool of cells: the
+shared prefix stored once) and ``end-pool`` (that pool sized to ``n_ctx``
+cells, as one plain stream's).
 """
 from __future__ import annotations
 
@@ -29,10 +32,12 @@ from typing import Any, Sequence
 __all__ = ["CASES", "main", "run_long_chat", "format_long_chat"]
 
 CASES = {
+    "llama.cpp": {"principle": None, "position": "system", "kv_unified": False, "llama": True},
     "plain": {"principle": None, "position": "system", "kv_unified": False},
     "system": {"principle": True, "position": "system", "kv_unified": False},
     "end": {"principle": True, "position": "end", "kv_unified": False},
     "end-unified": {"principle": True, "position": "end", "kv_unified": True},
+    "end-pool": {"principle": True, "position": "end", "kv_unified": True, "pool": True},
 }
 PRINCIPLE = "The user is a five-year-old child."
 DATA = Path(__file__).resolve().parents[3] / "data" / "long_chat.json"
@@ -50,8 +55,12 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
 
     case = CASES[spec["case"]]
     data = json.loads(Path(spec["data"]).read_text(encoding="utf-8"))
+    rss0 = _rss_mib()
+    if case.get("llama"):
+        return _llama_child(spec, data, rss0)
     aligner = linalign.Aligner(spec["model"], n_ctx=spec["n_ctx"], n_threads=spec["threads"],
-                               kv_unified=case["kv_unified"])
+                               kv_unified=case["kv_unified"], kv_cells=spec["n_ctx"] if case.get("pool") else None)
+    allocated = spec["n_ctx"] if case.get("pool") else 2 * spec["n_ctx"]
     kw = dict(temperature=0.0, max_tokens=spec["max_tokens"], seed=1)
     if case["principle"]:
         kw.update(principle=PRINCIPLE, principle_position=case["position"])
@@ -63,7 +72,6 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
         if value:
             meta[f"{arch}.{key}"] = value
     bytes_per_cell = kv_bytes_per_sequence(meta, 1)["bytes"]
-    rss0 = _rss_mib()
 
     def turn(messages: list[dict[str, str]]) -> dict[str, Any]:
         request = aligner.chat_request(messages, **kw)
@@ -99,8 +107,44 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     history = data["messages"] + [{"role": "assistant", "content": reply},
                                   {"role": "user", "content": data["next_turn"]}]
     second, _ = turn(history)
-    result = {"case": spec["case"], "first": first, "next": second, "rss_growth_mib": _rss_mib() - rss0}
+    result = {"case": spec["case"], "first": first, "next": second, "rss_growth_mib": _rss_mib() - rss0,
+              "kv_allocated_mib": allocated * bytes_per_cell / 2**20}
     aligner.close()
+    return result
+
+
+def _llama_child(spec: dict[str, Any], data: dict[str, Any], rss0: float) -> dict[str, Any]:
+    """llama-cpp-python's Llama alone: the plain-decoding anchor."""
+    import linalign
+    from linalign.benchmarking.memory import kv_bytes_per_sequence
+
+    llm = linalign.load_llama(spec["model"], n_ctx=spec["n_ctx"], n_threads=spec["threads"],
+                              n_threads_batch=spec["threads"], verbose=False)
+    bytes_per_cell = kv_bytes_per_sequence(llm.metadata, 1)["bytes"]
+
+    def turn(messages):
+        t0 = time.perf_counter()
+        t_first, parts, n = None, [], 0
+        for chunk in llm.create_chat_completion(messages, temperature=0.0, max_tokens=spec["max_tokens"], seed=1,
+                                                stream=True):
+            text = chunk["choices"][0]["delta"].get("content")
+            if text:
+                n += 1
+                parts.append(text)
+                if t_first is None:
+                    t_first = time.perf_counter()
+        t_end = time.perf_counter()
+        t_first = t_first or t_end
+        return {"ttft_ms": (t_first - t0) * 1000.0, "tok_s": (n - 1) / (t_end - t_first) if n > 1 else None,
+                "completion_tokens": n, "prompt_tokens": None, "decoded": [None], "cached_tokens": None,
+                "kv_cells": llm.n_tokens, "kv_mib": llm.n_tokens * bytes_per_cell / 2**20}, "".join(parts)
+
+    first, reply = turn(data["messages"])
+    second, _ = turn(data["messages"] + [{"role": "assistant", "content": reply},
+                                         {"role": "user", "content": data["next_turn"]}])
+    result = {"case": spec["case"], "first": first, "next": second, "rss_growth_mib": _rss_mib() - rss0,
+              "kv_allocated_mib": spec["n_ctx"] * bytes_per_cell / 2**20}
+    llm.close()
     return result
 
 
@@ -143,7 +187,7 @@ def run_long_chat(*, model: str | None = None, reps: int = 3, max_tokens: int = 
     for case in cases:
         rows.append({"case": case, "ttft_ms": med(case, "first", "ttft_ms"), "tok_s": med(case, "first", "tok_s"),
                      "next_ttft_ms": med(case, "next", "ttft_ms"), "kv_mib": med(case, "next", "kv_mib"),
-                     "rss_growth_mib": med(case, "rss_growth_mib"),
+                     "rss_growth_mib": med(case, "rss_growth_mib"), "kv_allocated_mib": med(case, "kv_allocated_mib"),
                      "prompt_tokens": runs[case][0]["first"]["prompt_tokens"],
                      "next_decoded": runs[case][0]["next"]["decoded"],
                      "next_cached": runs[case][0]["next"]["cached_tokens"]})
@@ -151,9 +195,14 @@ def run_long_chat(*, model: str | None = None, reps: int = 3, max_tokens: int = 
     targets = []
     if "plain" in by and "end" in by:
         targets.append(("aligned end TTFT / plain", by["end"]["ttft_ms"] / by["plain"]["ttft_ms"], "<= 1.15"))
-    for case in ("end", "end-unified"):
+    for case in ("end", "end-unified", "end-pool"):
         if "plain" in by and case in by:
-            targets.append((f"{case} KV / plain", by[case]["kv_mib"] / by["plain"]["kv_mib"], "<= 1.15"))
+            targets.append((f"{case} KV held / plain", by[case]["kv_mib"] / by["plain"]["kv_mib"], "<= 1.15"))
+    if "llama.cpp" in by and "end-pool" in by:
+        targets.append(("end-pool KV allocated / llama.cpp plain",
+                        by["end-pool"]["kv_allocated_mib"] / by["llama.cpp"]["kv_allocated_mib"], "<= 1.15"))
+        targets.append(("end-pool RSS growth / llama.cpp plain",
+                        by["end-pool"]["rss_growth_mib"] / by["llama.cpp"]["rss_growth_mib"], "<= 1.15"))
     if "system" in by and "end" in by:
         targets.append(("end decode / system", by["end"]["tok_s"] / by["system"]["tok_s"], ">= 0.95"))
     return {"benchmark": "long-chat", **{k: v for k, v in spec.items() if k != "data"}, "reps": reps,
@@ -167,11 +216,14 @@ def format_long_chat(doc: dict) -> str:
     lines = [f"{os.path.basename(doc['model'])}, {doc['threads']} threads, n_ctx {doc['n_ctx']} per stream, "
              f"{doc['max_tokens']} tokens greedy, median of {doc['reps']} fresh processes per case",
              f"{'case':<12} {'prompt':>6} {'TTFT ms':>8} {'tok/s':>6} {'next TTFT':>9} {'next decoded (P, B)':>20} "
-             f"{'KV MiB':>7} {'RSS +MiB':>8}"]
+             f"{'KV held':>7} {'KV alloc':>8} {'RSS +MiB':>8}"]
     for r in doc["rows"]:
-        lines.append(f"{r['case']:<12} {r['prompt_tokens']:>6} {f(r['ttft_ms'], '.0f'):>8} {f(r['tok_s'], '.1f'):>6} "
-                     f"{f(r['next_ttft_ms'], '.0f'):>9} {str(tuple(r['next_decoded'])):>20} "
-                     f"{f(r['kv_mib'], '.1f'):>7} {f(r['rss_growth_mib'], '.1f'):>8}")
+        decoded = "-" if r["next_decoded"] == [None] else str(tuple(r["next_decoded"]))
+        lines.append(f"{r['case']:<12} {f(r['prompt_tokens'], 'd'):>6} {f(r['ttft_ms'], '.0f'):>8} "
+                     f"{f(r['tok_s'], '.1f'):>6} {f(r['next_ttft_ms'], '.0f'):>9} {decoded:>20} "
+                     f"{f(r['kv_mib'], '.1f'):>7} {f(r['kv_allocated_mib'], '.1f'):>8} {f(r['rss_growth_mib'], '.1f'):>8}")
+    lines.append("(KV in MiB: held = cells the streams fill x bytes per cell; alloc = the context's KV cache; "
+                 "RSS + = the process's growth from before the model loads to after the second turn)")
     lines.append("targets (issue 14):")
     for name, value, target in doc["targets"]:
         lines.append(f"  {name}: {value:.2f} (target {target})")

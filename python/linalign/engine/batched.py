@@ -44,6 +44,11 @@ class BatchedEngine:
         One pool of KV cells for every stream (a shared prefix stored once)
         instead of a buffer per stream (each stream's logits exactly those of
         a context of its own, whatever else runs); see ``cpp/engine.h``.
+    kv_cells
+        With ``kv_unified``: the pool's cells (default: ``n_ctx`` per stream
+        of every slot). Fewer let streams that share a prefix cost what they
+        hold; a step with no room left frees idle slots' prompt caches, then
+        fails its requests with RuntimeError.
     cache_prompt
         Keep each slot's KV after a request, so that the next request sharing
         a prefix with it prefills only the rest.
@@ -53,10 +58,11 @@ class BatchedEngine:
 
     def __init__(self, model: Any, *, n_ctx: int, n_slots: int = 1, n_batch: int = 512, n_threads: int = 0,
                  n_threads_batch: int = 0, flash_attn: bool = False, kv_unified: bool = False,
-                 cache_prompt: bool = True, seed: int | None = None, n_streams: int = 2) -> None:
+                 cache_prompt: bool = True, seed: int | None = None, n_streams: int = 2,
+                 kv_cells: int | None = None) -> None:
         self._model = model
         self._native = _core.Engine(model, n_ctx, n_slots, n_batch, n_threads, n_threads_batch, flash_attn, kv_unified,
-                                    n_streams)
+                                    n_streams, kv_cells or 0)
         self.n_streams = n_streams
         self.lock = threading.RLock()
         self.n_ctx = n_ctx
