@@ -49,3 +49,11 @@ def test_cli_bad_instruction_is_a_clear_error(tmp_path) -> None:
     r = subprocess.run([sys.executable, "-m", "linalign", "eval", "follow", "--positions", "middle"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--positions" in r.stderr
+
+
+def test_an_answer_that_repeats_the_instruction_is_an_echo() -> None:
+    from linalign.evaluation.follow import echoes
+
+    principle = "At the end of your response, please explicitly add a postscript starting with P.S."
+    assert echoes('"At the end of your response, please explicitly add a postscript', principle)
+    assert not echoes("Here is my answer.\nP.S. See you soon.", principle)

@@ -550,13 +550,15 @@ class Aligner:
         return streams.prompts[0], streams.base_prompt
 
     def chat_tokens(self, messages: Sequence[dict[str, Any]], principle: str = "", *,
-                    assistant_prefix: str = "") -> tuple[list[int], list[int]]:
+                    assistant_prefix: str = "", principle_position: str = "system") -> tuple[list[int], list[int]]:
         """The (P, B) token lists a chat call would decode, with optional text
         after the generation prompt (e.g. "The best answer is")."""
         self._require_open()
-        prompts = self._renderer.prompts(messages, principle)
-        return (self._prompt_tokens("messages", prompts.prompt + assistant_prefix, add_bos=prompts.add_bos),
-                self._prompt_tokens("messages", prompts.base_prompt + assistant_prefix, add_bos=prompts.add_bos))
+        compose(principle=principle, principle_position=principle_position)  # checks the position
+        streams = self._renderer.stream_prompts(messages, [principle], "", principle_position)
+        prompt, base = streams.prompts[0], streams.base_prompt
+        return (self._prompt_tokens("messages", prompt + assistant_prefix, add_bos=streams.add_bos),
+                self._prompt_tokens("messages", base + assistant_prefix, add_bos=streams.add_bos))
 
     # -- evaluation ---------------------------------------------------------
 

@@ -18,7 +18,9 @@ def chat_messages(user: str, system: str) -> list[dict[str, str]]:
 
 
 def stream_tokens(aligner: Any, messages: list[dict[str, str]], principle: str,
-                  assistant_prefix: str = "") -> tuple[list[int], list[int]]:
+                  assistant_prefix: str = "", principle_position: str = "system") -> tuple[list[int], list[int]]:
     """(P tokens, B tokens), built by ``Aligner.chat_tokens`` (BOS only where
-    the template did not write one). Raises ValueError past the context."""
-    return aligner.chat_tokens(messages, principle, assistant_prefix=assistant_prefix)
+    the template did not write one; the principle where ``principle_position``
+    puts it). Raises ValueError past the context."""
+    return aligner.chat_tokens(messages, principle, assistant_prefix=assistant_prefix,
+                               principle_position=principle_position)

@@ -84,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="also score the first letter of a greedy aligned generation")
     persona.add_argument("--top-p", type=_top_p, default=0.8, help="nucleus of --generate's decoding (default 0.8)")
     persona.add_argument("--plot", default=None, metavar="OUT.png", help="accuracy against ratio")
+    persona.add_argument("--principle-position", choices=POSITIONS, default="system",
+                         help="where the principle goes (default system; end: after the question)")
 
     pairs = sub.add_parser("pairs", help="how often the aligned policy prefers the chosen response")
     pairs.add_argument("--data", required=True, help="JSONL of {prompt, principle, chosen, rejected}")
@@ -94,6 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     pairs.add_argument("--floor", type=float, default=DEFAULT_FLOOR,
                        help=f"log-prob charged to a token outside the nucleus (default {DEFAULT_FLOOR})")
     pairs.add_argument("--plot", default=None, metavar="OUT.png", help="accuracy against ratio")
+    pairs.add_argument("--principle-position", choices=POSITIONS, default="system",
+                       help="where the principle goes (default system; end: after the prompt)")
 
     compare = sub.add_parser("compare", help="side-by-side generations")
     compare.add_argument("--prompts", required=True, help="text file, one prompt per line ('#' lines skipped)")
@@ -173,8 +177,11 @@ def _print_follow(result: dict[str, Any]) -> None:
     for m in result["methods"]:
         per = result["per_instruction"][m]
         rows.append([m, f"{result['followed'][m]}/{result['n']}", f"{result['adherence'][m]:.3f}",
-                     _fmt_interval(*result["interval"][m])] + [f"{per[n]['followed']}/{per[n]['n']}" for n in names])
-    print(format_table(["method", "followed", "adherence", "95% interval", *names], rows))
+                     _fmt_interval(*result["interval"][m]), f"{result['echoed'][m]}",
+                     f"{result['strict_adherence'][m]:.3f}", _fmt_interval(*result["strict_interval"][m])]
+                    + [f"{per[n]['followed']}/{per[n]['n']}" for n in names])
+    print(format_table(["method", "followed", "adherence", "95% interval", "echoes", "strict", "95% interval",
+                        *names], rows))
 
 
 def _plot(path: str, result: dict[str, Any], title: str, chance: float | None) -> None:
@@ -217,7 +224,7 @@ def _run(args: argparse.Namespace) -> int:
             bar = ProgressBar(len(data) * 4, "persona")
             result = evaluate_persona(aligner, data, ratios=args.ratios, principle_template=args.principle_template,
                                       system=args.system, generate=args.generate, top_p=args.top_p,
-                                      progress=bar.update)
+                                      progress=bar.update, principle_position=args.principle_position)
         elif args.protocol == "follow":
             bar = ProgressBar(len(data) * len(instructions) * len(follow_methods(args.ratios, positions)), "follow")
             result = evaluate_follow(aligner, data, instructions, ratios=args.ratios, positions=positions,
@@ -225,7 +232,8 @@ def _run(args: argparse.Namespace) -> int:
         elif args.protocol == "pairs":
             bar = ProgressBar(len(data), "pairs")
             result = evaluate_pairs(aligner, data, ratios=args.ratios, system=args.system, top_p=args.top_p,
-                                    floor=args.floor, progress=bar.update)
+                                    floor=args.floor, progress=bar.update,
+                                    principle_position=args.principle_position)
         else:
             given = [parse_principle_flag(p) for p in args.principle]
             n_columns = 2 + len(args.ratios) + (len(given) if len(given) > 1 else 0)

@@ -15,16 +15,34 @@ message; ``end``: after the history, appended to the user turn). Reported:
 adherence (the share of answers whose checker passes) per method, per
 method and instruction, with 95% Wilson intervals; a JSON and a PNG.
 
+A small model sometimes answers by repeating the instruction ("At the end
+of your response, please explicitly add a postscript starting with P.S."),
+which some checkers pass. Such answers are counted as *echoes* (six
+consecutive words of the principle in the answer), and adherence is also
+reported without them (``strict``).
+
 Only instructions whose checkers need no downloaded data are offered
 (no NLTK sentence models: this runs offline).
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Sequence
 
 from .stats import wilson_interval
 
-__all__ = ["INSTRUCTIONS", "evaluate_follow", "follow_methods", "load_instructions"]
+__all__ = ["INSTRUCTIONS", "echoes", "evaluate_follow", "follow_methods", "load_instructions"]
+
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+def echoes(answer: str, principle: str, window: int = 6) -> bool:
+    """Whether ``answer`` repeats ``window`` consecutive words of ``principle``."""
+    words = _WORD.findall(principle.lower())
+    text = " ".join(_WORD.findall(answer.lower()))
+    if len(words) < window:
+        return " ".join(words) in text if words else False
+    return any(" ".join(words[i:i + window]) in text for i in range(len(words) - window + 1))
 
 # name -> (IFEval instruction class, build_description arguments)
 INSTRUCTIONS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -80,6 +98,8 @@ def evaluate_follow(aligner: Any, tasks: Sequence[str], instruction_names: Seque
     instructions = load_instructions(instruction_names)
     methods = follow_methods(ratios, positions)
     passed = {m: {name: 0 for name, _, _ in instructions} for m in methods}
+    strict = {m: {name: 0 for name, _, _ in instructions} for m in methods}
+    echoed = {m: 0 for m in methods}
     samples: list[dict[str, Any]] = []
     for name, text, check in instructions:
         for task in tasks:
@@ -91,14 +111,18 @@ def evaluate_follow(aligner: Any, tasks: Sequence[str], instruction_names: Seque
                 out = aligner.create_chat_completion(messages, **kw)
                 answer = out["choices"][0]["message"]["content"]
                 ok = bool(check(answer))
+                echo = echoes(answer, text)
                 passed[method][name] += ok
+                strict[method][name] += ok and not echo
+                echoed[method] += echo
                 samples.append({"method": method, "instruction": name, "task": task, "followed": ok,
-                                "answer": answer})
+                                "echo": echo, "answer": answer})
                 if progress is not None:
                     progress(1)
     n_per = len(tasks)
     n = n_per * len(instructions)
     total = {m: sum(v.values()) for m, v in passed.items()}
+    total_strict = {m: sum(v.values()) for m, v in strict.items()}
     return {
         "protocol": "follow", "ratios": [float(r) for r in ratios], "positions": list(positions),
         "max_tokens": max_tokens, "top_p": top_p, "n_tasks": len(tasks),
@@ -107,6 +131,10 @@ def evaluate_follow(aligner: Any, tasks: Sequence[str], instruction_names: Seque
         "adherence": {m: total[m] / n for m in methods},
         "followed": total,
         "interval": {m: list(wilson_interval(total[m], n)) for m in methods},
+        "echoed": echoed,
+        "strict_followed": total_strict,
+        "strict_adherence": {m: total_strict[m] / n for m in methods},
+        "strict_interval": {m: list(wilson_interval(total_strict[m], n)) for m in methods},
         "per_instruction": {m: {name: {"followed": c, "n": n_per, "adherence": c / n_per,
                                        "interval": list(wilson_interval(c, n_per))}
                                 for name, c in passed[m].items()} for m in methods},
@@ -122,13 +150,17 @@ def plot_follow(path: str, result: dict[str, Any], title: str) -> None:
     import matplotlib.pyplot as plt
 
     methods = result["methods"]
-    values = [result["adherence"][m] for m in methods]
-    lo = [v - result["interval"][m][0] for v, m in zip(values, methods)]
-    hi = [result["interval"][m][1] - v for v, m in zip(values, methods)]
-    colors = ["#888888" if m == "plain" else "#1f77b4" if m.endswith("/system") else "#ff7f0e" for m in methods]
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(methods)), 4))
-    ax.bar(range(len(methods)), values, yerr=[lo, hi], color=colors, capsize=4)
-    ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
+    x = list(range(len(methods)))
+    fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(methods)), 4.2))
+    for key, label, offset, color in (("adherence", "checker passes", -0.2, "#1f77b4"),
+                                      ("strict_adherence", "passes, not an echo of the principle", 0.2, "#ff7f0e")):
+        interval = result["interval" if key == "adherence" else "strict_interval"]
+        values = [result[key][m] for m in methods]
+        lo = [v - interval[m][0] for v, m in zip(values, methods)]
+        hi = [interval[m][1] - v for v, m in zip(values, methods)]
+        ax.bar([i + offset for i in x], values, width=0.4, yerr=[lo, hi], color=color, capsize=3, label=label)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_xticks(x, methods, rotation=30, ha="right")
     ax.set_ylabel("adherence (share of answers that follow)")
     ax.set_ylim(0, 1)
     ax.set_title(title, fontsize=10)

@@ -44,6 +44,7 @@ def evaluate_pairs(
     top_p: float = 0.8,
     floor: float = DEFAULT_FLOOR,
     progress: Callable[[int], None] | None = None,
+    principle_position: str = "system",
 ) -> dict[str, Any]:
     """Runs the protocol; returns the JSON-shaped result.
 
@@ -64,7 +65,8 @@ def evaluate_pairs(
     n_tokens = 0
     n_outside = dict.fromkeys(methods, 0)
     for index, pair in enumerate(pairs):
-        prompt_p, prompt_b = stream_tokens(aligner, chat_messages(pair["prompt"], system), pair["principle"])
+        prompt_p, prompt_b = stream_tokens(aligner, chat_messages(pair["prompt"], system), pair["principle"],
+                                           principle_position=principle_position)
         ll: dict[str, dict[str, float]] = {m: {} for m in methods}
         for side in ("chosen", "rejected"):
             response = aligner.tokenize(pair[side], add_bos=False, special=False)
@@ -103,6 +105,7 @@ def evaluate_pairs(
         "system": system,
         "top_p": top_p,
         "floor": floor,
+        "principle_position": principle_position,
         **accuracy_summary({m: correct[m] for m in methods}, n),
         "mean_margin": {m: float(np.mean(margins[m])) for m in methods},
         "out_of_nucleus": {m: n_outside[m] / n_tokens for m in methods},

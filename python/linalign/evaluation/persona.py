@@ -94,6 +94,7 @@ def evaluate_persona(
     generate: bool = False,
     top_p: float = 0.8,
     progress: Callable[[int], None] | None = None,
+    principle_position: str = "system",
 ) -> dict[str, Any]:
     """Runs the protocol; returns the JSON-shaped result.
 
@@ -117,7 +118,7 @@ def evaluate_persona(
         none_letter: str | None = None
         for target in LETTERS:
             principle = principle_for(principle_template, item["personas"][target])
-            prompt_p, prompt_b = stream_tokens(aligner, messages, principle, ANSWER_PREFIX)
+            prompt_p, prompt_b = stream_tokens(aligner, messages, principle, ANSWER_PREFIX, principle_position)
             # B is the same for the four personas of an item: the engine keeps
             # it in the KV cache and re-decodes only its last position
             logits_p, logits_b = aligner.eval_logits(prompt_p, prompt_b, 1, 1)
@@ -135,7 +136,8 @@ def evaluate_persona(
             records.append({"item": index, "persona": target, "target": target.upper(), "choice": choice})
             if progress is not None:
                 progress(1)
-    return _summary(records, methods, ratios, principle_template, system, generate, len(items))
+    return {**_summary(records, methods, ratios, principle_template, system, generate, len(items)),
+            "principle_position": principle_position}
 
 
 def _generate_letter(aligner: Any, prompt_p: list[int], prompt_b: list[int], ratio: float,
