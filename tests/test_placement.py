@@ -143,3 +143,20 @@ def test_a_unified_pool_of_one_stream_serves_an_end_chat(model_path) -> None:
 def test_bad_pool_sizes_are_value_errors(model_path, kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
         linalign.Aligner(model_path, n_ctx=512, n_threads=2, **kwargs)
+
+
+def test_server_serves_end_chats_from_a_unified_pool() -> None:
+    from test_server import Server
+
+    srv = Server("--n-ctx", "1024", "--kv-unified", "--kv-cells", "1024")
+    try:
+        history = [{"role": "user", "content": "Tell me about the sea. " * 45}]
+        for _ in range(2):
+            r = srv.post("/v1/chat/completions", {"messages": history, "max_tokens": 6, "temperature": 0,
+                                                  "principle": PIRATE, "principle_position": "end"})
+            assert r.status_code == 200, r.text
+            history += [{"role": "assistant", "content": r.json()["choices"][0]["message"]["content"]},
+                        {"role": "user", "content": "And the mountains?"}]
+        assert r.json()["usage"]["prompt_tokens_details"]["cached_tokens"] > 200
+    finally:
+        srv.stop()

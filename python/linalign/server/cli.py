@@ -58,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--presets", action="append", default=[], metavar="FILE",
                    help="presets from a JSON or TOML file: NAME = principle, or a table with principle, ratio "
                         "and sampling defaults (temperature, top_p, top_k, min_p, repeat_penalty, ...); repeatable")
+    p.add_argument("--kv-unified", action="store_true",
+                   help="one pool of KV cells for every stream: a prefix streams share (principle_position end) "
+                        "is stored once; logits then move by rounding with where cells lie (docs/serving.md)")
+    p.add_argument("--kv-cells", type=int, default=None, metavar="N",
+                   help="with --kv-unified: the pool's cells (default n_ctx per stream of every slot); a step "
+                        "that finds no room frees idle slots' prompt caches, then fails its requests")
     p.add_argument("--max-principles", type=int, default=None, metavar="K",
                    help="principles one request may compose (each is one more stream's KV per slot: "
                         "n_ctx cells); default: the most any preset composes, at least 1")
@@ -94,7 +100,8 @@ def main(argv: Sequence[str]) -> int:
     try:
         aligner = Aligner(args.model, n_ctx=args.n_ctx, n_parallel=args.parallel, n_batch=args.n_batch,
                           n_gpu_layers=args.n_gpu_layers, n_threads=args.threads, n_threads_batch=args.threads_batch,
-                          cache_prompt=args.cache_prompt, max_principles=max_principles)
+                          cache_prompt=args.cache_prompt, max_principles=max_principles,
+                          kv_unified=args.kv_unified, kv_cells=args.kv_cells)
     except (OSError, ValueError, TypeError, RuntimeError) as e:
         print(f"linalign serve: cannot load the model: {e}", flush=True)
         return 1
