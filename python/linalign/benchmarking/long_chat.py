@@ -1,5 +1,5 @@
 """``linalign bench long-chat``: one more turn of a long conversation
-(``data/long_chat.json``, about 1,500 tokens), plain against aligned with
+(``python/linalign/data/long_chat.json``, about 1,500 tokens), plain against aligned with
 the principle in the system message and at the end (``principle_position``).
 
 Each case runs in a fresh process (so that its memory is its own), ``--reps``
@@ -40,7 +40,7 @@ CASES = {
     "end-pool": {"principle": True, "position": "end", "kv_unified": True, "pool": True},
 }
 PRINCIPLE = "The user is a five-year-old child."
-DATA = Path(__file__).resolve().parents[3] / "data" / "long_chat.json"
+DATA = Path(__file__).resolve().parents[1] / "data" / "long_chat.json"  # shipped in the package
 
 
 def _rss_mib() -> float:
@@ -157,7 +157,7 @@ def run_long_chat(*, model: str | None = None, reps: int = 3, max_tokens: int = 
     spec = {"model": str(model or default_model_path()), "n_ctx": n_ctx, "threads": threads or physical_cores(),
             "max_tokens": max_tokens, "data": str(data)}
     if not Path(data).is_file():
-        raise FileNotFoundError(f"{data}: the conversation file (data/long_chat.json in the repository); pass --data")
+        raise FileNotFoundError(f"{data}: the conversation file (python/linalign/data/long_chat.json in the repository); pass --data")
     runs: dict[str, list[dict]] = {c: [] for c in cases}
     order = list(cases)
     for rep in range(reps):
@@ -241,7 +241,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--max-tokens", type=int, default=64, help="reply tokens per turn (default 64)")
     parser.add_argument("--n-ctx", type=int, default=4096, help="context per stream (default 4096)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: the physical cores)")
-    parser.add_argument("--data", default=str(DATA), help="the conversation (default: data/long_chat.json)")
+    parser.add_argument("--data", default=str(DATA), help="the conversation (default: python/linalign/data/long_chat.json)")
     parser.add_argument("--json", metavar="OUT")
     parser.add_argument("--txt", metavar="OUT")
     parser.add_argument("--quiet", action="store_true")

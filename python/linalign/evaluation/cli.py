@@ -25,7 +25,7 @@ from .report import ProgressBar, format_table, plot_sensitivity, write_json
 __all__ = ["main"]
 
 FOLLOW_DEFAULT = ("lowercase", "no_comma", "postscript", "keyword", "quotation", "end_phrase")
-DEFAULT_TASKS = Path(__file__).resolve().parents[3] / "data" / "follow_tasks.txt"
+DEFAULT_TASKS = Path(__file__).resolve().parents[1] / "data" / "follow_tasks.txt"  # shipped in the package
 
 
 def _ratios(text: str) -> list[float]:

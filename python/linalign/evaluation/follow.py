@@ -3,7 +3,7 @@ program can check: IFEval's verifiable instructions (the ``if-verifiable``
 package ships IFEval's instruction classes; each gives a principle text by
 ``build_description`` and a checker by ``check_following``).
 
-Every task (a plain user request, ``data/follow_tasks.txt``) is answered
+Every task (a plain user request, ``python/linalign/data/follow_tasks.txt``) is answered
 under every instruction by every method, greedy:
 
     plain           no principle
