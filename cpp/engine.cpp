@@ -245,7 +245,6 @@ prefill_stats engine::start(int32_t slot_index, const prompt_list & prompts, con
         sl.stats.decoded[s] = n - sl.stats.reused[s];
         sl.stats.cached[s]  = sl.stats.reused[s];
     }
-    (void) prompt_b;
     // Every other stream takes the part of its prompt that P's prompt
     // shares, and that its own cache lacks, from P's cells once P holds it.
     // With two streams the one that already holds more of the shared part

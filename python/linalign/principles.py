@@ -19,10 +19,11 @@ goes through it, so the messages name the same fields everywhere.
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
+
+from .options import _number
 
 __all__ = ["MAX_PRINCIPLES", "MAX_PRINCIPLE_RATIO", "POSITIONS", "Composition", "Principle", "compose",
            "parse_principle_flag"]
@@ -92,11 +93,7 @@ class Composition:
 
 
 def _ratio(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
+    value = _number(name, value)  # a finite number
     if abs(value) > MAX_PRINCIPLE_RATIO:
         raise ValueError(f"{name} must be in [-{MAX_PRINCIPLE_RATIO:g}, {MAX_PRINCIPLE_RATIO:g}], got {value:g}")
     return value

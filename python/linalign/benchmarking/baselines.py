@@ -274,44 +274,7 @@ def two_call_generate(ctx: BaselineContext, prompt_p: Sequence[int], prompt_b: S
     token (not counted, as in the Aligner), at ``options.max_tokens`` or
     when a stream's context is full.
     """
-    _check_room(ctx, prompt_p, prompt_b)
-    model, n_vocab = ctx.model, ctx.n_vocab
-    chain = _core.SamplerChain(options.to_native(), model)
-    limit = options.token_limit(ctx.n_ctx)
-    logits_p = np.empty(n_vocab, dtype=np.float32)
-    ctx.clear()
-    ctx.prefill(_SEQ_P, prompt_p)
-    np.copyto(logits_p, ctx.logits(-1))
-    ctx.prefill(_SEQ_B, prompt_b)
-    ctx.synchronize()
-    t_prefilled = time.perf_counter()
-    token = chain.sample(logits_p, ctx.logits(-1), n_vocab)
-    t_first = time.perf_counter()
-    tokens: list[int] = []
-    n_p, n_b = len(prompt_p), len(prompt_b)
-    batch, decode = ctx.step_batch(1), ctx.decode
-    finish = "length"
-    while True:
-        if model.is_eog(token):
-            finish = "stop"
-            break
-        tokens.append(token)
-        if len(tokens) >= limit or n_p >= ctx.n_ctx or n_b >= ctx.n_ctx:
-            break
-        batch.token[0] = token
-        batch.pos[0] = n_p
-        batch.seq_id[0][0] = _SEQ_P
-        decode("decode of stream P")
-        np.copyto(logits_p, ctx.logits(0))
-        batch.pos[0] = n_b
-        batch.seq_id[0][0] = _SEQ_B
-        decode("decode of stream B")
-        n_p += 1
-        n_b += 1
-        token = chain.sample(logits_p, ctx.logits(0), n_vocab)
-    t_end = time.perf_counter() if tokens else t_first
-    text = b"".join(model.token_to_piece(t, False) for t in tokens).decode("utf-8", "replace")
-    return BaselineRun(t_prefilled, t_first, t_end, tokens, finish, text)
+    return separate_calls_generate(ctx, [prompt_p, prompt_b], options)
 
 
 def separate_calls_generate(ctx: BaselineContext, prompts: Sequence[Sequence[int]], options: SamplingOptions,
@@ -323,28 +286,38 @@ def separate_calls_generate(ctx: BaselineContext, prompts: Sequence[Sequence[int
     ``extra_ratios``), each in a sequence of its own of ``ctx`` (made with
     ``n_seq`` >= their number); every step decodes the sampled token into
     each stream in turn, copying each one's logits out before the next call
-    overwrites them, and samples from the copies with ``_core.SamplerChain``
-    (the engine's chain, composing the extra streams). Stops as
-    :func:`two_call_generate` does.
+    overwrites them (the last stream's are read in place), and samples with
+    ``_core.SamplerChain`` (the engine's chain, composing the extra
+    streams). Stops at an end-of-generation token (not counted, as in the
+    Aligner), at ``options.max_tokens`` or when a stream's context is full.
     """
     if len(prompts) != 2 + len(extra_ratios) or len(prompts) > ctx.n_seq:
         raise ValueError(f"{len(prompts)} prompts for {len(extra_ratios)} extra ratios on a context of "
                          f"{ctx.n_seq} sequences")
-    for prompt in prompts:
+    _check_room(ctx, prompts[0], prompts[1])
+    for prompt in prompts[2:]:
         _check_room(ctx, prompt, prompt)
     model, n_vocab = ctx.model, ctx.n_vocab
     params = options.to_native()
     params.extra_ratios = list(extra_ratios)
     chain = _core.SamplerChain(params, model)
     limit = options.token_limit(ctx.n_ctx)
-    logits = [np.empty(n_vocab, dtype=np.float32) for _ in prompts]
+    last = len(prompts) - 1
+    copies = [np.empty(n_vocab, dtype=np.float32) for _ in range(last)]
+    what = [f"decode of stream {'PB'[seq] if seq < 2 else seq}" for seq in range(len(prompts))]
+
+    def sample(row: int) -> int:
+        logits = [*copies, ctx.logits(row)]  # the last stream's: a zero-copy view
+        return chain.sample(logits[0], logits[1], n_vocab, logits[2:])
+
     ctx.clear()
     for seq, prompt in enumerate(prompts):
         ctx.prefill(seq, prompt)
-        np.copyto(logits[seq], ctx.logits(-1))
+        if seq < last:
+            np.copyto(copies[seq], ctx.logits(-1))
     ctx.synchronize()
     t_prefilled = time.perf_counter()
-    token = chain.sample(logits[0], logits[1], n_vocab, logits[2:])
+    token = sample(-1)
     t_first = time.perf_counter()
     tokens: list[int] = []
     n_past = [len(p) for p in prompts]
@@ -361,10 +334,11 @@ def separate_calls_generate(ctx: BaselineContext, prompts: Sequence[Sequence[int
         for seq in range(len(prompts)):
             batch.pos[0] = n_past[seq]
             batch.seq_id[0][0] = seq
-            decode(f"decode of stream {seq}")
-            np.copyto(logits[seq], ctx.logits(0))
+            decode(what[seq])
+            if seq < last:
+                np.copyto(copies[seq], ctx.logits(0))
             n_past[seq] += 1
-        token = chain.sample(logits[0], logits[1], n_vocab, logits[2:])
+        token = sample(0)
     t_end = time.perf_counter() if tokens else t_first
     text = b"".join(model.token_to_piece(t, False) for t in tokens).decode("utf-8", "replace")
     return BaselineRun(t_prefilled, t_first, t_end, tokens, finish, text)

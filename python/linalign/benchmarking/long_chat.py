@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from .report import or_dash
+
 __all__ = ["CASES", "main", "run_long_chat", "format_long_chat"]
 
 CASES = {
@@ -210,18 +212,16 @@ def run_long_chat(*, model: str | None = None, reps: int = 3, max_tokens: int = 
 
 
 def format_long_chat(doc: dict) -> str:
-    def f(x: Any, spec: str) -> str:
-        return "-" if x is None else format(x, spec)
-
     lines = [f"{os.path.basename(doc['model'])}, {doc['threads']} threads, n_ctx {doc['n_ctx']} per stream, "
              f"{doc['max_tokens']} tokens greedy, median of {doc['reps']} fresh processes per case",
              f"{'case':<12} {'prompt':>6} {'TTFT ms':>8} {'tok/s':>6} {'next TTFT':>9} {'next decoded (P, B)':>20} "
              f"{'KV held':>7} {'KV alloc':>8} {'RSS +MiB':>8}"]
     for r in doc["rows"]:
         decoded = "-" if r["next_decoded"] == [None] else str(tuple(r["next_decoded"]))
-        lines.append(f"{r['case']:<12} {f(r['prompt_tokens'], 'd'):>6} {f(r['ttft_ms'], '.0f'):>8} "
-                     f"{f(r['tok_s'], '.1f'):>6} {f(r['next_ttft_ms'], '.0f'):>9} {decoded:>20} "
-                     f"{f(r['kv_mib'], '.1f'):>7} {f(r['kv_allocated_mib'], '.1f'):>8} {f(r['rss_growth_mib'], '.1f'):>8}")
+        lines.append(f"{r['case']:<12} {or_dash(r['prompt_tokens'], 'd'):>6} {or_dash(r['ttft_ms'], '.0f'):>8} "
+                     f"{or_dash(r['tok_s'], '.1f'):>6} {or_dash(r['next_ttft_ms'], '.0f'):>9} {decoded:>20} "
+                     f"{or_dash(r['kv_mib'], '.1f'):>7} {or_dash(r['kv_allocated_mib'], '.1f'):>8} "
+                     f"{or_dash(r['rss_growth_mib'], '.1f'):>8}")
     lines.append("(KV in MiB: held = cells the streams fill x bytes per cell; alloc = the context's KV cache; "
                  "RSS + = the process's growth from before the model loads to after the second turn)")
     lines.append("targets (issue 14):")

@@ -33,6 +33,7 @@ from ..options import SamplingOptions
 from ..principles import MAX_PRINCIPLES, Principle
 from ..threads import physical_cores
 from .baselines import BaselineContext, separate_calls_generate
+from .report import or_dash
 
 __all__ = ["PRINCIPLES", "main", "run_principles_bench", "format_principles_table"]
 
@@ -136,17 +137,14 @@ def run_principles_bench(*, model: str | None = None, ks: Sequence[int] = (1, 2,
 
 
 def format_principles_table(doc: dict[str, Any]) -> str:
-    def f(x: Any, spec: str) -> str:
-        return "-" if x is None else format(x, spec)
-
     lines = [f"{doc['model']}, {doc['threads']} threads, {doc['max_tokens']} tokens greedy, "
              f"median of {doc['reps']} reps",
              f"{'method':<16} {'decode tok/s':>12} {'TTFT ms':>8} {'step / K=1':>10} {'target':>7} "
              f"{'batched / separate':>18}"]
     for r in doc["rows"]:
-        lines.append(f"{r['method']:<16} {f(r['tok_s'], '.1f'):>12} {f(r['ttft_ms'], '.0f'):>8} "
-                     f"{f(r.get('step_vs_k1'), '.2f'):>10} {f(r.get('target'), '.2f'):>7} "
-                     f"{f(r.get('batched_speedup'), '.2f'):>18}")
+        lines.append(f"{r['method']:<16} {or_dash(r['tok_s'], '.1f'):>12} {or_dash(r['ttft_ms'], '.0f'):>8} "
+                     f"{or_dash(r.get('step_vs_k1'), '.2f'):>10} {or_dash(r.get('target'), '.2f'):>7} "
+                     f"{or_dash(r.get('batched_speedup'), '.2f'):>18}")
     return "\n".join(lines)
 
 

@@ -10,6 +10,11 @@ __all__ = ["format_table", "write_json", "write_png"]
 _MiB = 1024 * 1024
 
 
+def or_dash(x: object, spec: str) -> str:
+    """``x`` formatted by ``spec``, or "-" when there is no value."""
+    return "-" if x is None else format(x, spec)
+
+
 def _mmm(s: dict | None, fmt: str = "{:.1f}") -> str:
     if s is None:
         return "-"
