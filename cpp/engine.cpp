@@ -77,6 +77,11 @@ engine::engine(std::shared_ptr<model> mdl, const engine_params & params) : model
     if (params.n_threads < 0 || params.n_threads_batch < 0) {
         throw std::invalid_argument("n_threads must be >= 0");
     }
+    if (params.flash_attn != LLAMA_FLASH_ATTN_TYPE_AUTO && params.flash_attn != LLAMA_FLASH_ATTN_TYPE_DISABLED &&
+        params.flash_attn != LLAMA_FLASH_ATTN_TYPE_ENABLED) {
+        throw std::invalid_argument("flash_attn must be -1 (auto), 0 (off) or 1 (on), got " +
+                                    std::to_string(params.flash_attn));
+    }
     n_vocab_ = model_->n_vocab();
 
     llama_context_params cparams = llama_context_default_params();
@@ -87,7 +92,7 @@ engine::engine(std::shared_ptr<model> mdl, const engine_params & params) : model
     cparams.n_seq_max  = (uint32_t) (params.n_streams * params.n_slots);
     cparams.kv_unified = params.kv_unified;
     cparams.no_perf    = true;
-    cparams.flash_attn_type = params.flash_attn ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    cparams.flash_attn_type = (enum llama_flash_attn_type) params.flash_attn;
     if (params.n_threads > 0) {
         cparams.n_threads = params.n_threads;
     }

@@ -36,7 +36,10 @@ struct engine_params {
     int32_t n_batch         = 512;  // tokens per step (one forward): running streams first, then prefill chunks
     int32_t n_threads       = 0;    // 0 = llama.cpp's default
     int32_t n_threads_batch = 0;
-    bool    flash_attn      = false; // llama-cpp-python's default, so logits match a plain Llama
+    // llama_flash_attn_type: -1 auto (on where the backend runs it for this
+    // model), 0 off (llama-cpp-python's default, so logits match a plain
+    // Llama), 1 on
+    int32_t flash_attn      = LLAMA_FLASH_ATTN_TYPE_DISABLED;
     // false: a KV buffer per stream, whose cell i holds position i, so each
     // stream's logits are bit for bit those of a context of its own whatever
     // else is cached or batched (llama.cpp's CPU kernels compute each row

@@ -20,7 +20,7 @@ from llama_cpp._utils import suppress_stdout_stderr
 from . import _core
 from .chat import ChatRenderer
 from .default_model import resolve_model_path
-from .engine import BatchedEngine, EngineClosedError, Generation, GenerationRequest
+from .engine import BatchedEngine, EngineClosedError, Generation, GenerationRequest, flash_attn_type
 from .llama_loader import weights_in_amx_buffers
 from .logprobs import TokenLogprob, chat_top_logprobs, check_logprobs_request, completion_top_logprobs
 from .options import SamplingOptions, _integer
@@ -83,7 +83,10 @@ class Aligner:
         One pool of KV cells for all streams instead of a buffer per stream
         (see :class:`~linalign.engine.BatchedEngine`).
     flash_attn
-        Use flash attention (off by default, as in llama_cpp.Llama).
+        Flash attention: False (the default, as in llama_cpp.Llama, so logits
+        match a plain Llama's), True, or "auto" (on where the backend runs it
+        for this model, as llama-server does). On a CPU it makes a step of
+        many streams markedly cheaper (docs/serving.md).
     kv_cells
         With ``kv_unified=True``, the KV pool's size in cells (default
         ``n_ctx`` per stream of every slot). With the principle at the end
@@ -114,7 +117,7 @@ class Aligner:
         seed: int | None = None,
         cache_prompt: bool = True,
         kv_unified: bool = False,
-        flash_attn: bool = False,
+        flash_attn: bool | str = False,
         max_principles: int | None = None,
         kv_cells: int | None = None,
         verbose: bool = False,
@@ -135,6 +138,7 @@ class Aligner:
             SamplingOptions(seed=seed)  # validates it
         if max_principles is not None:
             _integer("max_principles", max_principles, low=1, high=MAX_PRINCIPLES)
+        flash_attn_type(flash_attn)  # validates it before the model loads
         if kv_cells is not None:
             _integer("kv_cells", kv_cells, low=8, high=2**28)
             if not kv_unified:
@@ -165,7 +169,7 @@ class Aligner:
         self.n_ctx = n_ctx or 4096
         threads = n_threads or physical_cores()
         self._engine_kwargs = dict(n_ctx=self.n_ctx, n_slots=n_parallel, n_batch=n_batch, n_threads=threads,
-                                   n_threads_batch=n_threads_batch or threads, flash_attn=bool(flash_attn),
+                                   n_threads_batch=n_threads_batch or threads, flash_attn=flash_attn,
                                    kv_unified=kv_unified, cache_prompt=cache_prompt, seed=seed, kv_cells=kv_cells)
         self._engine = self._make_engine(1 + (max_principles or 1))
         self._renderer = ChatRenderer(

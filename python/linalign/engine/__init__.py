@@ -3,7 +3,7 @@ are a pool of slots, stepped in one batched decode (see ``cpp/engine.h``).
 
 Nothing outside this package touches ``linalign._core.Engine``.
 """
-from .batched import BatchedEngine, EngineClosedError
+from .batched import BatchedEngine, EngineClosedError, flash_attn_type
 from .generation import Generation, GenerationRequest
 
-__all__ = ["BatchedEngine", "EngineClosedError", "Generation", "GenerationRequest"]
+__all__ = ["BatchedEngine", "EngineClosedError", "Generation", "GenerationRequest", "flash_attn_type"]

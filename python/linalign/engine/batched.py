@@ -16,11 +16,24 @@ from .. import _core
 from ..logprobs import TokenLogprob, check_logprobs_request, compute_token_logprob
 from .generation import Generation, GenerationRequest
 
-__all__ = ["BatchedEngine", "EngineClosedError"]
+__all__ = ["BatchedEngine", "EngineClosedError", "flash_attn_type"]
 
 
 class EngineClosedError(RuntimeError):
     """The engine (or the model it runs on) was closed."""
+
+
+# llama_flash_attn_type
+_FLASH_ATTN = {False: 0, True: 1, "auto": -1}
+
+
+def flash_attn_type(value: object) -> int:
+    """llama.cpp's flash attention setting for ``value``: False (off, as in
+    llama_cpp.Llama), True (on) or "auto" (on where the backend runs it for
+    the model, as llama-server's default)."""
+    if isinstance(value, bool) or value == "auto":
+        return _FLASH_ATTN[value]  # type: ignore[index]
+    raise ValueError(f"flash_attn must be True, False or 'auto', got {value!r}")
 
 
 class BatchedEngine:
@@ -40,6 +53,9 @@ class BatchedEngine:
         request may compose (at most 1 + linalign.principles.MAX_PRINCIPLES).
     n_batch
         Tokens per step: one per running stream, the rest for prefill chunks.
+    flash_attn
+        False (off, as in llama_cpp.Llama: logits match a plain Llama's),
+        True, or "auto" (on where the backend runs it for this model).
     kv_unified
         One pool of KV cells for every stream (a shared prefix stored once)
         instead of a buffer per stream (each stream's logits exactly those of
@@ -57,11 +73,12 @@ class BatchedEngine:
     """
 
     def __init__(self, model: Any, *, n_ctx: int, n_slots: int = 1, n_batch: int = 512, n_threads: int = 0,
-                 n_threads_batch: int = 0, flash_attn: bool = False, kv_unified: bool = False,
+                 n_threads_batch: int = 0, flash_attn: bool | str = False, kv_unified: bool = False,
                  cache_prompt: bool = True, seed: int | None = None, n_streams: int = 2,
                  kv_cells: int | None = None) -> None:
         self._model = model
-        self._native = _core.Engine(model, n_ctx, n_slots, n_batch, n_threads, n_threads_batch, flash_attn, kv_unified,
+        self._native = _core.Engine(model, n_ctx, n_slots, n_batch, n_threads, n_threads_batch,
+                                    flash_attn_type(flash_attn), kv_unified,
                                     n_streams, kv_cells or 0)
         self.n_streams = n_streams
         self.lock = threading.RLock()

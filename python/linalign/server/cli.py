@@ -2,7 +2,7 @@
 
     linalign serve [--model PATH] [--host 127.0.0.1] [--port 8000] [--n-ctx N]
                    [--parallel N] [--queue N] [--threads N] [--threads-batch N]
-                   [--n-batch N] [--[no-]cache-prompt] [--n-gpu-layers N]
+                   [--n-batch N] [--flash-attn auto|on|off] [--[no-]cache-prompt] [--n-gpu-layers N]
                    [--api-key KEY] [--preset NAME=PRINCIPLE[:RATIO]]...
                    [--presets FILE]...
 
@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="CPU threads for prompt batches (default: as --threads; one pool)")
     p.add_argument("--n-batch", type=int, default=512,
                    help="tokens per step: one per running stream, the rest for prompt chunks (default 512)")
+    p.add_argument("--flash-attn", "-fa", choices=["auto", "on", "off"], default="auto",
+                   help="flash attention, as llama-server's -fa (default auto: on where the backend runs it for "
+                        "the model; off gives logits bit for bit those of a plain llama_cpp.Llama)")
     p.add_argument("--cache-prompt", action=argparse.BooleanOptionalAction, default=True,
                    help="keep each slot's KV after a request, so that the next request sharing a prefix with it "
                         "prefills only the rest (default on)")
@@ -101,7 +104,8 @@ def main(argv: Sequence[str]) -> int:
         aligner = Aligner(args.model, n_ctx=args.n_ctx, n_parallel=args.parallel, n_batch=args.n_batch,
                           n_gpu_layers=args.n_gpu_layers, n_threads=args.threads, n_threads_batch=args.threads_batch,
                           cache_prompt=args.cache_prompt, max_principles=max_principles,
-                          kv_unified=args.kv_unified, kv_cells=args.kv_cells)
+                          kv_unified=args.kv_unified, kv_cells=args.kv_cells,
+                          flash_attn={"auto": "auto", "on": True, "off": False}[args.flash_attn])
     except (OSError, ValueError, TypeError, RuntimeError) as e:
         print(f"linalign serve: cannot load the model: {e}", flush=True)
         return 1
@@ -111,7 +115,7 @@ def main(argv: Sequence[str]) -> int:
     app = create_app(aligner, scheduler, model_id=model_id, api_key=api_key, presets=presets)
     print(f"linalign serve: {model_id} on http://{args.host}:{args.port} "
           f"(parallel {args.parallel}, queue {args.queue}, n_ctx {args.n_ctx} per stream, "
-          f"prompt cache {'on' if args.cache_prompt else 'off'}, up to {max_principles} principle(s) per request{', API key required' if api_key else ''})", flush=True)
+          f"flash attention {args.flash_attn}, prompt cache {'on' if args.cache_prompt else 'off'}, up to {max_principles} principle(s) per request{', API key required' if api_key else ''})", flush=True)
     if len(presets):
         print(f"linalign serve: presets: {', '.join(presets.ids[1:])}", flush=True)
     print(f"linalign serve: try it at http://{args.host}:{args.port}/", flush=True)
