@@ -169,20 +169,32 @@ int32_t engine::pick_slot(const prompt_list & prompts) const {
         throw std::invalid_argument(std::to_string(prompts.size()) + " prompts, but a slot holds " +
                                     std::to_string(params_.n_streams) + " streams");
     }
+    // the busy slots' range; a per-stream KV cache attends over all of it
+    int32_t lo = -1, hi = -1;
+    for (int32_t i = 0; i < (int32_t) slots_.size(); ++i) {
+        if (slots_[i].state != slot_state::free) {
+            lo = lo < 0 ? i : lo;
+            hi = i;
+        }
+    }
     int32_t best = -1;
-    size_t best_common = 0;
+    int64_t best_score = 0;
     for (int32_t i = 0; i < (int32_t) slots_.size(); ++i) {
         const slot & sl = slots_[i];
         if (sl.state != slot_state::free) {
             continue;
         }
-        size_t common = 0;
+        int64_t score = 0;
         for (size_t s = 0; s < prompts.size(); ++s) {
-            common += common_prefix(sl.streams[s].cached, prompts[s]);
+            score += (int64_t) common_prefix(sl.streams[s].cached, prompts[s]);
         }
-        if (best < 0 || common > best_common || (common == best_common && sl.last_used < slots_[best].last_used)) {
+        if (!params_.kv_unified && hi >= 0) {
+            const int64_t outside = i < lo ? lo - i : (i > hi ? i - hi : 0);
+            score -= SPAN_COST_TOKENS * outside * params_.n_streams;
+        }
+        if (best < 0 || score > best_score || (score == best_score && sl.last_used < slots_[best].last_used)) {
             best = i;
-            best_common = common;
+            best_score = score;
         }
     }
     return best;

@@ -73,6 +73,45 @@ def test_a_new_request_takes_the_free_slot_with_the_longest_cached_prefix(pool):
         run_all(pool, [again])
 
 
+def _tokens(first: int, n: int) -> list[int]:
+    return list(range(first, first + n))
+
+
+def _place_far_from_a_busy_slot(pool, shared: int):
+    """Fills every slot with a prompt of its own, then starts X (sharing
+    nothing with any cache) and Y, which shares ``shared`` tokens per stream
+    with the cache of a slot two or more away from X's. Returns (X's slot,
+    that far slot, Y's slot)."""
+    pool.reset()
+    caches = [pool.submit(pool.completion_request(_tokens(2000 + 400 * j, 160), _tokens(2200 + 400 * j, 160),
+                                                  ratio=2.0, max_tokens=1, temperature=0.0))
+              for j in range(4)]
+    by_slot = {g.slot: j for j, g in enumerate(caches)}
+    run_all(pool, caches)
+    x = pool.submit(pool.completion_request(_tokens(9000, 40), _tokens(9100, 40), ratio=2.0, max_tokens=8,
+                                            temperature=0.0))
+    far = next(s for s in (3, 0, 2, 1) if abs(s - x.slot) >= 2)
+    j = by_slot[far]
+    y = pool.submit(pool.completion_request(_tokens(2000 + 400 * j, shared) + _tokens(9300, 20),
+                                            _tokens(2200 + 400 * j, shared) + _tokens(9400, 20),
+                                            ratio=2.0, max_tokens=2, temperature=0.0))
+    slots = (x.slot, far, y.slot)
+    run_all(pool, [x, y])
+    return slots
+
+
+def test_a_request_with_little_to_reuse_joins_next_to_the_busy_slots(pool):
+    # a far slot sharing 3 tokens per stream is not worth widening every
+    # step's range of streams (SPAN_COST_TOKENS in cpp/engine.h)
+    x, far, y = _place_far_from_a_busy_slot(pool, shared=3)
+    assert abs(y - x) == 1 and y != far
+
+
+def test_a_long_cached_prefix_is_worth_a_slot_away_from_the_busy_ones(pool):
+    x, far, y = _place_far_from_a_busy_slot(pool, shared=150)
+    assert y == far
+
+
 def test_a_changed_system_message_reuses_only_the_tokens_before_the_change(pool):
     pool.reset()
     long_system = "You are a helpful assistant who knows a great deal about the sea and its creatures. "

@@ -1,0 +1,80 @@
+"""How the cost of one engine step grows with the requests in it, flash
+attention off and on: the part of `linalign bench server`'s scaling that the
+forward itself sets, without HTTP, the scheduler or the clients.
+
+    python benchmarks/engine_step.py [--model GGUF] [--slots 8] [--clients 1,2,4,8] [--reps 3]
+
+For each setting an Aligner with ``--slots`` slots runs ``c`` aligned greedy
+chat requests at once (each its own principle and question) and times every
+``engine.step()`` in which all of them got a token; it prints the median step
+in ms and the throughput ratio against one client, ``c x t(1) / t(c)``.
+Settings alternate within each repetition, so a change in the machine's load
+moves all of them alike.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import linalign
+from linalign import SamplingOptions
+
+PRINCIPLES = ["The user is a five-year-old child.", "Always answer like a pirate.",
+              "Answer in one short sentence.", "The user is a retired professor of mathematics."]
+QUESTIONS = ["Why is the sky blue?", "Give me a tip for cooking pasta.", "Tell me about cats.",
+             "What is a good way to learn programming?"]
+
+
+def step_ms(aligner: linalign.Aligner, clients: int, max_tokens: int) -> float:
+    """Median ms of the steps in which every one of ``clients`` requests got a token."""
+    options = SamplingOptions(temperature=0.0, max_tokens=max_tokens)
+    aligner.reset()
+    gens = [aligner.submit(aligner.chat_request([{"role": "user", "content": f"{QUESTIONS[i % 4]} ({i})"}],
+                                                principle=PRINCIPLES[i % 4], options=options))
+            for i in range(clients)]
+    times = []
+    engine = aligner.engine
+    while not all(g.done for g in gens):
+        start = time.perf_counter()
+        got = engine.step()
+        elapsed = time.perf_counter() - start
+        if got == clients:
+            times.append(elapsed)
+    return statistics.median(times[1:]) * 1e3  # the first: the prompts' last tokens
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", help="GGUF file (default: the default model)")
+    p.add_argument("--slots", type=int, default=8, help="slots of the engine (default 8, as bench server's load)")
+    p.add_argument("--clients", default="1,2,4,8", help="requests at once, comma-separated (default 1,2,4,8)")
+    p.add_argument("--max-tokens", type=int, default=48)
+    p.add_argument("--n-ctx", type=int, default=2048)
+    p.add_argument("--reps", type=int, default=3)
+    args = p.parse_args()
+    clients = [int(c) for c in args.clients.split(",")]
+    settings = {"off": False, "on": True}
+    aligners = {name: linalign.Aligner(args.model, n_ctx=args.n_ctx, n_parallel=args.slots, flash_attn=fa)
+                for name, fa in settings.items()}
+    samples: dict[tuple[str, int], list[float]] = {(s, c): [] for s in settings for c in clients}
+    for _ in range(args.reps):
+        for c in clients:
+            for name, aligner in aligners.items():
+                samples[name, c].append(step_ms(aligner, c, args.max_tokens))
+    print(f"engine step, median ms over {args.reps} reps ({args.slots} slots, n_ctx {args.n_ctx}, "
+          f"{args.max_tokens} tokens greedy); ratio = c x t(1) / t(c)")
+    print(f"  {'flash attn':10s}" + "".join(f" {f'{c} cl. ms':>10s} {'ratio':>6s}" for c in clients))
+    for name in settings:
+        t1 = statistics.median(samples[name, clients[0]]) if clients[0] == 1 else None
+        cells = []
+        for c in clients:
+            t = statistics.median(samples[name, c])
+            cells.append(f" {t:10.2f} {(c * t1 / t if t1 else float('nan')):6.2f}")
+        print(f"  {name:10s}" + "".join(cells))
+    for aligner in aligners.values():
+        aligner.close()
+
+
+if __name__ == "__main__":
+    main()
