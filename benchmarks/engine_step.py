@@ -2,7 +2,7 @@
 attention off and on: the part of `linalign bench server`'s scaling that the
 forward itself sets, without HTTP, the scheduler or the clients.
 
-    python benchmarks/engine_step.py [--model GGUF] [--slots 8] [--clients 1,2,4,8] [--reps 3]
+    python benchmarks/engine_step.py [--model GGUF] [--slots 8] [--clients 1,2,4,8] [--reps 3] [--history N]
 
 For each setting an Aligner with ``--slots`` slots runs ``c`` aligned greedy
 chat requests at once (each its own principle and question) and times every
@@ -26,11 +26,11 @@ QUESTIONS = ["Why is the sky blue?", "Give me a tip for cooking pasta.", "Tell m
              "What is a good way to learn programming?"]
 
 
-def step_ms(aligner: linalign.Aligner, clients: int, max_tokens: int) -> float:
+def step_ms(aligner: linalign.Aligner, clients: int, max_tokens: int, history: str) -> float:
     """Median ms of the steps in which every one of ``clients`` requests got a token."""
     options = SamplingOptions(temperature=0.0, max_tokens=max_tokens)
     aligner.reset()
-    gens = [aligner.submit(aligner.chat_request([{"role": "user", "content": f"{QUESTIONS[i % 4]} ({i})"}],
+    gens = [aligner.submit(aligner.chat_request([{"role": "user", "content": f"{history}{QUESTIONS[i % 4]} ({i})"}],
                                                 principle=PRINCIPLES[i % 4], options=options))
             for i in range(clients)]
     times = []
@@ -52,7 +52,11 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=48)
     p.add_argument("--n-ctx", type=int, default=2048)
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--history", type=int, default=0, metavar="N",
+                   help="put about N tokens of text before each question (a long conversation's KV; default 0)")
     args = p.parse_args()
+    filler = "The river runs past the old mill, under the stone bridge and on towards the sea. "
+    history = filler * (args.history // 17) if args.history else ""
     clients = [int(c) for c in args.clients.split(",")]
     settings = {"off": False, "on": True}
     aligners = {name: linalign.Aligner(args.model, n_ctx=args.n_ctx, n_parallel=args.slots, flash_attn=fa)
@@ -61,8 +65,10 @@ def main() -> None:
     for _ in range(args.reps):
         for c in clients:
             for name, aligner in aligners.items():
-                samples[name, c].append(step_ms(aligner, c, args.max_tokens))
+                samples[name, c].append(step_ms(aligner, c, args.max_tokens, history))
+    n_prompt = len(aligners["off"].tokenize(history)) if history else 0
     print(f"engine step, median ms over {args.reps} reps ({args.slots} slots, n_ctx {args.n_ctx}, "
+          f"{n_prompt} history tokens, "
           f"{args.max_tokens} tokens greedy); ratio = c x t(1) / t(c)")
     print(f"  {'flash attn':10s}" + "".join(f" {f'{c} cl. ms':>10s} {'ratio':>6s}" for c in clients))
     for name in settings:

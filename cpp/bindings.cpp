@@ -254,7 +254,8 @@ PYBIND11_MODULE(_core, m) {
         .def("n_past", &engine::n_past, py::arg("slot"), py::arg("stream"))
         .def("n_active_streams", &engine::n_active_streams, py::arg("slot"))
         .def("last_prefill", &engine::last_prefill, py::arg("slot"))
-        .def_property_readonly("n_decode_calls", &engine::n_decode_calls);
+        .def_property_readonly("n_decode_calls", &engine::n_decode_calls)
+        .def_property_readonly("n_forward_passes", &engine::n_forward_passes);
 
     m.def("cpu_has_amx_weight_buffers", &cpu_has_amx_weight_buffers,
           "True when llama.cpp would put CPU weights in AMX buffers, whose matrix product crashes on some machines "

@@ -35,6 +35,16 @@ static constexpr int32_t MIN_SHARED_TO_COPY = 8;
 // any size reaches llama.cpp's 32-bit fields.
 static constexpr int64_t MAX_CELLS = int64_t(1) << 28;
 
+// llama.cpp's eval callback, asked about every node of every graph it
+// computes: counts the graphs by their logits node (every model's graph
+// names it so) and never asks for data, so each graph still runs in one go.
+static bool count_forward_passes(ggml_tensor * t, bool ask, void * user_data) {
+    if (ask && std::strcmp(ggml_get_name(t), "result_output") == 0) {
+        ++*static_cast<int64_t *>(user_data);
+    }
+    return false;
+}
+
 engine::engine(std::shared_ptr<model> mdl, const engine_params & params) : model_(std::move(mdl)), params_(params) {
     if (!model_ || model_->closed()) {
         throw std::invalid_argument("engine needs an open model");
@@ -87,6 +97,7 @@ engine::engine(std::shared_ptr<model> mdl, const engine_params & params) : model
     llama_context_params cparams = llama_context_default_params();
     cparams.n_ctx      = (uint32_t) n_cells;
     // n_ubatch = n_batch: a step's one llama_decode is one forward pass
+    // where llama.cpp does not split the batch (see n_forward_passes)
     cparams.n_batch    = (uint32_t) params.n_batch;
     cparams.n_ubatch   = (uint32_t) params.n_batch;
     cparams.n_seq_max  = (uint32_t) (params.n_streams * params.n_slots);
@@ -97,6 +108,8 @@ engine::engine(std::shared_ptr<model> mdl, const engine_params & params) : model
         cparams.n_threads = params.n_threads;
     }
     cparams.n_threads_batch = params.n_threads_batch > 0 ? params.n_threads_batch : cparams.n_threads;
+    cparams.cb_eval           = count_forward_passes;
+    cparams.cb_eval_user_data = &n_forward_passes_;
 
     ctx_.reset(llama_init_from_model(model_->get(), cparams));
     if (!ctx_) {

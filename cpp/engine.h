@@ -145,6 +145,11 @@ public:
     int32_t n_active_streams(int32_t slot) const { return slot_at(slot).n_active; }
     const prefill_stats & last_prefill(int32_t slot) const { return slot_at(slot).stats; }
     int64_t n_decode_calls() const { return n_decode_calls_; }
+    // Forward passes llama.cpp ran (its ubatches: graphs computed). One
+    // llama_decode can be several: with a KV buffer per stream llama.cpp
+    // splits a batch where sequence ids are not consecutive, and where a
+    // prompt chunk shares a step with one-token decodes (docs/serving.md).
+    int64_t n_forward_passes() const { return n_forward_passes_; }
     const model & get_model() const { return *model_; }
 
 private:
@@ -198,6 +203,7 @@ private:
     std::vector<slot>      slots_;
     uint64_t               clock_ = 0;
     int64_t                n_decode_calls_ = 0;
+    int64_t                n_forward_passes_ = 0;  // written by llama.cpp's eval callback
 };
 
 } // namespace linalign

@@ -62,6 +62,25 @@ def test_one_llama_decode_per_step_across_all_slots(pool):
     assert steps <= max(g.completion_tokens for g in gens) + 2
 
 
+def test_a_decode_step_of_every_slot_is_one_forward_pass(pool):
+    """llama.cpp runs a step's batch as one ubatch (one forward pass) when the
+    running streams' sequence ids are consecutive: every slot busy here."""
+    pool.reset()
+    engine = pool.engine
+    gens = [pool.submit(chat(pool, q, p)) for q, p in QUESTIONS]
+    while not all(g.tokens for g in gens):  # the prompts (a prompt beside decodes adds passes)
+        engine.step()
+    counted = 0
+    while not any(g.done for g in gens):
+        before = engine.n_forward_passes
+        engine.step()
+        if not any(g.done for g in gens):
+            assert engine.n_forward_passes - before == 1
+            counted += 1
+    assert counted >= 4
+    run_all(pool, gens)
+
+
 def test_a_new_request_takes_the_free_slot_with_the_longest_cached_prefix(pool):
     pool.reset()
     first = [pool.submit(chat(pool, q, p, GREEDY.replace(max_tokens=2))) for q, p in QUESTIONS]
@@ -96,20 +115,28 @@ def _place_far_from_a_busy_slot(pool, shared: int):
                                             _tokens(2200 + 400 * j, shared) + _tokens(9400, 20),
                                             ratio=2.0, max_tokens=2, temperature=0.0))
     slots = (x.slot, far, y.slot)
+    while not y.tokens:
+        pool.engine.step()
+    before, steps = pool.engine.n_forward_passes, pool.engine.n_decode_calls
+    pool.engine.step()  # X and Y decode: one pass when their slots are neighbours, two when not
+    passes = pool.engine.n_forward_passes - before
+    assert pool.engine.n_decode_calls - steps == 1
     run_all(pool, [x, y])
-    return slots
+    return slots + (passes,)
 
 
 def test_a_request_with_little_to_reuse_joins_next_to_the_busy_slots(pool):
     # a far slot sharing 3 tokens per stream is not worth widening every
     # step's range of streams (SPAN_COST_TOKENS in cpp/engine.h)
-    x, far, y = _place_far_from_a_busy_slot(pool, shared=3)
+    x, far, y, passes = _place_far_from_a_busy_slot(pool, shared=3)
     assert abs(y - x) == 1 and y != far
+    assert passes == 1
 
 
 def test_a_long_cached_prefix_is_worth_a_slot_away_from_the_busy_ones(pool):
-    x, far, y = _place_far_from_a_busy_slot(pool, shared=150)
+    x, far, y, passes = _place_far_from_a_busy_slot(pool, shared=150)
     assert y == far
+    assert passes == 2  # the price of the gap, paid to reuse 150 tokens a stream
 
 
 def test_a_changed_system_message_reuses_only_the_tokens_before_the_change(pool):

@@ -28,11 +28,11 @@ def test_load_levels(server_doc):
     entry = doc["load"]["linalign"]
     assert entry["parallel"] == 2 and entry["rss_after_bytes"] > 0
     assert [lv["clients"] for lv in entry["levels"]] == [1, 2]
-    # the same load with flash attention off, for its share of the scaling; not in the chat
-    assert [lv["clients"] for lv in doc["load"]["linalign -fa off"]["levels"]] == [1, 2]
-    assert "linalign -fa off" not in doc["multiturn"]
-    assert "--flash-attn auto" in doc["servers"]["linalign"]["load"]["command"]
-    assert "--flash-attn off" in doc["servers"]["linalign -fa off"]["load"]["command"]
+    # the same load with flash attention on, for its share of the scaling; not in the chat
+    assert [lv["clients"] for lv in doc["load"]["linalign -fa on"]["levels"]] == [1, 2]
+    assert "linalign -fa on" not in doc["multiturn"]
+    assert "--flash-attn" not in doc["servers"]["linalign"]["load"]["command"]  # the server's default
+    assert "--flash-attn on" in doc["servers"]["linalign -fa on"]["load"]["command"]
     for lv in entry["levels"]:
         assert lv["good"] == lv["requests"] == lv["clients"]
         assert lv["tokens_from_usage"] and 1 <= lv["completion_tokens"] <= 4 * lv["clients"]

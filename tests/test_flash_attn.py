@@ -1,14 +1,14 @@
-"""Flash attention (``flash_attn=True``/``"auto"``, ``linalign serve``'s
-default ``--flash-attn auto``): each stream is still exactly a context of its
-own with the same setting, and a request's greedy text does not depend on
-what else is in the batch."""
+"""Flash attention (``flash_attn=True``/``"auto"``, ``linalign serve
+--flash-attn``): each stream is still exactly a context of its own with the
+same setting, and a request's greedy text does not depend on what else is in
+the batch."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 import linalign
-from linalign.server.cli import main as serve_main
+from linalign.server.cli import _flash_attn, main as serve_main
 
 from conftest import CHAT_PAIRS, N_GPU_LAYERS, last_logits
 
@@ -83,3 +83,9 @@ def test_serve_refuses_an_unknown_flash_attn(capsys):
         serve_main(["--flash-attn", "maybe"])
     assert exit_info.value.code == 2
     assert "--flash-attn" in capsys.readouterr().err
+
+
+def test_serve_defaults_to_off_on_the_cpu_and_auto_when_offloading():
+    assert _flash_attn(None, 0) is False
+    assert _flash_attn(None, -1) == "auto" and _flash_attn(None, 20) == "auto"
+    assert _flash_attn("on", 0) is True and _flash_attn("off", -1) is False and _flash_attn("auto", 0) == "auto"

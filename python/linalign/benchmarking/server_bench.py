@@ -8,9 +8,9 @@ or another interpreter's), waited for, measured and stopped:
     principle, each sending ``--requests`` requests back to back (temperature
     0, ``--max-tokens`` tokens); aggregate completion tokens/s over the level's
     wall time, TTFT p50/p95 (first content delta), on a server started with
-    ``--parallel`` = the most clients (or ``--parallel``); unless
-    ``--flash-attn off``, once more with flash attention off (its share of
-    the scaling, in the same run);
+    ``--parallel`` = the most clients (or ``--parallel``); once more with
+    flash attention the other way (its share of the scaling, in the same
+    run);
 (b) multi-turn: one chat of ``--turns`` turns that resends its growing
     history (each turn appends the assistant's reply and a new user message),
     TTFT and ``usage.prompt_tokens_details.cached_tokens`` per turn, on a fresh
@@ -399,7 +399,7 @@ class ServerBenchConfig:
     n_ctx: int = 2048
     threads: int | None = None        # None: each server's default
     n_batch: int | None = None
-    flash_attn: str = "auto"          # linalign serve --flash-attn (auto/on: the anchor gets --flash_attn true)
+    flash_attn: str | None = None     # linalign serve --flash-attn (None: its default, off on the CPU)
     python: str = field(default_factory=lambda: sys.executable)
     baseline_python: str | None = None
     llama_cpp_server_python: str | None = None
@@ -411,7 +411,7 @@ class ServerBenchConfig:
     command: str = ""
 
 
-_NO_FA = "linalign -fa off"
+_FA_OFF, _FA_ON = "linalign -fa off", "linalign -fa on"
 
 
 def _specs(cfg: ServerBenchConfig) -> dict[str, ServerSpec]:
@@ -420,14 +420,15 @@ def _specs(cfg: ServerBenchConfig) -> dict[str, ServerSpec]:
         threads = ["--threads", str(cfg.threads), "--threads-batch", str(cfg.threads)]
     if cfg.n_batch is not None:
         threads += ["--n-batch", str(cfg.n_batch)]
-    fa = ["--flash-attn", cfg.flash_attn]
+    fa = [] if cfg.flash_attn is None else ["--flash-attn", cfg.flash_attn]
+    fa_on = cfg.flash_attn in ("on", "auto")  # auto is on for this model on the CPU and on CUDA
     specs = {"linalign": ServerSpec("linalign", "linalign", cfg.python, [*threads, *fa], cache_prompt=True),
              "linalign --no-cache-prompt": ServerSpec("linalign --no-cache-prompt", "linalign", cfg.python,
                                                       [*threads, *fa, "--no-cache-prompt"], cache_prompt=False)}
-    if cfg.flash_attn != "off":
-        # the load once more without flash attention: what it adds to the scaling, in the same run
-        specs[_NO_FA] = ServerSpec(_NO_FA, "linalign", cfg.python, [*threads, "--flash-attn", "off"],
-                                   cache_prompt=True)
+    # the load once more with flash attention switched: its share of the scaling, in the same run
+    other = _FA_OFF if fa_on else _FA_ON
+    specs[other] = ServerSpec(other, "linalign", cfg.python,
+                              [*threads, "--flash-attn", "off" if fa_on else "on"], cache_prompt=True)
     if cfg.baseline_python:
         # c97029f's serve has neither --threads nor a prompt cache (each fork: n_ctx, cpu_count // 2 threads)
         specs["c97029f"] = ServerSpec("c97029f", "linalign-c97029f", cfg.baseline_python)
@@ -437,7 +438,7 @@ def _specs(cfg: ServerBenchConfig) -> dict[str, ServerSpec]:
             extra = ["--n_threads", str(cfg.threads), "--n_threads_batch", str(cfg.threads)]
         if cfg.n_batch is not None:
             extra += ["--n_batch", str(cfg.n_batch)]
-        if cfg.flash_attn != "off":  # the same attention kernels as linalign's row (auto is on for CPU and CUDA)
+        if fa_on:  # the same attention kernels as linalign's row
             extra += ["--flash_attn", "true"]
         specs["llama-cpp-python"] = ServerSpec("llama-cpp-python", "llama-cpp-python", cfg.llama_cpp_server_python,
                                                extra)
@@ -533,7 +534,7 @@ def run_server_bench(cfg: ServerBenchConfig, log: Callable[[str], None] = lambda
                 finish(spec, server, "load", parallel)
 
     # (b) multi-turn on fresh servers, then memory at --memory-parallel slots
-    mt_labels = [k for k in specs if k not in ("llama-cpp-python", _NO_FA)] + (
+    mt_labels = [k for k in specs if k not in ("llama-cpp-python", _FA_OFF, _FA_ON)] + (
         ["llama-cpp-python"] if "llama-cpp-python" in specs else [])
     if cfg.multiturn or cfg.memory:
         for label in mt_labels:
@@ -632,7 +633,7 @@ def format_table(doc: dict) -> str:
         f"linalign bench server: {Path(doc['model']['path']).name}; machine: {m['cpu']}, {m['cpu_count']} CPUs; "
         f"load avg {m['loadavg_start'][0]:.2f} at start, {m.get('loadavg_end', [float('nan')])[0]:.2f} at end",
         f"n_ctx {cfg['n_ctx']} per stream; threads {cfg['threads'] or 'server default'}; "
-        f"flash attention {cfg.get('flash_attn', 'off')}; temperature 0; "
+        f"flash attention {cfg.get('flash_attn') or 'server default'}; temperature 0; "
         f"max_tokens {cfg['max_tokens']}; {cfg['requests']} requests per client back to back, streaming, "
         f"each client its own principle",
     ]
@@ -723,7 +724,8 @@ def write_txt(doc: dict, path: str | Path) -> None:
     path.write_text(f"command: {doc['command']}\n\n{format_table(doc)}\n")
 
 
-_COLORS = {"linalign": "tab:orange", "linalign --no-cache-prompt": "tab:red", _NO_FA: "tab:brown",
+_COLORS = {"linalign": "tab:orange", "linalign --no-cache-prompt": "tab:red", _FA_OFF: "tab:brown",
+           _FA_ON: "tab:olive",
            "c97029f": "tab:gray", "llama-cpp-python": "tab:blue"}
 
 
@@ -808,9 +810,9 @@ def main(argv: Sequence[str]) -> int:
                    help="--threads/--threads-batch of linalign's and llama-cpp-python's servers (default: theirs; "
                         "c97029f's server takes none)")
     p.add_argument("--n-batch", type=int, help="--n-batch of linalign's and llama-cpp-python's servers (default: theirs)")
-    p.add_argument("--flash-attn", choices=["auto", "on", "off"], default="auto",
-                   help="linalign serve --flash-attn (default auto, the server's default); unless off, the load "
-                        "also runs once with it off, and llama-cpp-python's server gets --flash_attn true")
+    p.add_argument("--flash-attn", choices=["auto", "on", "off"], default=None,
+                   help="linalign serve --flash-attn (default: the server's, off on the CPU); the load also runs "
+                        "once with it the other way; llama-cpp-python's server gets --flash_attn true when on")
     p.add_argument("--python", default=sys.executable, help="interpreter of the server under test (default: this one)")
     p.add_argument("--baseline-python", metavar="PATH",
                    help="interpreter where linalign@c97029f is installed (benchmarks/prepare_baseline.sh)")

@@ -263,6 +263,15 @@ class BatchedEngine:
         """llama_decode calls so far (one per step, whatever the number of slots)."""
         return self._native.n_decode_calls
 
+    @property
+    def n_forward_passes(self) -> int:
+        """Forward passes llama.cpp ran so far (its ubatches). A step is one
+        where llama.cpp keeps its batch whole: with a KV buffer per stream
+        (the default) it splits at a gap in the running streams' sequence
+        ids and where a prompt chunk shares the step with one-token decodes
+        (docs/serving.md)."""
+        return self._native.n_forward_passes
+
     def logits(self, gen: Generation, stream: int = 0):
         """The logits ``gen``'s stream (0: P, 1: B, 2...: further principled
         streams) sampled its last token from; valid until the next step."""

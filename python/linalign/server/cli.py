@@ -47,9 +47,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="CPU threads for prompt batches (default: as --threads; one pool)")
     p.add_argument("--n-batch", type=int, default=512,
                    help="tokens per step: one per running stream, the rest for prompt chunks (default 512)")
-    p.add_argument("--flash-attn", "-fa", choices=["auto", "on", "off"], default="auto",
-                   help="flash attention, as llama-server's -fa (default auto: on where the backend runs it for "
-                        "the model; off gives logits bit for bit those of a plain llama_cpp.Llama)")
+    p.add_argument("--flash-attn", "-fa", choices=["auto", "on", "off"], default=None,
+                   help="flash attention, as llama-server's -fa. Default: off on the CPU, where it measured "
+                        "slower once a conversation holds a few hundred tokens (docs/serving.md), and auto "
+                        "(on where the backend runs it) when --n-gpu-layers offloads; off gives logits bit for "
+                        "bit those of a plain llama_cpp.Llama")
     p.add_argument("--cache-prompt", action=argparse.BooleanOptionalAction, default=True,
                    help="keep each slot's KV after a request, so that the next request sharing a prefix with it "
                         "prefills only the rest (default on)")
@@ -72,6 +74,13 @@ def _parser() -> argparse.ArgumentParser:
                         "n_ctx cells); default: the most any preset composes, at least 1")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     return p
+
+
+def _flash_attn(flag: str | None, n_gpu_layers: int) -> bool | str:
+    """--flash-attn as the Aligner takes it; unset: off on the CPU, auto when offloading."""
+    if flag is None:
+        flag = "auto" if n_gpu_layers != 0 else "off"
+    return {"auto": "auto", "on": True, "off": False}[flag]
 
 
 def main(argv: Sequence[str]) -> int:
@@ -105,7 +114,7 @@ def main(argv: Sequence[str]) -> int:
                           n_gpu_layers=args.n_gpu_layers, n_threads=args.threads, n_threads_batch=args.threads_batch,
                           cache_prompt=args.cache_prompt, max_principles=max_principles,
                           kv_unified=args.kv_unified, kv_cells=args.kv_cells,
-                          flash_attn={"auto": "auto", "on": True, "off": False}[args.flash_attn])
+                          flash_attn=_flash_attn(args.flash_attn, args.n_gpu_layers))
     except (OSError, ValueError, TypeError, RuntimeError) as e:
         print(f"linalign serve: cannot load the model: {e}", flush=True)
         return 1
@@ -115,7 +124,7 @@ def main(argv: Sequence[str]) -> int:
     app = create_app(aligner, scheduler, model_id=model_id, api_key=api_key, presets=presets)
     print(f"linalign serve: {model_id} on http://{args.host}:{args.port} "
           f"(parallel {args.parallel}, queue {args.queue}, n_ctx {args.n_ctx} per stream, "
-          f"flash attention {args.flash_attn}, prompt cache {'on' if args.cache_prompt else 'off'}, up to {max_principles} principle(s) per request{', API key required' if api_key else ''})", flush=True)
+          f"flash attention {args.flash_attn or ('auto' if args.n_gpu_layers else 'off')}, prompt cache {'on' if args.cache_prompt else 'off'}, up to {max_principles} principle(s) per request{', API key required' if api_key else ''})", flush=True)
     if len(presets):
         print(f"linalign serve: presets: {', '.join(presets.ids[1:])}", flush=True)
     print(f"linalign serve: try it at http://{args.host}:{args.port}/", flush=True)
