@@ -14,7 +14,7 @@ from linalign.benchmarking.server_bench import ServerSpec, load_prompt, percenti
 @pytest.fixture(scope="module")
 def server_doc(tmp_path_factory, tiny_gguf):
     out = tmp_path_factory.mktemp("bench-server")
-    rc = bench_main(["server", "--model", str(tiny_gguf), "--clients", "1,2", "--requests", "1", "--max-tokens", "4",
+    rc = bench_main(["server", "--model", str(tiny_gguf), "--clients", "1,2", "--requests", "1", "--reps", "2", "--max-tokens", "4",
                      "--turns", "2", "--memory-parallel", "2", "--n-ctx", "256", "--threads", "1", "--quiet",
                      "--out-dir", str(out)])
     doc = json.loads((out / "bench-server.json").read_text())
@@ -34,8 +34,10 @@ def test_load_levels(server_doc):
     assert "--flash-attn" not in doc["servers"]["linalign"]["load"]["command"]  # the server's default
     assert "--flash-attn on" in doc["servers"]["linalign -fa on"]["load"]["command"]
     for lv in entry["levels"]:
-        assert lv["good"] == lv["requests"] == lv["clients"]
-        assert lv["tokens_from_usage"] and 1 <= lv["completion_tokens"] <= 4 * lv["clients"]
+        assert lv["good"] == lv["requests"] == 2 * lv["clients"]  # two repetitions of the sweep
+        assert len(lv["tok_s_reps"]) == 2 and min(lv["tok_s_reps"]) <= lv["tok_s"] <= max(lv["tok_s_reps"])
+        assert lv["passes_per_step"] >= 1
+        assert lv["tokens_from_usage"] and 1 <= lv["completion_tokens"] <= 4 * lv["requests"]
         assert lv["tok_s"] > 0 and lv["ttft_s"]["p50"] > 0 and lv["ttft_s"]["p95"] >= lv["ttft_s"]["p50"]
 
 

@@ -378,6 +378,17 @@ async def _multiturn(url: str, turns: int, max_tokens: int, timeout_s: float) ->
     return rows
 
 
+def _engine_counters(url: str) -> tuple[int, int] | None:
+    """linalign's (decode_calls, forward_passes) from /health; None from other servers."""
+    import httpx
+
+    try:
+        body = httpx.get(url + "/health", timeout=5).json()
+        return int(body["decode_calls"]), int(body["forward_passes"])
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
+
+
 async def _warm_up(url: str, timeout_s: float) -> RequestResult:
     async with _client(timeout_s) as client:
         return await stream_chat(client, url, [{"role": "user", "content": "Hi"}], max_tokens=4,
@@ -392,6 +403,7 @@ class ServerBenchConfig:
     model: str | None = None
     clients: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     requests: int = 3
+    reps: int = 3                     # times the whole client sweep runs; tok/s is the median repetition
     max_tokens: int = 64
     turns: int = 8
     parallel: int | None = None       # None: the most clients
@@ -515,16 +527,33 @@ def run_server_bench(cfg: ServerBenchConfig, log: Callable[[str], None] = lambda
                 entry: dict[str, Any] = {"parallel": parallel if spec.kind != "llama-cpp-python" else 1,
                                          "rss_idle_bytes": server.rss_bytes(), "levels": []}
                 index = 0
+                runs: dict[int, list] = {n: [] for n in cfg.clients}
+                # the sweep cfg.reps times over, so that a slow moment of the
+                # machine falls on one repetition of a level, not on one level
+                for rep in range(cfg.reps):
+                    for n in cfg.clients:
+                        before = _engine_counters(server.url)
+                        wall, results = asyncio.run(_load_level(server.url, n, cfg.requests, cfg.max_tokens,
+                                                                index, timeout))
+                        after = _engine_counters(server.url)
+                        index += n * cfg.requests
+                        runs[n].append((wall, results, before, after))
+                        tokens = sum(r.completion_tokens for r in results if r.ok)
+                        log(f"  {label}: {n} clients (rep {rep + 1}/{cfg.reps}): {tokens / wall:.1f} tok/s")
                 for n in cfg.clients:
-                    wall, results = asyncio.run(_load_level(server.url, n, cfg.requests, cfg.max_tokens, index,
-                                                            timeout))
-                    index += n * cfg.requests
-                    level = _level_summary(n, wall, results)
+                    level = _level_summary(n, sum(w for w, *_ in runs[n]), [r for _, rs, *_ in runs[n] for r in rs])
+                    rep_tok_s = [sum(r.completion_tokens for r in rs if r.ok) / w for w, rs, *_ in runs[n]]
+                    level["tok_s_reps"] = rep_tok_s
+                    level["tok_s"] = statistics.median(rep_tok_s)  # the median repetition
+                    # linalign only: llama.cpp's forward passes per engine step (1 when no batch was split)
+                    counted = [(a[0] - b[0], a[1] - b[1]) for _, _, b, a in runs[n] if a and b]
+                    steps = sum(c[0] for c in counted)
+                    level["passes_per_step"] = sum(c[1] for c in counted) / steps if steps else None
                     entry["levels"].append(level)
                     for err in level["errors"][:3]:
                         note_error(f"{label} load {n} clients", err)
                     t50 = level["ttft_s"]["p50"]
-                    log(f"  {label}: {n} clients: {level['tok_s'] or 0:.1f} tok/s, TTFT p50 "
+                    log(f"  {label}: {n} clients: {level['tok_s'] or 0:.1f} tok/s (median of {cfg.reps}), TTFT p50 "
                         f"{t50 * 1e3 if t50 is not None else float('nan'):.0f} ms, "
                         f"{level['good']}/{level['requests']} good")
                 entry["rss_after_bytes"] = server.rss_bytes()
@@ -635,13 +664,15 @@ def format_table(doc: dict) -> str:
         f"n_ctx {cfg['n_ctx']} per stream; threads {cfg['threads'] or 'server default'}; "
         f"flash attention {cfg.get('flash_attn') or 'server default'}; temperature 0; "
         f"max_tokens {cfg['max_tokens']}; {cfg['requests']} requests per client back to back, streaming, "
-        f"each client its own principle",
+        f"each client its own principle; the client sweep {cfg.get('reps', 1)} times, interleaved",
     ]
     if doc["load"]:
-        lines += ["", "(a) load: aggregate completion tok/s over all clients, TTFT p50/p95 ms, latency p50 ms, "
-                      "mean completion tokens and cached prompt tokens per request",
-                  f"  {'server':18s} {'slots':>5s} {'clients':>7s} {'tok/s':>8s} {'x 1 cl.':>7s} {'TTFT p50':>9s} "
-                  f"{'p95':>7s} {'lat p50':>8s} {'tok/req':>7s} {'cached':>6s} {'good':>7s}"]
+        lines += ["", "(a) load: aggregate completion tok/s over all clients (the median repetition, and the "
+                      "range), TTFT p50/p95 ms, latency p50 ms, "
+                      "mean completion tokens and cached prompt tokens per request, llama.cpp forward passes "
+                      "per engine step (linalign: 1 where no batch was split)",
+                  f"  {'server':18s} {'slots':>5s} {'clients':>7s} {'tok/s':>8s} {'min-max':>11s} {'x 1 cl.':>7s} {'TTFT p50':>9s} "
+                  f"{'p95':>7s} {'lat p50':>8s} {'tok/req':>7s} {'cached':>6s} {'pass/st':>7s} {'good':>7s}"]
         for label, entry in doc["load"].items():
             base = next((lv["tok_s"] for lv in entry["levels"] if lv["clients"] == 1), None)
             for lv in entry["levels"]:
@@ -651,9 +682,12 @@ def format_table(doc: dict) -> str:
                     tpr += "*"
                 cached = "-" if lv["mean_cached_tokens"] is None else f"{lv['mean_cached_tokens']:.0f}"
                 tok_s = "-" if lv["tok_s"] is None else f"{lv['tok_s']:.1f}"
-                lines.append(f"  {label:18s} {entry['parallel']:5d} {lv['clients']:7d} {tok_s:>8s} {ratio:>7s} "
+                pps = "-" if lv.get("passes_per_step") is None else f"{lv['passes_per_step']:.2f}"
+                reps = lv.get("tok_s_reps") or []
+                spread = f"{min(reps):.0f}-{max(reps):.0f}" if reps else "-"
+                lines.append(f"  {label:18s} {entry['parallel']:5d} {lv['clients']:7d} {tok_s:>8s} {spread:>11s} {ratio:>7s} "
                              f"{_ms(lv['ttft_s']['p50']):>9s} {_ms(lv['ttft_s']['p95']):>7s} "
-                             f"{_ms(lv['latency_s']['p50']):>8s} {tpr:>7s} {cached:>6s} "
+                             f"{_ms(lv['latency_s']['p50']):>8s} {tpr:>7s} {cached:>6s} {pps:>7s} "
                              f"{lv['good']:>3d}/{lv['requests']:<3d}")
         if any(not lv["tokens_from_usage"] for e in doc["load"].values() for lv in e["levels"]):
             lines.append("  * no usage chunk from this server: tokens counted as content chunks")
@@ -800,6 +834,8 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--clients", type=_int_list, default=[1, 2, 4, 8],
                    help="concurrency levels, comma-separated (default 1,2,4,8)")
     p.add_argument("--requests", type=int, default=3, help="requests per client, back to back (default 3)")
+    p.add_argument("--reps", type=int, default=3,
+                   help="times the client sweep runs, interleaved; tok/s is the median repetition (default 3)")
     p.add_argument("--max-tokens", type=int, default=64, help="completion tokens per request (default 64)")
     p.add_argument("--turns", type=int, default=8, help="turns of the multi-turn chat (default 8)")
     p.add_argument("--parallel", type=int, help="server slots for the load (default: the most clients)")
@@ -828,8 +864,8 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--png", metavar="OUT", help="write the charts here")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = p.parse_args(list(argv))
-    if args.requests < 1 or args.max_tokens < 1 or args.turns < 1 or args.memory_parallel < 1:
-        p.error("--requests, --max-tokens, --turns and --memory-parallel must be >= 1")
+    if min(args.requests, args.reps, args.max_tokens, args.turns, args.memory_parallel) < 1:
+        p.error("--requests, --reps, --max-tokens, --turns and --memory-parallel must be >= 1")
     if args.parallel is not None and args.parallel < 1:
         p.error("--parallel must be >= 1")
     for flag in ("baseline_python", "llama_cpp_server_python", "python"):
@@ -843,7 +879,7 @@ def main(argv: Sequence[str]) -> int:
         js = js or str(out / "bench-server.json")
         png = png or str(out / "bench-server.png")
 
-    cfg = ServerBenchConfig(model=args.model, clients=args.clients, requests=args.requests,
+    cfg = ServerBenchConfig(model=args.model, clients=args.clients, requests=args.requests, reps=args.reps,
                             max_tokens=args.max_tokens, turns=args.turns, parallel=args.parallel,
                             memory_parallel=args.memory_parallel, n_ctx=args.n_ctx, threads=args.threads,
                             n_batch=args.n_batch, flash_attn=args.flash_attn, python=args.python, baseline_python=args.baseline_python,

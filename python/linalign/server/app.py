@@ -166,8 +166,11 @@ def create_app(aligner: Aligner, scheduler: Scheduler, *, model_id: str, api_key
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
+        engine = scheduler.engine
+        # decode_calls: engine steps; forward_passes: the graphs llama.cpp ran for them
         return {"status": "ok", "slots_total": scheduler.total, "slots_idle": scheduler.idle,
-                "queued": scheduler.queued}
+                "queued": scheduler.queued, "decode_calls": engine.n_decode_calls,
+                "forward_passes": engine.n_forward_passes}
 
     @app.get("/", response_class=HTMLResponse)
     async def playground() -> HTMLResponse:
