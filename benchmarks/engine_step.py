@@ -3,6 +3,7 @@ attention off and on: the part of `linalign bench server`'s scaling that the
 forward itself sets, without HTTP, the scheduler or the clients.
 
     python benchmarks/engine_step.py [--model GGUF] [--slots 8] [--clients 1,2,4,8] [--reps 3] [--history N]
+    python benchmarks/engine_step.py --placements '0,1,2,3;0,2,4,6;0,1;0,7'   # where the slots lie
 
 For each setting an Aligner with ``--slots`` slots runs ``c`` aligned greedy
 chat requests at once (each its own principle and question) and times every
@@ -44,6 +45,30 @@ def step_ms(aligner: linalign.Aligner, clients: int, max_tokens: int, history: s
     return statistics.median(times[1:]) * 1e3  # the first: the prompts' last tokens
 
 
+def placement_ms(aligner: linalign.Aligner, slots: list[int], steps: int = 20) -> tuple[float, float]:
+    """Aligned greedy requests started in exactly ``slots``: the median decode
+    step in ms and llama.cpp's forward passes per step."""
+    options = SamplingOptions(temperature=0.0, max_tokens=steps + 8)
+    aligner.reset()
+    engine = aligner.engine
+    gens = [engine.submit(aligner.chat_request([{"role": "user", "content": f"Tell me about cats ({k})"}],
+                                               principle="Be brief.", options=options), slot=slot)
+            for k, slot in enumerate(slots)]
+    while not all(g.tokens for g in gens):
+        engine.step()
+    passes, calls = engine.n_forward_passes, engine.n_decode_calls
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        engine.step()
+        times.append(time.perf_counter() - start)
+    per_step = (engine.n_forward_passes - passes) / (engine.n_decode_calls - calls)
+    for g in gens:
+        g.cancel()
+    engine.step()
+    return statistics.median(times) * 1e3, per_step
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="GGUF file (default: the default model)")
@@ -54,7 +79,19 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--history", type=int, default=0, metavar="N",
                    help="put about N tokens of text before each question (a long conversation's KV; default 0)")
+    p.add_argument("--placements", metavar="SLOTS;SLOTS...",
+                   help="instead: requests started in these slots, e.g. '0,1,2,3;0,2,4,6;0,1;0,7' (flash "
+                        "attention off): step ms and forward passes per step")
     args = p.parse_args()
+    if args.placements:
+        aligner = linalign.Aligner(args.model, n_ctx=args.n_ctx, n_parallel=args.slots)
+        print(f"decode step by the slots requests run in ({args.slots} slots, median of 20 steps)")
+        for group in args.placements.split(";"):
+            slots = [int(x) for x in group.split(",")]
+            ms, per_step = placement_ms(aligner, slots)
+            print(f"  slots {group:16s} {ms:7.1f} ms  {per_step:.2f} forward passes a step")
+        aligner.close()
+        return
     filler = "The river runs past the old mill, under the stone bridge and on towards the sea. "
     history = filler * (args.history // 17) if args.history else ""
     clients = [int(c) for c in args.clients.split(",")]

@@ -223,3 +223,14 @@ def test_bad_grammar_is_a_value_error_at_the_call(pool):
     with pytest.raises(ValueError, match="grammar"):
         pool.create_completion("Hello", grammar="root ::= (")
     assert pool.engine.n_busy == 0
+
+
+def test_submit_into_a_given_slot_takes_only_a_free_one(pool):
+    pool.reset()
+    first = pool.engine.submit(chat(pool, "Hi", "Be kind.", GREEDY.replace(max_tokens=2)), slot=2)
+    assert first.slot == 2
+    with pytest.raises(ValueError, match="slot 2 is not a free slot"):
+        pool.engine.submit(chat(pool, "Hi", "Be kind."), slot=2)
+    with pytest.raises(ValueError, match="slot 4 is not a free slot"):
+        pool.engine.submit(chat(pool, "Hi", "Be kind."), slot=4)
+    run_all(pool, [first])

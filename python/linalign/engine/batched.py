@@ -129,8 +129,10 @@ class BatchedEngine:
     def n_free(self) -> int:
         return self.n_slots - self.n_busy
 
-    def submit(self, request: GenerationRequest, *, notify: Callable[[], None] | None = None) -> Generation | None:
-        """Starts a request in the free slot with the longest cached prefix.
+    def submit(self, request: GenerationRequest, *, notify: Callable[[], None] | None = None,
+               slot: int | None = None) -> Generation | None:
+        """Starts a request in the free slot with the longest cached prefix
+        (or in ``slot``, which must be free: for probes of slot placement).
 
         Returns None when every slot is busy. Bad input (empty or over-long
         prompts, token ids outside the vocabulary, a grammar that does not
@@ -150,9 +152,12 @@ class BatchedEngine:
             self._require_open()
             self._reap_cancelled()
             prompts = request.prompts
-            slot = self._native.pick_slot(prompts)
-            if slot < 0:
-                return None
+            if slot is None:
+                slot = self._native.pick_slot(prompts)
+                if slot < 0:
+                    return None
+            elif not 0 <= slot < self.n_slots or self._native.busy(slot):
+                raise ValueError(f"slot {slot} is not a free slot of this engine ({self.n_slots} slots)")
             stats = self._native.start(slot, prompts, params, self.cache_prompt)
             gen.slot = slot
             self._submitted += 1
