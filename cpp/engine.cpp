@@ -182,14 +182,11 @@ int32_t engine::pick_slot(const prompt_list & prompts) const {
         throw std::invalid_argument(std::to_string(prompts.size()) + " prompts, but a slot holds " +
                                     std::to_string(params_.n_streams) + " streams");
     }
-    // the busy slots' range; a per-stream KV cache attends over all of it
-    int32_t lo = -1, hi = -1;
-    for (int32_t i = 0; i < (int32_t) slots_.size(); ++i) {
-        if (slots_[i].state != slot_state::free) {
-            lo = lo < 0 ? i : lo;
-            hi = i;
-        }
-    }
+    // runs of busy slots a free slot would make: with a KV buffer per stream
+    // each run is a forward pass of its own (GAP_COST_TOKENS)
+    const auto busy = [this](int32_t i) {
+        return i >= 0 && i < (int32_t) slots_.size() && slots_[i].state != slot_state::free;
+    };
     int32_t best = -1;
     int64_t best_score = 0;
     for (int32_t i = 0; i < (int32_t) slots_.size(); ++i) {
@@ -201,9 +198,11 @@ int32_t engine::pick_slot(const prompt_list & prompts) const {
         for (size_t s = 0; s < prompts.size(); ++s) {
             score += (int64_t) common_prefix(sl.streams[s].cached, prompts[s]);
         }
-        if (!params_.kv_unified && hi >= 0) {
-            const int64_t outside = i < lo ? lo - i : (i > hi ? i - hi : 0);
-            score -= SPAN_COST_TOKENS * outside * params_.n_streams;
+        if (!params_.kv_unified) {
+            // taking i makes a new run (no busy neighbour), lengthens one (one)
+            // or joins two (two); with none busy every slot is a new run alike
+            const int64_t new_runs = 1 - (int64_t) busy(i - 1) - (int64_t) busy(i + 1);
+            score -= GAP_COST_TOKENS * params_.n_streams * new_runs;
         }
         if (best < 0 || score > best_score || (score == best_score && sl.last_used < slots_[best].last_used)) {
             best = i;

@@ -88,22 +88,21 @@ public:
     using prompt_list = std::vector<std::vector<llama_token>>;
 
     // The free slot whose cached tokens share the longest prefix with the
-    // prompts (summed over streams), less SPAN_COST_TOKENS for every stream
-    // it would add to the range of busy slots' streams (see below); least
-    // recently used among equals. -1 when all are busy. prompts: P, B, then
-    // any further principled ones.
+    // prompts (summed over streams), less GAP_COST_TOKENS per stream of a slot
+    // for every run of busy slots it would add (see below); least recently
+    // used among equals. -1 when all are busy. prompts: P, B, then any
+    // further principled ones.
     int32_t pick_slot(const prompt_list & prompts) const;
 
-    // With a KV buffer per stream, llama.cpp attends over every stream
-    // between the lowest and the highest sequence in a batch, idle ones
-    // included: measured on the default model (2-core CPU, 8 slots), four
-    // requests in slots 0,2,4,6 step in 64.8 ms, in slots 0-3 in 45.5 ms, so
-    // an idle stream inside the range costs each step about 3 ms, half a
-    // running one. Prefilling a stream's prompt token costs about as much as
-    // one such stream for one step, and an answer runs for tens of steps, so
-    // a slot outside the busy range has to save this many prompt tokens per
-    // stream it adds before it is worth taking (docs/serving.md).
-    static constexpr int64_t SPAN_COST_TOKENS = 48;
+    // With a KV buffer per stream, llama.cpp puts only consecutive sequence
+    // ids in one ubatch, so every run of busy slots after the first costs the
+    // step one more forward pass (docs/serving.md: four requests in slots 0-3
+    // step in one pass, 55 ms here; in slots 0,2,4,6 in four, 75 ms). A pass
+    // costs the running requests about what prefilling a stream's prompt
+    // token does, and an answer runs for tens of steps, so a slot that would
+    // start a new run has to save this many prompt tokens per stream of a
+    // slot before it is worth taking; one that joins or closes a run gains it.
+    static constexpr int64_t GAP_COST_TOKENS = 48;
 
     // Starts a request in a free slot: keeps the longest cached prefix of each
     // stream (none when cache_prompt is false) and queues the rest for

@@ -82,3 +82,46 @@ def last_logits(llm: llama_cpp.Llama) -> np.ndarray:
     """Logits of the last evaluated token of a llama_cpp.Llama (not copied to
     .scores unless logits_all)."""
     return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),)).copy()
+
+
+def assert_streams_are_separate_contexts(aligner, ref_p: llama_cpp.Llama, ref_b: llama_cpp.Llama,
+                                         steps: int = 8) -> None:
+    """Both streams' logits are exactly those of two separate contexts
+    (``ref_p``, ``ref_b``): at the prompt, B taking a long prefix it shares
+    with P from P's cells, and at every step of the batched decode."""
+    shared = "A long shared introduction that both prompts start with, about rivers, mountains and the sea. " * 2
+    tokens_p = aligner.tokenize(shared + "Be terse. Describe a river:")
+    tokens_b = aligner.tokenize(shared + "Describe a river:")
+    aligner.reset()
+    engine = aligner.engine
+    gen = aligner.submit(aligner.completion_request(tokens_p, tokens_b, ratio=2.0, max_tokens=steps + 1,
+                                                    temperature=0.0, top_k=40, repeat_penalty=1.0))
+    assert engine.last_prefill(gen.slot)["shared"] >= 32  # decoded once, in P
+    ref_p.reset()
+    ref_b.reset()
+    ref_p.eval(tokens_p)
+    ref_b.eval(tokens_b)
+    for i in range(steps):
+        while len(gen.tokens) <= i:  # the prompts take two steps: P's shared part first
+            engine.step()
+        np.testing.assert_array_equal(engine.logits(gen, 0), last_logits(ref_p))
+        np.testing.assert_array_equal(engine.logits(gen, 1), last_logits(ref_b))
+        ref_p.eval([gen.tokens[-1]])
+        ref_b.eval([gen.tokens[-1]])
+    gen.cancel()
+
+
+def greedy_alone_and_together(aligner, questions, options) -> tuple[list[str], list[str]]:
+    """The text of each (question, principle) chat asked alone, each from an
+    empty cache, and of all of them decoded at once in one batch."""
+    alone = []
+    for question, principle in questions:
+        aligner.reset()
+        alone.append(aligner.create_chat_completion([{"role": "user", "content": question}], principle=principle,
+                                                    options=options)["choices"][0]["message"]["content"])
+    aligner.reset()
+    gens = [aligner.submit(aligner.chat_request([{"role": "user", "content": q}], principle=p, options=options))
+            for q, p in questions]
+    while not all(g.done for g in gens):
+        aligner.engine.step()
+    return alone, ["".join(iter(g.pop_delta, None)) for g in gens]

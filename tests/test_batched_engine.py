@@ -8,7 +8,7 @@ import pytest
 import linalign
 from linalign import GenerationRequest, SamplingOptions
 
-from conftest import CHAT_PAIRS, N_GPU_LAYERS
+from conftest import CHAT_PAIRS, N_GPU_LAYERS, greedy_alone_and_together
 
 GREEDY = SamplingOptions(temperature=0.0, max_tokens=32)
 QUESTIONS = CHAT_PAIRS + [("Tell me about cats.", "Answer in one short sentence.")]
@@ -34,21 +34,10 @@ def run_all(aligner, gens) -> int:
     return steps
 
 
-def text_of(gen) -> str:
-    return "".join(iter(gen.pop_delta, None))
-
-
 @pytest.mark.skipif(N_GPU_LAYERS != 0, reason="CUDA picks other kernels for other batch sizes")
 def test_four_concurrent_greedy_requests_equal_each_alone(pool):
-    alone = []
-    for question, principle in QUESTIONS:
-        pool.reset()
-        alone.append(pool.create_chat_completion([{"role": "user", "content": question}], principle=principle,
-                                                 options=GREEDY)["choices"][0]["message"]["content"])
-    pool.reset()
-    gens = [pool.submit(chat(pool, q, p)) for q, p in QUESTIONS]
-    run_all(pool, gens)
-    assert [text_of(g) for g in gens] == alone
+    alone, together = greedy_alone_and_together(pool, QUESTIONS, GREEDY)
+    assert together == alone
 
 
 def test_one_llama_decode_per_step_across_all_slots(pool):

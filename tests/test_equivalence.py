@@ -7,7 +7,7 @@ import pytest
 
 import linalign
 
-from conftest import CHAT_PAIRS, N_GPU_LAYERS, last_logits
+from conftest import CHAT_PAIRS, N_GPU_LAYERS, assert_streams_are_separate_contexts, last_logits
 from reference import greedy_reference
 
 GREEDY = {"temperature": 0.0, "top_k": 40, "repeat_penalty": 1.0}
@@ -58,25 +58,7 @@ def test_each_stream_is_bit_for_bit_a_separate_context(aligner, reference_llama,
     """With a KV buffer per stream, both streams' logits are exactly those of
     separate contexts: at the prompt (B taking a long prefix it shares with P
     from P's cells) and at every step of the batched decode."""
-    shared = "A long shared introduction that both prompts start with, about rivers, mountains and the sea. " * 2
-    tokens_p = aligner.tokenize(shared + "Be terse. Describe a river:")
-    tokens_b = aligner.tokenize(shared + "Describe a river:")
-    aligner.reset()
-    engine = aligner.engine
-    gen = aligner.submit(aligner.completion_request(tokens_p, tokens_b, ratio=2.0, max_tokens=9, **GREEDY))
-    assert engine.last_prefill(gen.slot)["shared"] >= 32  # decoded once, in P
-    reference_llama.reset()
-    second_llama.reset()
-    reference_llama.eval(tokens_p)
-    second_llama.eval(tokens_b)
-    for i in range(8):
-        while len(gen.tokens) <= i:  # the prompts take two steps: P's shared part first
-            engine.step()
-        np.testing.assert_array_equal(engine.logits(gen, 0), last_logits(reference_llama))
-        np.testing.assert_array_equal(engine.logits(gen, 1), last_logits(second_llama))
-        reference_llama.eval([gen.tokens[-1]])
-        second_llama.eval([gen.tokens[-1]])
-    gen.cancel()
+    assert_streams_are_separate_contexts(aligner, reference_llama, second_llama)
 
 
 def test_aligned_differs_from_plain(aligner):

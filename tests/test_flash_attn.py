@@ -4,15 +4,13 @@ same setting, and a request's greedy text does not depend on what else is in
 the batch."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import linalign
 from linalign.server.cli import _flash_attn, main as serve_main
 
-from conftest import CHAT_PAIRS, N_GPU_LAYERS, last_logits
+from conftest import CHAT_PAIRS, N_GPU_LAYERS, assert_streams_are_separate_contexts, greedy_alone_and_together
 
-GREEDY = {"temperature": 0.0, "top_k": 40, "repeat_penalty": 1.0}
 cpu_only = pytest.mark.skipif(N_GPU_LAYERS != 0, reason="bit-exact only with llama.cpp's CPU kernels")
 
 
@@ -34,42 +32,15 @@ def fa_llamas(model_path):
 
 @cpu_only
 def test_each_stream_is_bit_for_bit_a_flash_attention_context(fa_aligner, fa_llamas):
-    shared = "A long shared introduction that both prompts start with, about rivers, mountains and the sea. " * 2
-    tokens_p = fa_aligner.tokenize(shared + "Be terse. Describe a river:")
-    tokens_b = fa_aligner.tokenize(shared + "Describe a river:")
-    fa_aligner.reset()
-    engine = fa_aligner.engine
-    gen = fa_aligner.submit(fa_aligner.completion_request(tokens_p, tokens_b, ratio=2.0, max_tokens=9, **GREEDY))
-    ref_p, ref_b = fa_llamas
-    ref_p.reset()
-    ref_b.reset()
-    ref_p.eval(tokens_p)
-    ref_b.eval(tokens_b)
-    for i in range(8):
-        while len(gen.tokens) <= i:
-            engine.step()
-        np.testing.assert_array_equal(engine.logits(gen, 0), last_logits(ref_p))
-        np.testing.assert_array_equal(engine.logits(gen, 1), last_logits(ref_b))
-        ref_p.eval([gen.tokens[-1]])
-        ref_b.eval([gen.tokens[-1]])
-    gen.cancel()
+    assert_streams_are_separate_contexts(fa_aligner, *fa_llamas)
 
 
 @cpu_only
 def test_four_concurrent_greedy_requests_equal_each_alone_with_flash_attention(fa_aligner):
     questions = CHAT_PAIRS + [("Tell me about cats.", "Answer in one short sentence.")]
-    options = linalign.SamplingOptions(temperature=0.0, max_tokens=32)
-    alone = []
-    for question, principle in questions:
-        fa_aligner.reset()
-        alone.append(fa_aligner.create_chat_completion([{"role": "user", "content": question}], principle=principle,
-                                                       options=options)["choices"][0]["message"]["content"])
-    fa_aligner.reset()
-    gens = [fa_aligner.submit(fa_aligner.chat_request([{"role": "user", "content": q}], principle=p, options=options))
-            for q, p in questions]
-    while not all(g.done for g in gens):
-        fa_aligner.engine.step()
-    assert ["".join(iter(g.pop_delta, None)) for g in gens] == alone
+    alone, together = greedy_alone_and_together(fa_aligner, questions,
+                                                linalign.SamplingOptions(temperature=0.0, max_tokens=32))
+    assert together == alone
 
 
 @pytest.mark.parametrize("value", ["yes", "on", 1, None, 0.0])

@@ -86,7 +86,8 @@ class Aligner:
         Flash attention: False (the default, as in llama_cpp.Llama, so logits
         match a plain Llama's), True, or "auto" (on where the backend runs it
         for this model, as llama-server does). On a CPU it makes a step of
-        many streams markedly cheaper (docs/serving.md).
+        many short streams cheaper and one over a long history dearer
+        (docs/serving.md).
     kv_cells
         With ``kv_unified=True``, the KV pool's size in cells (default
         ``n_ctx`` per stream of every slot). With the principle at the end

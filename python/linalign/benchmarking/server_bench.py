@@ -433,7 +433,7 @@ def _specs(cfg: ServerBenchConfig) -> dict[str, ServerSpec]:
     if cfg.n_batch is not None:
         threads += ["--n-batch", str(cfg.n_batch)]
     fa = [] if cfg.flash_attn is None else ["--flash-attn", cfg.flash_attn]
-    fa_on = cfg.flash_attn in ("on", "auto")  # auto is on for this model on the CPU and on CUDA
+    fa_on = cfg.flash_attn in ("on", "auto")  # auto: on for this model on the CPU (llama.cpp's log says so)
     specs = {"linalign": ServerSpec("linalign", "linalign", cfg.python, [*threads, *fa], cache_prompt=True),
              "linalign --no-cache-prompt": ServerSpec("linalign --no-cache-prompt", "linalign", cfg.python,
                                                       [*threads, *fa, "--no-cache-prompt"], cache_prompt=False)}
@@ -537,16 +537,15 @@ def run_server_bench(cfg: ServerBenchConfig, log: Callable[[str], None] = lambda
                                                                 index, timeout))
                         after = _engine_counters(server.url)
                         index += n * cfg.requests
-                        runs[n].append((wall, results, before, after))
-                        tokens = sum(r.completion_tokens for r in results if r.ok)
-                        log(f"  {label}: {n} clients (rep {rep + 1}/{cfg.reps}): {tokens / wall:.1f} tok/s")
+                        tok_s = _level_summary(n, wall, results)["tok_s"] or 0.0
+                        runs[n].append((wall, results, tok_s, before, after))
+                        log(f"  {label}: {n} clients (rep {rep + 1}/{cfg.reps}): {tok_s:.1f} tok/s")
                 for n in cfg.clients:
                     level = _level_summary(n, sum(w for w, *_ in runs[n]), [r for _, rs, *_ in runs[n] for r in rs])
-                    rep_tok_s = [sum(r.completion_tokens for r in rs if r.ok) / w for w, rs, *_ in runs[n]]
-                    level["tok_s_reps"] = rep_tok_s
-                    level["tok_s"] = statistics.median(rep_tok_s)  # the median repetition
+                    level["tok_s_reps"] = [tok_s for _, _, tok_s, *_ in runs[n]]
+                    level["tok_s"] = statistics.median(level["tok_s_reps"])  # the median repetition
                     # linalign only: llama.cpp's forward passes per engine step (1 when no batch was split)
-                    counted = [(a[0] - b[0], a[1] - b[1]) for _, _, b, a in runs[n] if a and b]
+                    counted = [(a[0] - b[0], a[1] - b[1]) for *_, b, a in runs[n] if a and b]
                     steps = sum(c[0] for c in counted)
                     level["passes_per_step"] = sum(c[1] for c in counted) / steps if steps else None
                     entry["levels"].append(level)
