@@ -40,7 +40,7 @@ static constexpr int64_t MAX_CELLS = int64_t(1) << 28;
 // names it so) and never asks for data, so each graph still runs in one go.
 static bool count_forward_passes(ggml_tensor * t, bool ask, void * user_data) {
     if (ask && std::strcmp(ggml_get_name(t), "result_output") == 0) {
-        ++*static_cast<int64_t *>(user_data);
+        ++*static_cast<std::atomic<int64_t> *>(user_data);
     }
     return false;
 }

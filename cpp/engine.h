@@ -23,6 +23,7 @@
 #include "sampling.h"
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -201,8 +202,9 @@ private:
     int32_t                n_vocab_ = 0;
     std::vector<slot>      slots_;
     uint64_t               clock_ = 0;
-    int64_t                n_decode_calls_ = 0;
-    int64_t                n_forward_passes_ = 0;  // written by llama.cpp's eval callback
+    // atomic: the server's /health reads both while another thread decodes
+    std::atomic<int64_t>   n_decode_calls_{0};
+    std::atomic<int64_t>   n_forward_passes_{0};  // written by llama.cpp's eval callback
 };
 
 } // namespace linalign
