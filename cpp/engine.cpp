@@ -516,6 +516,14 @@ std::vector<step_event> engine::step() {
     llama_batch_ref().n_tokens = 0;
     // tokens each slot's streams put in this batch
     std::vector<std::vector<int32_t>> queued(slots_.size(), std::vector<int32_t>(params_.n_streams, 0));
+    // Rows are this step's: a slot that puts nothing in the batch (a full
+    // context, a prefill waiting for budget) must not keep last step's row,
+    // which may lie past the end of this smaller batch.
+    for (slot & sl : slots_) {
+        for (stream & st : sl.streams) {
+            st.row = -1;
+        }
+    }
 
     // 1. the running slots' last sampled tokens, one per stream
     for (int32_t i = 0; i < (int32_t) slots_.size(); ++i) {
@@ -551,9 +559,6 @@ std::vector<step_event> engine::step() {
     }
     std::sort(order.begin(), order.end(), [this](int32_t a, int32_t b) { return slots_[a].started < slots_[b].started; });
     for (int32_t i : order) {
-        for (stream & st : slots_[i].streams) {
-            st.row = -1;
-        }
         add_prefill(slots_[i], budget, queued[i]);
     }
     if (llama_batch_ref().n_tokens == 0) {
