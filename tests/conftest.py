@@ -84,11 +84,95 @@ def last_logits(llm: llama_cpp.Llama) -> np.ndarray:
     return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),)).copy()
 
 
+# -- closeness where llama.cpp's kernels depend on the batch --------------------
+#
+# Two decodings of the same request in other batch shapes (alone or beside
+# other requests, a prompt from the cache or prefilled fresh, two streams in
+# one batch or two contexts) are bit for bit equal on CPUs whose kernels
+# compute a row the same way in any batch (AVX2 x86-64 here), but not where
+# llama.cpp picks other kernels for other shapes (AVX-512 CPUs, CUDA). There
+# they agree within rounding: the issue's Zen 4 measured 0.065 nats between a
+# 1,440-token prompt from the cache and prefilled fresh. So such tests check
+# closeness (docs/exactness.md): logprobs within LOGPROB_TOL, and the same
+# greedy token wherever the top-2 margin exceeds what that rounding can flip.
+# A real fault (a wrong cache cell, another stream's logits) moves logprobs
+# by nats, far past it.
+LOGPROB_TOL = 0.25  # nats, per token, on the sampled (aligned, ratio <= 2) distribution
+TOP_ENTRIES = 5     # alternatives the greedy comparisons ask for per token
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max()
+    return z - np.log(np.exp(z).sum())
+
+
+def assert_logits_close(ours: np.ndarray, theirs: np.ndarray, tol: float = LOGPROB_TOL) -> None:
+    """Two rows of logits of the same context state, computed in other batch
+    shapes: the same log-probabilities within ``tol`` over the tokens that
+    matter (either side's 100 most likely), and the same argmax unless the
+    top two are within ``tol``."""
+    a, b = log_softmax(ours), log_softmax(theirs)
+    top = np.union1d(np.argsort(-a)[:100], np.argsort(-b)[:100])
+    assert np.max(np.abs(a[top] - b[top])) <= tol, f"logprobs differ by {np.max(np.abs(a[top] - b[top])):.4f}"
+    if int(np.argmax(a)) != int(np.argmax(b)):
+        first, second = np.sort(a)[-1], np.sort(a)[-2]
+        assert first - second <= 2 * tol, "the argmax differs where the top two are far apart"
+
+
+def assert_same_greedy_decoding(ours: list[tuple], theirs: list[tuple], tol: float = LOGPROB_TOL) -> None:
+    """Two greedy decodings of one request in other batch shapes, each a list
+    of (token, logprob, {token: logprob} of its top alternatives): the same
+    tokens, each logprob within ``tol``, until a token where the two runs'
+    top two are within rounding of each other (a near tie either may break
+    its own way); past it the texts may part."""
+    for i, ((tok_a, lp_a, top_a), (tok_b, lp_b, top_b)) in enumerate(zip(ours, theirs)):
+        if tok_a != tok_b:
+            # each run's margin between its token and the other's: if every
+            # logprob moved by at most tol, the two margins add up to <= 2 tol
+            margin_a, margin_b = _margin(lp_a, top_a, tok_b), _margin(lp_b, top_b, tok_a)
+            assert margin_a + margin_b <= 2 * tol, (
+                f"token {i}: {tok_a!r} against {tok_b!r}, margins {margin_a:.3f} + {margin_b:.3f} > 2 x {tol}")
+            return
+        assert abs(lp_a - lp_b) <= tol, f"token {i} ({tok_a!r}): logprob {lp_a:.4f} against {lp_b:.4f}"
+    assert len(ours) == len(theirs), "one decoding stopped where the other went on with the same tokens"
+
+
+def _margin(logprob: float, top: dict, other) -> float:
+    """How far ``other`` is below the chosen token in one run: its logprob
+    there, else the least of a full list of TOP_ENTRIES alternatives (a lower
+    bound), else infinite (the list is short: the nucleus held no more, so
+    ``other`` had no probability at all)."""
+    if other in top:
+        return logprob - top[other]
+    return logprob - min(top.values()) if len(top) >= TOP_ENTRIES else float("inf")
+
+
+def entries_of_generation(gen) -> list[tuple]:
+    """A finished Generation's logprob entries (it asked for logprobs), as
+    assert_same_greedy_decoding takes them."""
+    entries = [e for _, chunk in iter(gen.pop_chunk, None) for e in chunk] + list(gen.final_logprobs)
+    return [(e.piece, e.logprob, dict(e.top)) for e in entries]
+
+
+def entries_of_chat_response(response) -> list[tuple]:
+    """The same from an OpenAI client's chat completion with logprobs."""
+    return [(e.token, e.logprob, {t.token: t.logprob for t in e.top_logprobs})
+            for e in response.choices[0].logprobs.content]
+
+
+def entries_of_completion(result: dict) -> list[tuple]:
+    """The same from a create_completion result (llama-cpp-python's shape)."""
+    lp = result["choices"][0]["logprobs"]
+    return list(zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"]))
+
+
 def assert_streams_are_separate_contexts(aligner, ref_p: llama_cpp.Llama, ref_b: llama_cpp.Llama,
                                          steps: int = 8) -> None:
-    """Both streams' logits are exactly those of two separate contexts
-    (``ref_p``, ``ref_b``): at the prompt, B taking a long prefix it shares
-    with P from P's cells, and at every step of the batched decode."""
+    """Both streams' logits are those of two separate contexts (``ref_p``,
+    ``ref_b``), within rounding (assert_logits_close: the batches differ): at
+    the prompt, B taking a long prefix it shares with P from P's cells, and
+    at every step of the batched decode."""
     shared = "A long shared introduction that both prompts start with, about rivers, mountains and the sea. " * 2
     tokens_p = aligner.tokenize(shared + "Be terse. Describe a river:")
     tokens_b = aligner.tokenize(shared + "Describe a river:")
@@ -104,24 +188,29 @@ def assert_streams_are_separate_contexts(aligner, ref_p: llama_cpp.Llama, ref_b:
     for i in range(steps):
         while len(gen.tokens) <= i:  # the prompts take two steps: P's shared part first
             engine.step()
-        np.testing.assert_array_equal(engine.logits(gen, 0), last_logits(ref_p))
-        np.testing.assert_array_equal(engine.logits(gen, 1), last_logits(ref_b))
+        assert_logits_close(engine.logits(gen, 0), last_logits(ref_p))
+        assert_logits_close(engine.logits(gen, 1), last_logits(ref_b))
         ref_p.eval([gen.tokens[-1]])
         ref_b.eval([gen.tokens[-1]])
     gen.cancel()
 
 
-def greedy_alone_and_together(aligner, questions, options) -> tuple[list[str], list[str]]:
-    """The text of each (question, principle) chat asked alone, each from an
-    empty cache, and of all of them decoded at once in one batch."""
+def greedy_alone_and_together(aligner, questions, options) -> tuple[list[list[tuple]], list[list[tuple]]]:
+    """Each (question, principle) chat asked alone, each from an empty cache,
+    and all of them decoded at once in one batch: the logprob entries of
+    each (assert_same_greedy_decoding), TOP_ENTRIES alternatives per token."""
+    def request(question: str, principle: str):
+        return aligner.chat_request([{"role": "user", "content": question}], principle=principle,
+                                    options=options, logprobs=True, top_logprobs=TOP_ENTRIES)
     alone = []
     for question, principle in questions:
         aligner.reset()
-        alone.append(aligner.create_chat_completion([{"role": "user", "content": question}], principle=principle,
-                                                    options=options)["choices"][0]["message"]["content"])
+        gen = aligner.submit(request(question, principle))
+        while not gen.done:
+            aligner.engine.step()
+        alone.append(entries_of_generation(gen))
     aligner.reset()
-    gens = [aligner.submit(aligner.chat_request([{"role": "user", "content": q}], principle=p, options=options))
-            for q, p in questions]
+    gens = [aligner.submit(request(q, p)) for q, p in questions]
     while not all(g.done for g in gens):
         aligner.engine.step()
-    return alone, ["".join(iter(g.pop_delta, None)) for g in gens]
+    return alone, [entries_of_generation(g) for g in gens]

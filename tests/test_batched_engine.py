@@ -8,7 +8,8 @@ import pytest
 import linalign
 from linalign import GenerationRequest, SamplingOptions
 
-from conftest import CHAT_PAIRS, N_GPU_LAYERS, greedy_alone_and_together
+from conftest import (CHAT_PAIRS, N_GPU_LAYERS, TOP_ENTRIES, assert_same_greedy_decoding, entries_of_completion,
+                      greedy_alone_and_together)
 
 GREEDY = SamplingOptions(temperature=0.0, max_tokens=32)
 QUESTIONS = CHAT_PAIRS + [("Tell me about cats.", "Answer in one short sentence.")]
@@ -34,10 +35,14 @@ def run_all(aligner, gens) -> int:
     return steps
 
 
-@pytest.mark.skipif(N_GPU_LAYERS != 0, reason="CUDA picks other kernels for other batch sizes")
-def test_four_concurrent_greedy_requests_equal_each_alone(pool):
+def test_four_concurrent_greedy_requests_match_each_alone(pool):
+    """Decoded beside three others, a request gets what it gets alone, within
+    rounding: the batch differs, and on CPUs whose kernels depend on it
+    (AVX-512, CUDA) so do the last bits (conftest.LOGPROB_TOL)."""
     alone, together = greedy_alone_and_together(pool, QUESTIONS, GREEDY)
-    assert together == alone
+    for each_alone, each_together in zip(alone, together):
+        assert each_alone
+        assert_same_greedy_decoding(each_together, each_alone)
 
 
 def test_one_llama_decode_per_step_across_all_slots(pool):
@@ -174,11 +179,14 @@ def test_a_request_cancelled_mid_prefill_leaves_a_consistent_cache(model_path):
         gen.cancel()
         a.engine.step()
         assert gen.finish_reason == "cancelled"
-        after = a.create_completion(document + "Summary:", options=GREEDY.replace(max_tokens=4))
+        after = a.create_completion(document + "Summary:", options=GREEDY.replace(max_tokens=4),
+                                    logprobs=TOP_ENTRIES)
         a.reset()
-        fresh = a.create_completion(document + "Summary:", options=GREEDY.replace(max_tokens=4))
+        fresh = a.create_completion(document + "Summary:", options=GREEDY.replace(max_tokens=4),
+                                    logprobs=TOP_ENTRIES)
         assert after["usage"]["prompt_tokens_details"]["cached_tokens"] == 32
-        assert after["choices"][0]["text"] == fresh["choices"][0]["text"]
+        # the 32 cached tokens were a batch of their own: equal within rounding
+        assert_same_greedy_decoding(entries_of_completion(after), entries_of_completion(fresh))
 
 
 def test_running_streams_get_a_token_every_step_while_a_long_prompt_is_ingested(model_path):

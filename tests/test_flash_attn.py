@@ -1,7 +1,7 @@
 """Flash attention (``flash_attn=True``/``"auto"``, ``linalign serve
---flash-attn``): each stream is still exactly a context of its own with the
-same setting, and a request's greedy text does not depend on what else is in
-the batch."""
+--flash-attn``): each stream is still a context of its own with the same
+setting, and a request's greedy decoding does not depend on what else is in
+the batch, within rounding (conftest.LOGPROB_TOL: the batches differ)."""
 from __future__ import annotations
 
 import pytest
@@ -9,9 +9,8 @@ import pytest
 import linalign
 from linalign.server.cli import _flash_attn, main as serve_main
 
-from conftest import CHAT_PAIRS, N_GPU_LAYERS, assert_streams_are_separate_contexts, greedy_alone_and_together
-
-cpu_only = pytest.mark.skipif(N_GPU_LAYERS != 0, reason="bit-exact only with llama.cpp's CPU kernels")
+from conftest import (CHAT_PAIRS, N_GPU_LAYERS, assert_same_greedy_decoding, assert_streams_are_separate_contexts,
+                      greedy_alone_and_together)
 
 
 @pytest.fixture(scope="module")
@@ -30,17 +29,16 @@ def fa_llamas(model_path):
         llm.close()
 
 
-@cpu_only
-def test_each_stream_is_bit_for_bit_a_flash_attention_context(fa_aligner, fa_llamas):
+def test_each_stream_matches_a_flash_attention_context(fa_aligner, fa_llamas):
     assert_streams_are_separate_contexts(fa_aligner, *fa_llamas)
 
 
-@cpu_only
-def test_four_concurrent_greedy_requests_equal_each_alone_with_flash_attention(fa_aligner):
+def test_four_concurrent_greedy_requests_match_each_alone_with_flash_attention(fa_aligner):
     questions = CHAT_PAIRS + [("Tell me about cats.", "Answer in one short sentence.")]
     alone, together = greedy_alone_and_together(fa_aligner, questions,
                                                 linalign.SamplingOptions(temperature=0.0, max_tokens=32))
-    assert together == alone
+    for each_alone, each_together in zip(alone, together):
+        assert_same_greedy_decoding(each_together, each_alone)
 
 
 @pytest.mark.parametrize("value", ["yes", "on", 1, None, 0.0])

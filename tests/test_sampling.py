@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from llama_cpp.llama_grammar import JSON_GBNF
 
@@ -105,14 +106,35 @@ def _greedy_text(aligner, **kwargs) -> str:
     return chat_text(aligner.create_chat_completion(MESSAGES, principle=PRINCIPLE, max_tokens=32, **kwargs))
 
 
-def test_penalties_change_the_output(aligner):
-    """Greedy decoding with and without the penalties: they change the text,
-    and each one alone does too."""
-    plain = _greedy_text(aligner, temperature=0.0)
-    assert plain
-    assert _greedy_text(aligner, temperature=0.0, **PENALTIES) != plain
-    for name, value in PENALTIES.items():
-        assert _greedy_text(aligner, temperature=0.0, **{name: value}) != plain, name
+@pytest.mark.parametrize("name, value, penalised", [
+    # (the penalty, its value, what it makes of a logit of 2.0 seen once before)
+    ("repeat_penalty", 1.3, 2.0 / 1.3),
+    ("presence_penalty", 0.5, 2.0 - 0.5),
+    ("frequency_penalty", 0.5, 2.0 - 0.5 * 1),
+])
+def test_each_penalty_moves_a_seen_token_by_its_amount(aligner, name, value, penalised):
+    """Each penalty on the sampler's own distribution, not on a text that a
+    kernel may leave unchanged: the native chain (ratio 0, greedy) picks
+    token A (logit 2.0) over B, then sees the same logits again with A in
+    its history. B wins exactly when its logit lies between the penalised and
+    the plain logit of A; without the penalty A wins again."""
+    from linalign import _core
+
+    model = aligner._model
+    a, b = (model.tokenize(t.encode(), False, False)[0] for t in ("cat", "dog"))
+    rng = np.random.default_rng(0)
+    logits = rng.normal(-5, 1, model.n_vocab).astype(np.float32)
+    for b_logit, b_wins in ((penalised + 0.05, True), (penalised - 0.05, False)):
+        logits[a], logits[b] = 2.0, b_logit
+        for penalty_on in (True, False):
+            params = _core.SamplingParams()
+            params.ratio, params.temperature, params.top_p, params.top_k = 0.0, 0.0, 1.0, 0
+            if penalty_on:
+                setattr(params, name, value)
+            chain = _core.SamplerChain(params, model)
+            assert chain.sample(logits, None, model.n_vocab) == a  # nothing seen yet: A
+            want = b if penalty_on and b_wins else a
+            assert chain.sample(logits, None, model.n_vocab) == want, (name, b_logit, penalty_on)
 
 
 def test_penalties_and_samplers_compose(aligner):
@@ -125,4 +147,3 @@ def test_penalties_and_samplers_compose(aligner):
     for seed in (3, 4):
         sampled = _greedy_text(aligner, temperature=1.0, top_k=1, min_p=0.05, seed=seed, **PENALTIES)
         assert sampled == greedy
-    assert greedy != _greedy_text(aligner, temperature=0.0)

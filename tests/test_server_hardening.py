@@ -444,10 +444,9 @@ def test_slow_reader_does_not_stall_the_server(server: Server) -> None:
         for _ in range(10):  # a trickle
             time.sleep(0.1)
             sock.recv(16)
-        for _ in range(5):  # then nothing: the server's writes back up
-            start = time.monotonic()
-            server.health(timeout=5)
-            assert time.monotonic() - start < 2
+        for _ in range(5):  # then nothing: the server's writes back up, and it still answers
+            # (that it answers without waiting for a step is test_engine_races's; no timing here)
+            assert server.health(timeout=TIMEOUT_S)["slots_idle"] == 0
             time.sleep(0.3)
         # the slot is the slow reader's; another request waits in the queue, answered once it leaves
         waiting = ThreadPoolExecutor(1).submit(server.post, "/v1/completions", completion(max_tokens=2))

@@ -187,9 +187,11 @@ class Aligner:
             # The borrowed weights must outlive this context, whichever is
             # closed or collected first: the Llama's model frees them from its
             # exit stack, whose callbacks run last-in first-out, so this one
-            # frees the context before. It holds the native engine, not the
+            # frees the context before, once a step running on another
+            # thread is over (BatchedEngine.closer). It does not hold the
             # Aligner (a closed engine is an empty shell).
-            self._llama._model._exit_stack.callback(engine.native_close())
+            self._llama._model._exit_stack.callback(
+                engine.closer("the llama_cpp.Llama this Aligner borrows from was closed"))
         return engine
 
     def _room_for(self, n_streams: int) -> None:

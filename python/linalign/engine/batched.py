@@ -4,12 +4,15 @@ step that advances all of them in one llama_decode.
 Whoever drives it calls :meth:`step` (the Aligner from the thread that reads
 a stream, the server from its one scheduler thread); every call decodes the
 next token of every running request and a chunk of every pending prefill,
-and hands each request its text. All methods are thread-safe (one lock; the
-native step releases the GIL, not the lock).
+and hands each request its text. All methods are thread-safe: one lock
+guards the context, and the native step releases the GIL, not the lock.
+What a server's event loop reads while a step runs (:attr:`n_busy`,
+:attr:`n_free`, the counters) takes no lock, so it never waits for a decode.
 """
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import Any, Callable
 
 from .. import _core
@@ -108,11 +111,24 @@ class BatchedEngine:
             self._active.clear()
             self._native.close()
 
-    def native_close(self) -> Callable[[], None]:
-        """A callable that frees the native context, for a borrowed model's
-        owner to call before it frees the model (it holds the native engine,
-        not this object)."""
-        return self._native.close
+    def closer(self, reason: str) -> Callable[[], None]:
+        """A callable that closes this engine for a borrowed model's owner to
+        call before it frees the model. It takes the engine's lock, so it
+        waits for a step in progress on another thread (freeing the context
+        under a running decode would be a use-after-free), then fails the
+        running requests with ``reason``. It holds the native engine and the
+        lock, and this object only weakly: the owner's exit stack must not
+        keep a dropped engine alive."""
+        native, lock, this = self._native, self.lock, weakref.ref(self)
+
+        def close() -> None:
+            with lock:
+                engine = this()
+                if engine is not None:
+                    engine.close(reason)
+                else:
+                    native.close()
+        return close
 
     def _require_open(self) -> None:
         if self._native.closed:
@@ -122,12 +138,43 @@ class BatchedEngine:
 
     @property
     def n_busy(self) -> int:
-        with self.lock:
-            return len(self._active)
+        # no lock: len() of a dict is atomic under the GIL, and the event loop
+        # of a server reads this while another thread holds the lock to decode
+        return len(self._active)
 
     @property
     def n_free(self) -> int:
         return self.n_slots - self.n_busy
+
+    def check(self, request: GenerationRequest) -> None:
+        """Raises the ValueError that :meth:`submit` would raise for bad input,
+        without the engine's lock or its context: a server checks a request
+        on its event loop, while another thread decodes, and answers 400
+        before it queues the request (the streams' headers then go out at
+        once, before a slot is free)."""
+        options = request.options
+        check_logprobs_request(request.want_logprobs, options)
+        if request.n_streams > self.n_streams:
+            raise ValueError(f"principles: {request.n_streams - 1} principles need {request.n_streams} streams per "
+                             f"slot; this engine was made with {self.n_streams} (at most "
+                             f"{self.n_streams - 1} principles per request)")
+        n_vocab = self._model.n_vocab
+        for i, prompt in enumerate(request.prompts):
+            name = ("prompt", "base_prompt")[i] if i < 2 else "principled prompt"
+            if not prompt:
+                raise ValueError(f"{name} is empty: it needs at least one token")
+            if len(prompt) >= self.n_ctx:
+                raise ValueError(f"{name} has {len(prompt)} tokens, which does not fit the context window of "
+                                 f"{self.n_ctx} tokens (leave room to generate)")
+            bad = next((t for t in prompt if not 0 <= t < n_vocab), None)
+            if bad is not None:
+                raise ValueError(f"token id {bad} is outside the vocabulary [0, {n_vocab})")
+        params = options.to_native(self._seed)
+        params.extra_ratios = list(request.extra_ratios)
+        params.validate()
+        if options.grammar:
+            # parses the grammar (the vocabulary is only read: safe beside a decode)
+            _core.SamplerChain(params, self._model)
 
     def submit(self, request: GenerationRequest, *, notify: Callable[[], None] | None = None,
                slot: int | None = None) -> Generation | None:
@@ -205,8 +252,20 @@ class BatchedEngine:
                 raise
             for event in events:
                 gen = self._active.get(event.slot)
-                if gen is not None:
+                if gen is None:
+                    continue
+                try:
                     self._on_token(gen, event)
+                except Exception as e:  # noqa: BLE001 - a callback's error fails its own request only
+                    # The other slots have sampled already: their events
+                    # must still reach their requests, or their texts would
+                    # silently lose this step's token.
+                    self._release(gen)
+                    gen._finish(None, e)
+                    try:
+                        self._notify(gen)
+                    except Exception:  # noqa: BLE001 - its consumer learns of the error when it next looks
+                        pass
             return len(events)
 
     def _on_token(self, gen: Generation, event: Any) -> None:

@@ -218,6 +218,14 @@ def create_app(aligner: Aligner, scheduler: Scheduler, *, model_id: str, api_key
             ticket = scheduler.submit(gen_request, asyncio.get_running_loop())
         except QueueFullError as e:
             raise ApiError(503, str(e), type="server_error", code="queue_full", headers={"Retry-After": "1"}) from None
+        except (ValueError, TypeError) as e:  # refused before it queued (engine.check)
+            raise ApiError(400, str(e)) from None
+        if body.stream:
+            # the headers go out now: a stream waits for its slot (and for the
+            # decode step in progress) inside the body, never before it starts
+            return StreamingResponse(_events(ticket, chunk_builder(), body.include_usage),
+                                     media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
             await _wait(ticket, request, lambda: ticket.settled)
         except _ClientGone:
@@ -237,10 +245,6 @@ def create_app(aligner: Aligner, scheduler: Scheduler, *, model_id: str, api_key
             raise error
 
         gen = ticket.gen
-        if body.stream:
-            return StreamingResponse(_events(ticket, chunk_builder(), body.include_usage),
-                                     media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
             deltas = [delta async for delta in _deltas(ticket, request)]
         except _ClientGone:
@@ -257,10 +261,9 @@ def create_app(aligner: Aligner, scheduler: Scheduler, *, model_id: str, api_key
 
 
 async def _events(ticket: Ticket, builder: CompletionChunks, include_usage: bool) -> AsyncIterator[str]:
-    """The SSE stream. However it ends (finished, failed, or the client gone,
-    which closes this generator) the request's slot is freed."""
-    gen = ticket.gen
-
+    """The SSE stream: the first chunk at once, then the text once the
+    request has a slot. However it ends (finished, failed, or the client
+    gone, which closes this generator) the request leaves its queue or slot."""
     def event(chunk: dict[str, Any]) -> str:
         if include_usage:
             chunk["usage"] = None  # OpenAI's shape: usage comes in a chunk of its own at the end
@@ -270,6 +273,12 @@ async def _events(ticket: Ticket, builder: CompletionChunks, include_usage: bool
         first = builder.first()
         if first is not None:
             yield event(first)
+        await _wait(ticket, None, lambda: ticket.settled)
+        if ticket.error is not None:  # the engine could not start it (checked input seldom gets here)
+            error = ticket.error
+            kind = "invalid_request_error" if isinstance(error, (ValueError, TypeError)) else "server_error"
+            yield _sse(error_body(str(error), type=kind))
+            return
         async for text, entries in _deltas(ticket, None):
             yield event(builder.delta(text, entries))
     except Exception as e:  # noqa: BLE001 - the stream has begun: report in-band
@@ -277,8 +286,9 @@ async def _events(ticket: Ticket, builder: CompletionChunks, include_usage: bool
         yield _sse(error_body(f"internal error: {type(e).__name__}: {e}", type="server_error"))
         return
     finally:
-        if not gen.done:
-            gen.cancel()
+        if ticket.gen is None or not ticket.gen.done:
+            ticket.cancel()
+    gen = ticket.gen
     last = builder.last(gen)
     usage = last.pop("usage")
     yield event(last)

@@ -36,6 +36,10 @@ class Ticket:
         self.changed = asyncio.Event()
         self._loop = loop
         self._cancelled = False
+        # orders cancel() (event loop) against admission (engine thread): a
+        # cancel that lands while the engine starts the request must still
+        # reach the Generation that start makes
+        self._lock = threading.Lock()
 
     def notify(self) -> None:
         """Called from the engine thread."""
@@ -50,9 +54,20 @@ class Ticket:
 
     def cancel(self) -> None:
         """The client is gone: drop the request wherever it is."""
-        self._cancelled = True
-        if self.gen is not None:
-            self.gen.cancel()
+        with self._lock:
+            self._cancelled = True
+            gen = self.gen
+        if gen is not None:
+            gen.cancel()
+
+    def _admitted(self, gen: Generation) -> None:
+        """Engine thread: the request holds a slot now. A cancel that came
+        while it was being started frees the slot at the next step."""
+        with self._lock:
+            self.gen = gen
+            cancelled = self._cancelled
+        if cancelled:
+            gen.cancel()
 
 
 class Scheduler:
@@ -91,7 +106,10 @@ class Scheduler:
             return sum(not t._cancelled for t in self._waiting)
 
     def submit(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop) -> Ticket:
-        """Queues a request; raises QueueFullError when the queue is full."""
+        """Queues a request; raises QueueFullError when the queue is full, and
+        ValueError for input the engine would refuse. Called on the event
+        loop: nothing here waits for a decode step."""
+        self.engine.check(request)
         ticket = Ticket(request, loop)
         with self._wake:
             if self._stopping:
@@ -135,7 +153,7 @@ class Scheduler:
                 if gen is None:  # no slot after all: wait for the next one
                     self._waiting.appendleft(ticket)
                     return
-                ticket.gen = gen
+                ticket._admitted(gen)
             ticket.notify()
 
     def _run(self) -> None:
