@@ -1,6 +1,6 @@
 """Issue 14: principle_position. "end" puts the principle after the
-history (appended to the last user message), so that the streams share the
-whole conversation: it works with chat templates that refuse a system
+history (appended to the last message before the assistant's turn), so that
+the streams share the whole conversation: it works with chat templates that refuse a system
 message (Gemma, Mistral) or take one only first (Llama 2), written into tiny
 GGUFs; "system" on a template that refuses it is a clear error naming the
 template and the option. With the prompt cache, the next turn's new tokens
@@ -63,9 +63,25 @@ def test_system_on_a_template_that_refuses_it_is_a_clear_error(templated) -> Non
         aligner.create_chat_completion(CHAT + CHAT[-1:], principle=PIRATE, principle_position="end", max_tokens=2)
 
 
-def test_end_needs_a_user_message(aligner) -> None:
-    with pytest.raises(ValueError, match="last user message"):
-        aligner.create_chat_completion([{"role": "system", "content": "x"}], principle=PIRATE,
+def test_end_goes_after_the_last_message_whatever_its_role() -> None:
+    """After a tool's result, not before it in the user's turn; a reply being
+    continued keeps the principle in the message it answers."""
+    from linalign.chat import with_principle
+
+    tool_turn = [{"role": "user", "content": "Weather in Paris?"},
+                 {"role": "assistant", "content": None, "tool_calls": [{"id": "1", "type": "function"}]},
+                 {"role": "tool", "tool_call_id": "1", "content": "18 C, sunny"}]
+    placed = with_principle(tool_turn, PIRATE, "end")
+    assert placed[-1]["content"] == f"18 C, sunny\n\n{PIRATE}" and placed[0] == tool_turn[0]
+    continued = with_principle(CHAT + [{"role": "assistant", "content": "Arr"}], PIRATE, "end")
+    assert continued[-2]["content"].endswith(PIRATE) and continued[-1]["content"] == "Arr"
+    only_system = with_principle([{"role": "system", "content": "x"}], PIRATE, "end")
+    assert only_system == [{"role": "system", "content": f"x\n\n{PIRATE}"}]
+
+
+def test_end_needs_a_message_before_the_assistant_turn(aligner) -> None:
+    with pytest.raises(ValueError, match="only assistant messages"):
+        aligner.create_chat_completion([{"role": "assistant", "content": "x"}], principle=PIRATE,
                                        principle_position="end", max_tokens=2)
     with pytest.raises(ValueError, match="principle_position must be one of"):
         aligner.create_chat_completion(CHAT, principle=PIRATE, principle_position="middle", max_tokens=2)

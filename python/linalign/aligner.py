@@ -534,7 +534,7 @@ class Aligner:
         ``l = l_B + sum_i (1 + r_i) (l_i - l_B)`` inside the union of their
         nuclei, all in one batched decode per step; not together with
         ``principle`` or ``ratio``. ``principle_position="end"`` appends
-        every principle to the last user message instead of the system
+        every principle to the last message before the assistant's turn instead of the system
         message, so that the streams share the whole conversation before it
         (one prefill; see docs/placement.md). ``composition`` (from
         :func:`linalign.principles.compose`) gives all of that at once. ``logprobs=True`` (with ``top_logprobs`` k in

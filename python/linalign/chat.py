@@ -75,17 +75,20 @@ def with_principle(messages: Sequence[Mapping[str, Any]], principle: str,
                    position: str = "system") -> list[dict[str, Any]]:
     """The messages of a principled stream: the principle appended to the
     system message ("system"; one is added when there is none), or to the
-    last user message ("end", after the history)."""
+    last message before the assistant's turn, whatever its role ("end",
+    after the history: after a tool's result too, not before it)."""
     out = [dict(m) for m in messages]
     if not principle:
         return out
     if position == "end":
-        last_user = next((i for i in range(len(out) - 1, -1, -1) if out[i]["role"] == "user"), None)
-        if last_user is None:
-            raise ValueError("principle_position 'end' appends the principle to the last user message, and "
-                             "messages has none")
-        content = out[last_user]["content"]
-        out[last_user]["content"] = f"{content}\n\n{principle}" if content else principle
+        # the assistant's own message at the end is a reply being continued:
+        # the principle goes in the message it answers
+        last = next((i for i in range(len(out) - 1, -1, -1) if out[i]["role"] != "assistant"), None)
+        if last is None:
+            raise ValueError("principle_position 'end' appends the principle to the last message before the "
+                             "assistant's turn, and messages has only assistant messages")
+        content = out[last].get("content") or ""
+        out[last]["content"] = f"{content}\n\n{principle}" if content else principle
         return out
     if out and out[0]["role"] == "system":
         system = out[0]["content"]
@@ -142,4 +145,4 @@ class ChatRenderer:
             # they do: it is the system message the template refuses
             raise ValueError(f"principle_position 'system': {self.name} chat template refuses the principle "
                              f"as a system message ({e}); use principle_position='end', which appends it to "
-                             "the last user message") from None
+                             "the last message before the assistant's turn") from None

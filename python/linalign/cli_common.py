@@ -38,7 +38,7 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
                         help="a principle to steer away from (it replaces the plain prompt as the base stream)")
     parser.add_argument("--principle-position", choices=POSITIONS, default="system",
                         help="where principles go: appended to the system message (default), or 'end': to the "
-                             "last user message, after the history (the streams then share the conversation)")
+                             "last message before the assistant's turn, after the history (the streams then share the conversation)")
     for name, (default, text, short) in SamplingOptions.field_help().items():
         if name not in _CLI_FIELDS:
             continue

@@ -37,7 +37,8 @@ MAX_PRINCIPLE_RATIO = 100.0
 
 # Where a chat principle goes (linalign.chat): "system", appended to the
 # system message (one is added when there is none); "end", appended to the
-# last user message, after the history, so that the streams share the whole
+# last message before the assistant's turn (a user message, or a tool's
+# result), after the history, so that the streams share the whole
 # conversation before it (docs/placement.md).
 POSITIONS = ("system", "end")
 
