@@ -35,6 +35,27 @@ static constexpr int32_t MIN_SHARED_TO_COPY = 8;
 // any size reaches llama.cpp's 32-bit fields.
 static constexpr int64_t MAX_CELLS = int64_t(1) << 28;
 
+// Whether a sequence's memory holds what decoding it on from position n
+// reads, positions 0..n-1 being its prefix. llama.cpp's memories differ: a
+// KV cache holds every position; a sliding-window one may drop those that
+// fell out of the window (llama.cpp writes new tokens over them, in a unified
+// pool even with swa_full), so it must still hold the window before n; a
+// recurrent state holds only its last position, n - 1. llama-server checks
+// seq_pos_min against n_swa alike. A hybrid model's pos_min is the larger of
+// its parts', its recurrent part's, so one with sliding-window layers as well
+// is always decoded again: slower, never wrong.
+static bool memory_holds_prefix(llama_context * ctx, llama_seq_id seq, int32_t n) {
+    if (n == 0) {
+        return true;
+    }
+    const llama_model * model = llama_get_model(ctx);
+    llama_memory_t mem = llama_get_memory(ctx);
+    const int32_t n_swa = llama_model_n_swa(model);
+    const bool one_state = llama_model_is_recurrent(model) || llama_model_is_hybrid(model);
+    const llama_pos oldest_read = n_swa > 0 ? std::max(0, n - n_swa) : one_state ? n - 1 : 0;
+    return llama_memory_seq_pos_max(mem, seq) == n - 1 && llama_memory_seq_pos_min(mem, seq) <= oldest_read;
+}
+
 // llama.cpp's eval callback, asked about every node of every graph it
 // computes: counts the graphs by their logits node (every model's graph
 // names it so) and never asks for data, so each graph still runs in one go.
@@ -102,6 +123,15 @@ engine::engine(std::shared_ptr<model> mdl, const engine_params & params) : model
     cparams.n_ubatch   = (uint32_t) params.n_batch;
     cparams.n_seq_max  = (uint32_t) (params.n_streams * params.n_slots);
     cparams.kv_unified = params.kv_unified;
+    // Sliding-window layers (Gemma 2/3) keep every cell, as full attention
+    // does (llama.cpp's default; said here because the prompt cache rests on
+    // it): a cache cut back by more than a batch still holds the window
+    // before the cut, a stream's cells sit where a context of its own puts
+    // them, and llama.h warns that window-sized caches can be slow with
+    // several sequences. The price is memory: those layers hold n_ctx cells
+    // per stream, not the window and a batch (docs/serving.md). Cells
+    // llama.cpp drops anyway are found by keep_prefix.
+    cparams.swa_full   = true;
     cparams.no_perf    = true;
     cparams.flash_attn_type = (enum llama_flash_attn_type) params.flash_attn;
     if (params.n_threads > 0) {
@@ -213,15 +243,18 @@ int32_t engine::pick_slot(const prompt_list & prompts) const {
 }
 
 // Drops a stream's cache past its first n positions. What the engine recorded
-// must still be what the cache holds (a failed decode clears everything);
-// otherwise the stream starts empty.
+// must still be what the cache holds (a failed decode clears everything), and
+// the memory must be able to drop the rest and still hold what the next
+// position reads (memory_holds_prefix); otherwise the stream starts empty and
+// decodes its prompt again.
 int32_t engine::keep_prefix(stream & st, int32_t n) {
     llama_memory_t mem = llama_get_memory(ctx_.get());
     if (llama_memory_seq_pos_max(mem, st.seq) != (llama_pos) st.cached.size() - 1) {
         st.cached.clear();
         n = 0;
     }
-    if (!llama_memory_seq_rm(mem, st.seq, n, -1)) {
+    // seq_rm fails where a recurrent state would have to be cut back
+    if (!llama_memory_seq_rm(mem, st.seq, n, -1) || !memory_holds_prefix(ctx_.get(), st.seq, n)) {
         llama_memory_seq_rm(mem, st.seq, -1, -1);
         n = 0;
     }
@@ -383,6 +416,9 @@ void engine::batch_add(llama_token token, llama_pos pos, llama_seq_id seq, bool 
 // its too (nothing is copied); with a buffer per stream the donor's whole
 // buffer is copied into its (llama.cpp can copy no less), carried out at the
 // next decode, before that decode writes, and it is cut back to the prefix.
+// A recurrent state is copied whole whatever the range and cannot be cut
+// back, so where the donor is past the prefix the copy is not the prefix's:
+// then the stream drops it and decodes the prefix itself.
 void engine::take_shared_prefix(slot & sl, stream & b) {
     if (b.copy_src < 0) {
         return;
@@ -392,13 +428,27 @@ void engine::take_shared_prefix(slot & sl, stream & b) {
         return;
     }
     llama_memory_t mem = llama_get_memory(ctx_.get());
+    bool taken = true;
     if (params_.kv_unified) {
         llama_memory_seq_cp(mem, p.seq, b.seq, (llama_pos) b.cached.size(), b.copy_upto);
     } else {
         llama_memory_seq_cp(mem, p.seq, b.seq, -1, -1);
-        llama_memory_seq_rm(mem, b.seq, b.copy_upto, -1);
+        taken = llama_memory_seq_rm(mem, b.seq, b.copy_upto, -1);
     }
-    b.cached.assign(b.prompt.begin(), b.prompt.begin() + b.copy_upto);
+    if (taken && memory_holds_prefix(ctx_.get(), b.seq, b.copy_upto)) {
+        b.cached.assign(b.prompt.begin(), b.prompt.begin() + b.copy_upto);
+    } else {
+        llama_memory_seq_rm(mem, b.seq, -1, -1);
+        if (sl.state == slot_state::prefill) {
+            // what start() counted as taken (the taker decoded nothing while it waited) is decoded after all
+            const size_t s = &b - sl.streams.data();
+            sl.stats.shared    -= b.copy_upto - (int32_t) b.cached.size();
+            sl.stats.reused[s]  = 0;
+            sl.stats.cached[s]  = 0;
+            sl.stats.decoded[s] = (int32_t) b.prompt.size();
+        }
+        b.cached.clear();
+    }
     b.copy_src  = -1;
     b.copy_upto = 0;
 }

@@ -1,11 +1,17 @@
-"""Write a tiny random-weight llama-architecture GGUF model.
+"""Write a tiny random-weight GGUF model: llama, gemma3 or mamba architecture.
 
 For fast unit tests of the linear-alignment sampler math and the engine on a
 real llama.cpp model, without needing the 98 MB default model. The weights are
 random (deterministic for a given seed), so the text is gibberish, but logits
 are finite and clearly spread out, so distinct tokens get distinct scores.
 
-    python models/make_tiny_gguf.py OUT.gguf [--seed N] [--n-vocab N] ...
+    python models/make_tiny_gguf.py OUT.gguf [--arch gemma3] [--seed N] [--n-vocab N] ...
+
+The other architectures give llama.cpp's other kinds of memory to test the
+engine's prompt cache on (tests/test_memory_kinds.py): gemma3 a sliding-window
+KV cache (every other layer attends over the last n_swa positions only, whose
+cells llama.cpp may drop), mamba a recurrent state (one per sequence, which
+holds only its last position and cannot be cut back).
 
 The same writer, given real shapes, makes stand-ins of larger models for
 speed measurements (benchmarks/make_synthetic_model.py): vocabularies past
@@ -62,6 +68,21 @@ TEMPLATES = {
         "{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}"
     ),
 }
+
+# Gemma 3's own template (text content only), which gemma3 models get: a system
+# message is folded into the first user turn
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set first_user_prefix = messages[0]['content'] + '\n\n' %}"
+    "{% set loop_messages = messages[1:] %}{% else %}{% set first_user_prefix = '' %}{% set loop_messages = messages %}"
+    "{% endif %}{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if message['role'] == 'assistant' %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') + message['content'] | trim"
+    " + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
+ARCHS = ("llama", "gemma3", "mamba")
+MAMBA_D_CONV, MAMBA_D_STATE = 4, 16  # mamba: convolution width and state size per channel, Mamba's defaults
 WORDS = ["hello", "world", "the", "and", "yes", "no", "cat", "dog", "good", "bad", "answer", "question"]
 
 
@@ -91,39 +112,67 @@ def build_vocab(n_vocab: int, *, fill: bool = False) -> tuple[list[str], list[fl
     return tokens, scores, [int(t) for t in types_]
 
 
-def write_tiny_gguf(path, *, n_vocab: int = 400, n_embd: int = 64, n_layer: int = 2, n_head: int = 4,
-                    n_head_kv: int = 2, n_ff: int = 128, n_ctx_train: int = 512, seed: int = 0,
-                    f16: bool = False, tie_output: bool = False, name: str = "linalign-tiny-random",
-                    chat_template: str = CHAT_TEMPLATE) -> Path:
-    """Write a random-weight llama GGUF to `path` (F32, or F16 with ``f16``;
-    with ``tie_output`` the output layer is the token embedding, as in small
-    models; ``chat_template`` a Jinja chat template, such as one of
-    TEMPLATES) and return it as a Path."""
-    if n_embd % n_head or n_head % n_head_kv:
+def write_tiny_gguf(path, *, arch: str = "llama", n_vocab: int = 400, n_embd: int = 64, n_layer: int = 2,
+                    n_head: int = 4, n_head_kv: int = 2, n_ff: int = 128, n_ctx_train: int = 512, n_swa: int = 8,
+                    seed: int = 0, f16: bool = False, tie_output: bool = False, name: str = "linalign-tiny-random",
+                    chat_template: str | None = None) -> Path:
+    """Write a random-weight GGUF of architecture ``arch`` (one of ARCHS) to
+    `path` (F32, or F16 with ``f16``; with ``tie_output`` the output layer is
+    the token embedding, as in small models; ``chat_template`` a Jinja chat
+    template, such as one of TEMPLATES: by default CHAT_TEMPLATE, or
+    GEMMA3_CHAT_TEMPLATE for gemma3) and return it as a Path.
+
+    gemma3: layers 0, 2, 4, ... attend over a sliding window of the last
+    ``n_swa`` positions, the others over all of them (Gemma 3 has five
+    sliding layers to one global; one to one lets two layers hold both).
+    mamba: n_head, n_head_kv, n_ff and n_swa are unused; the inner size is
+    2 n_embd, the one expansion llama.cpp runs."""
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+    if arch != "mamba" and (n_embd % n_head or n_head % n_head_kv):
         raise ValueError("n_embd must be divisible by n_head, and n_head by n_head_kv")
+    if chat_template is None:
+        chat_template = GEMMA3_CHAT_TEMPLATE if arch == "gemma3" else CHAT_TEMPLATE
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     head_dim = n_embd // n_head
+    d_inner, dt_rank = 2 * n_embd, -(-n_embd // 16)  # mamba: Mamba's own choices
 
     dtype = np.float16 if f16 else np.float32
 
-    def rand(*shape: int, std: float) -> np.ndarray:
+    def rand(*shape: int, std: float, dtype=dtype) -> np.ndarray:
         # numpy shape is (rows, cols) = reversed ggml ne, i.e. PyTorch Linear (out, in).
         return (rng.standard_normal(shape) * std).astype(dtype)
 
-    ones = lambda: np.ones(n_embd, dtype=np.float32)  # noqa: E731  (norms stay F32, as llama.cpp writes them)
+    ones = lambda n=n_embd: np.ones(n, dtype=np.float32)  # noqa: E731  (norms stay F32, as llama.cpp writes them)
 
-    writer = gguf.GGUFWriter(path, "llama")
+    writer = gguf.GGUFWriter(path, arch)
     writer.add_name(name)
     writer.add_context_length(n_ctx_train)
     writer.add_embedding_length(n_embd)
     writer.add_block_count(n_layer)
-    writer.add_feed_forward_length(n_ff)
-    writer.add_head_count(n_head)
-    writer.add_head_count_kv(n_head_kv)
-    writer.add_rope_dimension_count(head_dim)
-    writer.add_rope_freq_base(10000.0)
+    if arch == "mamba":
+        writer.add_feed_forward_length(0)  # unused, but llama.cpp reads both
+        writer.add_head_count(0)
+        writer.add_ssm_conv_kernel(MAMBA_D_CONV)
+        writer.add_ssm_inner_size(d_inner)
+        writer.add_ssm_state_size(MAMBA_D_STATE)
+        writer.add_ssm_time_step_rank(dt_rank)
+    else:
+        writer.add_feed_forward_length(n_ff)
+        writer.add_head_count(n_head)
+        writer.add_head_count_kv(n_head_kv)
+    if arch == "llama":
+        writer.add_rope_dimension_count(head_dim)
+        writer.add_rope_freq_base(10000.0)
+    if arch == "gemma3":
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+        writer.add_rope_freq_base(1_000_000.0)  # global layers; the sliding ones use rope_freq_base_swa
+        writer.add_rope_freq_base_swa(10000.0)
+        writer.add_sliding_window(n_swa)
+        writer.add_sliding_window_pattern(2)  # of every 2 layers the last is global
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_vocab_size(n_vocab)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if f16 else gguf.LlamaFileType.ALL_F32)
@@ -142,20 +191,44 @@ def write_tiny_gguf(path, *, n_vocab: int = 400, n_embd: int = 64, n_layer: int 
 
     # After RMS norm the hidden state is ~unit scale, so a logit's std is the
     # output weights' std times sqrt(n_embd): 0.3 * sqrt(64) = 2.4 for the
-    # tiny model; a tied embedding is scaled to give the same spread.
+    # tiny model; a tied embedding is scaled to give the same spread. Gemma
+    # multiplies the embedding by sqrt(n_embd) before the first layer.
     embd_std = 2.4 / np.sqrt(n_embd) if tie_output else 1.0
+    if arch == "gemma3" and not tie_output:
+        embd_std /= np.sqrt(n_embd)
     writer.add_tensor("token_embd.weight", rand(n_vocab, n_embd, std=embd_std))
     for i in range(n_layer):
         blk = f"blk.{i}"
         writer.add_tensor(f"{blk}.attn_norm.weight", ones())
+        if arch == "mamba":
+            writer.add_tensor(f"{blk}.ssm_in.weight", rand(2 * d_inner, n_embd, std=0.2))
+            writer.add_tensor(f"{blk}.ssm_conv1d.weight", rand(d_inner, MAMBA_D_CONV, std=0.3, dtype=np.float32))
+            writer.add_tensor(f"{blk}.ssm_conv1d.bias", rand(d_inner, std=0.1, dtype=np.float32))
+            writer.add_tensor(f"{blk}.ssm_x.weight", rand(dt_rank + 2 * MAMBA_D_STATE, d_inner, std=0.1))
+            writer.add_tensor(f"{blk}.ssm_dt.weight", rand(d_inner, dt_rank, std=0.3))
+            # Mamba's initialisation: softplus(dt bias) log-uniform in
+            # [0.001, 0.1], A = -(1..d_state) and D = 1, so the state decays
+            # slowly and far tokens still move the logits
+            dt = np.exp(rng.uniform(np.log(0.001), np.log(0.1), d_inner))
+            writer.add_tensor(f"{blk}.ssm_dt.bias", np.log(np.expm1(dt)).astype(np.float32))
+            writer.add_tensor(f"{blk}.ssm_a", -np.tile(np.arange(1, MAMBA_D_STATE + 1, dtype=np.float32), (d_inner, 1)))
+            writer.add_tensor(f"{blk}.ssm_d", ones(d_inner))
+            writer.add_tensor(f"{blk}.ssm_out.weight", rand(n_embd, d_inner, std=0.1))
+            continue
         writer.add_tensor(f"{blk}.attn_q.weight", rand(n_head * head_dim, n_embd, std=0.2))
         writer.add_tensor(f"{blk}.attn_k.weight", rand(n_head_kv * head_dim, n_embd, std=0.2))
         writer.add_tensor(f"{blk}.attn_v.weight", rand(n_head_kv * head_dim, n_embd, std=0.2))
         writer.add_tensor(f"{blk}.attn_output.weight", rand(n_embd, n_head * head_dim, std=0.1))
+        if arch == "gemma3":  # Gemma 3 norms each head's q and k, and each sublayer's output
+            writer.add_tensor(f"{blk}.attn_q_norm.weight", ones(head_dim))
+            writer.add_tensor(f"{blk}.attn_k_norm.weight", ones(head_dim))
+            writer.add_tensor(f"{blk}.post_attention_norm.weight", ones())
         writer.add_tensor(f"{blk}.ffn_norm.weight", ones())
         writer.add_tensor(f"{blk}.ffn_gate.weight", rand(n_ff, n_embd, std=0.2))
         writer.add_tensor(f"{blk}.ffn_up.weight", rand(n_ff, n_embd, std=0.2))
         writer.add_tensor(f"{blk}.ffn_down.weight", rand(n_embd, n_ff, std=0.1))
+        if arch == "gemma3":
+            writer.add_tensor(f"{blk}.post_ffw_norm.weight", ones())
     writer.add_tensor("output_norm.weight", ones())
     if not tie_output:
         writer.add_tensor("output.weight", rand(n_vocab, n_embd, std=0.3))
@@ -170,9 +243,10 @@ def write_tiny_gguf(path, *, n_vocab: int = 400, n_embd: int = 64, n_layer: int 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", help="output .gguf path")
+    parser.add_argument("--arch", choices=ARCHS, default="llama")
     parser.add_argument("--seed", type=int, default=0)
     for name, default in [("n_vocab", 400), ("n_embd", 64), ("n_layer", 2), ("n_head", 4),
-                          ("n_head_kv", 2), ("n_ff", 128), ("n_ctx_train", 512)]:
+                          ("n_head_kv", 2), ("n_ff", 128), ("n_ctx_train", 512), ("n_swa", 8)]:
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=int, default=default)
     args = vars(parser.parse_args(argv))
     out = write_tiny_gguf(args.pop("out"), **args)

@@ -1,10 +1,13 @@
-"""models/make_tiny_gguf.py's options for stand-ins of larger models (the
-synthetic 0.5B-class benchmark model uses them): a vocabulary filled past the
-built-in pieces, F16 weights, a tied output layer."""
+"""models/make_tiny_gguf.py: its architectures, each with its kind of memory
+in llama.cpp, and its options for stand-ins of larger models (the synthetic
+0.5B-class benchmark model uses them): a vocabulary filled past the built-in
+pieces, F16 weights, a tied output layer."""
 from __future__ import annotations
 
 import gguf
+import llama_cpp
 import numpy as np
+import pytest
 
 import linalign
 
@@ -26,3 +29,30 @@ def test_filled_f16_tied_model_loads_and_runs(tmp_path):
         assert 1.0 < float(np.std(logits_p)) < 10.0  # spread like the untied tiny model's, not saturated
         out = aligner.create_completion("hello world", "hello", max_tokens=4, temperature=0.0)
         assert out["usage"]["completion_tokens"] >= 1
+
+
+@pytest.mark.parametrize("arch, n_swa, recurrent", [
+    ("llama", 0, False),   # a KV cache
+    ("gemma3", 16, False),  # sliding-window layers beside global ones
+    ("mamba", 0, True),    # a recurrent state
+])
+def test_each_architecture_loads_with_its_kind_of_memory_and_generates(tmp_path, arch, n_swa, recurrent):
+    path = load_model_writer()(tmp_path / f"{arch}.gguf", arch=arch, n_swa=16, seed=1)
+    llm = llama_cpp.Llama(str(path), n_ctx=64, n_threads=2, verbose=False)
+    try:
+        assert llama_cpp.llama_model_n_swa(llm.model) == n_swa
+        assert llama_cpp.llama_model_is_recurrent(llm.model) == recurrent
+    finally:
+        llm.close()
+    with linalign.Aligner(path, n_ctx=128, n_threads=2) as aligner:
+        out = aligner.create_chat_completion([{"role": "user", "content": "hello world"}], principle="Be brief.",
+                                             max_tokens=4, temperature=0.0)
+        assert out["usage"]["completion_tokens"] >= 1
+
+
+def test_gemma3_model_carries_gemma3_chat_template(tmp_path):
+    path = load_model_writer()(tmp_path / "g.gguf", arch="gemma3")
+    with linalign.Aligner(path, n_ctx=64, n_threads=2) as aligner:
+        p, b = aligner.render_chat([{"role": "user", "content": "hello"}], "Be brief.")
+    assert p.endswith("<start_of_turn>user\nBe brief.\n\nhello<end_of_turn>\n<start_of_turn>model\n")
+    assert b.endswith("<start_of_turn>user\nhello<end_of_turn>\n<start_of_turn>model\n")
