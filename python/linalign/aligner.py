@@ -412,8 +412,7 @@ class Aligner:
                           options: SamplingOptions, stop: tuple[str, ...], want: int | None) -> GenerationRequest:
         ratios = composition.ratios
         self._room_for(1 + len(principled))
-        # what the echo guard watches for: each principle as plain text, no BOS
-        # (as in the prompt, where it follows a line break)
+        # the echo guard watches each principle as plain text, no BOS (as in the prompt, after a line break)
         guarded = tuple(self.tokenize(t, add_bos=False, special=False) if t else [] for t in composition.stream_texts)
         return GenerationRequest(principled[0], base_tokens, options.replace(ratio=ratios[0]), stop,
                                  want_logprobs=want, extra_prompts=tuple(principled[1:]),
