@@ -12,6 +12,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <cstring>
 #include <vector>
 
@@ -27,19 +28,40 @@ static py::array_t<float> to_array(std::vector<float> && values, int32_t n_vocab
     return out;
 }
 
+// What the linear-alignment sampler's per-token steering is given beyond
+// the logits: ratio "auto" per principled stream, the echo guard's n-gram,
+// each stream's principle tokens, the tokens accepted so far, and (replay)
+// the guard's decisions to apply instead of finding them.
+struct steering_args {
+    bool                                  auto_ratio = false;
+    std::vector<bool>                     extra_auto;
+    int32_t                               echo_n = 0;
+    std::vector<std::vector<llama_token>> principles;
+    std::vector<llama_token>              history;
+    std::optional<std::vector<std::pair<int32_t, llama_token>>> guarded;
+};
+
 // Runs the linear-alignment sampler alone over full logit vectors: the unit
-// under test of the sampler math. Returns the surviving ids and their logits.
-// dense: through the entry point the engine uses when no grammar precedes
-// the sampler, instead of llama_sampler_apply on a candidate array.
-// logits_extra and extra_ratios: further principled streams, composed.
-static py::tuple linear_alignment_apply(float_array logits_p, float_array logits_b, float ratio, float top_p, float temperature,
-                                        bool dense, const std::vector<float_array> & logits_extra,
-                                        const std::vector<float> & extra_ratios) {
+// under test of the sampler math. Returns the surviving ids and their logits,
+// the step size applied per principled stream, and the (stream, token) pairs
+// the echo guard lowered. dense: through the entry point the engine uses
+// when no grammar precedes the sampler, instead of llama_sampler_apply on a
+// candidate array. logits_extra and extra_ratios: further principled
+// streams, composed.
+static py::tuple linear_alignment_step(float_array logits_p, float_array logits_b, float ratio, float top_p,
+                                       float temperature, bool dense, const std::vector<float_array> & logits_extra,
+                                       const std::vector<float> & extra_ratios, const steering_args & steer) {
     if (logits_p.ndim() != 1 || logits_b.ndim() != 1 || logits_p.size() != logits_b.size() || logits_p.size() == 0) {
         throw std::invalid_argument("logits_p and logits_b must be non-empty 1-D arrays of the same length");
     }
     if (logits_extra.size() != extra_ratios.size()) {
         throw std::invalid_argument("logits_extra and extra_ratios must have the same length");
+    }
+    if (!steer.extra_auto.empty() && steer.extra_auto.size() != extra_ratios.size()) {
+        throw std::invalid_argument("extra_auto must be empty or as long as extra_ratios");
+    }
+    if (steer.principles.size() > extra_ratios.size() + 1) {
+        throw std::invalid_argument("principles: at most one token list per principled stream");
     }
     std::vector<const float *> extra;
     for (const float_array & a : logits_extra) {
@@ -49,9 +71,33 @@ static py::tuple linear_alignment_apply(float_array logits_p, float_array logits
         extra.push_back(a.data());
     }
     const int32_t n_vocab = (int32_t) logits_p.size();
-    sampler_ptr owner(llama_sampler_init_linear_alignment_composed({ratio, top_p, temperature}, extra_ratios.data(),
-                                                                   extra_ratios.size(), n_vocab));
+    static const std::vector<llama_token> none;
+    const auto principle = [&](size_t k) -> const std::vector<llama_token> & {
+        return k < steer.principles.size() ? steer.principles[k] : none;
+    };
+    llama_sampler_linear_alignment_params params{ratio, top_p, temperature};
+    params.auto_ratio  = steer.auto_ratio;
+    params.echo_n      = steer.echo_n;
+    params.principle   = principle(0).data();
+    params.n_principle = principle(0).size();
+    std::vector<llama_sampler_linear_alignment_extra> extra_params;
+    for (size_t k = 0; k < extra_ratios.size(); ++k) {
+        const bool is_auto = k < steer.extra_auto.size() && steer.extra_auto[k];
+        extra_params.push_back({extra_ratios[k], is_auto, principle(k + 1).data(), principle(k + 1).size()});
+    }
+    sampler_ptr owner(llama_sampler_init_linear_alignment_composed(params, extra_params.data(), extra_params.size(),
+                                                                   n_vocab));
     llama_sampler * smpl = owner.get();
+    for (llama_token t : steer.history) {
+        llama_sampler_accept(smpl, t);
+    }
+    if (steer.guarded) {
+        std::vector<linear_alignment_guard> guards;
+        for (const auto & [stream, token] : *steer.guarded) {
+            guards.push_back({stream, token});
+        }
+        llama_sampler_linear_alignment_set_guarded(smpl, guards.data(), guards.size());
+    }
     std::vector<llama_token_data> cur(n_vocab);
     llama_token_data_array cur_p = {cur.data(), cur.size(), -1, false};
     llama_sampler_linear_alignment_set_base(smpl, logits_b.data());
@@ -69,7 +115,22 @@ static py::tuple linear_alignment_apply(float_array logits_p, float_array logits
         ids.mutable_data()[i] = cur_p.data[i].id;
         out.mutable_data()[i] = cur_p.data[i].logit;
     }
-    return py::make_tuple(ids, out);
+    size_t n_ratios = 0, n_guarded = 0;
+    const float * ratios = llama_sampler_linear_alignment_applied_ratios(smpl, &n_ratios);
+    const linear_alignment_guard * guarded = llama_sampler_linear_alignment_guarded(smpl, &n_guarded);
+    py::list guard_list;
+    for (size_t i = 0; i < n_guarded; ++i) {
+        guard_list.append(py::make_tuple(guarded[i].stream, guarded[i].token));
+    }
+    return py::make_tuple(ids, out, std::vector<float>(ratios, ratios + n_ratios), guard_list);
+}
+
+static py::list guards_to_list(const std::vector<linear_alignment_guard> & guards) {
+    py::list out;
+    for (const linear_alignment_guard & g : guards) {
+        out.append(py::make_tuple(g.stream, g.token));
+    }
+    return out;
 }
 
 // Microseconds per combine step over given logit vectors, as the engine runs
@@ -77,7 +138,7 @@ static py::tuple linear_alignment_apply(float_array logits_p, float_array logits
 // dense = false, a candidate fill and llama_sampler_apply, as with a grammar.
 // The benchmark's "combine step alone".
 static double time_combine_us(float_array logits_p, float_array logits_b, int32_t n_iter, float ratio, float top_p,
-                              bool dense) {
+                              bool dense, bool auto_ratio) {
     if (logits_p.ndim() != 1 || logits_b.ndim() != 1 || logits_p.size() != logits_b.size() || logits_p.size() == 0) {
         throw std::invalid_argument("logits_p and logits_b must be non-empty 1-D arrays of the same length");
     }
@@ -86,7 +147,9 @@ static double time_combine_us(float_array logits_p, float_array logits_b, int32_
     }
     const int32_t n_vocab = (int32_t) logits_p.size();
     const float * lp = logits_p.data();
-    sampler_ptr owner(llama_sampler_init_linear_alignment({ratio, top_p, 1.0f}, n_vocab));
+    llama_sampler_linear_alignment_params params{ratio, top_p, 1.0f};
+    params.auto_ratio = auto_ratio;
+    sampler_ptr owner(llama_sampler_init_linear_alignment(params, n_vocab));
     llama_sampler * smpl = owner.get();
     llama_sampler_linear_alignment_set_base(smpl, logits_b.data());
     std::vector<llama_token_data> cur(n_vocab);
@@ -149,6 +212,12 @@ PYBIND11_MODULE(_core, m) {
         .def_readwrite("seed", &sampling_params::seed)
         .def_readwrite("extra_ratios", &sampling_params::extra_ratios,
                        "ratios of the principled streams after P (several principles composed)")
+        .def_readwrite("auto_ratio", &sampling_params::auto_ratio, "P's ratio is set per token (ratio 'auto')")
+        .def_readwrite("extra_auto_ratio", &sampling_params::extra_auto_ratio,
+                       "per extra principled stream: 1 when its ratio is 'auto' (empty: none)")
+        .def_readwrite("echo_n", &sampling_params::echo_n, "the echo guard's n-gram length (0: off)")
+        .def_readwrite("principle_tokens", &sampling_params::principle_tokens,
+                       "each principled stream's principle as tokens, P first (for the echo guard)")
         .def_readwrite("grammar", &sampling_params::grammar)
         .def_readwrite("grammar_root", &sampling_params::grammar_root)
         .def("validate", &sampling_params::validate);
@@ -162,7 +231,10 @@ PYBIND11_MODULE(_core, m) {
     py::class_<step_event>(m, "StepEvent")
         .def_readonly("slot", &step_event::slot)
         .def_readonly("token", &step_event::token, "the token sampled; -1 when the slot's context is full")
-        .def_readonly("error", &step_event::error, "why the slot's sampler failed, or empty");
+        .def_readonly("error", &step_event::error, "why the slot's sampler failed, or empty")
+        .def_readonly("ratios", &step_event::ratios, "the step size each principled stream was applied at, P first")
+        .def_property_readonly("guarded", [](const step_event & e) { return guards_to_list(e.guarded); },
+                               "(stream, token) pairs whose boost the echo guard dropped at this step");
 
     py::class_<sampler_chain>(m, "SamplerChain",
                               "A request's sampler chain on its own, for baselines and tests: "
@@ -195,7 +267,11 @@ PYBIND11_MODULE(_core, m) {
              }, py::arg("logits_p"), py::arg("logits_b"), py::arg("n_vocab"),
              py::arg("logits_extra") = std::vector<float_array>(),
              "Runs the chain over P's logits steered by B's (None: no base stream), and by the further "
-             "principled streams' when the parameters compose several, and accepts the token.");
+             "principled streams' when the parameters compose several, and accepts the token.")
+        .def_property_readonly("applied_ratios", &sampler_chain::applied_ratios,
+                               "the last sample's step size per principled stream, P first")
+        .def_property_readonly("guarded", [](const sampler_chain & self) { return guards_to_list(self.guarded()); },
+                               "the last sample's (stream, token) pairs whose boost the echo guard dropped");
 
     py::class_<engine>(m, "Engine")
         .def(py::init([](std::shared_ptr<model> mdl, int32_t n_ctx, int32_t n_slots, int32_t n_batch, int32_t n_threads,
@@ -260,9 +336,41 @@ PYBIND11_MODULE(_core, m) {
     m.def("cpu_has_amx_weight_buffers", &cpu_has_amx_weight_buffers,
           "True when llama.cpp would put CPU weights in AMX buffers, whose matrix product crashes on some machines "
           "(llama.cpp issue 20824): linalign then loads weights without extra buffer types.");
-    m.def("linear_alignment_apply", &linear_alignment_apply, py::arg("logits_p"), py::arg("logits_b"), py::arg("ratio"),
-          py::arg("top_p"), py::arg("temperature") = 1.0f, py::arg("dense") = false,
-          py::arg("logits_extra") = std::vector<float_array>(), py::arg("extra_ratios") = std::vector<float>());
+    const auto step = [](float_array logits_p, float_array logits_b, float ratio, float top_p, float temperature,
+                         bool dense, const std::vector<float_array> & logits_extra,
+                         const std::vector<float> & extra_ratios, bool auto_ratio, const std::vector<bool> & extra_auto,
+                         int32_t echo_n, const std::vector<std::vector<llama_token>> & principles,
+                         const std::vector<llama_token> & history,
+                         std::optional<std::vector<std::pair<int32_t, llama_token>>> guarded) {
+        steering_args steer{auto_ratio, extra_auto, echo_n, principles, history, std::move(guarded)};
+        return linear_alignment_step(logits_p, logits_b, ratio, top_p, temperature, dense, logits_extra, extra_ratios,
+                                     steer);
+    };
+#define LINALIGN_STEP_ARGS                                                                                         \
+    py::arg("logits_p"), py::arg("logits_b"), py::arg("ratio"), py::arg("top_p"), py::arg("temperature") = 1.0f,   \
+        py::arg("dense") = false, py::arg("logits_extra") = std::vector<float_array>(),                            \
+        py::arg("extra_ratios") = std::vector<float>(), py::kw_only(), py::arg("auto_ratio") = false,              \
+        py::arg("extra_auto") = std::vector<bool>(), py::arg("echo_n") = 0,                                        \
+        py::arg("principles") = std::vector<std::vector<llama_token>>(),                                           \
+        py::arg("history") = std::vector<llama_token>(), py::arg("guarded") = py::none()
+    m.def("linear_alignment_step", step, LINALIGN_STEP_ARGS,
+          "One apply of the linear-alignment sampler alone: (ids, logits) of the kept candidates, the step size "
+          "applied per principled stream, and the (stream, token) pairs the echo guard lowered. history: tokens "
+          "accepted before it; guarded: replay these guard decisions instead of finding them.");
+    m.def("linear_alignment_apply", [step](float_array logits_p, float_array logits_b, float ratio, float top_p,
+                                           float temperature, bool dense, const std::vector<float_array> & logits_extra,
+                                           const std::vector<float> & extra_ratios, bool auto_ratio,
+                                           const std::vector<bool> & extra_auto, int32_t echo_n,
+                                           const std::vector<std::vector<llama_token>> & principles,
+                                           const std::vector<llama_token> & history,
+                                           std::optional<std::vector<std::pair<int32_t, llama_token>>> guarded) {
+              py::tuple r = step(logits_p, logits_b, ratio, top_p, temperature, dense, logits_extra, extra_ratios,
+                                 auto_ratio, extra_auto, echo_n, principles, history, std::move(guarded));
+              return py::make_tuple(r[0], r[1]);
+          }, LINALIGN_STEP_ARGS, "linear_alignment_step's (ids, logits).");
+#undef LINALIGN_STEP_ARGS
+    m.attr("AUTO_RATIO_SCALE") = LINEAR_ALIGNMENT_AUTO_SCALE;
+    m.attr("AUTO_RATIO_MAX") = LINEAR_ALIGNMENT_AUTO_MAX;
     m.def("time_combine_us", &time_combine_us, py::arg("logits_p"), py::arg("logits_b"), py::arg("n_iter") = 200,
-          py::arg("ratio") = 2.0f, py::arg("top_p") = 0.8f, py::arg("dense") = true);
+          py::arg("ratio") = 2.0f, py::arg("top_p") = 0.8f, py::arg("dense") = true, py::arg("auto_ratio") = false);
 }

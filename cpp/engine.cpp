@@ -288,7 +288,8 @@ prefill_stats engine::start(int32_t slot_index, const prompt_list & prompts, con
 
     const bool composed  = n_prompts > 2;
     const bool identical = !composed && prompt_p == prompt_b;
-    sl.n_active = composed ? (int32_t) n_prompts : (params.ratio != 0.0f && !identical) ? 2 : 1;
+    const bool steers = params.ratio != 0.0f || params.auto_ratio;
+    sl.n_active = composed ? (int32_t) n_prompts : (steers && !identical) ? 2 : 1;
     sl.b_is_p   = identical;
     sl.stats    = prefill_stats();
     sl.stats.reused.assign(params_.n_streams, 0);
@@ -658,6 +659,8 @@ std::vector<step_event> engine::step() {
                 extra.push_back(logits_at(sl.streams[s].row));
             }
             ev.token = sl.chain->sample(logits_at(sl.streams[STREAM_P].row), logits_b, extra.data(), extra.size());
+            ev.ratios = sl.chain->applied_ratios();
+            ev.guarded = sl.chain->guarded();
         } catch (const std::exception & e) {
             ev.error = e.what();  // this request fails; the others go on
         }

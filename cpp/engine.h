@@ -77,6 +77,10 @@ struct step_event {
     int32_t     slot  = -1;
     llama_token token = -1;    // the token sampled, or -1 when the slot's context is full
     std::string error;         // set when this slot's sampler chain failed (the slot stays busy)
+    // the step size each principled stream was applied at (P first), and
+    // the (stream, token) pairs whose boost the echo guard dropped
+    std::vector<float>                  ratios;
+    std::vector<linear_alignment_guard> guarded;
 };
 
 class engine {

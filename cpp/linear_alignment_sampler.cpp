@@ -25,6 +25,9 @@ struct llama_sampler_linear_alignment {
     const std::vector<float>   extra_ratios;
     std::vector<const float *> logits_extra;
 
+    // per token: each stream's step size and the echo guard (P first)
+    linear_alignment_steering steer;
+
     // scratch reused across calls
     std::vector<int32_t>          order;  // candidate indices by decreasing logit
     std::vector<double>           bin_mass; // a wide nucleus's mass by log-weight
@@ -167,10 +170,10 @@ static size_t linear_alignment_nucleus(llama_sampler_linear_alignment * ctx, con
 // Step 3 over the nucleus: l = (1 + r) l_p - r l_0.
 static void linear_alignment_combine(const llama_sampler_linear_alignment * ctx, llama_token_data * data, size_t n) {
     const float * l0 = ctx->logits_base;
-    if (l0 == nullptr || ctx->ratio == 0.0f) {
+    const float r = ctx->steer.applied[0];
+    if (l0 == nullptr || r == 0.0f) {
         return;
     }
-    const float r = ctx->ratio;
     for (size_t i = 0; i < n; ++i) {
         llama_token_data & td = data[i];
         // -inf stays -inf: (1 + r) * -inf would flip sign for r < -1
@@ -211,9 +214,9 @@ static void linear_alignment_combine_composed(const llama_sampler_linear_alignme
             continue;  // -inf (a grammar's) stays -inf
         }
         const float base = l0[td.id];
-        float l = base + (1.0f + ctx->ratio) * (td.logit - base);
+        float l = base + (1.0f + ctx->steer.applied[0]) * (td.logit - base);
         for (size_t k = 0; k < n_extra; ++k) {
-            l += (1.0f + ctx->extra_ratios[k]) * (ctx->logits_extra[k][td.id] - base);
+            l += (1.0f + ctx->steer.applied[k + 1]) * (ctx->logits_extra[k][td.id] - base);
         }
         td.logit = l;
     }
@@ -236,10 +239,27 @@ static bool linear_alignment_has_streams(const llama_sampler_linear_alignment * 
     return ctx->logits_extra.size() == ctx->extra_ratios.size();
 }
 
+// Steering (linear_alignment_steering.h), before the nucleus cuts the
+// candidates: each stream's step size and what the echo guard checks.
+// logits_p: P's logits in id order (the dense entry point), or nullptr to
+// read them from the candidate array.
+static void linear_alignment_steer_begin(llama_sampler_linear_alignment * ctx, const llama_token_data * data, size_t n,
+                                         const float * logits_p) {
+    const bool has_base = ctx->logits_base != nullptr && linear_alignment_has_streams(ctx);
+    linear_alignment_steering_start(ctx->steer, has_base ? ctx->logits_base : nullptr, ctx->logits_extra.data(),
+                                    logits_p, data, n, (size_t) ctx->n_vocab);
+}
+
+// Steering after the combine: the echo guard over the kept candidates.
+static void linear_alignment_steer_guard(llama_sampler_linear_alignment * ctx, llama_token_data * data, size_t n) {
+    linear_alignment_steering_guard(ctx->steer, data, n);
+}
+
 // The composed apply on a candidate array (a grammar may have set some
 // logits to -inf: those tokens are -inf in every principled stream too).
 static void linear_alignment_apply_composed(llama_sampler_linear_alignment * ctx, llama_token_data_array * cur_p) {
     const size_t n = cur_p->size;
+    linear_alignment_steer_begin(ctx, cur_p->data, n, nullptr);
     ctx->in_union.assign(std::max(ctx->in_union.size(), n), 0);
     ctx->union_idx.clear();
     linear_alignment_union_add(ctx, cur_p->data, n);
@@ -268,12 +288,14 @@ static void linear_alignment_apply_composed(llama_sampler_linear_alignment * ctx
     if (linear_alignment_has_streams(ctx)) {
         linear_alignment_combine_composed(ctx, cur_p->data, cur_p->size);
     }
+    linear_alignment_steer_guard(ctx, cur_p->data, cur_p->size);
 }
 
 // The composed apply on P's full logits in id order (the dense entry point).
 static size_t linear_alignment_apply_dense_composed(llama_sampler_linear_alignment * ctx, const float * logits_p,
                                                     llama_token_data * out) {
     const size_t n = (size_t) ctx->n_vocab;
+    linear_alignment_steer_begin(ctx, nullptr, 0, logits_p);
     ctx->in_union.assign(std::max(ctx->in_union.size(), n), 0);
     ctx->union_idx.clear();
     linear_alignment_union_add(ctx, logits_p, n);
@@ -297,6 +319,7 @@ static size_t linear_alignment_apply_dense_composed(llama_sampler_linear_alignme
     if (streams) {
         linear_alignment_combine_composed(ctx, out, n_keep);
     }
+    linear_alignment_steer_guard(ctx, out, n_keep);
     return n_keep;
 }
 
@@ -312,6 +335,7 @@ static void llama_sampler_linear_alignment_apply(struct llama_sampler * smpl, ll
         return;
     }
 
+    linear_alignment_steer_begin(ctx, cur_p->data, cur_p->size, nullptr);
     const size_t n_keep = ctx->top_p >= 1.0f ? cur_p->size : linear_alignment_nucleus(ctx, cur_p->data, cur_p->size);
     if (n_keep < cur_p->size) {
         // move the nucleus to the front, its most likely tokens first (a
@@ -326,6 +350,7 @@ static void llama_sampler_linear_alignment_apply(struct llama_sampler * smpl, ll
         cur_p->size = n_keep;
     }
     linear_alignment_combine(ctx, cur_p->data, cur_p->size);
+    linear_alignment_steer_guard(ctx, cur_p->data, cur_p->size);
 
     cur_p->sorted   = false; // the combine reorders tokens
     cur_p->selected = -1;
@@ -346,6 +371,7 @@ size_t llama_sampler_linear_alignment_apply_dense(llama_sampler * smpl, const fl
         return linear_alignment_apply_dense_composed(ctx, logits_p, out);
     }
     const size_t n = (size_t) ctx->n_vocab;
+    linear_alignment_steer_begin(ctx, nullptr, 0, logits_p);
     const size_t n_keep = ctx->top_p >= 1.0f ? n : linear_alignment_nucleus(ctx, logits_p, n);
     if (n_keep < n) {
         for (size_t i = 0; i < n_keep; ++i) {
@@ -356,15 +382,37 @@ size_t llama_sampler_linear_alignment_apply_dense(llama_sampler * smpl, const fl
         linear_alignment_fill_candidates(logits_p, n, out);
     }
     linear_alignment_combine(ctx, out, n_keep);
+    linear_alignment_steer_guard(ctx, out, n_keep);
     return n_keep;
+}
+
+static void llama_sampler_linear_alignment_accept(struct llama_sampler * smpl, llama_token token) {
+    linear_alignment_steering_accept(((llama_sampler_linear_alignment *) smpl->ctx)->steer, token);
+}
+
+static void llama_sampler_linear_alignment_reset(struct llama_sampler * smpl) {
+    linear_alignment_steering_reset(((llama_sampler_linear_alignment *) smpl->ctx)->steer);
 }
 
 static struct llama_sampler * llama_sampler_linear_alignment_clone(const struct llama_sampler * smpl) {
     const auto * ctx = (const llama_sampler_linear_alignment *) smpl->ctx;
-    llama_sampler * result = llama_sampler_init_linear_alignment_composed(
-        {ctx->ratio, ctx->top_p, ctx->temperature}, ctx->extra_ratios.data(), ctx->extra_ratios.size(), ctx->n_vocab);
-    llama_sampler_linear_alignment_set_base(result, ctx->logits_base);
-    ((llama_sampler_linear_alignment *) result->ctx)->logits_extra = ctx->logits_extra;
+    const auto & st = ctx->steer;
+    llama_sampler_linear_alignment_params params{ctx->ratio, ctx->top_p, ctx->temperature};
+    params.auto_ratio  = st.auto_ratio[0] != 0;
+    params.echo_n      = st.echo_n;
+    params.principle   = st.principles[0].data();
+    params.n_principle = st.principles[0].size();
+    std::vector<llama_sampler_linear_alignment_extra> extra;
+    for (size_t k = 0; k < ctx->extra_ratios.size(); ++k) {
+        extra.push_back({ctx->extra_ratios[k], st.auto_ratio[k + 1] != 0, st.principles[k + 1].data(),
+                         st.principles[k + 1].size()});
+    }
+    llama_sampler * result = llama_sampler_init_linear_alignment_composed(params, extra.data(), extra.size(),
+                                                                          ctx->n_vocab);
+    auto * copy = (llama_sampler_linear_alignment *) result->ctx;
+    copy->logits_base  = ctx->logits_base;
+    copy->logits_extra = ctx->logits_extra;
+    copy->steer.recent = st.recent;
     return result;
 }
 
@@ -374,9 +422,9 @@ static void llama_sampler_linear_alignment_free(struct llama_sampler * smpl) {
 
 static struct llama_sampler_i llama_sampler_linear_alignment_i = {
     /* .name              = */ llama_sampler_linear_alignment_name,
-    /* .accept            = */ nullptr,
+    /* .accept            = */ llama_sampler_linear_alignment_accept,
     /* .apply             = */ llama_sampler_linear_alignment_apply,
-    /* .reset             = */ nullptr,
+    /* .reset             = */ llama_sampler_linear_alignment_reset,
     /* .clone             = */ llama_sampler_linear_alignment_clone,
     /* .free              = */ llama_sampler_linear_alignment_free,
     /* .backend_init      = */ nullptr,
@@ -397,6 +445,12 @@ void linear_alignment_validate(const llama_sampler_linear_alignment_params & par
     if (!std::isfinite(params.temperature) || params.temperature < 0.0f) {
         throw std::invalid_argument("temperature must be a finite number >= 0, got " + std::to_string(params.temperature));
     }
+    if (params.echo_n != 0 && params.echo_n < 2) {
+        throw std::invalid_argument("echo_n must be 0 (no echo guard) or >= 2, got " + std::to_string(params.echo_n));
+    }
+    if (params.n_principle > 0 && params.principle == nullptr) {
+        throw std::invalid_argument("principle is null");
+    }
 }
 
 llama_sampler * llama_sampler_init_linear_alignment(const llama_sampler_linear_alignment_params & params, int32_t n_vocab) {
@@ -404,8 +458,8 @@ llama_sampler * llama_sampler_init_linear_alignment(const llama_sampler_linear_a
 }
 
 llama_sampler * llama_sampler_init_linear_alignment_composed(const llama_sampler_linear_alignment_params & params,
-                                                             const float * extra_ratios, size_t n_extra,
-                                                             int32_t n_vocab) {
+                                                             const llama_sampler_linear_alignment_extra * extra,
+                                                             size_t n_extra, int32_t n_vocab) {
     linear_alignment_validate(params);
     if (n_vocab <= 0) {
         throw std::invalid_argument("n_vocab must be positive");
@@ -414,14 +468,24 @@ llama_sampler * llama_sampler_init_linear_alignment_composed(const llama_sampler
         throw std::invalid_argument("at most " + std::to_string(LINEAR_ALIGNMENT_MAX_PRINCIPLES) +
                                     " principles, got " + std::to_string(n_extra + 1));
     }
-    if (n_extra > 0 && extra_ratios == nullptr) {
-        throw std::invalid_argument("extra_ratios is null");
+    if (n_extra > 0 && extra == nullptr) {
+        throw std::invalid_argument("extra is null");
     }
+    std::vector<float> ratios{params.ratio};
+    std::vector<uint8_t> auto_ratio{params.auto_ratio};
+    std::vector<std::vector<llama_token>> principles{{params.principle, params.principle + params.n_principle}};
     for (size_t k = 0; k < n_extra; ++k) {
-        if (!std::isfinite(extra_ratios[k])) {
+        if (!std::isfinite(extra[k].ratio)) {
             throw std::invalid_argument("ratio of principle " + std::to_string(k + 2) + " must be a finite number");
         }
+        if (extra[k].n_principle > 0 && extra[k].principle == nullptr) {
+            throw std::invalid_argument("principle " + std::to_string(k + 2) + " is null");
+        }
+        ratios.push_back(extra[k].ratio);
+        auto_ratio.push_back(extra[k].auto_ratio);
+        principles.emplace_back(extra[k].principle, extra[k].principle + extra[k].n_principle);
     }
+    std::vector<float> extra_ratios(ratios.begin() + 1, ratios.end());
     return llama_sampler_init(
         /* .iface = */ &llama_sampler_linear_alignment_i,
         /* .ctx   = */ new llama_sampler_linear_alignment {
@@ -430,8 +494,10 @@ llama_sampler * llama_sampler_init_linear_alignment_composed(const llama_sampler
             /* .temperature = */ params.temperature,
             /* .n_vocab     = */ n_vocab,
             /* .logits_base = */ nullptr,
-            /* .extra_ratios = */ std::vector<float>(extra_ratios, extra_ratios + n_extra),
+            /* .extra_ratios = */ std::move(extra_ratios),
             /* .logits_extra = */ std::vector<const float *>(n_extra, nullptr),
+            /* .steer       = */ linear_alignment_steering_init(std::move(ratios), std::move(auto_ratio),
+                                                                params.echo_n, std::move(principles)),
             /* .order       = */ {},
             /* .bin_mass    = */ std::vector<double>(4096),
             /* .weight      = */ {},
@@ -440,6 +506,32 @@ llama_sampler * llama_sampler_init_linear_alignment_composed(const llama_sampler
             /* .in_union    = */ {},
             /* .union_idx   = */ {},
         });
+}
+
+static llama_sampler_linear_alignment * linear_alignment_ctx(const llama_sampler * smpl) {
+    if (!llama_sampler_is_linear_alignment(smpl)) {
+        throw std::invalid_argument("not a linear-alignment sampler");
+    }
+    return (llama_sampler_linear_alignment *) smpl->ctx;
+}
+
+const float * llama_sampler_linear_alignment_applied_ratios(const llama_sampler * smpl, size_t * n) {
+    const auto & st = linear_alignment_ctx(smpl)->steer;
+    *n = st.applied.size();
+    return st.applied.data();
+}
+
+const linear_alignment_guard * llama_sampler_linear_alignment_guarded(const llama_sampler * smpl, size_t * n) {
+    const auto & st = linear_alignment_ctx(smpl)->steer;
+    *n = st.guarded.size();
+    return st.guarded.data();
+}
+
+void llama_sampler_linear_alignment_set_guarded(llama_sampler * smpl, const linear_alignment_guard * guards, size_t n) {
+    if (n > 0 && guards == nullptr) {
+        throw std::invalid_argument("guards is null");
+    }
+    linear_alignment_steering_replay(linear_alignment_ctx(smpl)->steer, guards, n);
 }
 
 void llama_sampler_linear_alignment_set_base(llama_sampler * smpl, const float * logits_base) {

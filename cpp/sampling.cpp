@@ -26,6 +26,11 @@ void sampling_params::validate() const {
     for (size_t k = 0; k < extra_ratios.size(); ++k) {
         require(std::isfinite(extra_ratios[k]), "ratio of principle " + std::to_string(k + 2) + " must be finite");
     }
+    require(extra_auto_ratio.empty() || extra_auto_ratio.size() == extra_ratios.size(),
+            "extra_auto_ratio must be empty or hold one flag per extra ratio");
+    require(echo_n == 0 || echo_n >= 2, "echo_n must be 0 (no echo guard) or >= 2");
+    require(principle_tokens.size() <= extra_ratios.size() + 1,
+            "principle_tokens holds more principles than there are principled streams");
 }
 
 sampler_chain::sampler_chain(const sampling_params & params, const llama_vocab * vocab) {
@@ -43,9 +48,26 @@ sampler_chain::sampler_chain(const sampling_params & params, const llama_vocab *
             }
             llama_sampler_chain_add(chain_.get(), grammar);
         }
-        la_ = llama_sampler_init_linear_alignment_composed({params.ratio, params.top_p, params.temperature},
-                                                           params.extra_ratios.data(), params.extra_ratios.size(),
-                                                           n_vocab_);
+        static const std::vector<llama_token> none;
+        const auto principle = [&](size_t k) -> const std::vector<llama_token> & {
+            return k < params.principle_tokens.size() ? params.principle_tokens[k] : none;
+        };
+        for (size_t k = 0; k < params.principle_tokens.size(); ++k) {
+            for (llama_token t : params.principle_tokens[k]) {
+                require(t >= 0 && t < n_vocab_, "principle_tokens holds a token id outside the vocabulary");
+            }
+        }
+        llama_sampler_linear_alignment_params la{params.ratio, params.top_p, params.temperature};
+        la.auto_ratio  = params.auto_ratio;
+        la.echo_n      = params.echo_n;
+        la.principle   = principle(0).data();
+        la.n_principle = principle(0).size();
+        std::vector<llama_sampler_linear_alignment_extra> extra;
+        for (size_t k = 0; k < params.extra_ratios.size(); ++k) {
+            const bool is_auto = k < params.extra_auto_ratio.size() && params.extra_auto_ratio[k];
+            extra.push_back({params.extra_ratios[k], is_auto, principle(k + 1).data(), principle(k + 1).size()});
+        }
+        la_ = llama_sampler_init_linear_alignment_composed(la, extra.data(), extra.size(), n_vocab_);
         n_extra_ = params.extra_ratios.size();
         llama_sampler_chain_add(chain_.get(), la_);
         la_first_ = llama_sampler_chain_n(chain_.get()) == 1;
@@ -99,6 +121,18 @@ llama_token sampler_chain::sample(const float * logits_p, const float * logits_b
     const llama_token token = cur_p.data[cur_p.selected].id;
     llama_sampler_accept(chain_.get(), token);
     return token;
+}
+
+std::vector<float> sampler_chain::applied_ratios() const {
+    size_t n = 0;
+    const float * r = llama_sampler_linear_alignment_applied_ratios(la_, &n);
+    return std::vector<float>(r, r + n);
+}
+
+std::vector<linear_alignment_guard> sampler_chain::guarded() const {
+    size_t n = 0;
+    const linear_alignment_guard * g = llama_sampler_linear_alignment_guarded(la_, &n);
+    return std::vector<linear_alignment_guard>(g, g + n);
 }
 
 } // namespace linalign

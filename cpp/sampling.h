@@ -27,6 +27,14 @@ struct sampling_params {
     // ratios of the principled streams after P, when several principles are
     // composed (engine stream 2, 3, ...); empty for one principle
     std::vector<float> extra_ratios;
+    // ratio "auto" (linear_alignment_steering.h): P's, and per extra stream
+    // (empty, or one per extra ratio); a stream's ratio is then not used
+    bool                 auto_ratio = false;
+    std::vector<uint8_t> extra_auto_ratio;
+    // the echo guard: its n-gram length (0: off, else >= 2), and each
+    // principled stream's principle as tokens, P first (fewer: none)
+    int32_t                               echo_n = 0;
+    std::vector<std::vector<llama_token>> principle_tokens;
     std::string grammar;                // GBNF, empty for none
     std::string grammar_root   = "root";
 
@@ -56,6 +64,11 @@ public:
                        size_t n_extra = 0);
 
     size_t n_extra() const { return n_extra_; }
+
+    // The last sample's step size per principled stream (P first) and the
+    // (stream, token) pairs whose boost the echo guard dropped.
+    std::vector<float> applied_ratios() const;
+    std::vector<linear_alignment_guard> guarded() const;
 
 private:
     sampler_ptr     chain_;

@@ -208,6 +208,18 @@ def test_principle_in_extra_body_steers_the_answer(server: Server) -> None:
     assert pirate != plain
 
 
+def test_auto_alignment_ratio_is_accepted_and_its_mean_reported(server: Server) -> None:
+    body = {"model": "any", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8,
+            "temperature": 0, "principle": "Always talk like a pirate.", "alignment_ratio": "auto"}
+    r = server.post("/v1/chat/completions", body)
+    assert r.status_code == 200, r.text
+    assert 0.0 <= r.json()["linalign"]["mean_ratio"] <= 4.0
+    r = server.post("/v1/completions", {"prompt": "The sea is", "max_tokens": 4, "principle": "Be a poet.",
+                                        "alignment_ratio": "auto", "echo_guard": False})
+    assert r.status_code == 200, r.text
+    assert r.json()["object"] == "text_completion" and "mean_ratio" in r.json()["linalign"]
+
+
 def test_completion_principle_prefixes_the_prompt_of_stream_p(server: Server) -> None:
     client = server.client()
     principle, prompt = "Write like a poet.", "The sea is"
@@ -235,6 +247,9 @@ def test_unknown_fields_are_ignored(server: Server) -> None:
 BAD_CHAT = [
     ("temperature", {"temperature": math.nan}),
     ("alignment_ratio", {"alignment_ratio": math.inf}),
+    ("alignment_ratio", {"alignment_ratio": "fast"}),
+    ("echo_guard_n", {"echo_guard_n": 1}),
+    ("echo_guard", {"echo_guard": "yes"}),
     ("temperature", {"temperature": "hot"}),
     ("max_tokens", {"max_tokens": 0}),
     ("top_p", {"top_p": 0}),

@@ -181,7 +181,7 @@ def test_python_api_chat_logprobs(aligner) -> None:
         assert len(e["top_logprobs"]) <= 3
         assert e["top_logprobs"][0]["token"] == e["token"]  # greedy: the most likely aligned token
         assert set(e["linalign"]) == {"plain_top_token", "plain_top_logprob", "logprob_principled", "logprob_plain",
-                                      "changed"}
+                                      "changed", "ratio", "echo_guarded"}
     assert any(e["linalign"]["changed"] for e in content)
     streamed = [e for c in aligner.create_chat_completion(SAY_HELLO, stream=True, **kw)
                 if c["choices"][0]["logprobs"] for e in c["choices"][0]["logprobs"]["content"]]

@@ -414,9 +414,11 @@ class Aligner:
                           options: SamplingOptions, stop: tuple[str, ...], want: int | None) -> GenerationRequest:
         ratios = composition.ratios
         self._room_for(1 + len(principled))
+        # the echo guard watches each principle as plain text, no BOS (as in the prompt, after a line break)
+        guarded = tuple(self.tokenize(t, add_bos=False, special=False) if t else [] for t in composition.stream_texts)
         return GenerationRequest(principled[0], base_tokens, options.replace(ratio=ratios[0]), stop,
                                  want_logprobs=want, extra_prompts=tuple(principled[1:]),
-                                 extra_ratios=tuple(ratios[1:]))
+                                 extra_ratios=tuple(ratios[1:]), principle_tokens=guarded)
 
     def submit(self, request: GenerationRequest) -> Generation:
         """Starts a request in a slot (superseding the oldest stream when all
@@ -488,10 +490,11 @@ class Aligner:
             Return an iterator of ``text_completion`` chunks.
         options, **sampling
             A :class:`~linalign.SamplingOptions`, and/or its fields by name
-            (``ratio``, ``temperature``, ``top_p``, ``top_k``, ``min_p``,
-            ``repeat_penalty``, ``frequency_penalty``, ``presence_penalty``,
-            ``penalty_last_n``, ``seed``, ``max_tokens``, ``stop``,
-            ``grammar``), which override it.
+            (``ratio``, a number or ``"auto"``, ``temperature``, ``top_p``,
+            ``top_k``, ``min_p``, ``repeat_penalty``, ``frequency_penalty``,
+            ``presence_penalty``, ``penalty_last_n``, ``seed``,
+            ``max_tokens``, ``stop``, ``grammar``, ``echo_guard``,
+            ``echo_guard_n``), which override it.
         logprobs
             ``k`` in [0, 20]: each token's logprob and its ``k`` most likely
             alternatives, in OpenAI's legacy shape (``choices[0].logprobs``:
@@ -503,7 +506,9 @@ class Aligner:
         -------
         dict or iterator of dicts
             llama-cpp-python's ``text_completion`` shape, with
-            ``usage.prompt_tokens_details.cached_tokens``.
+            ``usage.prompt_tokens_details.cached_tokens`` and ``linalign``
+            (``mean_ratio``: the mean step size applied; see
+            :mod:`linalign.responses`).
         """
         gen = self.submit(self.completion_request(prompt, base_prompt, principle=principle, principles=principles,
                                                   negative_principle=negative_principle, composition=composition,

@@ -2,7 +2,7 @@
 
 Each turn reuses the KV cache of the previous one, so only the new tokens of
 each stream are decoded. Commands: /principle TEXT[:RATIO] (replaces all),
-/add TEXT[:RATIO] (composes one more), /negative TEXT, /ratio R, /reset,
+/add TEXT[:RATIO] (composes one more), /negative TEXT, /ratio R|auto, /reset,
 /quit.
 """
 from __future__ import annotations
@@ -12,11 +12,11 @@ import sys
 from typing import Sequence
 
 from .cli_common import (add_model_options, add_sampling_options, composition, describe, load_aligner,
-                         sampling_options, stream_chat)
+                         ratio_arg, sampling_options, stream_chat)
 
 __all__ = ["main"]
 
-HELP = ("commands: /principle TEXT[:RATIO]  /add TEXT[:RATIO]  /negative TEXT  /ratio R  /reset  /help  /quit "
+HELP = ("commands: /principle TEXT[:RATIO]  /add TEXT[:RATIO]  /negative TEXT  /ratio R|auto  /reset  /help  /quit "
         "(an empty TEXT clears it)")
 
 
@@ -64,9 +64,9 @@ def main(argv: Sequence[str]) -> int:
                     negative = rest.strip()
                 elif command == "/ratio":
                     try:
-                        args.ratio = float(rest)
-                    except ValueError:
-                        print("usage: /ratio NUMBER")
+                        args.ratio = ratio_arg(rest)
+                    except argparse.ArgumentTypeError:
+                        print("usage: /ratio NUMBER|auto")
                         continue
                 if command in ("/principle", "/add", "/negative", "/ratio"):
                     try:

@@ -5,11 +5,11 @@ import argparse
 import sys
 from typing import Any, Iterator
 
-from .options import SamplingOptions
+from .options import AUTO_RATIO, SamplingOptions, format_ratio
 from .principles import POSITIONS, Composition, Principle, compose, parse_principle_flag
 
-__all__ = ["add_model_options", "add_sampling_options", "composition", "sampling_options", "load_aligner",
-           "stream_chat"]
+__all__ = ["add_model_options", "add_sampling_options", "composition", "ratio_arg", "sampling_options",
+           "load_aligner", "stream_chat"]
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -20,12 +20,23 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="show llama.cpp's log")
 
 
+def ratio_arg(text: str) -> float | str:
+    """A ``--ratio`` value: a number, or ``auto``."""
+    if text.strip() == AUTO_RATIO:
+        return AUTO_RATIO
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number or 'auto', got {text!r}") from None
+
+
 # SamplingOptions fields the commands offer (grammar needs a file; not here)
 _CLI_FIELDS = ("ratio", "max_tokens", "temperature", "top_p", "top_k", "min_p", "repeat_penalty",
-               "frequency_penalty", "presence_penalty", "penalty_last_n", "seed", "stop")
-_TYPES = {"ratio": float, "max_tokens": int, "temperature": float, "top_p": float, "top_k": int, "min_p": float,
+               "frequency_penalty", "presence_penalty", "penalty_last_n", "seed", "stop", "echo_guard",
+               "echo_guard_n")
+_TYPES = {"ratio": ratio_arg, "max_tokens": int, "temperature": float, "top_p": float, "top_k": int, "min_p": float,
           "repeat_penalty": float, "frequency_penalty": float, "presence_penalty": float, "penalty_last_n": int,
-          "seed": int}
+          "seed": int, "echo_guard_n": int}
 
 
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +56,9 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
         flags = [f"--{name.replace('_', '-')}"] + ([short] if short else [])
         if name == "stop":
             parser.add_argument(*flags, action="append", default=None, metavar="TEXT", help=f"{text} (repeatable)")
+        elif isinstance(default, bool):
+            parser.add_argument(*flags, action=argparse.BooleanOptionalAction, default=default,
+                                help=f"{text} (default {'on' if default else 'off'})")
         else:
             shown = "random" if default is None else default
             parser.add_argument(*flags, type=_TYPES[name], default=default, help=f"{text} (default {shown})")
@@ -75,9 +89,9 @@ def composition(args: argparse.Namespace, principles: list[str] | None = None,
 
 def describe(comp: Composition) -> str:
     """One line per principle, for the commands' headers."""
-    lines = [f"principle: {p.text} (ratio {p.ratio:g})" for p in comp.principles]
+    lines = [f"principle: {p.text} (ratio {format_ratio(p.ratio)})" for p in comp.principles]
     if comp.negative:
-        away = "" if comp.principles else f" (ratio {comp.away_ratio:g})"
+        away = "" if comp.principles else f" (ratio {format_ratio(comp.away_ratio)})"
         lines.append(f"negative principle: {comp.negative}{away}")
     return "\n".join(lines)
 

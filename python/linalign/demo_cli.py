@@ -9,6 +9,7 @@ from typing import Sequence
 
 from .cli_common import (add_model_options, add_sampling_options, composition, describe, load_aligner,
                          sampling_options, stream_chat)
+from .options import format_ratio
 from .principles import compose
 
 __all__ = ["main"]
@@ -43,9 +44,9 @@ def main(argv: Sequence[str]) -> int:
         options = sampling_options(args)
         steer = composition(args)
         if len(steer.principles) == 1 and not steer.negative:
-            title = f"aligned (ratio {steer.principles[0].ratio:g})"
+            title = f"aligned (ratio {format_ratio(steer.principles[0].ratio)})"
         else:
-            title = "aligned (" + ", ".join([f"{p.ratio:g}" for p in steer.principles] +
+            title = "aligned (" + ", ".join([format_ratio(p.ratio) for p in steer.principles] +
                                              (["away from the negative"] if steer.negative else [])) + ")"
         runs = [(title, steer)]
         if args.compare:

@@ -5,8 +5,11 @@ What a token's ``logprob`` is taken from
 -----------------------------------------
 The distribution the token was drawn from by the linear-alignment step: the
 combined logits ``l = l_p + r * (l_p - l_0)`` restricted to the top-p nucleus
-of P (``linalign._core.linear_alignment_apply``, with the request's ratio,
-top_p and temperature, so that the nucleus is the one the sampler used),
+of P (``linalign._core.linear_alignment_apply``, with the request's top_p and
+temperature, so that the nucleus is the one the sampler used, and the step
+size ``r`` the sampler applied at that token: the request's ratio, or under
+``ratio="auto"`` the one it set for that token; where the echo guard lowered
+a candidate's logit, it is lowered here too),
 normalised by a log-softmax over the surviving candidates, **at temperature
 1** (the logits are not divided by the request's temperature, as in OpenAI's
 and llama-cpp-python's logprobs; that keeps them defined for greedy decoding).
@@ -26,6 +29,9 @@ Each entry also carries a ``linalign`` object::
                         principles: the first one's stream)
     logprob_plain       the chosen token under log_softmax(l_0)
     changed             whether the chosen token differs from plain_top_token
+    ratio               the step size applied at this token (P's)
+    echo_guarded        whether the echo guard took the alignment's boost
+                        from the chosen token
 
 (``l_p``, ``l_0``: full-vocabulary logits at temperature 1.) Computing this
 copies both streams' logits each token, so it is done only when asked.
@@ -41,7 +47,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from . import _core
-from .options import SamplingOptions
+from .options import AUTO_RATIO, SamplingOptions
 
 __all__ = ["MAX_TOP_LOGPROBS", "TokenLogprob", "chat_logprobs", "check_logprobs_request", "completion_logprobs",
            "compute_token_logprob", "chat_top_logprobs", "completion_top_logprobs"]
@@ -102,6 +108,8 @@ class TokenLogprob:
     logprob_principled: float
     logprob_plain: float
     text_offset: int = 0                   # characters of the completion text before this token
+    ratio: float = 0.0                     # the step size applied at this token (P's)
+    echo_guarded: bool = False             # the echo guard lowered the chosen token
 
     @property
     def changed(self) -> bool:
@@ -126,12 +134,26 @@ def _log_softmax_at(logits: np.ndarray, *ids: int) -> list[float]:
 def compute_token_logprob(token: int, piece: bytes, logits_p: np.ndarray, logits_b: np.ndarray,
                           options: SamplingOptions, k: int, piece_of: Callable[[int], bytes],
                           text_offset: int = 0, logits_extra: Sequence[np.ndarray] = (),
-                          extra_ratios: Sequence[float] = ()) -> TokenLogprob:
+                          extra_ratios: Sequence[float | str] = (), *, ratios: Sequence[float] | None = None,
+                          guarded: Sequence[tuple[int, int]] = ()) -> TokenLogprob:
     """The entry of ``token``, drawn from ``logits_p``/``logits_b`` (and the
     further principled streams' logits, when several principles are
-    composed) with ``options``, with its ``k`` most likely alternatives."""
-    ids, aligned = _core.linear_alignment_apply(logits_p, logits_b, options.ratio, options.top_p,
-                                                options.temperature, True, list(logits_extra), list(extra_ratios))
+    composed) with ``options``, with its ``k`` most likely alternatives.
+
+    ``ratios``: the step size the sampler applied at this token to each
+    principled stream, P first (a step event's); ``None`` takes
+    ``options.ratio`` and ``extra_ratios`` (``"auto"`` recomputed by the
+    same rule). ``guarded``: the (stream, token) pairs whose boost the echo
+    guard dropped at this token."""
+    all_ratios = [options.ratio, *extra_ratios] if ratios is None else list(ratios)
+    if len(all_ratios) != 1 + len(logits_extra):
+        raise ValueError(f"ratios: one per principled stream ({1 + len(logits_extra)}), got {len(all_ratios)}")
+    auto = [r == AUTO_RATIO for r in all_ratios]
+    fixed = [0.0 if a else float(r) for r, a in zip(all_ratios, auto)]
+    ids, aligned, applied, _ = _core.linear_alignment_step(
+        logits_p, logits_b, fixed[0], options.top_p, options.temperature, True, list(logits_extra), fixed[1:],
+        auto_ratio=auto[0], extra_auto=auto[1:] if any(auto[1:]) else [],
+        guarded=[(int(s), int(t)) for s, t in guarded])
     x = aligned.astype(np.float64)
     m = float(x.max())
     logprobs = x - (m + float(np.log(np.exp(x - m).sum())))
@@ -149,7 +171,8 @@ def compute_token_logprob(token: int, piece: bytes, logits_p: np.ndarray, logits
     return TokenLogprob(token=token, piece=piece, logprob=logprob, top=top, plain_top_token=plain_top,
                         plain_top_piece=piece_of(plain_top), plain_top_logprob=plain_top_logprob,
                         logprob_principled=logprob_principled, logprob_plain=logprob_plain,
-                        text_offset=text_offset)
+                        text_offset=text_offset, ratio=float(applied[0]),
+                        echo_guarded=any(int(t) == token for _, t in guarded))
 
 
 def _finite(x: float) -> float:
@@ -159,7 +182,7 @@ def _finite(x: float) -> float:
 def _linalign(entry: TokenLogprob) -> dict[str, Any]:
     return {"plain_top_token": _text(entry.plain_top_piece), "plain_top_logprob": _finite(entry.plain_top_logprob),
             "logprob_principled": _finite(entry.logprob_principled), "logprob_plain": _finite(entry.logprob_plain),
-            "changed": entry.changed}
+            "changed": entry.changed, "ratio": _finite(entry.ratio), "echo_guarded": entry.echo_guarded}
 
 
 def chat_logprobs(entries: Iterable[TokenLogprob]) -> dict[str, Any]:

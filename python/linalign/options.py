@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 
 from . import _core
 
-__all__ = ["SamplingOptions", "UINT32_MAX"]
+__all__ = ["AUTO_RATIO", "SamplingOptions", "UINT32_MAX", "check_ratio", "format_ratio"]
 
 UINT32_MAX = 2**32 - 1
 _INT32_MAX = 2**31 - 1
@@ -44,16 +44,57 @@ def _doc(text: str, short: str | None = None) -> dict[str, Any]:
     return {"help": text, "short": short}
 
 
+# A ratio that sets itself per token (docs/auto_ratio.md).
+AUTO_RATIO = "auto"
+
+
+def check_ratio(name: str, value: Any, *, bound: float | None = None) -> float | str:
+    """A step size: a finite number (within +-``bound`` when given) or
+    ``"auto"``. Any other string is a ValueError, other types a TypeError."""
+    if isinstance(value, str):
+        if value == AUTO_RATIO:
+            return AUTO_RATIO
+        raise ValueError(f"{name} must be a number or 'auto', got {value!r}")
+    value = _number(name, value)
+    if bound is not None and abs(value) > bound:
+        raise ValueError(f"{name} must be in [-{bound:g}, {bound:g}], got {value:g}")
+    return value
+
+
+def format_ratio(ratio: float | str) -> str:
+    """``2``, ``0.5``, ``auto``: a ratio in headers and method names."""
+    return ratio if isinstance(ratio, str) else f"{ratio:g}"
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
     """How one aligned generation samples. Every field is validated when the
     object is made (``TypeError``/``ValueError`` naming the field).
 
-    The names are llama-cpp-python's, plus ``ratio`` (the step ``r`` of
-    ``l_p + r * (l_p - l_0)``; 0 is plain decoding of the principled stream).
+    The names are llama-cpp-python's, plus:
+
+    ``ratio``
+        The step ``r`` of ``l_p + r * (l_p - l_0)``; 0 is plain decoding of
+        the principled stream. ``"auto"`` sets it per token from how far
+        apart the principled and the plain next-token distributions are,
+        after AdaCAD (Wang et al., NAACL 2025), which sets its contrastive
+        weight per token to their Jensen-Shannon divergence:
+        ``r_t = min(4, 10 * JSD_t)``, JSD in bits (in [0, 1]) between
+        the softmaxes of ``l_p`` and ``l_0`` at temperature 1 over the whole
+        vocabulary (docs/auto_ratio.md). A response reports the mean ``r_t``
+        used (``linalign.mean_ratio``).
+    ``echo_guard``, ``echo_guard_n``
+        On by default: where the answer's last ``n - 1`` tokens copy a run
+        of the principle's tokens, a candidate that would continue that run
+        gets no boost from the alignment (its logit is lowered by
+        ``max(0, r * (log p_p - log p_0))``, so the principled stream alone
+        decides it). It keeps the aligned distribution from rewarding an
+        echo of the instruction; a short quote (a keyword, fewer than ``n``
+        tokens) is untouched (docs/composition.md, "Echo guard").
     """
 
-    ratio: float = field(default=2.0, metadata=_doc("alignment step size r (0: plain decoding)", "-r"))
+    ratio: float | str = field(default=2.0, metadata=_doc(
+        "alignment step size r (0: plain decoding; 'auto': set per token from the streams' divergence)", "-r"))
     temperature: float = field(default=0.8, metadata=_doc("0 is greedy", "-t"))
     top_p: float = field(default=0.8, metadata=_doc("plausibility nucleus of the principled stream"))
     top_k: int = field(default=40, metadata=_doc("keep the k most likely tokens (<= 0: off)"))
@@ -66,10 +107,14 @@ class SamplingOptions:
     max_tokens: int | None = field(default=256, metadata=_doc("tokens to generate (<= 0 or None: until the context is full)", "-n"))
     stop: tuple[str, ...] = field(default=(), metadata=_doc("stop strings"))
     grammar: str | None = field(default=None, metadata=_doc("GBNF grammar the output must follow"))
+    echo_guard: bool = field(default=True, metadata=_doc(
+        "drop the alignment boost of a token that would continue copying the principle"))
+    echo_guard_n: int = field(default=4, metadata=_doc(
+        "the echo guard acts once the answer has copied n-1 consecutive tokens of the principle (n >= 2)"))
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        set_(self, "ratio", _number("ratio", self.ratio))
+        set_(self, "ratio", check_ratio("ratio", self.ratio))
         set_(self, "temperature", _number("temperature", self.temperature, low=0.0))
         set_(self, "top_p", _number("top_p", self.top_p, low=0.0, high=1.0, low_open=True))
         set_(self, "top_k", _integer("top_k", self.top_k, low=-1, high=_INT32_MAX))
@@ -83,6 +128,9 @@ class SamplingOptions:
         if self.max_tokens is not None:
             _integer("max_tokens", self.max_tokens, low=-(2**63), high=2**63)
         set_(self, "stop", _stop_tuple(self.stop))
+        if not isinstance(self.echo_guard, bool):
+            raise TypeError(f"echo_guard must be true or false, got {type(self.echo_guard).__name__}")
+        _integer("echo_guard_n", self.echo_guard_n, low=2, high=_INT32_MAX)
         if self.grammar is not None:
             grammar = getattr(self.grammar, "_grammar", self.grammar)  # a llama_cpp.LlamaGrammar, or GBNF text
             if not isinstance(grammar, str):
@@ -110,7 +158,9 @@ class SamplingOptions:
     def to_native(self, default_seed: int | None = None) -> "_core.SamplingParams":
         """The engine's parameters; a missing seed is drawn at random."""
         params = _core.SamplingParams()
-        params.ratio = self.ratio
+        params.auto_ratio = self.ratio == AUTO_RATIO
+        params.ratio = 0.0 if params.auto_ratio else self.ratio
+        params.echo_n = self.echo_guard_n if self.echo_guard else 0
         params.temperature = self.temperature
         params.top_p = self.top_p
         params.top_k = self.top_k

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-from .options import _number
+from .options import AUTO_RATIO, check_ratio
 
 __all__ = ["MAX_PRINCIPLES", "MAX_PRINCIPLE_RATIO", "POSITIONS", "Composition", "Principle", "compose",
            "parse_principle_flag"]
@@ -47,10 +47,11 @@ _RATIO_RE = re.compile(r"\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*")
 
 @dataclass(frozen=True)
 class Principle:
-    """One principled stream: its text and its ratio ``r``."""
+    """One principled stream: its text and its ratio ``r`` (a number, or
+    ``"auto"``: set per token, see :class:`~linalign.SamplingOptions`)."""
 
     text: str
-    ratio: float
+    ratio: float | str
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class Composition:
     negative: str = ""
     # the ratio of the one principled stream when there is no positive
     # principle (away from the negative one only)
-    away_ratio: float = 2.0
+    away_ratio: float | str = 2.0
     position: str = "system"  # where chat principles go: one of POSITIONS
 
     @property
@@ -79,7 +80,7 @@ class Composition:
         return [p.text for p in self.principles] or [""]
 
     @property
-    def ratios(self) -> list[float]:
+    def ratios(self) -> list[float | str]:
         """The ratio of each principled stream, P first."""
         return [p.ratio for p in self.principles] or [self.away_ratio]
 
@@ -93,11 +94,8 @@ class Composition:
                 "negative_principle": self.negative, "principle_position": self.position}
 
 
-def _ratio(name: str, value: Any) -> float:
-    value = _number(name, value)  # a finite number
-    if abs(value) > MAX_PRINCIPLE_RATIO:
-        raise ValueError(f"{name} must be in [-{MAX_PRINCIPLE_RATIO:g}, {MAX_PRINCIPLE_RATIO:g}], got {value:g}")
-    return value
+def _ratio(name: str, value: Any) -> float | str:
+    return check_ratio(name, value, bound=MAX_PRINCIPLE_RATIO)  # a finite number, or "auto"
 
 
 def _text(name: str, value: Any) -> str:
@@ -131,7 +129,7 @@ def _principle(i: int, item: Any, default_ratio: float) -> Principle:
 
 
 def compose(*, principle: str | None = None, principles: Iterable[Any] | None = None,
-            negative_principle: str | None = None, ratio: float = 2.0, ratio_given: bool = False,
+            negative_principle: str | None = None, ratio: float | str = 2.0, ratio_given: bool = False,
             ratio_name: str = "ratio", principle_position: str | None = None) -> Composition:
     """Checks a request's principle fields and composes them.
 
@@ -183,10 +181,11 @@ def compose(*, principle: str | None = None, principles: Iterable[Any] | None = 
 
 def parse_principle_flag(text: str) -> Principle | str:
     """``TEXT[:RATIO]`` of a repeatable ``--principle``: the text after the
-    last colon is a ratio only when it is a plain decimal number ("Be
-    brief: really" stays all text). Returns the text alone when no ratio is
-    given."""
+    last colon is a ratio only when it is a plain decimal number or
+    ``auto`` ("Be brief: really" stays all text). Returns the text alone
+    when no ratio is given."""
     head, colon, tail = text.rpartition(":")
-    if colon and _RATIO_RE.fullmatch(tail):
-        return Principle(_text("--principle", head), _ratio("--principle ratio", float(tail)))
+    if colon and (_RATIO_RE.fullmatch(tail) or tail.strip() == AUTO_RATIO):
+        value = AUTO_RATIO if tail.strip() == AUTO_RATIO else float(tail)
+        return Principle(_text("--principle", head), _ratio("--principle ratio", value))
     return text

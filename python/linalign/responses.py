@@ -4,6 +4,12 @@ chat chunks for streaming, and the whole response collected from them.
 With logprobs asked for, each chunk carries the entries of the tokens whose
 text it completes (see :class:`~linalign.engine.Generation`), and the
 collected response all of them (shapes in :mod:`linalign.logprobs`).
+
+The last chunk, and the collected response, carry one field OpenAI's shapes
+do not have: ``linalign``, what the alignment did over the answer
+(``mean_ratio``: the mean step size applied, P's; ``mean_ratios``: each
+principled stream's; ``echo_guarded_tokens``: tokens at which the echo guard
+lowered a candidate), from :meth:`~linalign.engine.Generation.alignment`.
 """
 from __future__ import annotations
 
@@ -53,6 +59,7 @@ class CompletionChunks:
     def last(self, gen: Generation) -> dict[str, Any]:
         chunk = self._chunk("", gen.finish_reason, gen.final_logprobs)
         chunk["usage"] = gen.usage()
+        chunk["linalign"] = gen.alignment()
         return chunk
 
 
@@ -85,6 +92,7 @@ class ChatChunks(CompletionChunks):
     def last(self, gen: Generation) -> dict[str, Any]:
         chunk = self._chat_chunk({}, gen.finish_reason, gen.final_logprobs)
         chunk["usage"] = gen.usage()
+        chunk["linalign"] = gen.alignment()
         return chunk
 
 
@@ -135,6 +143,7 @@ def collect_completion(chunks: Iterator[dict[str, Any]], model: str | None = Non
                      "logprobs": _merge_completion_logprobs(logprobs) if logprobs or logprobs_asked else None,
                      "finish_reason": last["choices"][0]["finish_reason"]}],
         "usage": last["usage"],
+        "linalign": last.get("linalign"),
     }
 
 
@@ -154,4 +163,5 @@ def collect_chat(chunks: Iterator[dict[str, Any]], model: str | None = None, *,
                      "logprobs": {"content": content, "refusal": None} if content or logprobs_asked else None,
                      "finish_reason": last["choices"][0]["finish_reason"]}],
         "usage": last["usage"],
+        "linalign": last.get("linalign"),
     }

@@ -193,8 +193,7 @@ class BatchedEngine:
                              f"slot; this engine was made with {self.n_streams} (at most "
                              f"{self.n_streams - 1} principles per request)")
         gen = Generation(request=request, limit=options.token_limit(self.n_ctx), notify=notify)
-        params = options.to_native(self._seed)
-        params.extra_ratios = list(request.extra_ratios)
+        params = request.native_params(self._seed)
         with self.lock:
             self._require_open()
             self._reap_cancelled()
@@ -282,6 +281,7 @@ class BatchedEngine:
         else:
             gen.completion_tokens += 1
             gen.tokens.append(event.token)
+            gen._record_step(event.ratios, event.guarded)
             piece = model.token_to_piece(event.token, False)
             entry = None
             if gen.request.want_logprobs is not None:  # while the slot's logits are still there
@@ -304,10 +304,12 @@ class BatchedEngine:
         logits_b = native.logits(slot, 1) if n_active >= 2 else logits_p
         extra = [native.logits(slot, s) for s in range(2, n_active)]
         model = self._model
+        # the distribution the token was drawn from: the step sizes applied at
+        # it (ratio "auto" sets them per token) and the echo guard's decisions
         return compute_token_logprob(token, piece, logits_p, logits_b, gen.request.options,
                                      gen.request.want_logprobs, lambda t: model.token_to_piece(t, False),
-                                     text_offset=gen.assembler.decoded_length,
-                                     logits_extra=extra, extra_ratios=gen.request.extra_ratios)
+                                     text_offset=gen.assembler.decoded_length, logits_extra=extra,
+                                     ratios=gen.last_ratios, guarded=gen.last_guarded)
 
     def _release(self, gen: Generation) -> None:
         if gen.slot >= 0 and self._active.get(gen.slot) is gen:

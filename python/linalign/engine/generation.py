@@ -8,8 +8,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from .. import _core
 from ..logprobs import TokenLogprob
-from ..options import SamplingOptions
+from ..options import AUTO_RATIO, SamplingOptions
 from ..text_stream import TextAssembler
 
 __all__ = ["GenerationRequest", "Generation"]
@@ -27,9 +28,13 @@ class GenerationRequest:
     # alternatives (linalign.logprobs), captured by the engine per token
     want_logprobs: int | None = None
     # further principled streams when several principles are composed
-    # (linalign.principles): their prompts and ratios; options.ratio is P's
+    # (linalign.principles): their prompts and ratios (a number or "auto");
+    # options.ratio is P's
     extra_prompts: tuple[Sequence[int], ...] = ()
-    extra_ratios: tuple[float, ...] = ()
+    extra_ratios: tuple[float | str, ...] = ()
+    # each principled stream's principle as tokens, P first, for the echo
+    # guard (SamplingOptions.echo_guard); empty: nothing to guard
+    principle_tokens: tuple[Sequence[int], ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.extra_prompts) != len(self.extra_ratios):
@@ -44,6 +49,16 @@ class GenerationRequest:
     def n_streams(self) -> int:
         """Streams a slot needs for this request."""
         return 2 + len(self.extra_prompts)
+
+    def native_params(self, default_seed: int | None = None) -> "_core.SamplingParams":
+        """The engine's parameters: the options', the further streams'
+        ratios, and the principles the echo guard watches."""
+        params = self.options.to_native(default_seed)
+        params.extra_ratios = [0.0 if r == AUTO_RATIO else float(r) for r in self.extra_ratios]
+        if AUTO_RATIO in self.extra_ratios:
+            params.extra_auto_ratio = [int(r == AUTO_RATIO) for r in self.extra_ratios]
+        params.principle_tokens = [list(t) for t in self.principle_tokens]
+        return params
 
 
 @dataclass
@@ -73,6 +88,14 @@ class Generation:
     cached_tokens: int = 0      # prompt tokens of stream P found in the slot's cache
     completion_tokens: int = 0
     prefill: dict[str, object] = field(default_factory=dict)  # per stream (P, B): reused, decoded; B's shared
+    # per generated token: the step size each principled stream was applied
+    # at (P first) and the (stream, token) pairs the echo guard lowered, the
+    # last token's and their running totals
+    last_ratios: list[float] = field(default_factory=list)
+    last_guarded: list[tuple[int, int]] = field(default_factory=list)
+    _ratio_sums: list[float] = field(default_factory=list)
+    _steered_tokens: int = 0
+    _guarded_tokens: int = 0
     finish_reason: str | None = None
     error: BaseException | None = None
     tokens: list[int] = field(default_factory=list)
@@ -116,6 +139,14 @@ class Generation:
     def has_delta(self) -> bool:
         return bool(self._deltas)
 
+    def alignment(self) -> dict[str, object]:
+        """What the alignment did over the answer (a response's ``linalign``
+        object): the mean step size applied (P's, and each principled
+        stream's), and at how many tokens the echo guard lowered a candidate."""
+        n = max(self._steered_tokens, 1)
+        means = [s / n for s in self._ratio_sums] or [0.0]
+        return {"mean_ratio": means[0], "mean_ratios": means, "echo_guarded_tokens": self._guarded_tokens}
+
     def usage(self) -> dict[str, object]:
         """OpenAI's usage object; cached_tokens counts the prompt tokens of
         the principled stream that were not computed again."""
@@ -127,6 +158,16 @@ class Generation:
         }
 
     # -- written by the engine, under its lock ----------------------------
+
+    def _record_step(self, ratios: Sequence[float], guarded: Sequence[tuple[int, int]]) -> None:
+        """The steering of the token just sampled (a native step event's)."""
+        self.last_ratios, self.last_guarded = list(ratios), [tuple(g) for g in guarded]
+        if len(self._ratio_sums) < len(ratios):
+            self._ratio_sums += [0.0] * (len(ratios) - len(self._ratio_sums))
+        for i, r in enumerate(ratios):
+            self._ratio_sums[i] += r
+        self._steered_tokens += 1
+        self._guarded_tokens += bool(guarded)
 
     def _push(self, delta: str, logprobs: list[TokenLogprob] | None = None) -> None:
         if logprobs:

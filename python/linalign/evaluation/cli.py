@@ -2,7 +2,8 @@
 
     linalign eval persona --data FILE.jsonl [--ratios 0,0.5,1,2,4] [--json OUT] [--plot OUT.png]
     linalign eval pairs   --data FILE.jsonl [--ratios ...] [--json OUT] [--plot OUT.png]
-    linalign eval compare --prompts FILE --principle TEXT [--ratios 1,2] [--html OUT.html]
+    linalign eval compare --prompts FILE --principle TEXT [--ratios 1,2,auto] [--html OUT.html]
+    linalign eval follow [--ratios 1,2,auto] [--positions system,end] [--no-echo-guard] [--json OUT]
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..principles import parse_principle_flag
-from ..principles import POSITIONS
+from ..options import AUTO_RATIO
+from ..principles import POSITIONS, parse_principle_flag
 from .compare import comparison_html, format_comparison, generate_comparison
 from .follow import INSTRUCTIONS, evaluate_follow, follow_methods, load_instructions, plot_follow
 from .data import load_pairs, load_persona_items, load_prompts
@@ -28,18 +29,28 @@ FOLLOW_DEFAULT = ("lowercase", "no_comma", "postscript", "keyword", "quotation",
 DEFAULT_TASKS = Path(__file__).resolve().parents[1] / "data" / "follow_tasks.txt"  # shipped in the package
 
 
-def _ratios(text: str) -> list[float]:
-    values = []
+def _ratios(text: str, *, auto: bool = False) -> list[float | str]:
+    values: list[float | str] = []
     for part in text.split(","):
+        if auto and part.strip() == AUTO_RATIO:
+            if AUTO_RATIO not in values:
+                values.append(AUTO_RATIO)
+            continue
         try:
             value = float(part)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
+            what = "numbers or auto" if auto else "numbers"
+            raise argparse.ArgumentTypeError(f"not a comma-separated list of {what}: {text!r}") from None
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"ratios must be finite, got {part!r}")
         if value not in values:
             values.append(value)
     return values
+
+
+def _generation_ratios(text: str) -> list[float | str]:
+    """--ratios of the protocols that generate, where ``auto`` may be one."""
+    return _ratios(text, auto=True)
 
 
 def _positive_int(text: str) -> int:
@@ -66,9 +77,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="linalign eval", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="protocol", required=True, metavar="{persona,pairs,compare,follow}")
 
-    def common(p: argparse.ArgumentParser, ratios: str) -> None:
+    def common(p: argparse.ArgumentParser, ratios: str, generates: bool = False) -> None:
         p.add_argument("--model", default=None, help="GGUF file (default: SmolLM2-135M-Instruct Q4_1)")
-        p.add_argument("--ratios", type=_ratios, default=_ratios(ratios), help=f"step sizes r (default {ratios})")
+        kind = _generation_ratios if generates else _ratios
+        also = "; auto: set per token" if generates else ""
+        p.add_argument("--ratios", type=kind, default=kind(ratios), help=f"step sizes r (default {ratios}{also})")
         p.add_argument("--n-ctx", type=_positive_int, default=2048, help="context window per stream (default 2048)")
         p.add_argument("--limit", type=_positive_int, default=None, help="use only the first N items")
         p.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="write the results as JSON")
@@ -106,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
                               "(each may carry its own ratio after a last colon)")
     compare.add_argument("--negative-principle", default="", metavar="TEXT",
                          help="a principle the aligned columns steer away from")
-    common(compare, "1,2")
+    common(compare, "1,2", generates=True)
     compare.add_argument("--system", default="", help="system message of both streams (default none)")
     compare.add_argument("--max-tokens", type=_positive_int, default=128, help="tokens per generation (default 128)")
     compare.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
@@ -119,11 +132,13 @@ def _parser() -> argparse.ArgumentParser:
                                                       "(default: data/follow_tasks.txt)")
     follow.add_argument("--instructions", default=",".join(FOLLOW_DEFAULT),
                         help=f"comma-separated, of {','.join(INSTRUCTIONS)} (default {','.join(FOLLOW_DEFAULT)})")
-    common(follow, "1,2")
+    common(follow, "1,2", generates=True)
     follow.add_argument("--positions", default="system,end", help="placements of the principle (default system,end)")
     follow.add_argument("--max-tokens", type=_positive_int, default=96, help="tokens per answer (default 96)")
     follow.add_argument("--top-p", type=_top_p, default=0.8, help="nucleus (default 0.8)")
     follow.add_argument("--plot", default=None, metavar="OUT.png", help="adherence per method")
+    follow.add_argument("--echo-guard", action=argparse.BooleanOptionalAction, default=True,
+                        help="the echo guard of the aligned methods (default on)")
     return parser
 
 
@@ -156,8 +171,12 @@ def _accuracy_rows(result: dict[str, Any], extra: dict[str, dict[str, Any]] | No
 def _print_persona(result: dict[str, Any]) -> None:
     print(f"persona protocol: {result['n_items']} items x 4 personas = {result['n']} questions (chance 0.25)")
     picks = {m: " ".join(f"{k}:{v}" for k, v in result["choices"][m].items()) for m in result["methods"]}
-    print(format_table(["method", "correct", "accuracy", "95% interval", "choices"],
-                       _accuracy_rows(result, {"choices": picks})))
+    extra, headers = {"choices": picks}, ["method", "correct", "accuracy", "95% interval", "choices"]
+    if result.get("fluency"):  # --generate: how much the generations repeat themselves
+        extra["rep-4"] = {m: f"{result['fluency'][m]['rep4']:.3f}" if m in result["fluency"] else ""
+                          for m in result["methods"]}
+        headers.append("rep-4")
+    print(format_table(headers, _accuracy_rows(result, extra)))
 
 
 def _print_pairs(result: dict[str, Any]) -> None:
@@ -178,10 +197,13 @@ def _print_follow(result: dict[str, Any]) -> None:
         per = result["per_instruction"][m]
         rows.append([m, f"{result['followed'][m]}/{result['n']}", f"{result['adherence'][m]:.3f}",
                      _fmt_interval(*result["interval"][m]), f"{result['echoed'][m]}",
-                     f"{result['strict_adherence'][m]:.3f}", _fmt_interval(*result["strict_interval"][m])]
+                     f"{result['strict_adherence'][m]:.3f}", _fmt_interval(*result["strict_interval"][m]),
+                     f"{result['mean_ratio'][m]:.2f}", f"{result['fluency'][m]['rep4']:.3f}"]
                     + [f"{per[n]['followed']}/{per[n]['n']}" for n in names])
+    print(f"echo guard {'on' if result['echo_guard'] else 'off'}; mean r: the step size applied, per token; "
+          "rep-4: share of repeated word 4-grams per answer (lower is more fluent)")
     print(format_table(["method", "followed", "adherence", "95% interval", "echoes", "strict", "95% interval",
-                        *names], rows))
+                        "mean r", "rep-4", *names], rows))
 
 
 def _plot(path: str, result: dict[str, Any], title: str, chance: float | None) -> None:
@@ -228,7 +250,8 @@ def _run(args: argparse.Namespace) -> int:
         elif args.protocol == "follow":
             bar = ProgressBar(len(data) * len(instructions) * len(follow_methods(args.ratios, positions)), "follow")
             result = evaluate_follow(aligner, data, instructions, ratios=args.ratios, positions=positions,
-                                     max_tokens=args.max_tokens, top_p=args.top_p, progress=bar.update)
+                                     max_tokens=args.max_tokens, top_p=args.top_p, echo_guard=args.echo_guard,
+                                     progress=bar.update)
         elif args.protocol == "pairs":
             bar = ProgressBar(len(data), "pairs")
             result = evaluate_pairs(aligner, data, ratios=args.ratios, system=args.system, top_p=args.top_p,

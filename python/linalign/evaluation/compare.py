@@ -5,7 +5,8 @@ alignment at each ratio; as a terminal table and a self-contained HTML page.
 Several principles (and a negative one) compose: the aligned columns then
 steer by all of them at once (each at the column's ratio unless it carries
 its own), and one column per principle shows it alone, so that the
-composition can be read against its parts.
+composition can be read against its parts. Each column's fluency (rep-4,
+the share of repeated word 4-grams; :mod:`.fluency`) closes the table.
 """
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import shutil
 import textwrap
 from typing import Any, Callable, Sequence
 
+from ..options import AUTO_RATIO, format_ratio
 from ..principles import Principle, compose
 from .chat_streams import chat_messages
+from .fluency import fluency
 from .persona import method_name
 
 __all__ = ["generate_comparison", "format_comparison", "comparison_html"]
@@ -27,7 +30,7 @@ def generate_comparison(
     principle: str | Sequence[str | Principle],
     *,
     negative_principle: str = "",
-    ratios: Sequence[float] = (1.0, 2.0),
+    ratios: Sequence[float | str] = (1.0, 2.0),
     system: str = "",
     max_tokens: int = 128,
     temperature: float = 0.0,
@@ -42,10 +45,10 @@ def generate_comparison(
         raise ValueError("compare needs a non-empty --principle")
     if not prompts:
         raise ValueError("no prompts to compare")
-    ratios = [float(r) for r in ratios]
+    ratios = [r if r == AUTO_RATIO else float(r) for r in ratios]
     texts = [p.text if isinstance(p, Principle) else p for p in given]
 
-    def at(r: float) -> list[Principle]:
+    def at(r: float | str) -> list[Principle]:
         return [p if isinstance(p, Principle) else Principle(p, r) for p in given]
 
     composed = len(given) > 1 or bool(negative_principle) or isinstance(given[0], Principle)
@@ -56,7 +59,7 @@ def generate_comparison(
                          else compose(principle=texts[0], ratio=r))
     if len(given) > 1:
         for i, p in enumerate(at(ratios[0] if ratios else 2.0), start=1):
-            columns[f"only {i} r={p.ratio:g}"] = compose(principles=[p])
+            columns[f"only {i} r={format_ratio(p.ratio)}"] = compose(principles=[p])
     rows = []
     for prompt in prompts:
         outputs = {}
@@ -71,7 +74,8 @@ def generate_comparison(
     return {"protocol": "compare", "principle": "\n".join(texts), "negative_principle": negative_principle,
             "methods": {c: comp.describe() for c, comp in columns.items()}, "system": system, "ratios": ratios,
             "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens, "seed": seed,
-            "columns": list(columns), "rows": rows}
+            "columns": list(columns), "rows": rows,
+            "fluency": {c: fluency([row["outputs"][c] for row in rows]) for c in columns}}
 
 
 def format_comparison(result: dict[str, Any], *, width: int | None = None) -> str:
@@ -90,6 +94,9 @@ def format_comparison(result: dict[str, Any], *, width: int | None = None) -> st
         for k in range(height):
             lines.append(" | ".join((w[k] if k < len(w) else "").ljust(col_width) for w in wrapped).rstrip())
         blocks.append(f"\n[{i}] {row['prompt']}\n" + "\n".join(lines))
+    if result.get("fluency"):
+        blocks.append("\nrep-4 (share of repeated word 4-grams per answer, lower is more fluent): " +
+                      ", ".join(f"{c} {result['fluency'][c]['rep4']:.3f}" for c in columns))
     return "\n".join(blocks)
 
 
@@ -118,5 +125,9 @@ def comparison_html(result: dict[str, Any]) -> str:
     for row in result["rows"]:
         parts.append(f'<tr><td class="prompt" colspan="{len(columns)}">{esc(row["prompt"])}</td></tr>')
         parts.append("<tr>" + "".join(f"<td>{esc(row['outputs'][c])}</td>" for c in columns) + "</tr>")
+    if result.get("fluency"):
+        parts.append('<tr><td class="meta" colspan="%d">rep-4: share of repeated word 4-grams per answer '
+                     "(lower is more fluent)</td></tr>" % len(columns))
+        parts.append("<tr>" + "".join(f"<td>{result['fluency'][c]['rep4']:.3f}</td>" for c in columns) + "</tr>")
     parts.append("</tbody></table></body></html>")
     return "\n".join(parts) + "\n"

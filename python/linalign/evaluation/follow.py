@@ -8,7 +8,8 @@ under every instruction by every method, greedy:
 
     plain           no principle
     prompt/<pos>    the instruction as a principle, ratio 0 (in the prompt only)
-    la@r/<pos>      linear alignment at ratio r
+    la@r/<pos>      linear alignment at ratio r (a number, or ``auto``: set
+                    per token, docs/auto_ratio.md)
 
 for each placement ``<pos>`` of the principle (``system``: the system
 message; ``end``: after the history, appended to the user turn). Reported:
@@ -19,7 +20,11 @@ A small model sometimes answers by repeating the instruction ("At the end
 of your response, please explicitly add a postscript starting with P.S."),
 which some checkers pass. Such answers are counted as *echoes* (six
 consecutive words of the principle in the answer), and adherence is also
-reported without them (``strict``).
+reported without them (``strict``). The echo guard (SamplingOptions.echo_guard,
+on unless ``echo_guard=False``) keeps the alignment from rewarding such
+copies; the JSON records whether it was on, and per method the mean step
+size applied (``mean_ratio``) and the answers' fluency (rep-4, the share of
+repeated word 4-grams, and distinct-2; :mod:`.fluency`).
 
 Only instructions whose checkers need no downloaded data are offered
 (no NLTK sentence models: this runs offline).
@@ -29,6 +34,8 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Sequence
 
+from ..options import AUTO_RATIO
+from .fluency import fluency
 from .stats import wilson_interval
 
 __all__ = ["INSTRUCTIONS", "echoes", "evaluate_follow", "follow_methods", "load_instructions"]
@@ -77,19 +84,22 @@ def load_instructions(names: Sequence[str]) -> list[tuple[str, str, Callable[[st
     return out
 
 
-def follow_methods(ratios: Sequence[float], positions: Sequence[str]) -> dict[str, tuple[float | None, str]]:
-    """method name -> (ratio, or None for no principle; placement)."""
-    methods: dict[str, tuple[float | None, str]] = {"plain": (None, "system")}
+def follow_methods(ratios: Sequence[float | str],
+                   positions: Sequence[str]) -> dict[str, tuple[float | str | None, str]]:
+    """method name -> (ratio, or None for no principle; placement). A ratio
+    is a number or ``"auto"`` (``la@auto/<pos>``)."""
+    methods: dict[str, tuple[float | str | None, str]] = {"plain": (None, "system")}
     for position in positions:
         methods[f"prompt/{position}"] = (0.0, position)
         for r in ratios:
-            methods[f"la@{float(r)!r}/{position}"] = (float(r), position)
+            ratio = AUTO_RATIO if r == AUTO_RATIO else float(r)
+            methods[f"la@{ratio if ratio == AUTO_RATIO else repr(ratio)}/{position}"] = (ratio, position)
     return methods
 
 
 def evaluate_follow(aligner: Any, tasks: Sequence[str], instruction_names: Sequence[str], *,
-                    ratios: Sequence[float] = (1.0, 2.0), positions: Sequence[str] = ("system", "end"),
-                    max_tokens: int = 96, top_p: float = 0.8,
+                    ratios: Sequence[float | str] = (1.0, 2.0), positions: Sequence[str] = ("system", "end"),
+                    max_tokens: int = 96, top_p: float = 0.8, echo_guard: bool = True,
                     progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Generates and checks every (method, instruction, task); returns the
     JSON-shaped result."""
@@ -100,12 +110,15 @@ def evaluate_follow(aligner: Any, tasks: Sequence[str], instruction_names: Seque
     passed = {m: {name: 0 for name, _, _ in instructions} for m in methods}
     strict = {m: {name: 0 for name, _, _ in instructions} for m in methods}
     echoed = {m: 0 for m in methods}
+    answers: dict[str, list[str]] = {m: [] for m in methods}
+    ratio_used: dict[str, list[float]] = {m: [] for m in methods}
     samples: list[dict[str, Any]] = []
     for name, text, check in instructions:
         for task in tasks:
             messages = [{"role": "user", "content": task}]
             for method, (ratio, position) in methods.items():
-                kw: dict[str, Any] = dict(temperature=0.0, top_p=top_p, max_tokens=max_tokens, seed=0)
+                kw: dict[str, Any] = dict(temperature=0.0, top_p=top_p, max_tokens=max_tokens, seed=0,
+                                          echo_guard=echo_guard)
                 if ratio is not None:
                     kw.update(principle=text, ratio=ratio, principle_position=position)
                 out = aligner.create_chat_completion(messages, **kw)
@@ -115,8 +128,11 @@ def evaluate_follow(aligner: Any, tasks: Sequence[str], instruction_names: Seque
                 passed[method][name] += ok
                 strict[method][name] += ok and not echo
                 echoed[method] += echo
+                answers[method].append(answer)
+                mean_ratio = out["linalign"]["mean_ratio"]
+                ratio_used[method].append(mean_ratio)
                 samples.append({"method": method, "instruction": name, "task": task, "followed": ok,
-                                "echo": echo, "answer": answer})
+                                "echo": echo, "mean_ratio": mean_ratio, "answer": answer})
                 if progress is not None:
                     progress(1)
     n_per = len(tasks)
@@ -124,7 +140,8 @@ def evaluate_follow(aligner: Any, tasks: Sequence[str], instruction_names: Seque
     total = {m: sum(v.values()) for m, v in passed.items()}
     total_strict = {m: sum(v.values()) for m, v in strict.items()}
     return {
-        "protocol": "follow", "ratios": [float(r) for r in ratios], "positions": list(positions),
+        "protocol": "follow", "ratios": [r if r == AUTO_RATIO else float(r) for r in ratios],
+        "positions": list(positions), "echo_guard": echo_guard,
         "max_tokens": max_tokens, "top_p": top_p, "n_tasks": len(tasks),
         "instructions": {name: text for name, text, _ in instructions},
         "methods": list(methods), "n": n,
@@ -135,6 +152,8 @@ def evaluate_follow(aligner: Any, tasks: Sequence[str], instruction_names: Seque
         "strict_followed": total_strict,
         "strict_adherence": {m: total_strict[m] / n for m in methods},
         "strict_interval": {m: list(wilson_interval(total_strict[m], n)) for m in methods},
+        "mean_ratio": {m: sum(v) / len(v) for m, v in ratio_used.items()},
+        "fluency": {m: fluency(answers[m]) for m in methods},
         "per_instruction": {m: {name: {"followed": c, "n": n_per, "adherence": c / n_per,
                                        "interval": list(wilson_interval(c, n_per))}
                                 for name, c in passed[m].items()} for m in methods},

@@ -15,7 +15,8 @@ are fixed):
 
 With ``generate``, also the first letter A-D in a greedy aligned generation
 of a few tokens after the same prefix (``gen:none``, ``gen:la@r``), as the
-authors scored generations.
+authors scored generations; the generated texts' fluency (rep-4 and
+distinct-2, :mod:`.fluency`) is reported per generating method.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import numpy as np
 
 from .chat_streams import chat_messages, stream_tokens
 from .data import LETTERS
+from .fluency import fluency
 from .scoring import combine
 from .stats import accuracy_summary
 
@@ -44,9 +46,9 @@ GENERATE_TOKENS = 4
 _FIRST_LETTER = re.compile(r"\b([ABCD])\b")
 
 
-def method_name(ratio: float) -> str:
-    """``la@2.0``, ``la@0.5``: the key of a ratio in tables and JSON."""
-    return f"la@{float(ratio)!r}"
+def method_name(ratio: float | str) -> str:
+    """``la@2.0``, ``la@0.5``, ``la@auto``: the key of a ratio in tables and JSON."""
+    return f"la@{ratio}" if isinstance(ratio, str) else f"la@{float(ratio)!r}"
 
 
 def persona_question(item: dict[str, Any]) -> str:
@@ -115,7 +117,7 @@ def evaluate_persona(
     records = []
     for index, item in enumerate(items):
         messages = chat_messages(persona_question(item), system)
-        none_letter: str | None = None
+        none_text = ""
         for target in LETTERS:
             principle = principle_for(principle_template, item["personas"][target])
             prompt_p, prompt_b = stream_tokens(aligner, messages, principle, ANSWER_PREFIX, principle_position)
@@ -128,29 +130,31 @@ def evaluate_persona(
             for r in ratios:
                 scores[method_name(r)] = combine(l_p, l_0, r)
             choice = {m: "ABCD"[int(np.argmax(s))] for m, s in scores.items()}
+            record: dict[str, Any] = {"item": index, "persona": target, "target": target.upper(), "choice": choice}
             if generate:
-                choice.update(_generated_letters(aligner, prompt_p, prompt_b, ratios, top_p))
+                texts = _generated_texts(aligner, prompt_p, prompt_b, ratios, top_p)
                 if target == LETTERS[0]:  # no principle: the same for the four personas
-                    none_letter = _generate_letter(aligner, prompt_b, prompt_b, 0.0, top_p)
-                choice["gen:none"] = none_letter
-            records.append({"item": index, "persona": target, "target": target.upper(), "choice": choice})
+                    none_text = _generate_text(aligner, prompt_b, prompt_b, 0.0, top_p)
+                texts["gen:none"] = none_text
+                choice.update({m: _first_letter(t) for m, t in texts.items()})
+                record["generated"] = texts
+            records.append(record)
             if progress is not None:
                 progress(1)
     return {**_summary(records, methods, ratios, principle_template, system, generate, len(items)),
             "principle_position": principle_position}
 
 
-def _generate_letter(aligner: Any, prompt_p: list[int], prompt_b: list[int], ratio: float,
-                     top_p: float) -> str | None:
+def _generate_text(aligner: Any, prompt_p: list[int], prompt_b: list[int], ratio: float, top_p: float) -> str:
     out = aligner.create_completion(prompt_p, prompt_b, ratio=ratio, temperature=0.0, top_p=top_p,
                                     max_tokens=GENERATE_TOKENS, seed=0)
-    return _first_letter(out["choices"][0]["text"])
+    return out["choices"][0]["text"]
 
 
-def _generated_letters(aligner: Any, prompt_p: list[int], prompt_b: list[int], ratios: list[float],
-                       top_p: float) -> dict[str, str | None]:
+def _generated_texts(aligner: Any, prompt_p: list[int], prompt_b: list[int], ratios: list[float],
+                     top_p: float) -> dict[str, str]:
     # right after eval_logits on the same streams: both prompts are cached
-    return {"gen:" + method_name(r): _generate_letter(aligner, prompt_p, prompt_b, r, top_p) for r in ratios}
+    return {"gen:" + method_name(r): _generate_text(aligner, prompt_p, prompt_b, r, top_p) for r in ratios}
 
 
 def _summary(records: list[dict[str, Any]], methods: list[str], ratios: list[float], template: str, system: str,
@@ -175,5 +179,6 @@ def _summary(records: list[dict[str, Any]], methods: list[str], ratios: list[flo
         "generate": generate,
         **accuracy_summary({m: correct[m] for m in methods}, n),
         "choices": choices,
+        "fluency": {m: fluency([rec["generated"][m] for rec in records]) for m in methods if m.startswith("gen:")},
         "records": records,
     }

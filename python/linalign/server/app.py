@@ -22,11 +22,17 @@ Extra request fields:
   appended to the system message of stream P (see :mod:`linalign.chat`).
   In completions, stream P is ``principle + "\\n\\n" + prompt`` and stream B
   is ``prompt`` (each principle's stream, and a negative principle's, alike).
-* ``alignment_ratio`` (number, default 2.0): the step ``r`` of
-  ``l_p + r * (l_p - l_0)``.
+* ``alignment_ratio`` (number, default 2.0, or ``"auto"``: set per token
+  from the streams' divergence, docs/auto_ratio.md): the step ``r`` of
+  ``l_p + r * (l_p - l_0)``. A response's ``linalign.mean_ratio`` is the
+  mean step size applied.
+* ``echo_guard`` (bool, default true) and ``echo_guard_n`` (default 4): no
+  alignment boost for a token that would continue copying the principle
+  (see :class:`linalign.SamplingOptions`).
 * ``negative_principle`` (string): stream B gets it instead of no
   principle (toward ``principle``, away from this one; alone: away only).
-* ``principles`` (list of ``{"text", "ratio"}``, 1 to ``--max-principles``):
+* ``principles`` (list of ``{"text", "ratio"}``, 1 to ``--max-principles``;
+  a ratio may be ``"auto"``):
   several principles, one stream each, composed as
   ``l_B + sum_i (1 + r_i) (l_i - l_B)`` (see :mod:`linalign.principles`);
   not with ``principle`` or ``alignment_ratio``.

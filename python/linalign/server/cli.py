@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (also read from LINALIGN_API_KEY)")
     p.add_argument("--preset", action="append", default=[], metavar="NAME=PRINCIPLE[:RATIO]",
                    help="serve a principle as the model id MODEL:NAME (repeatable); the text after the last colon "
-                        "is the ratio when it is a number, e.g. --preset 'pirate=Always answer like a pirate.:4'")
+                        "is the ratio when it is a number or auto, e.g. --preset 'pirate=Always answer like a pirate.:4'")
     p.add_argument("--presets", action="append", default=[], metavar="FILE",
                    help="presets from a JSON or TOML file: NAME = principle, or a table with principle, ratio "
                         "and sampling defaults (temperature, top_p, top_k, min_p, repeat_penalty, ...); repeatable")

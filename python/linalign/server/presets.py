@@ -4,14 +4,14 @@
                    --presets presets.toml
 
 ``--preset NAME=TEXT[:RATIO]``: the text after the last colon is a ratio only
-when it is a plain decimal number ("Be brief: really" stays all text; so
-do "nan" and "inf"). ``--presets FILE``: a JSON or TOML file (TOML needs
+when it is a plain decimal number or ``auto`` ("Be brief: really" stays all
+text; so do "nan" and "inf"). ``--presets FILE``: a JSON or TOML file (TOML needs
 Python 3.11, or the ``tomli`` package) mapping each name to a principle, or
 to a table::
 
     [pirate]
     principle = "Always answer like a pirate."
-    ratio = 4                # or alignment_ratio
+    ratio = 4                # or alignment_ratio; "auto" sets it per token
     temperature = 0.7        # any of PRESET_SAMPLING_FIELDS
 
     [friendly-french]        # several principles, and one to steer away from
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from ..options import SamplingOptions
+from ..options import AUTO_RATIO, SamplingOptions
 from ..principles import Composition, Principle, compose
 
 __all__ = ["PRESET_SAMPLING_FIELDS", "Preset", "PresetError", "Presets", "UnknownModelError", "load_presets",
@@ -49,7 +49,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # fields, less the grammar (response_format) and stop strings, which belong
 # to a request
 PRESET_SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "frequency_penalty",
-                          "presence_penalty", "penalty_last_n", "seed", "max_tokens")
+                          "presence_penalty", "penalty_last_n", "seed", "max_tokens", "echo_guard", "echo_guard_n")
 # fields of other open issues, refused at startup until they are supported
 _NOT_YET: tuple[str, ...] = ()
 _RATIO_RE = re.compile(r"\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*")
@@ -71,7 +71,7 @@ class UnknownModelError(LookupError):
 class Preset:
     name: str
     principle: str | None                        # the one-principle form (None: principles, or only a negative one)
-    ratio: float | None = None                   # None: the request's, or the default
+    ratio: float | str | None = None             # a number or "auto"; None: the request's, or the default
     sampling: Mapping[str, Any] = field(default_factory=dict)  # PRESET_SAMPLING_FIELDS it sets
     source: str = ""                             # "--preset" or a file name, for messages
     principles: tuple[Principle, ...] | None = None  # several, each with its ratio
@@ -130,7 +130,7 @@ def _validated(preset: Preset, where: str) -> Preset:
 
 
 def parse_preset_flag(text: str) -> Preset:
-    """``NAME=TEXT[:RATIO]`` of ``--preset``."""
+    """``NAME=TEXT[:RATIO]`` of ``--preset`` (RATIO: a number or ``auto``)."""
     name, sep, rest = text.partition("=")
     if not sep:
         raise PresetError(f"--preset {text!r}: expected NAME=PRINCIPLE[:RATIO]")
@@ -138,8 +138,8 @@ def parse_preset_flag(text: str) -> Preset:
     where = f"--preset {name}"
     principle, ratio = rest, None
     head, colon, tail = rest.rpartition(":")
-    if colon and _RATIO_RE.fullmatch(tail):
-        principle, ratio = head, float(tail)
+    if colon and (_RATIO_RE.fullmatch(tail) or tail.strip() == AUTO_RATIO):
+        principle, ratio = head, AUTO_RATIO if tail.strip() == AUTO_RATIO else float(tail)
     return _validated(Preset(name, _check_principle(principle, where), ratio, {}, "--preset"), where)
 
 
@@ -215,22 +215,25 @@ def _preset_of(path: Path, name: Any, value: Any) -> Preset:
     if "ratio" in value and "alignment_ratio" in value:
         raise PresetError(f"{where}: give ratio or alignment_ratio, not both")
     ratio = value.get("ratio", value.get("alignment_ratio"))
-    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float))
-                              or not math.isfinite(ratio)):
+    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float, str))
+                              or (isinstance(ratio, str) and ratio != AUTO_RATIO)
+                              or (not isinstance(ratio, str) and not math.isfinite(ratio))):
         key = "ratio" if "ratio" in value else "alignment_ratio"
-        raise PresetError(f"{where}.{key}: must be a finite number, got {ratio!r}")
+        raise PresetError(f"{where}.{key}: must be a finite number or 'auto', got {ratio!r}")
+    if ratio is not None and not isinstance(ratio, str):
+        ratio = float(ratio)
     sampling = {k: v for k, v in value.items() if k in PRESET_SAMPLING_FIELDS}
     principle = _check_principle(value["principle"], f"{where}.principle") if "principle" in value else None
     negative = value.get("negative_principle")
     try:
         composition = compose(principle=principle, principles=value.get("principles"), negative_principle=negative,
-                              ratio=2.0 if ratio is None else float(ratio),
+                              ratio=2.0 if ratio is None else ratio,
                               ratio_given=ratio is not None and "principles" in value,
                               principle_position=value.get("principle_position"))
     except (TypeError, ValueError) as e:
         raise PresetError(f"{where}: {e}") from None
     principles = composition.principles if "principles" in value else None
-    preset = Preset(name, principle, None if ratio is None else float(ratio), sampling, str(path),
+    preset = Preset(name, principle, ratio, sampling, str(path),
                     principles=principles, negative_principle=composition.negative or None,
                     principle_position=value.get("principle_position"))
     return _validated(preset, where)

@@ -35,7 +35,7 @@ __all__ = [
 _OPTION_TO_REQUEST = {"ratio": "alignment_ratio", "grammar": "response_format"}
 # SamplingOptions fields a request sets under their own name.
 _SAME_NAME = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty",
-              "seed", "stop")
+              "seed", "stop", "echo_guard", "echo_guard_n")
 
 
 class ApiError(Exception):
@@ -87,7 +87,7 @@ class _SamplingRequest(BaseModel):
     principles: list[Any] | None = None
     negative_principle: str | None = None
     principle_position: str | None = None  # "system" or "end" (linalign.principles.POSITIONS)
-    alignment_ratio: float | None = None
+    alignment_ratio: float | str | None = None  # a number or "auto" (SamplingOptions checks which)
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
@@ -99,6 +99,8 @@ class _SamplingRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
     seed: int | None = None
+    echo_guard: bool | None = None
+    echo_guard_n: int | None = None
     n: int | None = Field(None, ge=1, le=1)  # one choice per request
     stream: bool = False
     stream_options: StreamOptions | None = None
