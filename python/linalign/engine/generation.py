@@ -73,6 +73,7 @@ class Generation:
     cached_tokens: int = 0      # prompt tokens of stream P found in the slot's cache
     completion_tokens: int = 0
     prefill: dict[str, object] = field(default_factory=dict)  # per stream (P, B): reused, decoded; B's shared
+    preemptions: int = 0        # times the KV pool was full and it gave its cells up (it resumed each time)
     finish_reason: str | None = None
     error: BaseException | None = None
     tokens: list[int] = field(default_factory=list)
