@@ -659,9 +659,13 @@ std::vector<step_event> engine::step() {
             publish_cells();
             return events;
         }
-        // 3. one llama_decode over all of it; with no room in the pool,
-        // make_room frees cells (idle caches, then the newest request) and
-        // the batch is made again without what it freed
+        // 3. one llama_decode over all of it. Each token of the batch takes
+        // a cell: without that many free, make_room frees some (idle caches,
+        // then the newest request) and the batch is made again without what
+        // it freed; so too if llama.cpp finds less room than the count says.
+        if (params_.kv_unified && n_cells_free() < llama_batch_ref().n_tokens && make_room(events)) {
+            continue;
+        }
         int32_t rc = llama_decode(ctx_.get(), batch_.get());
         n_decode_calls_++;
         if (rc == 0) {

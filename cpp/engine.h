@@ -321,6 +321,7 @@ private:
     bool drop_unused_caches();
     void preempt(slot & sl);
     void publish_cells();
+    int64_t n_cells_free() const;
     llama_batch & llama_batch_ref() { return batch_.get(); }
     void run_decode(const char * what);
     const float * logits_at(int32_t batch_index) const;

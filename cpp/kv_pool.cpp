@@ -82,6 +82,14 @@ void engine::publish_cells() {
     n_waiting_pub_ = waiting;
 }
 
+int64_t engine::n_cells_free() const {
+    int64_t used = 0;
+    for (const slot & sl : slots_) {
+        used += sl.n_cells;
+    }
+    return n_cells_total_ - used;
+}
+
 // ---- admission ----------------------------------------------------------------
 
 // What a slot holds once its streams hold their prompts, having kept
