@@ -202,7 +202,7 @@ PYBIND11_MODULE(_core, m) {
     py::class_<engine>(m, "Engine")
         .def(py::init([](std::shared_ptr<model> mdl, int32_t n_ctx, int32_t n_slots, int32_t n_batch, int32_t n_threads,
                          int32_t n_threads_batch, int32_t flash_attn, bool kv_unified, int32_t n_streams,
-                         int32_t n_cells) {
+                         int32_t n_cells, int32_t reserve_tokens) {
                  engine_params p;
                  p.n_ctx = n_ctx;
                  p.n_slots = n_slots;
@@ -213,11 +213,12 @@ PYBIND11_MODULE(_core, m) {
                  p.kv_unified = kv_unified;
                  p.n_streams = n_streams;
                  p.n_cells = n_cells;
+                 p.reserve_tokens = reserve_tokens;
                  return new engine(std::move(mdl), p);
              }), py::arg("model"), py::arg("n_ctx") = 4096, py::arg("n_slots") = 1, py::arg("n_batch") = 512,
              py::arg("n_threads") = 0, py::arg("n_threads_batch") = 0, py::arg("flash_attn") = 0,
              py::arg("kv_unified") = true, py::arg("n_streams") = 2, py::arg("n_cells") = 0,
-             py::call_guard<py::gil_scoped_release>(),
+             py::arg("reserve_tokens") = 256, py::call_guard<py::gil_scoped_release>(),
              "n_ctx: the most tokens one stream may hold; n_streams: streams per slot (P, B and one per further "
              "principle); kv_unified: one pool of n_cells KV cells (0: n_ctx x n_slots) for every stream, else "
              "n_ctx cells per stream of every slot.")

@@ -77,6 +77,10 @@ engine::engine(std::shared_ptr<model> mdl, const engine_params & params) : model
         throw std::invalid_argument("n_batch must be in [" + std::to_string(min_batch) + ", 65536] for " +
                                     std::to_string(params.n_slots) + " slots, got " + std::to_string(params.n_batch));
     }
+    if (params.reserve_tokens < 0 || params.reserve_tokens > params.n_ctx) {
+        throw std::invalid_argument("kv_reserve must be in [0, n_ctx = " + std::to_string(params.n_ctx) + "], got " +
+                                    std::to_string(params.reserve_tokens));
+    }
     if (params.n_threads < 0 || params.n_threads_batch < 0) {
         throw std::invalid_argument("n_threads must be >= 0");
     }
@@ -109,9 +113,11 @@ engine::engine(std::shared_ptr<model> mdl, const engine_params & params) : model
         throw std::runtime_error("llama.cpp could not create a context (" + std::to_string(n_cells) +
                                  " KV cells; out of memory?)");
     }
-    batch_ = batch_owner(params.n_batch);
-    // what llama.cpp allocated: it rounds the context up (to 256 cells)
+    // what llama.cpp allocated: it rounds the context up (to 256 cells), and
+    // takes no batch larger than it (a small pool makes the step's budget less)
     n_cells_total_ = (int64_t) llama_n_ctx(ctx_.get());
+    params_.n_batch = std::min<int32_t>(params_.n_batch, (int32_t) llama_n_batch(ctx_.get()));
+    batch_ = batch_owner(params_.n_batch);
     slots_.resize(params.n_slots);
     for (int32_t i = 0; i < params.n_slots; ++i) {
         slots_[i].streams.resize(params.n_streams);
@@ -267,7 +273,7 @@ prefill_stats engine::start(int32_t slot_index, const prompt_list & prompts, con
     const bool room = room_for(slot_index, prompts, params, cache_prompt, max_tokens);
 
     const int32_t n_active = active_streams(prompts, params);
-    const int32_t reserve_tokens = std::min(max_tokens > 0 ? max_tokens : params_.n_ctx, RESERVE_TOKENS);
+    const int32_t reserve_tokens = std::min(max_tokens > 0 ? max_tokens : params_.n_ctx, params_.reserve_tokens);
     sl.n_active = n_active;
     sl.b_is_p   = n_prompts == 2 && prompts[STREAM_P] == prompts[STREAM_B];
     sl.reserve  = 0;

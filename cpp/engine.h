@@ -75,14 +75,15 @@ struct engine_params {
     // decoding does; streams that share little get less room than n_ctx
     // each (see "KV pool" below).
     int32_t n_cells         = 0;
+    // With kv_unified: tokens per stream that admission keeps free for a
+    // request's answer, beyond its prompts' cells (fewer when it asks for
+    // fewer or its context has less room). Reserving all it may generate (a
+    // chat's default is the rest of the context) would cost what a buffer per
+    // stream costs; a request that grows past its reserve while the pool is
+    // full is preempted, not failed. More: fewer preemptions, fewer requests
+    // at once.
+    int32_t reserve_tokens  = 256;
 };
-
-// Tokens per stream that admission keeps free for a request's answer, beyond
-// its prompts' cells (fewer when it asks for fewer or its context has less
-// room). Reserving all it may generate (a chat's default is the rest of the
-// context) would cost what a buffer per stream costs; a request that grows
-// past its reserve while the pool is full is preempted, not failed.
-constexpr int32_t RESERVE_TOKENS = 256;
 
 enum stream_id : int { STREAM_P = 0, STREAM_B = 1 };
 // A slot's streams: P and B, and up to LINEAR_ALIGNMENT_MAX_PRINCIPLES - 1 more principled ones.
@@ -160,7 +161,7 @@ public:
     // once its prompts are in: the prefix each keeps from the slot's cache,
     // a shared prefix once, plus the rest of each prompt; plus, in the same
     // slot, what its unused streams still cache. Its reserve is
-    // min(max_tokens, RESERVE_TOKENS, room left in its context) per stream it
+    // min(max_tokens, reserve_tokens, room left in its context) per stream it
     // decodes. Busy slots are committed to their cells once prefilled and
     // what is left of their reserves (a reserve shrinks as the answer grows);
     // waiting slots to what they need to start. A request has room when its

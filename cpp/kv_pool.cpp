@@ -203,7 +203,7 @@ bool engine::room_for(int32_t slot_index, const prompt_list & prompts, const sam
                                     std::to_string(prompts.size()));
     }
     const int32_t n_active = active_streams(prompts, params);
-    const int32_t reserve_tokens = std::min(max_tokens > 0 ? max_tokens : params_.n_ctx, RESERVE_TOKENS);
+    const int32_t reserve_tokens = std::min(max_tokens > 0 ? max_tokens : params_.n_ctx, params_.reserve_tokens);
     prompt_refs refs;
     std::vector<int32_t> kept;
     int64_t reserve = 0;

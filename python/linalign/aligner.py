@@ -104,6 +104,10 @@ class Aligner:
         the pool is a ValueError; one that outgrows the pool beside others is
         preempted and resumes when they are done (its text only pauses); one
         that fills it alone ends with ``finish_reason`` ``"length"``.
+    kv_reserve
+        Tokens per stream the pool keeps free for a request's answer when it
+        starts (default 256, at most its ``max_tokens``): more means fewer
+        preemptions and fewer requests at once.
     max_principles
         Principles one request may compose (with a buffer per stream each is
         one more stream's KV cache per slot; in the pool, a stream costs only
@@ -132,6 +136,7 @@ class Aligner:
         flash_attn: bool | str = False,
         max_principles: int | None = None,
         kv_cells: int | None = None,
+        kv_reserve: int = 256,
         verbose: bool = False,
     ) -> None:
         self._engine: BatchedEngine | None = None
@@ -155,6 +160,7 @@ class Aligner:
             _integer("kv_cells", kv_cells, low=8, high=2**28)
             if not kv_unified:
                 raise ValueError("kv_cells sizes the unified KV pool: pass kv_unified=True with it")
+        _integer("kv_reserve", kv_reserve, low=0, high=2**24)
         self._grow_streams = max_principles is None
         set_verbose(verbose)  # llama.cpp's log level, as llama_cpp.Llama sets it
 
@@ -182,7 +188,8 @@ class Aligner:
         threads = n_threads or physical_cores()
         self._engine_kwargs = dict(n_ctx=self.n_ctx, n_slots=n_parallel, n_batch=n_batch, n_threads=threads,
                                    n_threads_batch=n_threads_batch or threads, flash_attn=flash_attn,
-                                   kv_unified=kv_unified, cache_prompt=cache_prompt, seed=seed, kv_cells=kv_cells)
+                                   kv_unified=kv_unified, cache_prompt=cache_prompt, seed=seed, kv_cells=kv_cells,
+                                   kv_reserve=min(kv_reserve, self.n_ctx))
         self._engine = self._make_engine(1 + (max_principles or 1))
         self._renderer = ChatRenderer(
             self._model.chat_template(),

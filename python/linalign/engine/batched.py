@@ -75,6 +75,10 @@ class BatchedEngine:
         With ``kv_unified``: the pool's cells (default ``n_ctx * n_slots``,
         what plain decoding allocates per slot; llama.cpp rounds it up to a
         multiple of 256).
+    kv_reserve
+        With ``kv_unified``: tokens per stream that admission keeps free for
+        a request's answer beyond its prompts (at most its ``max_tokens``).
+        More means fewer preemptions and fewer requests at once.
     cache_prompt
         Keep each slot's KV after a request, so that the next request sharing
         a prefix with it prefills only the rest.
@@ -85,11 +89,11 @@ class BatchedEngine:
     def __init__(self, model: Any, *, n_ctx: int, n_slots: int = 1, n_batch: int = 512, n_threads: int = 0,
                  n_threads_batch: int = 0, flash_attn: bool | str = False, kv_unified: bool = True,
                  cache_prompt: bool = True, seed: int | None = None, n_streams: int = 2,
-                 kv_cells: int | None = None) -> None:
+                 kv_cells: int | None = None, kv_reserve: int = 256) -> None:
         self._model = model
         self._native = _core.Engine(model, n_ctx, n_slots, n_batch, n_threads, n_threads_batch,
                                     flash_attn_type(flash_attn), kv_unified,
-                                    n_streams, kv_cells or 0)
+                                    n_streams, kv_cells or 0, kv_reserve)
         self.n_streams = n_streams
         self.lock = threading.RLock()
         self.n_ctx = n_ctx

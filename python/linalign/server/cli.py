@@ -3,7 +3,7 @@
     linalign serve [--model PATH] [--host 127.0.0.1] [--port 8000] [--n-ctx N]
                    [--parallel N] [--queue N] [--threads N] [--threads-batch N]
                    [--n-batch N] [--flash-attn auto|on|off] [--[no-]cache-prompt] [--n-gpu-layers N]
-                   [--kv-layout pool|per-stream] [--[no-]kv-unified] [--kv-cells N]
+                   [--kv-layout pool|per-stream] [--[no-]kv-unified] [--kv-cells N] [--kv-reserve N]
                    [--max-principles K] [--api-key KEY] [--preset NAME=PRINCIPLE[:RATIO]]...
                    [--presets FILE]...
 
@@ -75,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-cells", type=int, default=None, metavar="N",
                    help="the pool's cells (default --parallel x --n-ctx, what plain decoding allocates; "
                         "llama.cpp rounds it up to a multiple of 256)")
+    p.add_argument("--kv-reserve", type=int, default=256, metavar="N",
+                   help="tokens per stream the pool keeps free for a request's answer when it starts (at most its "
+                        "max_tokens; default 256): more means fewer preemptions and fewer requests at once")
     p.add_argument("--max-principles", type=int, default=None, metavar="K",
                    help="principles one request may compose. Default with the pool: 4 (a stream costs only the "
                         "cells it holds); per-stream: the most any preset composes, at least 1 (each is one more "
@@ -155,7 +158,7 @@ def main(argv: Sequence[str]) -> int:
         aligner = Aligner(args.model, n_ctx=args.n_ctx, n_parallel=args.parallel, n_batch=args.n_batch,
                           n_gpu_layers=args.n_gpu_layers, n_threads=args.threads, n_threads_batch=args.threads_batch,
                           cache_prompt=args.cache_prompt, max_principles=max_principles,
-                          kv_unified=kv_unified, kv_cells=args.kv_cells,
+                          kv_unified=kv_unified, kv_cells=args.kv_cells, kv_reserve=args.kv_reserve,
                           flash_attn=_flash_attn(args.flash_attn, args.n_gpu_layers))
     except (OSError, ValueError, TypeError, RuntimeError) as e:
         print(f"linalign serve: cannot load the model: {e}", flush=True)
