@@ -234,7 +234,9 @@ PYBIND11_MODULE(_core, m) {
         .def_readonly("error", &step_event::error, "why the slot's sampler failed, or empty")
         .def_readonly("ratios", &step_event::ratios, "the step size each principled stream was applied at, P first")
         .def_property_readonly("guarded", [](const step_event & e) { return guards_to_list(e.guarded); },
-                               "(stream, token) pairs whose boost the echo guard dropped at this step");
+                               "(stream, token) pairs whose boost the echo guard dropped at this step")
+        .def_readonly("preempted", &step_event::preempted,
+                      "the pool was full: the slot's cells were freed and its request waits to resume");
 
     py::class_<sampler_chain>(m, "SamplerChain",
                               "A request's sampler chain on its own, for baselines and tests: "
@@ -276,7 +278,7 @@ PYBIND11_MODULE(_core, m) {
     py::class_<engine>(m, "Engine")
         .def(py::init([](std::shared_ptr<model> mdl, int32_t n_ctx, int32_t n_slots, int32_t n_batch, int32_t n_threads,
                          int32_t n_threads_batch, int32_t flash_attn, bool kv_unified, int32_t n_streams,
-                         int32_t n_cells) {
+                         int32_t n_cells, int32_t reserve_tokens) {
                  engine_params p;
                  p.n_ctx = n_ctx;
                  p.n_slots = n_slots;
@@ -287,18 +289,29 @@ PYBIND11_MODULE(_core, m) {
                  p.kv_unified = kv_unified;
                  p.n_streams = n_streams;
                  p.n_cells = n_cells;
+                 p.reserve_tokens = reserve_tokens;
                  return new engine(std::move(mdl), p);
              }), py::arg("model"), py::arg("n_ctx") = 4096, py::arg("n_slots") = 1, py::arg("n_batch") = 512,
              py::arg("n_threads") = 0, py::arg("n_threads_batch") = 0, py::arg("flash_attn") = 0,
-             py::arg("kv_unified") = false, py::arg("n_streams") = 2, py::arg("n_cells") = 0,
-             py::call_guard<py::gil_scoped_release>(),
+             py::arg("kv_unified") = true, py::arg("n_streams") = 2, py::arg("n_cells") = 0,
+             py::arg("reserve_tokens") = 256, py::call_guard<py::gil_scoped_release>(),
              "n_ctx: the most tokens one stream may hold; n_streams: streams per slot (P, B and one per further "
-             "principle); the context holds n_streams x n_slots x n_ctx KV cells.")
+             "principle); kv_unified: one pool of n_cells KV cells (0: n_ctx x n_slots) for every stream, else "
+             "n_ctx cells per stream of every slot.")
         .def("pick_slot", &engine::pick_slot, py::arg("prompts"),
              "The free slot with the longest cached prefix of the prompts (P, B, further principled ones), or -1.")
         .def("start", &engine::start, py::arg("slot"), py::arg("prompts"), py::arg("params"),
-             py::arg("cache_prompt") = true, py::call_guard<py::gil_scoped_release>(),
-             "Starts a request: prompts are P, B, then one per params.extra_ratios.")
+             py::arg("cache_prompt") = true, py::arg("max_tokens") = 0, py::call_guard<py::gil_scoped_release>(),
+             "Starts a request: prompts are P, B, then one per params.extra_ratios. Without room in the KV pool it "
+             "waits in its slot and a later step starts it.")
+        .def("room_for", &engine::room_for, py::arg("slot"), py::arg("prompts"), py::arg("params"),
+             py::arg("cache_prompt") = true, py::arg("max_tokens") = 0,
+             "Whether the KV pool has room now for the request's prompts' cells and its reserve.")
+        .def("check_fits", &engine::check_fits, py::arg("prompts"), py::arg("params"),
+             "Raises ValueError when the prompts' cells alone exceed the KV pool.")
+        .def("cells_alone", &engine::cells_alone, py::arg("prompts"), py::arg("params"),
+             "The KV cells the prompts' streams hold once prefilled in an empty slot (a shared prefix once).")
+        .def("waiting", &engine::waiting, py::arg("slot"))
         .def("step", &engine::step, py::call_guard<py::gil_scoped_release>(),
              "One llama_decode over every busy slot, then a token for each slot whose logits are in.")
         .def("finish", &engine::finish, py::arg("slot"))
@@ -331,7 +344,13 @@ PYBIND11_MODULE(_core, m) {
         .def("n_active_streams", &engine::n_active_streams, py::arg("slot"))
         .def("last_prefill", &engine::last_prefill, py::arg("slot"))
         .def_property_readonly("n_decode_calls", &engine::n_decode_calls)
-        .def_property_readonly("n_forward_passes", &engine::n_forward_passes);
+        .def_property_readonly("n_forward_passes", &engine::n_forward_passes)
+        .def_property_readonly("kv_unified", [](const engine & self) { return self.params().kv_unified; })
+        .def_property_readonly("n_cells_total", &engine::n_cells_total)
+        .def_property_readonly("n_cells_used", &engine::n_cells_used)
+        .def_property_readonly("n_cells_idle", &engine::n_cells_idle)
+        .def_property_readonly("n_waiting", &engine::n_waiting)
+        .def_property_readonly("n_preemptions", &engine::n_preemptions);
 
     m.def("cpu_has_amx_weight_buffers", &cpu_has_amx_weight_buffers,
           "True when llama.cpp would put CPU weights in AMX buffers, whose matrix product crashes on some machines "

@@ -9,15 +9,6 @@
 
 namespace linalign {
 
-static size_t common_prefix(const std::vector<llama_token> & a, const std::vector<llama_token> & b) {
-    const size_t n = std::min(a.size(), b.size());
-    size_t i = 0;
-    while (i < n && a[i] == b[i]) {
-        ++i;
-    }
-    return i;
-}
-
 // The most slots one context may hold, and the most sequences (slots x
 // streams), within llama.cpp's LLAMA_MAX_SEQ.
 static constexpr int32_t MAX_SLOTS = 64;
@@ -93,7 +84,9 @@ engine::engine(std::shared_ptr<model> mdl, const engine_params & params) : model
                                     " slots] = [" + std::to_string(params.n_ctx) + ", " + std::to_string(n_most) +
                                     "], got " + std::to_string(params.n_cells));
     }
-    const int64_t n_cells = params.n_cells != 0 ? params.n_cells : n_most;
+    // the pool's default: n_ctx per slot (engine.h, engine_params::n_cells)
+    const int64_t n_cells = params.n_cells != 0 ? params.n_cells
+                          : params.kv_unified ? (int64_t) params.n_ctx * params.n_slots : n_most;
     if (n_cells > MAX_CELLS) {
         throw std::invalid_argument("n_ctx " + std::to_string(params.n_ctx) + " x " + std::to_string(params.n_streams) +
                                     " streams x " + std::to_string(params.n_slots) + " slots is " +
@@ -104,6 +97,10 @@ engine::engine(std::shared_ptr<model> mdl, const engine_params & params) : model
     if (params.n_batch < min_batch || params.n_batch > 65536) {
         throw std::invalid_argument("n_batch must be in [" + std::to_string(min_batch) + ", 65536] for " +
                                     std::to_string(params.n_slots) + " slots, got " + std::to_string(params.n_batch));
+    }
+    if (params.reserve_tokens < 0 || params.reserve_tokens > params.n_ctx) {
+        throw std::invalid_argument("kv_reserve must be in [0, n_ctx = " + std::to_string(params.n_ctx) + "], got " +
+                                    std::to_string(params.reserve_tokens));
     }
     if (params.n_threads < 0 || params.n_threads_batch < 0) {
         throw std::invalid_argument("n_threads must be >= 0");
@@ -146,7 +143,11 @@ engine::engine(std::shared_ptr<model> mdl, const engine_params & params) : model
         throw std::runtime_error("llama.cpp could not create a context (" + std::to_string(n_cells) +
                                  " KV cells; out of memory?)");
     }
-    batch_ = batch_owner(params.n_batch);
+    // what llama.cpp allocated: it rounds the context up (to 256 cells), and
+    // takes no batch larger than it (a small pool makes the step's budget less)
+    n_cells_total_ = (int64_t) llama_n_ctx(ctx_.get());
+    params_.n_batch = std::min<int32_t>(params_.n_batch, (int32_t) llama_n_batch(ctx_.get()));
+    batch_ = batch_owner(params_.n_batch);
     slots_.resize(params.n_slots);
     for (int32_t i = 0; i < params.n_slots; ++i) {
         slots_[i].streams.resize(params.n_streams);
@@ -259,11 +260,29 @@ int32_t engine::keep_prefix(stream & st, int32_t n) {
         n = 0;
     }
     st.cached.resize(std::min<size_t>(st.cached.size(), n));
+    sync_cells(st);
     return n;
 }
 
+// A running slot whose context is full (or that, alone, filled the pool):
+// it puts nothing in the batch, and its caller finishes it.
+bool engine::at_end(const slot & sl) const {
+    bool full = sl.pool_full;
+    for (int32_t s = 0; s < sl.n_active; ++s) {
+        full = full || (int32_t) sl.streams[s].cached.size() >= params_.n_ctx;
+    }
+    return full;
+}
+
+int32_t engine::active_streams(const prompt_list & prompts, const sampling_params & params) const {
+    const bool composed = prompts.size() > 2;
+    const bool identical = !composed && prompts[STREAM_P] == prompts[STREAM_B];
+    const bool steers = params.ratio != 0.0f || params.auto_ratio;
+    return composed ? (int32_t) prompts.size() : (steers && !identical) ? 2 : 1;
+}
+
 prefill_stats engine::start(int32_t slot_index, const prompt_list & prompts, const sampling_params & params,
-                            bool cache_prompt) {
+                            bool cache_prompt, int32_t max_tokens) {
     slot & sl = slot_at(slot_index);
     if (sl.state != slot_state::free) {
         throw std::invalid_argument("slot " + std::to_string(slot_index) + " is busy");
@@ -282,20 +301,17 @@ prefill_stats engine::start(int32_t slot_index, const prompt_list & prompts, con
     for (size_t s = 0; s < n_prompts; ++s) {
         check_prompt(prompts[s], s == STREAM_P ? "prompt" : s == STREAM_B ? "base_prompt" : "principled prompt");
     }
-    const std::vector<llama_token> & prompt_p = prompts[STREAM_P];
-    const std::vector<llama_token> & prompt_b = prompts[STREAM_B];
+    check_fits(prompts, params);
     auto chain = std::make_unique<sampler_chain>(params, model_->vocab());
+    // before the cache is cut to the prefixes kept: room_for plans the same cut
+    const bool room = room_for(slot_index, prompts, params, cache_prompt, max_tokens);
 
-    const bool composed  = n_prompts > 2;
-    const bool identical = !composed && prompt_p == prompt_b;
-    const bool steers = params.ratio != 0.0f || params.auto_ratio;
-    sl.n_active = composed ? (int32_t) n_prompts : (steers && !identical) ? 2 : 1;
-    sl.b_is_p   = identical;
-    sl.stats    = prefill_stats();
-    sl.stats.reused.assign(params_.n_streams, 0);
-    sl.stats.decoded.assign(params_.n_streams, 0);
-    sl.stats.cached.assign(params_.n_streams, 0);
-    for (int32_t s = 0; s < sl.n_active; ++s) {
+    const int32_t n_active = active_streams(prompts, params);
+    const int32_t reserve_tokens = std::min(max_tokens > 0 ? max_tokens : params_.n_ctx, params_.reserve_tokens);
+    sl.n_active = n_active;
+    sl.b_is_p   = n_prompts == 2 && prompts[STREAM_P] == prompts[STREAM_B];
+    sl.reserve  = 0;
+    for (int32_t s = 0; s < n_active; ++s) {
         stream & st = sl.streams[s];
         st.prompt = prompts[s];
         st.row = -1;
@@ -303,48 +319,102 @@ prefill_stats engine::start(int32_t slot_index, const prompt_list & prompts, con
         st.copy_upto = 0;
         const int32_t n = (int32_t) st.prompt.size();
         // at least the last prompt token is decoded again: its logits are wanted
-        const int32_t keep = cache_prompt ? std::min<int32_t>((int32_t) common_prefix(st.cached, st.prompt), n - 1) : 0;
-        sl.stats.reused[s]  = keep_prefix(st, keep);
-        sl.stats.decoded[s] = n - sl.stats.reused[s];
+        keep_prefix(st, cache_prompt ? std::min<int32_t>((int32_t) common_prefix(st.cached, st.prompt), n - 1) : 0);
+        sl.reserve += std::min(reserve_tokens, params_.n_ctx - n);
+    }
+    sl.chain       = std::move(chain);
+    sl.next_token  = -1;
+    sl.n_sampled   = 0;
+    sl.n_preempted = 0;
+    sl.pool_full   = false;
+    sl.started     = ++clock_;
+    sl.last_used   = sl.started;
+    if (room) {
+        begin_prefill(sl);
+    } else {
+        sl.state = slot_state::waiting;  // step() starts it when the pool has room (start_waiting)
+        begin_prefill_stats(sl);
+    }
+    publish_cells();
+    return sl.stats;
+}
+
+// A request's stats are those of its first prefill: what each stream found
+// in its cache, and (begin_prefill) what it takes from another's cells.
+void engine::begin_prefill_stats(slot & sl) {
+    sl.stats = prefill_stats();
+    sl.stats.reused.assign(params_.n_streams, 0);
+    sl.stats.decoded.assign(params_.n_streams, 0);
+    sl.stats.cached.assign(params_.n_streams, 0);
+    for (int32_t s = 0; s < sl.n_active; ++s) {
+        const stream & st = sl.streams[s];
+        sl.stats.reused[s]  = (int32_t) st.cached.size();
+        sl.stats.decoded[s] = (int32_t) (st.prompt.size() - st.cached.size());
         sl.stats.cached[s]  = sl.stats.reused[s];
     }
-    // Every other stream takes the part of its prompt that P's prompt
-    // shares, and that its own cache lacks, from P's cells once P holds it.
-    // With two streams the one that already holds more of the shared part
-    // gives it to the other: when the principle comes after the history
-    // (principle_position "end"), last turn's tokens are in B's cache as B
-    // had them, not in P's, whose principle sat where the new turn goes.
+}
+
+// Which stream takes which prefix from another's cells, given what each
+// holds: every other stream takes the part of its prompt that P's prompt
+// shares, and that its own cache lacks, from P's cells once P holds it.
+// With two streams the one that already holds more of the shared part
+// gives it to the other: when the principle comes after the history
+// (principle_position "end"), last turn's tokens are in B's cache as B
+// had them, not in P's, whose principle sat where the new turn goes.
+std::vector<engine::shared_prefix> engine::plan_shared_prefixes(const prompt_refs & prompts,
+                                                                const std::vector<int32_t> & n_cached) const {
     const int32_t min_shared = params_.kv_unified ? 1 : MIN_SHARED_TO_COPY;
-    for (int32_t s = 1; s < sl.n_active; ++s) {
-        stream & o = sl.streams[s];
-        stream & p = sl.streams[STREAM_P];
-        const int32_t upto = std::min({(int32_t) common_prefix(prompt_p, o.prompt), (int32_t) prompt_p.size() - 1,
-                                       (int32_t) o.prompt.size() - 1});
-        const int32_t o_has = std::min<int32_t>((int32_t) o.cached.size(), upto);
-        const int32_t p_has = std::min<int32_t>((int32_t) p.cached.size(), upto);
-        stream * taker = &o;
-        int32_t taker_index = s, donor_index = STREAM_P, donor_has = p_has;
-        if (sl.n_active == 2 && o_has > p_has) {
-            taker = &p;
-            taker_index = STREAM_P;
-            donor_index = s;
-            donor_has = o_has;
+    const int32_t n_active = (int32_t) prompts.size();
+    const std::vector<llama_token> & prompt_p = *prompts[STREAM_P];
+    std::vector<shared_prefix> plan;
+    for (int32_t s = 1; s < n_active; ++s) {
+        const std::vector<llama_token> & prompt_o = *prompts[s];
+        const int32_t upto = std::min({(int32_t) common_prefix(prompt_p, prompt_o), (int32_t) prompt_p.size() - 1,
+                                       (int32_t) prompt_o.size() - 1});
+        const int32_t o_has = std::min(n_cached[s], upto);
+        const int32_t p_has = std::min(n_cached[STREAM_P], upto);
+        shared_prefix sp;
+        sp.taker = s;
+        sp.donor = STREAM_P;
+        sp.donor_has = p_has;
+        if (n_active == 2 && o_has > p_has) {
+            sp.taker = STREAM_P;
+            sp.donor = s;
+            sp.donor_has = o_has;
         }
-        const int32_t shared = upto - (int32_t) taker->cached.size();
-        if (shared >= min_shared) {
-            taker->copy_src  = donor_index;
-            taker->copy_upto = upto;
-            sl.stats.shared += shared;
-            sl.stats.decoded[taker_index] -= shared;
-            sl.stats.cached[taker_index] += std::max(0, donor_has - (int32_t) taker->cached.size());
+        sp.from = n_cached[sp.taker];
+        sp.upto = upto;
+        if (upto - sp.from >= min_shared) {
+            plan.push_back(sp);
         }
     }
-    sl.chain      = std::move(chain);
-    sl.next_token = -1;
-    sl.state      = slot_state::prefill;
-    sl.started    = ++clock_;
-    sl.last_used  = sl.started;
-    return sl.stats;
+    return plan;
+}
+
+// Queues a slot's prompts (its cache cut to the prefixes it keeps) for
+// prefill: a started request, or a waiting one that now has room.
+void engine::begin_prefill(slot & sl) {
+    const bool first = sl.n_preempted == 0;
+    if (first) {
+        begin_prefill_stats(sl);
+    }
+    prompt_refs prompts;
+    std::vector<int32_t> n_cached;
+    for (int32_t s = 0; s < sl.n_active; ++s) {
+        prompts.push_back(&sl.streams[s].prompt);
+        n_cached.push_back((int32_t) sl.streams[s].cached.size());
+    }
+    for (const shared_prefix & sp : plan_shared_prefixes(prompts, n_cached)) {
+        stream & taker = sl.streams[sp.taker];
+        taker.copy_src  = sp.donor;
+        taker.copy_upto = sp.upto;
+        if (first) {
+            sl.stats.shared += sp.upto - sp.from;
+            sl.stats.decoded[sp.taker] -= sp.upto - sp.from;
+            sl.stats.cached[sp.taker] += std::max(0, sp.donor_has - sp.from);
+        }
+    }
+    sl.state = slot_state::prefill;
 }
 
 void engine::finish(int32_t slot_index) {
@@ -353,6 +423,8 @@ void engine::finish(int32_t slot_index) {
     sl.chain.reset();
     sl.next_token = -1;
     sl.n_active   = 0;
+    sl.reserve    = 0;
+    sl.pool_full  = false;
     for (stream & st : sl.streams) {
         st.prompt.clear();
         st.prompt.shrink_to_fit();
@@ -361,6 +433,7 @@ void engine::finish(int32_t slot_index) {
         st.row = -1;
     }
     sl.last_used = ++clock_;
+    publish_cells();
 }
 
 void engine::clear() {
@@ -369,6 +442,7 @@ void engine::clear() {
         throw std::logic_error("clear() while slots are busy");
     }
     forget_all_cached();
+    publish_cells();
 }
 
 bool engine::free_idle_caches() {
@@ -382,6 +456,7 @@ bool engine::free_idle_caches() {
             if (!st.cached.empty()) {
                 llama_memory_seq_rm(mem, st.seq, -1, -1);
                 st.cached.clear();
+                sync_cells(st);
                 freed = true;
             }
         }
@@ -394,6 +469,7 @@ void engine::forget_all_cached() {
     for (slot & sl : slots_) {
         for (stream & st : sl.streams) {
             st.cached.clear();
+            sync_cells(st);
         }
     }
 }
@@ -430,6 +506,7 @@ void engine::take_shared_prefix(slot & sl, stream & b) {
     }
     llama_memory_t mem = llama_get_memory(ctx_.get());
     bool taken = true;
+    const int32_t from = (int32_t) b.cached.size();
     if (params_.kv_unified) {
         llama_memory_seq_cp(mem, p.seq, b.seq, (llama_pos) b.cached.size(), b.copy_upto);
     } else {
@@ -438,6 +515,7 @@ void engine::take_shared_prefix(slot & sl, stream & b) {
     }
     if (taken && memory_holds_prefix(ctx_.get(), b.seq, b.copy_upto)) {
         b.cached.assign(b.prompt.begin(), b.prompt.begin() + b.copy_upto);
+        share_cells(p, b, from);
     } else {
         llama_memory_seq_rm(mem, b.seq, -1, -1);
         if (sl.state == slot_state::prefill) {
@@ -449,6 +527,7 @@ void engine::take_shared_prefix(slot & sl, stream & b) {
             sl.stats.decoded[s] = (int32_t) b.prompt.size();
         }
         b.cached.clear();
+        sync_cells(b);  // seq_rm took its own cells too
     }
     b.copy_src  = -1;
     b.copy_upto = 0;
@@ -561,12 +640,14 @@ const float * engine::logits_at(int32_t batch_index) const {
     return logits;
 }
 
-std::vector<step_event> engine::step() {
-    require_open();
-    std::vector<step_event> events;
+// Phases 1-3 of a step: the running slots' last sampled tokens, prefill
+// chunks in the rest of the budget, sorted by sequence. queued: the tokens
+// each slot's streams put in; stopped: running slots whose context (or, alone,
+// the pool) is full, which put none. Returns false when the batch is empty.
+bool engine::build_batch(std::vector<std::vector<int32_t>> & queued, std::vector<step_event> & stopped) {
     llama_batch_ref().n_tokens = 0;
-    // tokens each slot's streams put in this batch
-    std::vector<std::vector<int32_t>> queued(slots_.size(), std::vector<int32_t>(params_.n_streams, 0));
+    queued.assign(slots_.size(), std::vector<int32_t>(params_.n_streams, 0));
+    stopped.clear();
     // Rows are this step's: a slot that puts nothing in the batch (a full
     // context, a prefill waiting for budget) must not keep last step's row,
     // which may lie past the end of this smaller batch.
@@ -582,14 +663,10 @@ std::vector<step_event> engine::step() {
         if (sl.state != slot_state::running) {
             continue;
         }
-        bool full = false;
-        for (int32_t s = 0; s < sl.n_active; ++s) {
-            full = full || (int32_t) sl.streams[s].cached.size() >= params_.n_ctx;
-        }
-        if (full) {
+        if (at_end(sl)) {
             step_event ev;
             ev.slot = i;  // token -1: the caller finishes it with "length"
-            events.push_back(ev);
+            stopped.push_back(ev);
             continue;
         }
         for (int32_t s = 0; s < sl.n_active; ++s) {
@@ -613,10 +690,10 @@ std::vector<step_event> engine::step() {
         add_prefill(slots_[i], budget, queued[i]);
     }
     if (llama_batch_ref().n_tokens == 0) {
-        return events;
+        return false;
     }
 
-    // 3. one llama_decode over all of it
+    // 3. in sequence order
     const std::vector<int32_t> new_index = sort_batch_by_seq();
     for (slot & sl : slots_) {
         for (stream & st : sl.streams) {
@@ -625,12 +702,50 @@ std::vector<step_event> engine::step() {
             }
         }
     }
-    run_decode("a decode step");
+    return true;
+}
+
+std::vector<step_event> engine::step() {
+    require_open();
+    std::vector<step_event> events;  // preemptions, then the slots that stopped, then the tokens
+    std::vector<std::vector<int32_t>> queued;
+    std::vector<step_event> stopped;
+    start_waiting();
+    while (true) {
+        if (!build_batch(queued, stopped)) {
+            events.insert(events.end(), stopped.begin(), stopped.end());
+            publish_cells();
+            return events;
+        }
+        // 3. one llama_decode over all of it. Each token of the batch takes
+        // a cell: without that many free, make_room frees some (idle caches,
+        // then the newest request) and the batch is made again without what
+        // it freed; so too if llama.cpp finds less room than the count says.
+        if (params_.kv_unified && n_cells_free() < llama_batch_ref().n_tokens && make_room(events)) {
+            continue;
+        }
+        int32_t rc = llama_decode(ctx_.get(), batch_.get());
+        n_decode_calls_++;
+        if (rc == 0) {
+            break;
+        }
+        if (rc == 1 && make_room(events)) {
+            continue;
+        }
+        // The cache may hold part of the batch now: forget it so the next
+        // call starts from a known state instead of a corrupt one.
+        forget_all_cached();
+        publish_cells();
+        throw std::runtime_error("llama_decode failed during a decode step (code " + std::to_string(rc) +
+                                 (rc == 1 ? ": no room in the KV cache; the streams running hold more cells than "
+                                            "it has" : "") + ")");
+    }
+    events.insert(events.end(), stopped.begin(), stopped.end());
 
     // 4. what each stream now holds; then a token for every slot whose logits are in
     for (int32_t i = 0; i < (int32_t) slots_.size(); ++i) {
         slot & sl = slots_[i];
-        if (sl.state == slot_state::free) {
+        if (sl.state != slot_state::prefill && sl.state != slot_state::running) {
             continue;
         }
         bool sampled_now = sl.n_active > 0;
@@ -644,6 +759,7 @@ std::vector<step_event> engine::step() {
                 const size_t from = st.cached.size();
                 st.cached.insert(st.cached.end(), st.prompt.begin() + from, st.prompt.begin() + from + queued[i][s]);
             }
+            sync_cells(st);
             sampled_now = sampled_now && queued[i][s] > 0 && st.row >= 0 &&
                           (sl.state == slot_state::running || st.cached.size() == st.prompt.size());
         }
@@ -667,8 +783,10 @@ std::vector<step_event> engine::step() {
         sl.next_token = ev.token;
         sl.state      = slot_state::running;
         sl.sampled_at = n_decode_calls_;
+        sl.n_sampled++;
         events.push_back(ev);
     }
+    publish_cells();
     return events;
 }
 
@@ -700,6 +818,7 @@ void engine::eval_logits(int32_t slot_index, const std::vector<llama_token> & pr
     }
     check_prompt(prompt_p, "prompt");
     check_prompt(prompt_b, "base_prompt");
+    check_fits({prompt_p, prompt_b}, sampling_params());
     if (n_tail_p < 1 || n_tail_p > (int32_t) prompt_p.size() || n_tail_b < 1 || n_tail_b > (int32_t) prompt_b.size()) {
         throw std::invalid_argument("n_tail must be between 1 and the prompt length");
     }
@@ -766,6 +885,7 @@ void engine::eval_logits(int32_t slot_index, const std::vector<llama_token> & pr
             for (int32_t s = 0; s < n_pass; ++s) {
                 stream & st = sl.streams[s];
                 st.cached.insert(st.cached.end(), prompts[s]->begin() + st.cached.size(), prompts[s]->begin() + next[s]);
+                sync_cells(st);
             }
             int32_t row = 0;
             for (int32_t i = 0; i < llama_batch_ref().n_tokens; ++i) {
@@ -781,6 +901,7 @@ void engine::eval_logits(int32_t slot_index, const std::vector<llama_token> & pr
         out_b = out_p;
     }
     sl.last_used = ++clock_;
+    publish_cells();
 }
 
 } // namespace linalign

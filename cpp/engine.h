@@ -10,11 +10,14 @@
 // flowing while a long prompt is ingested. After the decode each slot whose
 // logits are ready samples its next token with its own sampler chain.
 //
-// Each stream has a KV buffer of its own by default (see kv_unified), so a
-// request's logits do not depend on what else is cached or batched. B takes
-// the prefix it shares with P from P's cells instead of decoding it again. A
-// finished slot keeps its streams' tokens and KV: the next request that
-// shares a prefix with them prefills only the rest (the prompt cache).
+// By default the streams share one pool of KV cells (kv_unified): a prefix
+// two streams share is stored once, so a stream costs the cells it holds of
+// its own. B takes the prefix it shares with P from P's cells instead of
+// decoding it again. A finished slot keeps its streams' tokens and KV: the
+// next request that shares a prefix with them prefills only the rest (the
+// prompt cache). How the pool is shared out (admission, preemption) is the
+// "KV pool" section below; kv_unified false gives each stream a buffer of
+// its own instead, as in a context of its own.
 #pragma once
 
 #include "llama.h"
@@ -22,6 +25,7 @@
 #include "model.h"
 #include "sampling.h"
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstdint>
@@ -30,6 +34,16 @@
 #include <vector>
 
 namespace linalign {
+
+// How many tokens a and b start with alike.
+inline size_t common_prefix(const std::vector<llama_token> & a, const std::vector<llama_token> & b) {
+    const size_t n = std::min(a.size(), b.size());
+    size_t i = 0;
+    while (i < n && a[i] == b[i]) {
+        ++i;
+    }
+    return i;
+}
 
 struct engine_params {
     int32_t n_ctx           = 4096; // the most tokens one stream may hold (prompt + generated)
@@ -41,22 +55,34 @@ struct engine_params {
     // model), 0 off (llama-cpp-python's default, so logits match a plain
     // Llama), 1 on
     int32_t flash_attn      = LLAMA_FLASH_ATTN_TYPE_DISABLED;
-    // false: a KV buffer per stream, whose cell i holds position i, so each
-    // stream's logits are bit for bit those of a context of its own whatever
-    // else is cached or batched (llama.cpp's CPU kernels compute each row
-    // alone). true: one pool of cells; a shared prefix is stored once, but a
-    // stream's cells then lie where the pool had room, which moves its logits
-    // by rounding (up to ~0.5 on the default Q4_1 model).
-    bool    kv_unified      = false;
+    // true: one pool of cells for every stream; a shared prefix is stored
+    // once, but a stream's cells lie where the pool had room, which moves its
+    // logits by rounding (up to ~0.5 on the default Q4_1 model). false: a KV
+    // buffer per stream, whose cell i holds position i, so each stream's
+    // logits are bit for bit those of a context of its own whatever else is
+    // cached or batched (llama.cpp's CPU kernels compute each row alone), at
+    // n_ctx cells per stream of every slot.
+    bool    kv_unified      = true;
     // Streams a slot can hold: P and B, plus one per further principle a
-    // request may compose (each costs one stream's KV: n_ctx cells).
+    // request may compose (with a buffer per stream each costs n_ctx cells
+    // per slot; in the pool, only what it holds).
     int32_t n_streams       = 2;
-    // With kv_unified: the cells of the one pool (0: n_ctx per stream of
-    // every slot, the most the streams can hold). Fewer make streams that
-    // share a prefix (principle_position "end") cost what they hold, not
-    // what they could: a step that finds no room first frees the prompt
-    // caches of idle slots, then fails.
+    // With kv_unified: the cells of the one pool, in [n_ctx, n_ctx x
+    // n_streams x n_slots]. 0: n_ctx per slot, what a plain context of n_ctx
+    // allocates for each slot (llama.cpp rounds it up to a multiple of 256,
+    // as it does a plain context's). A chat whose streams share its history
+    // (principle_position "end") then holds and allocates what plain
+    // decoding does; streams that share little get less room than n_ctx
+    // each (see "KV pool" below).
     int32_t n_cells         = 0;
+    // With kv_unified: tokens per stream that admission keeps free for a
+    // request's answer, beyond its prompts' cells (fewer when it asks for
+    // fewer or its context has less room). Reserving all it may generate (a
+    // chat's default is the rest of the context) would cost what a buffer per
+    // stream costs; a request that grows past its reserve while the pool is
+    // full is preempted, not failed. More: fewer preemptions, fewer requests
+    // at once.
+    int32_t reserve_tokens  = 256;
 };
 
 enum stream_id : int { STREAM_P = 0, STREAM_B = 1 };
@@ -75,12 +101,13 @@ struct prefill_stats {
 // What a step produced for one slot.
 struct step_event {
     int32_t     slot  = -1;
-    llama_token token = -1;    // the token sampled, or -1 when the slot's context is full
+    llama_token token = -1;    // the token sampled, or -1 when the slot's context (or, alone, the pool) is full
     std::string error;         // set when this slot's sampler chain failed (the slot stays busy)
     // the step size each principled stream was applied at (P first), and
     // the (stream, token) pairs whose boost the echo guard dropped
     std::vector<float>                  ratios;
     std::vector<linear_alignment_guard> guarded;
+    bool        preempted = false; // the pool was full: the slot's cells were freed and it waits to resume
 };
 
 class engine {
@@ -112,17 +139,79 @@ public:
     // Starts a request in a free slot: keeps the longest cached prefix of each
     // stream (none when cache_prompt is false) and queues the rest for
     // prefill by step(). prompts: P, B, then one per params.extra_ratios.
+    // max_tokens: the most tokens it will sample (<= 0: up to n_ctx), which
+    // sizes its reserve. Without room_for() it waits in its slot, holding no
+    // more than its kept prefix, and a later step() starts it (see "KV pool").
     // Throws std::invalid_argument for a busy slot, a prompt count that does
     // not match the parameters or the slot, empty or too-long prompts, bad
-    // token ids or bad sampling parameters.
-    prefill_stats start(int32_t slot, const prompt_list & prompts, const sampling_params & params, bool cache_prompt);
+    // token ids, bad sampling parameters, or prompts whose cells alone do not
+    // fit the pool (check_fits).
+    prefill_stats start(int32_t slot, const prompt_list & prompts, const sampling_params & params, bool cache_prompt,
+                        int32_t max_tokens = 0);
+
+    // ---- KV pool --------------------------------------------------------
+    //
+    // Cells. The engine counts the cells its streams hold as llama.cpp's
+    // unified cache does (0.3.36 has no public query): every cached position
+    // of every stream is a cell, except that a range a stream takes from
+    // another's cells (take_shared_prefix: llama_memory_seq_cp in the pool)
+    // is the same cells, counted once, until either stream drops them. Each
+    // stream keeps the id of the cell under each of its positions
+    // (stream::cells); a cell is free again when no stream holds its id.
+    // Streams share cells only within a slot. With a buffer per stream
+    // nothing is shared and a stream holds one cell per cached token.
+    //
+    // Admission (room_for). A request's cells are what its streams will hold
+    // once its prompts are in: the prefix each keeps from the slot's cache,
+    // a shared prefix once, plus the rest of each prompt; plus, in the same
+    // slot, what its unused streams still cache. Its reserve is
+    // min(max_tokens, reserve_tokens, room left in its context) per stream it
+    // decodes. Busy slots are committed to their cells once prefilled and
+    // what is left of their reserves (a reserve shrinks as the answer grows);
+    // waiting slots to what they need to start. A request has room when its
+    // cells and reserve (at most the whole pool) fit beside all that. Idle
+    // slots' prompt caches do not count: a step frees them when it needs
+    // their cells. Prompts whose cells alone exceed the pool never fit
+    // (check_fits throws).
+    //
+    // Preemption. When a step's llama_decode finds no room it frees, one at
+    // a time: the least recently used idle slot's cache; the caches of
+    // streams that busy slots hold but do not decode (and waiting slots'
+    // kept prefixes); then the newest request (started last) is preempted
+    // (recompute preemption, as vLLM's): its cells are freed, each of its
+    // streams' prompt becomes what it held plus its last sampled token, and
+    // it waits in its slot with its sampler chain (penalty history, grammar
+    // state, RNG) untouched. When it has room again (waiting slots start
+    // oldest first, and before any request that does not fit beside them),
+    // step() prefills those prompts and samples its next token from the
+    // same chain, as the step it lost would have. A request alone in a pool
+    // it fills ends with token -1, as at a full context.
+    //
+    // Whether the pool has room now for a request in a free slot (always,
+    // with a buffer per stream).
+    bool room_for(int32_t slot, const prompt_list & prompts, const sampling_params & params, bool cache_prompt,
+                  int32_t max_tokens = 0) const;
+    // Throws std::invalid_argument when the prompts' cells alone (an empty
+    // cache, a shared prefix once) exceed the pool. Reads nothing that a
+    // step changes: safe beside one, on another thread.
+    void check_fits(const prompt_list & prompts, const sampling_params & params) const;
+    // The cells the prompts' streams hold once prefilled in an empty slot.
+    int64_t cells_alone(const prompt_list & prompts, const sampling_params & params) const;
+    bool    waiting(int32_t slot) const { return slot_at(slot).state == slot_state::waiting; }
+    // Published after every change, atomically: /health reads them while
+    // another thread decodes.
+    int64_t n_cells_total() const { return n_cells_total_; }       // the pool, or every stream's buffer
+    int64_t n_cells_used() const { return n_cells_used_pub_; }     // held by every stream, a shared cell once
+    int64_t n_cells_idle() const { return n_cells_idle_pub_; }     // of those, held by free slots' prompt caches
+    int64_t n_preemptions() const { return n_preemptions_; }
+    int32_t n_waiting() const { return n_waiting_pub_; }           // slots waiting for room (preempted or not yet started)
 
     // One llama_decode over every busy slot, then a sample for each slot whose
     // prompt is in. Returns nothing when no slot has work.
     std::vector<step_event> step();
 
-    // Frees a slot (finished or cancelled). Its KV stays as a prompt cache;
-    // the token it sampled last is not decoded.
+    // Frees a slot (finished, cancelled, or waiting). Its KV stays as a prompt
+    // cache; the token it sampled last is not decoded.
     void finish(int32_t slot);
 
     // The next-token logits of a slot's stream after the step that sampled
@@ -143,6 +232,7 @@ public:
     int32_t n_slots() const { return params_.n_slots; }
     int32_t n_batch() const { return params_.n_batch; }
     int32_t n_streams() const { return params_.n_streams; }
+    const engine_params & params() const { return params_; }
     bool    busy(int32_t slot) const { return slot_at(slot).state != slot_state::free; }
     int32_t n_busy() const;
     int32_t n_past(int32_t slot, int32_t stream) const { return (int32_t) slot_at(slot).streams[check_stream(stream)].cached.size(); }
@@ -157,11 +247,12 @@ public:
     const model & get_model() const { return *model_; }
 
 private:
-    enum class slot_state { free, prefill, running };
+    enum class slot_state { free, waiting, prefill, running };
 
     struct stream {
         llama_seq_id             seq = 0;
         std::vector<llama_token> cached;       // tokens in the KV cache, position i at index i
+        std::vector<uint32_t>    cells;        // the id of the cell under each cached position (see "KV pool")
         std::vector<llama_token> prompt;       // what the request wants it to hold before sampling
         // the prefix of its prompt it takes from another stream's cells once
         // that stream holds them: copy_upto tokens from stream copy_src
@@ -181,7 +272,24 @@ private:
         uint64_t                       started = 0;       // order of start(): older prefills go first
         uint64_t                       last_used = 0;
         int64_t                        sampled_at = -1;   // the decode call whose logits it sampled from
+        // the KV pool (see above)
+        int64_t                        n_cells = 0;       // cells its streams hold, a shared one once
+        int64_t                        reserve = 0;       // cells admission kept for its answer, all streams
+        int32_t                        n_sampled = 0;     // tokens sampled so far
+        int32_t                        n_preempted = 0;   // times preempted (its stats are of its first prefill)
+        bool                           pool_full = false; // alone, it filled the pool: it ends as at a full context
     };
+
+    // A prefix one stream (the taker) takes from another's cells: the
+    // taker's positions [from, upto) are the donor's.
+    struct shared_prefix {
+        int32_t taker = 0;
+        int32_t donor = 0;
+        int32_t from = 0;      // what the taker holds already
+        int32_t upto = 0;
+        int32_t donor_has = 0; // of [0, upto), what the donor holds already
+    };
+    using prompt_refs = std::vector<const std::vector<llama_token> *>;
 
     void require_open() const;
     const slot & slot_at(int32_t i) const;
@@ -195,6 +303,30 @@ private:
     void add_prefill(slot & sl, int32_t & budget, std::vector<int32_t> & queued);
     void forget_all_cached();
     bool free_idle_caches();
+    int32_t active_streams(const prompt_list & prompts, const sampling_params & params) const;
+    bool at_end(const slot & sl) const;
+    std::vector<shared_prefix> plan_shared_prefixes(const prompt_refs & prompts, const std::vector<int32_t> & n_cached) const;
+    void begin_prefill(slot & sl);
+    void begin_prefill_stats(slot & sl);
+    bool build_batch(std::vector<std::vector<int32_t>> & queued, std::vector<step_event> & stopped);
+
+    // the KV pool (kv_pool.cpp)
+    uint32_t new_cell(slot & sl);
+    void release_cell(slot & sl, uint32_t id);
+    void sync_cells(stream & st);
+    void share_cells(const stream & donor, stream & taker, int32_t from);
+    slot & slot_of(const stream & st) { return slots_[st.seq / params_.n_streams]; }
+    int64_t cells_once_prefilled(const slot & sl, const prompt_refs & prompts, const std::vector<int32_t> & kept) const;
+    int64_t reserve_left(const slot & sl) const;
+    int64_t committed(const slot & sl) const;
+    int64_t committed_by_others(const slot * except) const;
+    void start_waiting();
+    bool make_room(std::vector<step_event> & events);
+    bool free_lru_idle_cache();
+    bool drop_unused_caches();
+    void preempt(slot & sl);
+    void publish_cells();
+    int64_t n_cells_free() const;
     llama_batch & llama_batch_ref() { return batch_.get(); }
     void run_decode(const char * what);
     const float * logits_at(int32_t batch_index) const;
@@ -209,6 +341,14 @@ private:
     // atomic: the server's /health reads both while another thread decodes
     std::atomic<int64_t>   n_decode_calls_{0};
     std::atomic<int64_t>   n_forward_passes_{0};  // written by llama.cpp's eval callback
+    // the KV pool: each cell id's holders (0: free, its id in free_cells_)
+    int64_t                n_cells_total_ = 0;
+    std::vector<int32_t>   cell_refs_;
+    std::vector<uint32_t>  free_cells_;
+    std::atomic<int64_t>   n_cells_used_pub_{0};
+    std::atomic<int64_t>   n_cells_idle_pub_{0};
+    std::atomic<int32_t>   n_waiting_pub_{0};
+    std::atomic<int64_t>   n_preemptions_{0};
 };
 
 } // namespace linalign

@@ -26,8 +26,11 @@ GREEDY = dict(temperature=0, max_tokens=16, seed=1)
 
 @pytest.fixture(scope="module")
 def exact(model_path):
-    """No prompt cache: a repeated prompt is decoded again exactly as the first time."""
-    with linalign.Aligner(model_path, n_ctx=512, n_threads=2, cache_prompt=False, max_principles=4) as a:
+    """No prompt cache, and a KV buffer per stream (in the pool cells lie
+    where it has room): a repeated prompt is decoded again exactly as the
+    first time."""
+    with linalign.Aligner(model_path, n_ctx=512, n_threads=2, cache_prompt=False, max_principles=4,
+                          kv_unified=False) as a:
         yield a
 
 

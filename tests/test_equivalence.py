@@ -14,6 +14,15 @@ from reference import combine, greedy_reference
 
 GREEDY = {"temperature": 0.0, "top_k": 40, "repeat_penalty": 1.0}
 
+@pytest.fixture(scope="module")
+def aligner(model_path):
+    """A KV buffer per stream: each stream laid out as in a context of its
+    own, as the references are (the pool places cells where it has room)."""
+    with linalign.Aligner(model_path, n_ctx=1024, n_threads=2, seed=0, kv_unified=False,
+                          n_gpu_layers=N_GPU_LAYERS) as a:
+        yield a
+
+
 # Equality with separate contexts holds bit for bit only where llama.cpp's
 # kernels compute a stream's rows the same way whatever else is in the batch
 # (x86-64 without AVX-512 here); AVX-512 CPUs and CUDA pick other kernels for

@@ -15,7 +15,8 @@ from conftest import (CHAT_PAIRS, N_GPU_LAYERS, assert_same_greedy_decoding, ass
 
 @pytest.fixture(scope="module")
 def fa_aligner(model_path):
-    with linalign.Aligner(model_path, n_ctx=1024, n_parallel=4, n_batch=256, n_threads=2, seed=0,
+    # a KV buffer per stream: each stream a context of its own, as fa_llamas are
+    with linalign.Aligner(model_path, n_ctx=1024, n_parallel=4, n_batch=256, n_threads=2, seed=0, kv_unified=False,
                           n_gpu_layers=N_GPU_LAYERS, flash_attn="auto") as a:
         yield a
 

@@ -133,17 +133,19 @@ def test_control_token_text_in_a_principle_is_text(aligner) -> None:
 
 def test_a_unified_pool_of_one_stream_serves_an_end_chat(model_path) -> None:
     """With the principle at the end the streams share their cells: a pool
-    of n_ctx cells (one plain stream's) holds both; streams that share
-    little overflow it with a clear error, and the Aligner goes on."""
+    of n_ctx cells (one plain stream's, the default) holds both; streams
+    that share little and do not fit are refused before they start with a
+    clear error, and the Aligner goes on."""
     long_user = "Tell me about the sea. " * 45
-    with linalign.Aligner(model_path, n_ctx=512, n_threads=2, kv_unified=True, kv_cells=512) as a:
+    with linalign.Aligner(model_path, n_ctx=512, n_threads=2) as a:
+        assert a.engine.n_cells_total == 512
         history = [{"role": "user", "content": long_user}]
         request = a.chat_request(history, principle=PIRATE, principle_position="end")
         assert 2 * len(request.prompt) > 512  # two separate copies would not fit
         out = a.create_chat_completion(history, principle=PIRATE, principle_position="end", max_tokens=8,
                                        temperature=0)
         assert out["usage"]["completion_tokens"] >= 1
-        with pytest.raises(RuntimeError, match="no room in the KV cache"):
+        with pytest.raises(ValueError, match="more than the KV pool's 512"):
             a.create_chat_completion([{"role": "user", "content": long_user}],
                                      principle="The user is a child. " * 20, max_tokens=8)
         again = a.create_chat_completion(history, principle=PIRATE, principle_position="end", max_tokens=8,
@@ -152,7 +154,7 @@ def test_a_unified_pool_of_one_stream_serves_an_end_chat(model_path) -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    (dict(kv_cells=600), "kv_unified=True"),
+    (dict(kv_cells=600, kv_unified=False), "kv_unified=True"),
     (dict(kv_cells=100, kv_unified=True), r"kv_cells .* = \[512, 1024\], got 100"),
     (dict(kv_cells=5000, kv_unified=True), r"= \[512, 1024\], got 5000"),
 ])

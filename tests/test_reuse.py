@@ -2,6 +2,12 @@
 tokens; a prefix both streams share is decoded once."""
 from __future__ import annotations
 
+import pytest
+
+import linalign
+
+from conftest import N_GPU_LAYERS
+
 PRINCIPLE = "Always answer like a pirate."
 
 
@@ -61,13 +67,30 @@ def test_long_shared_prefix_is_decoded_once(aligner):
     assert stats["reused"] == (n_p - 1, n_b - 1)
 
 
-def test_short_shared_prefix_is_decoded_in_the_one_batch(aligner):
+@pytest.fixture(scope="module")
+def per_stream(model_path):
+    with linalign.Aligner(model_path, n_ctx=256, n_threads=2, kv_unified=False, n_gpu_layers=N_GPU_LAYERS) as a:
+        yield a
+
+
+def test_short_shared_prefix_is_decoded_in_the_one_batch(per_stream):
+    """With a KV buffer per stream, where taking a prefix copies a buffer."""
+    aligner = per_stream
     aligner.reset()
     calls = aligner.engine.n_decode_calls
     _, stats = prefill_of(aligner, aligner.completion_request("Common start. Principle: be brief. Question?",
                                                               "Common start. Question?", max_tokens=1))
     assert stats["shared"] == 0  # a copy of a stream's buffer costs more than these few tokens
     assert aligner.engine.n_decode_calls - calls == 1  # both prompts in one llama_decode
+
+
+def test_in_the_pool_any_shared_prefix_is_taken_from_the_other_streams_cells(aligner):
+    """In the pool taking a prefix copies nothing: B takes even a few
+    tokens from P's cells (one step for P's shared part, one for the rest)."""
+    aligner.reset()
+    _, stats = prefill_of(aligner, aligner.completion_request("Common start. Principle: be brief. Question?",
+                                                              "Common start. Question?", max_tokens=1))
+    assert 0 < stats["shared"] < 8
 
 
 def test_identical_prompts_repeat_reuses_everything_but_last(aligner):

@@ -65,7 +65,9 @@ class Aligner:
         4096, or the Llama's when ``llama`` is given.
     n_parallel
         Requests decoded at once, in one batched forward per step. With
-        every slot busy a new call supersedes the oldest stream.
+        every slot busy a new call supersedes the oldest stream; with a slot
+        free but the KV pool short of room, it waits in that slot for the
+        others' cells (reading any stream steps them all).
     n_batch
         Tokens per step: one per running stream, the rest for prompt chunks.
     n_gpu_layers
@@ -80,8 +82,12 @@ class Aligner:
         conversation prefills only its new tokens (reported in
         ``usage.prompt_tokens_details.cached_tokens``).
     kv_unified
-        One pool of KV cells for all streams instead of a buffer per stream
-        (see :class:`~linalign.engine.BatchedEngine`).
+        True (the default): one pool of KV cells for all streams, where a
+        prefix the streams share is stored once, so an aligned chat with
+        ``principle_position="end"`` holds what plain decoding holds; logits
+        move by rounding with where cells lie. False: a buffer of ``n_ctx``
+        cells per stream of every slot, each stream's logits exactly those
+        of a context of its own (see :class:`~linalign.engine.BatchedEngine`).
     flash_attn
         Flash attention: False (the default, as in llama_cpp.Llama, so logits
         match a plain Llama's), True, or "auto" (on where the backend runs it
@@ -89,14 +95,23 @@ class Aligner:
         many short streams cheaper and one over a long history dearer
         (docs/serving.md).
     kv_cells
-        With ``kv_unified=True``, the KV pool's size in cells (default
-        ``n_ctx`` per stream of every slot). With the principle at the end
-        (``principle_position="end"``) the streams share the conversation's
-        cells, so a pool of little more than ``n_ctx`` serves a long chat; a
-        step that finds no room fails with RuntimeError.
+        The KV pool's size in cells (default ``n_ctx * n_parallel``, what
+        plain decoding allocates; llama.cpp rounds it up to a multiple of
+        256). With the principle at the end (``principle_position="end"``)
+        the streams share the conversation's cells, so it serves a chat as
+        long as plain decoding's; with ``"system"`` each stream holds the
+        history of its own. A request whose prompts alone hold more cells than
+        the pool is a ValueError; one that outgrows the pool beside others is
+        preempted and resumes when they are done (its text only pauses); one
+        that fills it alone ends with ``finish_reason`` ``"length"``.
+    kv_reserve
+        Tokens per stream the pool keeps free for a request's answer when it
+        starts (default 256, at most its ``max_tokens``): more means fewer
+        preemptions and fewer requests at once.
     max_principles
-        Principles one request may compose (each is one more stream's KV
-        cache per slot). ``None``: one to start with, and the context is made
+        Principles one request may compose (with a buffer per stream each is
+        one more stream's KV cache per slot; in the pool, a stream costs only
+        what it holds). ``None``: one to start with, and the context is made
         again with room for more when a request asks for them while nothing
         runs (its prompt cache is lost then); an integer fixes it, and a
         request composing more is a ValueError.
@@ -117,10 +132,11 @@ class Aligner:
         n_threads_batch: int | None = None,
         seed: int | None = None,
         cache_prompt: bool = True,
-        kv_unified: bool = False,
+        kv_unified: bool = True,
         flash_attn: bool | str = False,
         max_principles: int | None = None,
         kv_cells: int | None = None,
+        kv_reserve: int = 256,
         verbose: bool = False,
     ) -> None:
         self._engine: BatchedEngine | None = None
@@ -144,6 +160,7 @@ class Aligner:
             _integer("kv_cells", kv_cells, low=8, high=2**28)
             if not kv_unified:
                 raise ValueError("kv_cells sizes the unified KV pool: pass kv_unified=True with it")
+        _integer("kv_reserve", kv_reserve, low=0, high=2**24)
         self._grow_streams = max_principles is None
         set_verbose(verbose)  # llama.cpp's log level, as llama_cpp.Llama sets it
 
@@ -171,7 +188,8 @@ class Aligner:
         threads = n_threads or physical_cores()
         self._engine_kwargs = dict(n_ctx=self.n_ctx, n_slots=n_parallel, n_batch=n_batch, n_threads=threads,
                                    n_threads_batch=n_threads_batch or threads, flash_attn=flash_attn,
-                                   kv_unified=kv_unified, cache_prompt=cache_prompt, seed=seed, kv_cells=kv_cells)
+                                   kv_unified=kv_unified, cache_prompt=cache_prompt, seed=seed, kv_cells=kv_cells,
+                                   kv_reserve=min(kv_reserve, self.n_ctx))
         self._engine = self._make_engine(1 + (max_principles or 1))
         self._renderer = ChatRenderer(
             self._model.chat_template(),
@@ -422,10 +440,11 @@ class Aligner:
 
     def submit(self, request: GenerationRequest) -> Generation:
         """Starts a request in a slot (superseding the oldest stream when all
-        are busy) and returns it; :meth:`deltas` reads its text."""
+        are busy; waiting in its slot while the KV pool is short of room for
+        it) and returns it; :meth:`deltas` reads its text."""
         engine = self._require_open()
         with engine.lock:
-            while (gen := engine.submit(request)) is None:
+            while (gen := engine.submit(request, wait=True)) is None:
                 engine.abandon(engine.oldest(), GenerationSuperseded(
                     "another call on this Aligner needed the slot; this stream was abandoned"))
         return gen

@@ -4,7 +4,13 @@ step that advances all of them in one llama_decode.
 Whoever drives it calls :meth:`step` (the Aligner from the thread that reads
 a stream, the server from its one scheduler thread); every call decodes the
 next token of every running request and a chunk of every pending prefill,
-and hands each request its text. All methods are thread-safe: one lock
+and hands each request its text.
+
+By default every stream's KV lives in one pool of cells, where a prefix the
+streams share is stored once. A request starts when the pool has room for
+its prompts and a reserve for its answer (:meth:`submit`); one that grows
+past the room left is preempted and resumes by itself, its text only paused
+(``cpp/engine.h``, "KV pool"). All methods are thread-safe: one lock
 guards the context, and the native step releases the GIL, not the lock.
 What a server's event loop reads while a step runs (:attr:`n_busy`,
 :attr:`n_free`, the counters) takes no lock, so it never waits for a decode.
@@ -49,8 +55,7 @@ class BatchedEngine:
     n_ctx
         The most tokens one stream (prompt and completion) may hold.
     n_slots
-        Requests decoded at once; the KV cache holds
-        ``n_streams * n_slots * n_ctx`` cells.
+        Requests decoded at once.
     n_streams
         Streams a slot can hold: 2 (P and B) plus one per further principle a
         request may compose (at most 1 + linalign.principles.MAX_PRINCIPLES).
@@ -60,14 +65,20 @@ class BatchedEngine:
         False (off, as in llama_cpp.Llama: logits match a plain Llama's),
         True, or "auto" (on where the backend runs it for this model).
     kv_unified
-        One pool of KV cells for every stream (a shared prefix stored once)
-        instead of a buffer per stream (each stream's logits exactly those of
-        a context of its own, whatever else runs); see ``cpp/engine.h``.
+        True (the default): one pool of KV cells for every stream, where a
+        prefix streams share is stored once and a stream costs what it holds
+        of its own; its logits move by rounding with where its cells lie.
+        False: a buffer of ``n_ctx`` cells per stream of every slot, each
+        stream's logits exactly those of a context of its own, whatever else
+        runs (see ``cpp/engine.h``).
     kv_cells
-        With ``kv_unified``: the pool's cells (default: ``n_ctx`` per stream
-        of every slot). Fewer let streams that share a prefix cost what they
-        hold; a step with no room left frees idle slots' prompt caches, then
-        fails its requests with RuntimeError.
+        With ``kv_unified``: the pool's cells (default ``n_ctx * n_slots``,
+        what plain decoding allocates per slot; llama.cpp rounds it up to a
+        multiple of 256).
+    kv_reserve
+        With ``kv_unified``: tokens per stream that admission keeps free for
+        a request's answer beyond its prompts (at most its ``max_tokens``).
+        More means fewer preemptions and fewer requests at once.
     cache_prompt
         Keep each slot's KV after a request, so that the next request sharing
         a prefix with it prefills only the rest.
@@ -76,13 +87,13 @@ class BatchedEngine:
     """
 
     def __init__(self, model: Any, *, n_ctx: int, n_slots: int = 1, n_batch: int = 512, n_threads: int = 0,
-                 n_threads_batch: int = 0, flash_attn: bool | str = False, kv_unified: bool = False,
+                 n_threads_batch: int = 0, flash_attn: bool | str = False, kv_unified: bool = True,
                  cache_prompt: bool = True, seed: int | None = None, n_streams: int = 2,
-                 kv_cells: int | None = None) -> None:
+                 kv_cells: int | None = None, kv_reserve: int = 256) -> None:
         self._model = model
         self._native = _core.Engine(model, n_ctx, n_slots, n_batch, n_threads, n_threads_batch,
                                     flash_attn_type(flash_attn), kv_unified,
-                                    n_streams, kv_cells or 0)
+                                    n_streams, kv_cells or 0, kv_reserve)
         self.n_streams = n_streams
         self.lock = threading.RLock()
         self.n_ctx = n_ctx
@@ -92,6 +103,7 @@ class BatchedEngine:
         self._seed = seed
         self._active: dict[int, Generation] = {}   # slot -> its request
         self._submitted = 0
+        self._stats_pending: set[int] = set()  # ids of requests that waited for room before their prefill
         self._closed_reason = "the engine was closed"
 
     # -- lifetime -----------------------------------------------------------
@@ -172,19 +184,27 @@ class BatchedEngine:
         params = options.to_native(self._seed)
         params.extra_ratios = list(request.extra_ratios)
         params.validate()
+        # reads only what the engine was made with: safe beside a decode
+        self._native.check_fits(request.prompts, params)
         if options.grammar:
             # parses the grammar (the vocabulary is only read: safe beside a decode)
             _core.SamplerChain(params, self._model)
 
     def submit(self, request: GenerationRequest, *, notify: Callable[[], None] | None = None,
-               slot: int | None = None) -> Generation | None:
+               slot: int | None = None, wait: bool = False) -> Generation | None:
         """Starts a request in the free slot with the longest cached prefix
         (or in ``slot``, which must be free: for probes of slot placement).
 
-        Returns None when every slot is busy. Bad input (empty or over-long
-        prompts, token ids outside the vocabulary, a grammar that does not
-        parse, sampling values out of range, logprobs with a grammar) raises
-        ValueError here.
+        Returns None when every slot is busy, and when the KV pool has no
+        room now for the request's prompts and the reserve for its answer
+        (``min(max_tokens, 256)`` tokens per stream it decodes) beside what
+        the running requests hold and have reserved (idle slots' prompt
+        caches count as free); a server keeps it queued. With ``wait`` it
+        takes the slot instead and starts by itself once a step finds room:
+        the Aligner, which has no queue, waits so. Bad input (empty or
+        over-long prompts, prompts whose cells alone exceed the pool, token
+        ids outside the vocabulary, a grammar that does not parse, sampling
+        values out of range, logprobs with a grammar) raises ValueError here.
         """
         options = request.options
         check_logprobs_request(request.want_logprobs, options)
@@ -204,16 +224,25 @@ class BatchedEngine:
                     return None
             elif not 0 <= slot < self.n_slots or self._native.busy(slot):
                 raise ValueError(f"slot {slot} is not a free slot of this engine ({self.n_slots} slots)")
-            stats = self._native.start(slot, prompts, params, self.cache_prompt)
+            if not wait and not self._native.room_for(slot, prompts, params, self.cache_prompt, gen.limit):
+                self._native.check_fits(prompts, params)  # never fits: ValueError, not a wait
+                return None
+            stats = self._native.start(slot, prompts, params, self.cache_prompt, gen.limit)
             gen.slot = slot
             self._submitted += 1
             gen.order = self._submitted
-            # P's prompt tokens not computed: its own cache, and what it takes from B's
-            gen.cached_tokens = stats.cached[0]
-            gen.prefill = {"reused": stats.reused, "decoded": stats.decoded, "shared": stats.shared,
-                           "cached": stats.cached}
+            self._set_prefill(gen, stats)
+            if self._native.waiting(slot):
+                self._stats_pending.add(id(gen))  # its prefill stats come when it starts
             self._active[slot] = gen
         return gen
+
+    @staticmethod
+    def _set_prefill(gen: Generation, stats: Any) -> None:
+        # P's prompt tokens not computed: its own cache, and what it takes from B's
+        gen.cached_tokens = stats.cached[0]
+        gen.prefill = {"reused": stats.reused, "decoded": stats.decoded, "shared": stats.shared,
+                       "cached": stats.cached}
 
     def oldest(self) -> Generation | None:
         """The request that has held its slot longest."""
@@ -253,6 +282,11 @@ class BatchedEngine:
                 gen = self._active.get(event.slot)
                 if gen is None:
                     continue
+                if event.preempted:
+                    # its cells went to older requests; it keeps its slot, its
+                    # text and its sampler, and resumes when there is room
+                    gen.preemptions += 1
+                    continue
                 try:
                     self._on_token(gen, event)
                 except Exception as e:  # noqa: BLE001 - a callback's error fails its own request only
@@ -265,10 +299,13 @@ class BatchedEngine:
                         self._notify(gen)
                     except Exception:  # noqa: BLE001 - its consumer learns of the error when it next looks
                         pass
-            return len(events)
+            return sum(not event.preempted for event in events)
 
     def _on_token(self, gen: Generation, event: Any) -> None:
         model = self._model
+        if id(gen) in self._stats_pending:
+            self._stats_pending.discard(id(gen))
+            self._set_prefill(gen, self._native.last_prefill(gen.slot))
         if event.error:
             self._release(gen)
             gen._finish(None, RuntimeError(f"sampling failed: {event.error}"))
@@ -312,6 +349,7 @@ class BatchedEngine:
                                      ratios=gen.last_ratios, guarded=gen.last_guarded)
 
     def _release(self, gen: Generation) -> None:
+        self._stats_pending.discard(id(gen))
         if gen.slot >= 0 and self._active.get(gen.slot) is gen:
             del self._active[gen.slot]
             if not self._native.closed:
@@ -333,10 +371,46 @@ class BatchedEngine:
     def n_forward_passes(self) -> int:
         """Forward passes llama.cpp ran so far (its ubatches). A step is one
         where llama.cpp keeps its batch whole: with a KV buffer per stream
-        (the default) it splits at a gap in the running streams' sequence
-        ids and where a prompt chunk shares the step with one-token decodes
-        (docs/serving.md)."""
+        (``kv_unified=False``) it splits at a gap in the running streams'
+        sequence ids and where a prompt chunk shares the step with one-token
+        decodes (docs/serving.md)."""
         return self._native.n_forward_passes
+
+    # -- the KV pool (no lock: the engine publishes them atomically) ---------
+
+    @property
+    def n_cells_total(self) -> int:
+        """KV cells of the context: the pool, or every stream's buffer."""
+        return self._native.n_cells_total
+
+    @property
+    def n_cells_used(self) -> int:
+        """KV cells the streams hold, a cell that streams share counted once."""
+        return self._native.n_cells_used
+
+    @property
+    def n_cells_idle(self) -> int:
+        """Of those, the cells held by idle slots' prompt caches (a step
+        frees them, least recently used first, when it needs room)."""
+        return self._native.n_cells_idle
+
+    @property
+    def n_waiting(self) -> int:
+        """Requests holding a slot while they wait for room in the pool
+        (preempted, or submitted with ``wait``)."""
+        return self._native.n_waiting
+
+    @property
+    def n_preemptions(self) -> int:
+        """Requests preempted so far because the pool was full."""
+        return self._native.n_preemptions
+
+    def cells_alone(self, request: GenerationRequest) -> int:
+        """The KV cells ``request``'s streams hold once its prompts are in,
+        in an empty slot (a prefix they share counted once)."""
+        params = request.options.to_native(self._seed)
+        params.extra_ratios = list(request.extra_ratios)
+        return self._native.cells_alone(request.prompts, params)
 
     def logits(self, gen: Generation, stream: int = 0):
         """The logits ``gen``'s stream (0: P, 1: B, 2...: further principled

@@ -96,6 +96,7 @@ class Generation:
     _ratio_sums: list[float] = field(default_factory=list)
     _steered_tokens: int = 0
     _guarded_tokens: int = 0
+    preemptions: int = 0        # times the KV pool was full and it gave its cells up (it resumed each time)
     finish_reason: str | None = None
     error: BaseException | None = None
     tokens: list[int] = field(default_factory=list)

@@ -173,10 +173,18 @@ def create_app(aligner: Aligner, scheduler: Scheduler, *, model_id: str, api_key
     @app.get("/health")
     async def health() -> dict[str, Any]:
         engine = scheduler.engine
-        # decode_calls: engine steps; forward_passes: the graphs llama.cpp ran for them
+        # decode_calls: engine steps; forward_passes: the graphs llama.cpp ran
+        # for them. kv_cells_used counts a cell streams share once, and
+        # includes kv_cells_idle, the idle slots' prompt caches (freed when a
+        # request needs room); waiting: requests holding a slot until the pool
+        # has room (preempted ones, which resume before anything queued)
         return {"status": "ok", "slots_total": scheduler.total, "slots_idle": scheduler.idle,
                 "queued": scheduler.queued, "decode_calls": engine.n_decode_calls,
-                "forward_passes": engine.n_forward_passes}
+                "forward_passes": engine.n_forward_passes,
+                "kv_layout": "pool" if engine.kv_unified else "per-stream",
+                "kv_cells_total": engine.n_cells_total, "kv_cells_used": engine.n_cells_used,
+                "kv_cells_idle": engine.n_cells_idle, "waiting": engine.n_waiting,
+                "preemptions": engine.n_preemptions}
 
     @app.get("/", response_class=HTMLResponse)
     async def playground() -> HTMLResponse:

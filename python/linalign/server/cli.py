@@ -3,7 +3,8 @@
     linalign serve [--model PATH] [--host 127.0.0.1] [--port 8000] [--n-ctx N]
                    [--parallel N] [--queue N] [--threads N] [--threads-batch N]
                    [--n-batch N] [--flash-attn auto|on|off] [--[no-]cache-prompt] [--n-gpu-layers N]
-                   [--api-key KEY] [--preset NAME=PRINCIPLE[:RATIO]]...
+                   [--kv-layout pool|per-stream] [--[no-]kv-unified] [--kv-cells N] [--kv-reserve N]
+                   [--max-principles K] [--api-key KEY] [--preset NAME=PRINCIPLE[:RATIO]]...
                    [--presets FILE]...
 
 A bad preset (flag or file) is reported on stderr, naming where it is, and
@@ -36,8 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--n-ctx", type=int, default=4096,
                    help="the most tokens one stream of a request may hold, prompt and answer (default 4096). "
-                        "Each slot has two streams (principled and plain), so the one context holds "
-                        "2 x --parallel x --n-ctx KV cells; a prefix the streams share is stored once.")
+                        "The KV pool holds --parallel x --n-ctx cells by default (see --kv-layout)")
     p.add_argument("--parallel", type=int, default=1,
                    help="slots: requests decoded at once, all in one batched forward per step (default 1)")
     p.add_argument("--queue", type=int, default=16, help="requests that may wait for a slot; more get 503 (default 16)")
@@ -63,17 +63,55 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--presets", action="append", default=[], metavar="FILE",
                    help="presets from a JSON or TOML file: NAME = principle, or a table with principle, ratio "
                         "and sampling defaults (temperature, top_p, top_k, min_p, repeat_penalty, ...); repeatable")
-    p.add_argument("--kv-unified", action="store_true",
-                   help="one pool of KV cells for every stream: a prefix streams share (principle_position end) "
-                        "is stored once; logits then move by rounding with where cells lie (docs/serving.md)")
+    p.add_argument("--kv-layout", choices=["pool", "per-stream"], default=None,
+                   help="pool (default): one pool of KV cells for every stream, where a prefix the streams "
+                        "share (principle_position end: the whole history) is stored once, a request starts "
+                        "when its prompts' cells and a reserve for its answer fit, and one that outgrows the "
+                        "pool is preempted and resumes, never failed; logits move by rounding with where "
+                        "cells lie. per-stream: a buffer of --n-ctx cells per stream of every slot, each "
+                        "stream's logits those of a context of its own (docs/serving.md)")
+    p.add_argument("--kv-unified", action=argparse.BooleanOptionalAction, default=None,
+                   help="--kv-unified is --kv-layout pool, --no-kv-unified is --kv-layout per-stream")
     p.add_argument("--kv-cells", type=int, default=None, metavar="N",
-                   help="with --kv-unified: the pool's cells (default n_ctx per stream of every slot); a step "
-                        "that finds no room frees idle slots' prompt caches, then fails its requests")
+                   help="the pool's cells (default --parallel x --n-ctx, what plain decoding allocates; "
+                        "llama.cpp rounds it up to a multiple of 256)")
+    p.add_argument("--kv-reserve", type=int, default=256, metavar="N",
+                   help="tokens per stream the pool keeps free for a request's answer when it starts (at most its "
+                        "max_tokens; default 256): more means fewer preemptions and fewer requests at once")
     p.add_argument("--max-principles", type=int, default=None, metavar="K",
-                   help="principles one request may compose (each is one more stream's KV per slot: "
-                        "n_ctx cells); default: the most any preset composes, at least 1")
+                   help="principles one request may compose. Default with the pool: 4 (a stream costs only the "
+                        "cells it holds); per-stream: the most any preset composes, at least 1 (each is one more "
+                        "stream's buffer of --n-ctx cells per slot)")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     return p
+
+
+def _kv_unified(layout: str | None, unified: bool | None) -> bool:
+    """--kv-layout and --[no-]kv-unified as one choice (default: the pool)."""
+    if layout is not None and unified is not None and (layout == "pool") != unified:
+        flag = "--kv-unified" if unified else "--no-kv-unified"
+        raise ValueError(f"--kv-layout {layout} and {flag} disagree: give one")
+    if layout is not None:
+        return layout == "pool"
+    return True if unified is None else unified
+
+
+# Principles a request composes by default with the pool: each is a stream
+# that costs only the cells it holds, within llama.cpp's sequences (256 in
+# all; slots x streams) and the step's batch (a token per running stream).
+DEFAULT_POOL_PRINCIPLES = 4
+_MAX_SEQUENCES = 256
+
+
+def _default_max_principles(parallel: int, n_batch: int) -> int:
+    return max(1, min(DEFAULT_POOL_PRINCIPLES, _MAX_SEQUENCES // parallel - 1, n_batch // parallel - 1))
+
+
+def _kv_description(aligner: Aligner) -> str:
+    engine = aligner.engine
+    if engine.kv_unified:
+        return f"KV pool of {engine.n_cells_total} cells"
+    return f"a KV buffer per stream ({engine.n_cells_total} cells)"
 
 
 def _flash_attn(flag: str | None, n_gpu_layers: int) -> bool | str:
@@ -102,8 +140,15 @@ def main(argv: Sequence[str]) -> int:
         print(f"linalign serve: error: {e}", file=sys.stderr, flush=True)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        kv_unified = _kv_unified(args.kv_layout, args.kv_unified)
+    except ValueError as e:
+        parser.error(str(e))
+    if args.kv_cells is not None and not kv_unified:
+        parser.error("--kv-cells sizes the KV pool: not with --kv-layout per-stream")
     needed = max([preset.composition().k for preset in preset_list], default=1)
-    max_principles = args.max_principles if args.max_principles is not None else needed
+    default_principles = _default_max_principles(args.parallel, args.n_batch) if kv_unified else 1
+    max_principles = args.max_principles if args.max_principles is not None else max(needed, default_principles)
     if not 1 <= max_principles <= MAX_PRINCIPLES:
         parser.error(f"--max-principles must be in [1, {MAX_PRINCIPLES}], got {max_principles}")
     if max_principles < needed:
@@ -113,7 +158,7 @@ def main(argv: Sequence[str]) -> int:
         aligner = Aligner(args.model, n_ctx=args.n_ctx, n_parallel=args.parallel, n_batch=args.n_batch,
                           n_gpu_layers=args.n_gpu_layers, n_threads=args.threads, n_threads_batch=args.threads_batch,
                           cache_prompt=args.cache_prompt, max_principles=max_principles,
-                          kv_unified=args.kv_unified, kv_cells=args.kv_cells,
+                          kv_unified=kv_unified, kv_cells=args.kv_cells, kv_reserve=args.kv_reserve,
                           flash_attn=_flash_attn(args.flash_attn, args.n_gpu_layers))
     except (OSError, ValueError, TypeError, RuntimeError) as e:
         print(f"linalign serve: cannot load the model: {e}", flush=True)
@@ -124,7 +169,8 @@ def main(argv: Sequence[str]) -> int:
     app = create_app(aligner, scheduler, model_id=model_id, api_key=api_key, presets=presets)
     print(f"linalign serve: {model_id} on http://{args.host}:{args.port} "
           f"(parallel {args.parallel}, queue {args.queue}, n_ctx {args.n_ctx} per stream, "
-          f"flash attention {args.flash_attn or ('auto' if args.n_gpu_layers else 'off')}, prompt cache {'on' if args.cache_prompt else 'off'}, up to {max_principles} principle(s) per request{', API key required' if api_key else ''})", flush=True)
+          f"flash attention {args.flash_attn or ('auto' if args.n_gpu_layers else 'off')}, prompt cache {'on' if args.cache_prompt else 'off'}, "
+          f"{_kv_description(aligner)}, up to {max_principles} principle(s) per request{', API key required' if api_key else ''})", flush=True)
     if len(presets):
         print(f"linalign serve: presets: {', '.join(presets.ids[1:])}", flush=True)
     print(f"linalign serve: try it at http://{args.host}:{args.port}/", flush=True)

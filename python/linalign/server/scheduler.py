@@ -1,11 +1,17 @@
 """The scheduler: the one thread that drives the engine. HTTP handlers hand
 it requests and read their text; they never touch the llama_context.
 
-Requests wait in a bounded FIFO queue until a slot is free (the next one is
-refused with QueueFullError, a 503); the engine thread admits them between
-steps, into the free slot with the longest cached prefix, and steps every
-admitted request in one batched decode until none is left. A request whose
-client is gone is cancelled and its slot freed at the next step.
+Requests wait in a bounded FIFO queue until a slot is free and the KV pool
+has room for their prompts and the reserve for their answers (the next one
+is refused with QueueFullError, a 503); the engine thread admits them
+between steps, in order, into the free slot with the longest cached prefix,
+and steps every admitted request in one batched decode until none is left.
+A request the pool ran out of room for is preempted: it keeps its slot, its
+text and its sampler, gives its cells up, and resumes before any queued
+request is admitted that does not fit beside it (in the engine: its needs
+count as committed), so it is in effect at the front of the queue; its
+client sees a pause. A request whose client is gone is cancelled and its
+slot freed at the next step.
 """
 from __future__ import annotations
 
@@ -143,6 +149,7 @@ class Scheduler:
             if ticket._cancelled:
                 continue
             try:
+                # None: no slot, or no room in the KV pool yet (it waits, first in line)
                 gen = self.engine.submit(ticket.request, notify=ticket.notify)
             except (ValueError, TypeError) as e:  # bad input found by the native start (a grammar, say)
                 ticket.error = e
@@ -150,7 +157,7 @@ class Scheduler:
                 log.exception("could not start a request")
                 ticket.error = e
             else:
-                if gen is None:  # no slot after all: wait for the next one
+                if gen is None:  # no slot or no room after all: wait for the next step
                     self._waiting.appendleft(ticket)
                     return
                 ticket._admitted(gen)
