@@ -42,7 +42,10 @@ def test_truncated_gguf(tmp_path, model_path):
     ({"min_p": 2.0}, ValueError),
     ({"repeat_penalty": 0.0}, ValueError),
     ({"seed": -1}, ValueError),
-    ({"ratio": "2"}, TypeError),
+    ({"ratio": "2"}, ValueError),   # a string is a ratio only when it is "auto"
+    ({"ratio": "fast"}, ValueError),
+    ({"ratio": [2.0]}, TypeError),
+    ({"echo_guard_n": 1}, ValueError),
     ({"max_tokens": 1.5}, TypeError),
     ({"grammar": "root ::= ("}, ValueError),
     ({"stop": 3}, TypeError),
