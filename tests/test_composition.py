@@ -240,7 +240,8 @@ def test_server_composes_principles(server: Server) -> None:
     ({"principles": [FRENCH], "alignment_ratio": 2}, "principles", "alignment_ratio"),
     ({"principles": [{"text": " "}]}, "principles", "empty"),
     ({"principles": [FRENCH] * 9}, "principles", "at most 8"),
-    ({"principles": [FRENCH, PIRATE, BRIEF]}, "principles", "--max-principles 3"),
+    # the pool's default: 4 principles a request
+    ({"principles": [FRENCH, PIRATE, BRIEF, "Be kind.", "Be wise."]}, "principles", "--max-principles 5"),
     ({"principles": [{"text": FRENCH, "ratio": 1e300}]}, "principles", "100"),
     ({"principles": "x"}, "principles", "array"),
     ({"principle": PIRATE, "negative_principle": PIRATE}, "negative_principle", "equals"),

@@ -28,9 +28,9 @@ HANG_S = 60
 
 @pytest.fixture(scope="module")
 def pool(model_path):
-    # a KV buffer per stream: each slot can fill its n_ctx whatever the other
-    # holds (the pool would admit the full one only beside less)
-    with linalign.Aligner(model_path, n_ctx=96, n_parallel=2, n_threads=2, seed=0, kv_unified=False,
+    # a pool with room for both slots' streams at full context (a request at
+    # n_ctx beside a running one)
+    with linalign.Aligner(model_path, n_ctx=96, n_parallel=2, n_threads=2, seed=0, kv_cells=96 * 2 * 2,
                           n_gpu_layers=N_GPU_LAYERS) as a:
         yield a
 

@@ -146,6 +146,8 @@ def main(argv: Sequence[str]) -> int:
         parser.error(str(e))
     if args.kv_cells is not None and not kv_unified:
         parser.error("--kv-cells sizes the KV pool: not with --kv-layout per-stream")
+    if args.kv_reserve < 0:
+        parser.error(f"--kv-reserve must be >= 0, got {args.kv_reserve}")
     needed = max([preset.composition().k for preset in preset_list], default=1)
     default_principles = _default_max_principles(args.parallel, args.n_batch) if kv_unified else 1
     max_principles = args.max_principles if args.max_principles is not None else max(needed, default_principles)
