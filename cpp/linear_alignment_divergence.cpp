@@ -1,9 +1,10 @@
 // The per-token strength of ratio "auto" (docs/auto_ratio.md) and the echo
 // guard's normalisers: both need full-vocabulary softmaxes of two streams at
 // temperature 1. Built, like linear_alignment_weights.cpp, with fast math
-// (and -fno-finite-math-only) so that the compiler vectorises the
-// reductions and calls glibc's vector expf and logf; -inf and NaN logits
-// lose every comparison below and count as probability ~0.
+// (and -fno-finite-math-only), and outside link-time optimisation
+// (CMakeLists.txt), so that the compiler vectorises the reductions and calls
+// glibc's vector expf and logf; -inf and NaN logits lose every comparison
+// below and count as probability ~0.
 #include "linear_alignment_divergence.h"
 #include "linear_alignment_weights.h"
 
