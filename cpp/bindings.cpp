@@ -296,7 +296,7 @@ PYBIND11_MODULE(_core, m) {
              py::arg("kv_unified") = true, py::arg("n_streams") = 2, py::arg("n_cells") = 0,
              py::arg("reserve_tokens") = 256, py::call_guard<py::gil_scoped_release>(),
              "n_ctx: the most tokens one stream may hold; n_streams: streams per slot (P, B and one per further "
-             "principle); kv_unified: one pool of n_cells KV cells (0: n_ctx x n_slots) for every stream, else "
+             "principle); kv_unified: one pool of n_cells KV cells (0: 2 x n_ctx x n_slots) for every stream, else "
              "n_ctx cells per stream of every slot.")
         .def("pick_slot", &engine::pick_slot, py::arg("prompts"),
              "The free slot with the longest cached prefix of the prompts (P, B, further principled ones), or -1.")

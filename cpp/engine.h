@@ -68,12 +68,13 @@ struct engine_params {
     // per slot; in the pool, only what it holds).
     int32_t n_streams       = 2;
     // With kv_unified: the cells of the one pool, in [n_ctx, n_ctx x
-    // n_streams x n_slots]. 0: n_ctx per slot, what a plain context of n_ctx
-    // allocates for each slot (llama.cpp rounds it up to a multiple of 256,
-    // as it does a plain context's). A chat whose streams share its history
-    // (principle_position "end") then holds and allocates what plain
-    // decoding does; streams that share little get less room than n_ctx
-    // each (see "KV pool" below).
+    // n_streams x n_slots]. 0: 2 x n_ctx per slot, the cells of P and B at
+    // full context each (llama.cpp rounds it up to a multiple of 256): one
+    // principle at the default placement ("system", where the streams share
+    // little) keeps the room per-stream buffers gave it, and further
+    // principles, or streams that share their history ("end"), cost only
+    // what they hold. kv_cells = n_ctx x n_slots allocates what plain
+    // decoding does, for chats whose streams share it (see "KV pool" below).
     int32_t n_cells         = 0;
     // With kv_unified: tokens per stream that admission keeps free for a
     // request's answer, beyond its prompts' cells (fewer when it asks for

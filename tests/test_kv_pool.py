@@ -45,13 +45,13 @@ def one_slot(model_path):
 
 # -- size and accounting -----------------------------------------------------------
 
-def test_the_pool_is_the_default_and_holds_n_ctx_cells_per_slot(model_path, one_slot) -> None:
-    """What plain decoding allocates for a context of n_ctx: llama.cpp
-    rounds it up to a multiple of 256, for the pool as for a plain context."""
+def test_the_pool_is_the_default_and_holds_p_and_b_at_n_ctx_per_slot(model_path, one_slot) -> None:
+    """P and B at full context, per slot: llama.cpp rounds it up to a
+    multiple of 256, for the pool as for a plain context."""
     assert one_slot.engine.kv_unified
-    assert one_slot.engine.n_cells_total == 512
+    assert one_slot.engine.n_cells_total == 1024
     with linalign.Aligner(model_path, n_ctx=300, n_parallel=2, n_threads=2) as a:
-        assert a.engine.n_cells_total == 768  # 600, rounded up
+        assert a.engine.n_cells_total == 1280  # 1200, rounded up
     with linalign.Aligner(model_path, n_ctx=256, n_parallel=2, n_threads=2, kv_unified=False) as a:
         assert not a.engine.kv_unified
         assert a.engine.n_cells_total == 256 * 2 * 2  # a buffer per stream of every slot
@@ -118,15 +118,18 @@ def test_requests_that_fit_together_start_together(short_pool) -> None:
     run_all(a, gens)
 
 
-def test_prompts_that_do_not_fit_the_pool_are_a_value_error(one_slot) -> None:
-    """Each stream of a system-placement chat holds the history: two of
-    them do not fit a pool of n_ctx cells, whatever waits; at the end they
-    share it and fit."""
-    history = [{"role": "user", "content": "Tell me about the sea. " * 45}]
-    with pytest.raises(ValueError, match="more than the KV pool's 512"):
-        one_slot.create_chat_completion(history, principle="The user is a child. " * 4, max_tokens=4)
-    out = one_slot.create_chat_completion(history, principle="The user is a child. " * 4, principle_position="end",
-                                          max_tokens=4, temperature=0.0)
+def test_prompts_that_do_not_fit_the_pool_are_a_value_error(model_path) -> None:
+    """Each stream of a system-placement chat holds the history: three of
+    them (two principles) do not fit a pool of 2 x n_ctx cells, whatever
+    waits; at the end they share it and fit."""
+    history = [{"role": "user", "content": "Tell me about the sea. " * 60}]
+    principles = ["The user is a child.", "Be brief."]
+    with linalign.Aligner(model_path, n_ctx=512, n_threads=2, seed=0, max_principles=2,
+                          n_gpu_layers=N_GPU_LAYERS) as a:
+        with pytest.raises(ValueError, match="more than the KV pool's 1024"):
+            a.create_chat_completion(history, principles=principles, max_tokens=4)
+        out = a.create_chat_completion(history, principles=principles, principle_position="end",
+                                       max_tokens=4, temperature=0.0)
     assert out["usage"]["completion_tokens"] >= 1
 
 
@@ -225,16 +228,17 @@ def test_the_server_composes_principles_at_its_defaults(default_server, k: int) 
               principle_position="end")
     assert r.status_code == 200, r.text
     health = default_server.health()
-    assert health["kv_layout"] == "pool" and health["kv_cells_total"] == 1024
-    assert 0 < health["kv_cells_used"] == health["kv_cells_idle"] <= 1024
+    assert health["kv_layout"] == "pool" and health["kv_cells_total"] == 2048
+    assert 0 < health["kv_cells_used"] == health["kv_cells_idle"] <= 2048
 
 
 def test_the_server_answers_400_for_prompts_that_do_not_fit_its_pool(default_server) -> None:
     history = [{"role": "user", "content": "Tell me about the sea. " * 110}]
-    r = _chat(default_server, history, principle=PIRATE)
+    principles = [PIRATE, "Be brief.", "Answer in French."]  # four streams of the history each
+    r = _chat(default_server, history, principles=principles)
     assert r.status_code == 400
     assert "KV pool" in r.json()["error"]["message"]
-    r = _chat(default_server, history, principle=PIRATE, principle_position="end")
+    r = _chat(default_server, history, principles=principles, principle_position="end")
     assert r.status_code == 200, r.text
 
 

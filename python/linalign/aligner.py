@@ -95,9 +95,10 @@ class Aligner:
         many short streams cheaper and one over a long history dearer
         (docs/serving.md).
     kv_cells
-        The KV pool's size in cells (default ``n_ctx * n_parallel``, what
-        plain decoding allocates; llama.cpp rounds it up to a multiple of
-        256). With the principle at the end (``principle_position="end"``)
+        The KV pool's size in cells (default ``2 * n_ctx * n_parallel``:
+        P and B at full context, the room per-stream buffers gave one
+        principle; ``n_ctx * n_parallel`` allocates what plain decoding
+        does; llama.cpp rounds it up to a multiple of 256). With the principle at the end (``principle_position="end"``)
         the streams share the conversation's cells, so it serves a chat as
         long as plain decoding's; with ``"system"`` each stream holds the
         history of its own. A request whose prompts alone hold more cells than

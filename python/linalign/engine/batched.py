@@ -72,9 +72,8 @@ class BatchedEngine:
         stream's logits exactly those of a context of its own, whatever else
         runs (see ``cpp/engine.h``).
     kv_cells
-        With ``kv_unified``: the pool's cells (default ``n_ctx * n_slots``,
-        what plain decoding allocates per slot; llama.cpp rounds it up to a
-        multiple of 256).
+        With ``kv_unified``: the pool's cells (default ``2 * n_ctx * n_slots``,
+        P and B at full context; llama.cpp rounds it up to a multiple of 256).
     kv_reserve
         With ``kv_unified``: tokens per stream that admission keeps free for
         a request's answer beyond its prompts (at most its ``max_tokens``).
