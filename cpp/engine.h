@@ -175,8 +175,10 @@ public:
     // their cells. Prompts whose cells alone exceed the pool never fit
     // (check_fits throws).
     //
-    // Preemption. When a step's llama_decode finds no room it frees, one at
-    // a time: the least recently used idle slot's cache; the caches of
+    // Preemption. Each token of a step's batch takes a cell. When fewer are
+    // free (counted before each llama_decode; or llama_decode finds no room
+    // after all) the step frees, one at a time, and makes its batch again:
+    // the least recently used idle slot's cache; the caches of
     // streams that busy slots hold but do not decode (and waiting slots'
     // kept prefixes); then the newest request (started last) is preempted
     // (recompute preemption, as vLLM's): its cells are freed, each of its
