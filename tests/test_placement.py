@@ -133,11 +133,11 @@ def test_control_token_text_in_a_principle_is_text(aligner) -> None:
 
 def test_a_unified_pool_of_one_stream_serves_an_end_chat(model_path) -> None:
     """With the principle at the end the streams share their cells: a pool
-    of n_ctx cells (one plain stream's, the default) holds both; streams
-    that share little and do not fit are refused before they start with a
-    clear error, and the Aligner goes on."""
+    of n_ctx cells (one plain stream's) holds both; streams that share
+    little and do not fit are refused before they start with a clear error,
+    and the Aligner goes on."""
     long_user = "Tell me about the sea. " * 45
-    with linalign.Aligner(model_path, n_ctx=512, n_threads=2) as a:
+    with linalign.Aligner(model_path, n_ctx=512, n_threads=2, kv_cells=512) as a:
         assert a.engine.n_cells_total == 512
         history = [{"role": "user", "content": long_user}]
         request = a.chat_request(history, principle=PIRATE, principle_position="end")
