@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import TOP_ENTRIES, assert_same_greedy_decoding, entries_of_chat_response
+from conftest import POOL_LOGPROB_TOL, TOP_ENTRIES, assert_same_greedy_decoding, entries_of_chat_response
 
 API_KEY = "test-key"
 STARTUP_TIMEOUT_S = 90
@@ -404,7 +404,8 @@ def _ask(srv: Server, question: str, principle: str, **kw) -> openai.types.chat.
 
 
 def test_four_concurrent_greedy_clients_get_what_each_gets_alone(four_slot_server: Server) -> None:
-    """Within rounding: the batches differ (conftest.LOGPROB_TOL)."""
+    """Within rounding: the batches differ, and the server's KV pool places
+    cells by what else runs (conftest.POOL_LOGPROB_TOL)."""
     from concurrent.futures import ThreadPoolExecutor
 
     def ask(question: str, principle: str) -> list[tuple]:
@@ -419,7 +420,7 @@ def test_four_concurrent_greedy_clients_get_what_each_gets_alone(four_slot_serve
         together = list(pool.map(lambda qp: ask(*qp), QUESTIONS))
     for each_alone, each_together in zip(alone, together):
         assert each_alone
-        assert_same_greedy_decoding(each_together, each_alone)
+        assert_same_greedy_decoding(each_together, each_alone, POOL_LOGPROB_TOL)
 
 
 def test_cached_tokens_are_reported_from_the_second_turn(four_slot_server: Server) -> None:
