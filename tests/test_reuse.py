@@ -24,7 +24,7 @@ def test_second_turn_decodes_only_new_tokens(aligner):
     history = [{"role": "user", "content": "Hi! Who are you?"}]
     first, first_prefill = prefill_of(aligner, aligner.chat_request(history, principle=PRINCIPLE, max_tokens=16,
                                                                     temperature=0.0))
-    assert first_prefill["reused"] == (0, 0)
+    assert not any(first_prefill["reused"])  # the session Aligner may have grown a third stream
     assert first.usage()["prompt_tokens_details"]["cached_tokens"] == 0
 
     answer = aligner.detokenize(first.tokens)
@@ -59,12 +59,12 @@ def test_long_shared_prefix_is_decoded_once(aligner):
     n_p, n_b = len(aligner.tokenize(prompt)), len(aligner.tokenize(base))
     assert stats["shared"] >= 32  # the document: decoded in P, B takes P's cells
     assert stats["decoded"][0] == n_p and stats["decoded"][1] == n_b - stats["shared"]
-    assert stats["reused"] == (0, 0)
+    assert not any(stats["reused"])
 
     # a new question on the same document: each stream keeps its own cache
     _, stats = prefill_of(aligner, aligner.completion_request(prompt, base, max_tokens=1))
     assert stats["shared"] == 0
-    assert stats["reused"] == (n_p - 1, n_b - 1)
+    assert stats["reused"][:2] == (n_p - 1, n_b - 1)
 
 
 @pytest.fixture(scope="module")
