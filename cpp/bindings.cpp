@@ -311,6 +311,9 @@ PYBIND11_MODULE(_core, m) {
              "Raises ValueError when the prompts' cells alone exceed the KV pool.")
         .def("cells_alone", &engine::cells_alone, py::arg("prompts"), py::arg("params"),
              "The KV cells the prompts' streams hold once prefilled in an empty slot (a shared prefix once).")
+        .def("cells_to_start", &engine::cells_to_start, py::arg("prompts"), py::arg("params"),
+             py::arg("max_tokens") = 0,
+             "Those cells and the reserve admission keeps for the answer: what a request needs free to start alone.")
         .def("waiting", &engine::waiting, py::arg("slot"))
         .def("step", &engine::step, py::call_guard<py::gil_scoped_release>(),
              "One llama_decode over every busy slot, then a token for each slot whose logits are in.")

@@ -84,9 +84,9 @@ engine::engine(std::shared_ptr<model> mdl, const engine_params & params) : model
                                     " slots] = [" + std::to_string(params.n_ctx) + ", " + std::to_string(n_most) +
                                     "], got " + std::to_string(params.n_cells));
     }
-    // the pool's default: P and B at n_ctx per slot (engine.h, engine_params::n_cells)
+    // the pool's default: what plain decoding allocates, n_ctx per slot (engine.h, engine_params::n_cells)
     const int64_t n_cells = params.n_cells != 0 ? params.n_cells
-                          : params.kv_unified ? (int64_t) params.n_ctx * MIN_STREAMS * params.n_slots : n_most;
+                          : params.kv_unified ? (int64_t) params.n_ctx * params.n_slots : n_most;
     if (n_cells > MAX_CELLS) {
         throw std::invalid_argument("n_ctx " + std::to_string(params.n_ctx) + " x " + std::to_string(params.n_streams) +
                                     " streams x " + std::to_string(params.n_slots) + " slots is " +

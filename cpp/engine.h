@@ -68,13 +68,13 @@ struct engine_params {
     // per slot; in the pool, only what it holds).
     int32_t n_streams       = 2;
     // With kv_unified: the cells of the one pool, in [n_ctx, n_ctx x
-    // n_streams x n_slots]. 0: 2 x n_ctx per slot, the cells of P and B at
-    // full context each (llama.cpp rounds it up to a multiple of 256): one
-    // principle at the default placement ("system", where the streams share
-    // little) keeps the room per-stream buffers gave it, and further
-    // principles, or streams that share their history ("end"), cost only
-    // what they hold. kv_cells = n_ctx x n_slots allocates what plain
-    // decoding does, for chats whose streams share it (see "KV pool" below).
+    // n_streams x n_slots]. 0: n_ctx per slot (llama.cpp rounds it up to a
+    // multiple of 256), what plain decoding allocates: streams that share
+    // their history (principle_position "end", the default) hold a chat as
+    // long as plain decoding's, and each further principle costs only the
+    // cells it holds. Streams that share little ("system") hold the history
+    // once each; the Aligner makes its context again with a larger pool when
+    // a request cannot fit alone (see "KV pool" below).
     int32_t n_cells         = 0;
     // With kv_unified: tokens per stream that admission keeps free for a
     // request's answer, beyond its prompts' cells (fewer when it asks for
@@ -200,6 +200,9 @@ public:
     void check_fits(const prompt_list & prompts, const sampling_params & params) const;
     // The cells the prompts' streams hold once prefilled in an empty slot.
     int64_t cells_alone(const prompt_list & prompts, const sampling_params & params) const;
+    // Those and the reserve admission keeps for the answer (max_tokens <= 0:
+    // up to the context's end): what a request needs free to start alone.
+    int64_t cells_to_start(const prompt_list & prompts, const sampling_params & params, int32_t max_tokens) const;
     bool    waiting(int32_t slot) const { return slot_at(slot).state == slot_state::waiting; }
     // Published after every change, atomically: /health reads them while
     // another thread decodes.
@@ -330,6 +333,8 @@ private:
     void preempt(slot & sl);
     void publish_cells();
     int64_t n_cells_free() const;
+    // tokens per active stream kept free for the answer when a request starts
+    int64_t answer_reserve(const prompt_list & prompts, int32_t n_active, int32_t max_tokens) const;
     llama_batch & llama_batch_ref() { return batch_.get(); }
     void run_decode(const char * what);
     const float * logits_at(int32_t batch_index) const;

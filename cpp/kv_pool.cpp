@@ -177,6 +177,19 @@ int64_t engine::cells_alone(const prompt_list & prompts, const sampling_params &
     return n;
 }
 
+int64_t engine::answer_reserve(const prompt_list & prompts, int32_t n_active, int32_t max_tokens) const {
+    const int32_t reserve_tokens = std::min(max_tokens > 0 ? max_tokens : params_.n_ctx, params_.reserve_tokens);
+    int64_t reserve = 0;
+    for (int32_t s = 0; s < n_active; ++s) {
+        reserve += std::max(0, std::min(reserve_tokens, params_.n_ctx - (int32_t) prompts[s].size()));
+    }
+    return reserve;
+}
+
+int64_t engine::cells_to_start(const prompt_list & prompts, const sampling_params & params, int32_t max_tokens) const {
+    return cells_alone(prompts, params) + answer_reserve(prompts, active_streams(prompts, params), max_tokens);
+}
+
 void engine::check_fits(const prompt_list & prompts, const sampling_params & params) const {
     if (!params_.kv_unified) {
         return;
@@ -203,17 +216,15 @@ bool engine::room_for(int32_t slot_index, const prompt_list & prompts, const sam
                                     std::to_string(prompts.size()));
     }
     const int32_t n_active = active_streams(prompts, params);
-    const int32_t reserve_tokens = std::min(max_tokens > 0 ? max_tokens : params_.n_ctx, params_.reserve_tokens);
     prompt_refs refs;
     std::vector<int32_t> kept;
-    int64_t reserve = 0;
     for (int32_t s = 0; s < n_active; ++s) {
         const std::vector<llama_token> & prompt = prompts[s];
         const int32_t n = (int32_t) prompt.size();
         refs.push_back(&prompt);
         kept.push_back(cache_prompt ? std::min<int32_t>((int32_t) common_prefix(sl.streams[s].cached, prompt), n - 1) : 0);
-        reserve += std::max(0, std::min(reserve_tokens, params_.n_ctx - n));
     }
+    const int64_t reserve = answer_reserve(prompts, n_active, max_tokens);
     const int64_t need = std::min(cells_once_prefilled(sl, refs, kept) + reserve, n_cells_total_);
     return committed_by_others(&sl) + need <= n_cells_total_;
 }

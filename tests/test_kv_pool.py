@@ -1,4 +1,6 @@
-"""The unified KV pool, the default KV layout: it holds n_ctx cells per slot,
+"""The unified KV pool, the default KV layout: it holds n_ctx cells per slot
+(what plain decoding allocates; the Aligner grows it for a request that cannot
+fit alone),
 a prefix the streams share is held once, a request starts when its prompts'
 cells and a reserve for its answer fit (else it waits), a request whose
 prompts alone do not fit is refused up front, and a request the pool runs
@@ -45,13 +47,13 @@ def one_slot(model_path):
 
 # -- size and accounting -----------------------------------------------------------
 
-def test_the_pool_is_the_default_and_holds_p_and_b_at_n_ctx_per_slot(model_path, one_slot) -> None:
-    """P and B at full context, per slot: llama.cpp rounds it up to a
-    multiple of 256, for the pool as for a plain context."""
+def test_the_pool_is_the_default_and_holds_n_ctx_per_slot(model_path, one_slot) -> None:
+    """What a plain context allocates: llama.cpp rounds it up to a multiple
+    of 256, for the pool as for a plain context."""
     assert one_slot.engine.kv_unified
-    assert one_slot.engine.n_cells_total == 1024
+    assert one_slot.engine.n_cells_total == 512
     with linalign.Aligner(model_path, n_ctx=300, n_parallel=2, n_threads=2) as a:
-        assert a.engine.n_cells_total == 1280  # 1200, rounded up
+        assert a.engine.n_cells_total == 768  # 600, rounded up
     with linalign.Aligner(model_path, n_ctx=256, n_parallel=2, n_threads=2, kv_unified=False) as a:
         assert not a.engine.kv_unified
         assert a.engine.n_cells_total == 256 * 2 * 2  # a buffer per stream of every slot
@@ -118,18 +120,34 @@ def test_requests_that_fit_together_start_together(short_pool) -> None:
     run_all(a, gens)
 
 
-def test_prompts_that_do_not_fit_the_pool_are_a_value_error(model_path) -> None:
+def test_prompts_that_do_not_fit_a_pool_of_given_size_are_a_value_error(model_path) -> None:
     """Each stream of a system-placement chat holds the history: three of
     them (two principles) do not fit a pool of 2 x n_ctx cells, whatever
     waits; at the end they share it and fit."""
     history = [{"role": "user", "content": "Tell me about the sea. " * 60}]
     principles = ["The user is a child.", "Be brief."]
-    with linalign.Aligner(model_path, n_ctx=512, n_threads=2, seed=0, max_principles=2,
+    with linalign.Aligner(model_path, n_ctx=512, n_threads=2, seed=0, max_principles=2, kv_cells=1024,
                           n_gpu_layers=N_GPU_LAYERS) as a:
         with pytest.raises(ValueError, match="more than the KV pool's 1024"):
-            a.create_chat_completion(history, principles=principles, max_tokens=4)
+            a.create_chat_completion(history, principles=principles, principle_position="system", max_tokens=4)
         out = a.create_chat_completion(history, principles=principles, principle_position="end",
                                        max_tokens=4, temperature=0.0)
+    assert out["usage"]["completion_tokens"] >= 1
+
+
+def test_the_default_pool_grows_for_a_request_that_cannot_fit_it_alone(model_path) -> None:
+    """The default pool is n_ctx cells: an end chat shares its history and
+    fits; three system-placement streams of it do not, and the Aligner
+    makes its context again, while nothing runs, with n_ctx per stream."""
+    history = [{"role": "user", "content": "Tell me about the sea. " * 60}]
+    principles = ["The user is a child.", "Be brief."]
+    with linalign.Aligner(model_path, n_ctx=512, n_threads=2, seed=0, max_principles=2,
+                          n_gpu_layers=N_GPU_LAYERS) as a:
+        a.create_chat_completion(history, principles=principles, principle_position="end", max_tokens=4)
+        assert a.engine.n_cells_total == 512
+        out = a.create_chat_completion(history, principles=principles, principle_position="system",
+                                       max_tokens=4, temperature=0.0)
+        assert a.engine.n_cells_total == 3 * 512
     assert out["usage"]["completion_tokens"] >= 1
 
 
@@ -233,8 +251,8 @@ def test_the_server_composes_principles_at_its_defaults(default_server, k: int) 
               principle_position="end")
     assert r.status_code == 200, r.text
     health = default_server.health()
-    assert health["kv_layout"] == "pool" and health["kv_cells_total"] == 2048
-    assert 0 < health["kv_cells_used"] == health["kv_cells_idle"] <= 2048
+    assert health["kv_layout"] == "pool" and health["kv_cells_total"] == 1024  # --n-ctx: plain decoding's
+    assert 0 < health["kv_cells_used"] == health["kv_cells_idle"] <= 1024
 
 
 def test_the_server_answers_400_for_prompts_that_do_not_fit_its_pool(default_server) -> None:

@@ -95,16 +95,20 @@ class Aligner:
         many short streams cheaper and one over a long history dearer
         (docs/serving.md).
     kv_cells
-        The KV pool's size in cells (default ``2 * n_ctx * n_parallel``:
-        P and B at full context, the room per-stream buffers gave one
-        principle; ``n_ctx * n_parallel`` allocates what plain decoding
-        does; llama.cpp rounds it up to a multiple of 256). With the principle at the end (``principle_position="end"``)
-        the streams share the conversation's cells, so it serves a chat as
-        long as plain decoding's; with ``"system"`` each stream holds the
-        history of its own. A request whose prompts alone hold more cells than
-        the pool is a ValueError; one that outgrows the pool beside others is
-        preempted and resumes when they are done (its text only pauses); one
-        that fills it alone ends with ``finish_reason`` ``"length"``.
+        The KV pool's size in cells. The default, ``n_ctx * n_parallel``,
+        allocates what plain decoding does (llama.cpp rounds it up to a
+        multiple of 256). With the principle at the end
+        (``principle_position="end"``, the default) the streams share the
+        conversation's cells, so it serves a chat as long as plain
+        decoding's; with ``"system"`` each stream holds the history of its
+        own, and when a request's prompts and answer reserve cannot fit the
+        default pool even alone, the context is made again, while nothing
+        runs, with ``n_ctx`` cells per stream of every slot (the prompt
+        cache is lost then). Given explicitly, it is fixed: a request whose
+        prompts alone hold more cells than the pool is a ValueError. One that
+        outgrows the pool beside others is preempted and resumes when they
+        are done (its text only pauses); one that fills it alone ends with
+        ``finish_reason`` ``"length"``.
     kv_reserve
         Tokens per stream the pool keeps free for a request's answer when it
         starts (default 256, at most its ``max_tokens``): more means fewer
@@ -163,6 +167,7 @@ class Aligner:
                 raise ValueError("kv_cells sizes the unified KV pool: pass kv_unified=True with it")
         _integer("kv_reserve", kv_reserve, low=0, high=2**24)
         self._grow_streams = max_principles is None
+        self._grow_pool = kv_unified and kv_cells is None
         set_verbose(verbose)  # llama.cpp's log level, as llama_cpp.Llama sets it
 
         if llama is not None:
@@ -229,6 +234,24 @@ class Aligner:
                                  f"a context made for {have}; make the Aligner with max_principles={k}")
             engine.close("this Aligner's context was made again for more principles")
             self._engine = self._make_engine(n_streams)
+
+    def _pool_for(self, request: GenerationRequest) -> None:
+        """Makes the context again with ``n_ctx`` cells per stream of every
+        slot when the default pool cannot hold ``request``'s prompts and
+        answer reserve even alone (streams that share little: the
+        ``"system"`` placement) and nothing runs."""
+        engine = self._require_open()
+        if not self._grow_pool:
+            return
+        if engine.cells_to_start(request) <= engine.n_cells_total:
+            return
+        with engine.lock:
+            if engine.n_busy:
+                return  # admission decides: it waits, or is refused when it can never fit
+            engine.close("this Aligner's context was made again with a larger KV pool")
+            self._grow_pool = False
+            self._engine_kwargs["kv_cells"] = self.n_ctx * engine.n_streams * self._engine_kwargs["n_slots"]
+            self._engine = self._make_engine(engine.n_streams)
 
     @property
     def max_principles(self) -> int:
@@ -443,6 +466,7 @@ class Aligner:
         """Starts a request in a slot (superseding the oldest stream when all
         are busy; waiting in its slot while the KV pool is short of room for
         it) and returns it; :meth:`deltas` reads its text."""
+        self._pool_for(request)
         engine = self._require_open()
         with engine.lock:
             while (gen := engine.submit(request, wait=True)) is None:

@@ -72,8 +72,9 @@ class BatchedEngine:
         stream's logits exactly those of a context of its own, whatever else
         runs (see ``cpp/engine.h``).
     kv_cells
-        With ``kv_unified``: the pool's cells (default ``2 * n_ctx * n_slots``,
-        P and B at full context; llama.cpp rounds it up to a multiple of 256).
+        With ``kv_unified``: the pool's cells (default ``n_ctx * n_slots``,
+        what plain decoding allocates; llama.cpp rounds it up to a multiple
+        of 256).
     kv_reserve
         With ``kv_unified``: tokens per stream that admission keeps free for
         a request's answer beyond its prompts (at most its ``max_tokens``).
@@ -410,6 +411,13 @@ class BatchedEngine:
         params = request.options.to_native(self._seed)
         params.extra_ratios = list(request.extra_ratios)
         return self._native.cells_alone(request.prompts, params)
+
+    def cells_to_start(self, request: GenerationRequest) -> int:
+        """:meth:`cells_alone` and the reserve that admission keeps free for
+        the answer: the cells ``request`` needs free to start alone."""
+        params = request.options.to_native(self._seed)
+        params.extra_ratios = list(request.extra_ratios)
+        return self._native.cells_to_start(request.prompts, params, request.options.token_limit(self.n_ctx))
 
     def logits(self, gen: Generation, stream: int = 0):
         """The logits ``gen``'s stream (0: P, 1: B, 2...: further principled

@@ -2,7 +2,7 @@
 
     linalign eval persona --data FILE.jsonl [--ratios 0,0.5,1,2,4] [--json OUT] [--plot OUT.png]
     linalign eval pairs   --data FILE.jsonl [--ratios ...] [--json OUT] [--plot OUT.png]
-    linalign eval compare --prompts FILE --principle TEXT [--ratios 1,2,auto] [--html OUT.html]
+    linalign eval compare --prompts FILE --principle TEXT [--ratios 1,2,auto] [--placements system,end] [--html OUT.html]
     linalign eval follow [--ratios 1,2,auto] [--positions system,end] [--no-echo-guard] [--json OUT]
 """
 from __future__ import annotations
@@ -126,6 +126,9 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--top-p", type=_top_p, default=0.8, help="nucleus (default 0.8)")
     compare.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
     compare.add_argument("--html", default=None, metavar="OUT.html", help="write a self-contained HTML page")
+    compare.add_argument("--placements", default=None, metavar="system,end",
+                         help="the principle's placements to show side by side, each with its prompt-only and "
+                              "aligned columns (default: the default placement only)")
 
     follow = sub.add_parser("follow", help="adherence to checkable principles (IFEval's verifiable instructions)")
     follow.add_argument("--tasks", default=None, help="text file of user requests, one per line "
@@ -236,6 +239,11 @@ def _run(args: argparse.Namespace) -> int:
         load_instructions(instructions)  # fails before the model loads
     else:
         data = load_prompts(args.prompts)
+        placements = None
+        if args.placements is not None:
+            placements = [p.strip() for p in args.placements.split(",") if p.strip()]
+            if not placements or any(p not in POSITIONS for p in placements):
+                raise ValueError(f"--placements: each of {', '.join(POSITIONS)}, got {args.placements!r}")
     data = data[:args.limit] if args.limit else data
 
     from ..aligner import Aligner  # the model loads only once the input is known to be good
@@ -259,12 +267,13 @@ def _run(args: argparse.Namespace) -> int:
                                     principle_position=args.principle_position)
         else:
             given = [parse_principle_flag(p) for p in args.principle]
-            n_columns = 2 + len(args.ratios) + (len(given) if len(given) > 1 else 0)
+            n_columns = 1 + max(1, len(placements or ())) * (1 + len(args.ratios) + (len(given) if len(given) > 1 else 0))
             bar = ProgressBar(len(data) * n_columns, "compare")
             result = generate_comparison(aligner, data, given, negative_principle=args.negative_principle,
                                          ratios=args.ratios, system=args.system,
                                          max_tokens=args.max_tokens, temperature=args.temperature,
-                                         top_p=args.top_p, seed=args.seed, progress=bar.update)
+                                         top_p=args.top_p, seed=args.seed, placements=placements,
+                                         progress=bar.update)
         bar.close()
     result = {"model": model, **result}
 

@@ -5,7 +5,10 @@ alignment at each ratio; as a terminal table and a self-contained HTML page.
 Several principles (and a negative one) compose: the aligned columns then
 steer by all of them at once (each at the column's ratio unless it carries
 its own), and one column per principle shows it alone, so that the
-composition can be read against its parts. Each column's fluency (rep-4,
+composition can be read against its parts. With several placements
+(``placements=("system", "end")``), the prompt-only and aligned columns come
+once per placement, named ``"la@2.0, end"``, so that one table shows what
+the principle's place changes. Each column's fluency (rep-4,
 the share of repeated word 4-grams; :mod:`.fluency`) closes the table.
 """
 from __future__ import annotations
@@ -16,7 +19,7 @@ import textwrap
 from typing import Any, Callable, Sequence
 
 from ..options import AUTO_RATIO, format_ratio
-from ..principles import Principle, compose
+from ..principles import POSITIONS, Principle, compose
 from .chat_streams import chat_messages
 from .fluency import fluency
 from .persona import method_name
@@ -36,10 +39,13 @@ def generate_comparison(
     temperature: float = 0.0,
     top_p: float = 0.8,
     seed: int = 0,
+    placements: Sequence[str] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Generates every column for every prompt; returns the JSON-shaped result
-    (``columns`` in order, ``rows`` of ``{"prompt", "outputs": {column: text}}``)."""
+    (``columns`` in order, ``rows`` of ``{"prompt", "outputs": {column: text}}``).
+    ``placements``: the principle positions to show (None: the default one,
+    and column names without a placement)."""
     given = [principle] if isinstance(principle, str) else list(principle)
     if not given or any(not (p.text if isinstance(p, Principle) else p).strip() for p in given):
         raise ValueError("compare needs a non-empty --principle")
@@ -51,15 +57,23 @@ def generate_comparison(
     def at(r: float | str) -> list[Principle]:
         return [p if isinstance(p, Principle) else Principle(p, r) for p in given]
 
+    if placements is not None:
+        placements = list(dict.fromkeys(placements))
+        if not placements or any(p not in POSITIONS for p in placements):
+            raise ValueError(f"placements: each of {', '.join(POSITIONS)}, got {placements!r}")
     composed = len(given) > 1 or bool(negative_principle) or isinstance(given[0], Principle)
-    columns = {"plain": compose(), "prompt-only": compose(principle="\n".join(texts), ratio=0.0)}
-    for r in ratios:
-        name = method_name(r) if not composed else f"composed {method_name(r)}"
-        columns[name] = (compose(principles=at(r), negative_principle=negative_principle or None) if composed
-                         else compose(principle=texts[0], ratio=r))
-    if len(given) > 1:
-        for i, p in enumerate(at(ratios[0] if ratios else 2.0), start=1):
-            columns[f"only {i} r={format_ratio(p.ratio)}"] = compose(principles=[p])
+    columns = {"plain": compose()}
+    for position in placements or [None]:
+        at_ = "" if position is None else f", {position}"
+        columns[f"prompt-only{at_}"] = compose(principle="\n".join(texts), ratio=0.0, principle_position=position)
+        for r in ratios:
+            name = method_name(r) if not composed else f"composed {method_name(r)}"
+            columns[name + at_] = (compose(principles=at(r), negative_principle=negative_principle or None,
+                                           principle_position=position) if composed
+                                   else compose(principle=texts[0], ratio=r, principle_position=position))
+        if len(given) > 1:
+            for i, p in enumerate(at(ratios[0] if ratios else 2.0), start=1):
+                columns[f"only {i} r={format_ratio(p.ratio)}{at_}"] = compose(principles=[p], principle_position=position)
     rows = []
     for prompt in prompts:
         outputs = {}
@@ -74,6 +88,7 @@ def generate_comparison(
     return {"protocol": "compare", "principle": "\n".join(texts), "negative_principle": negative_principle,
             "methods": {c: comp.describe() for c, comp in columns.items()}, "system": system, "ratios": ratios,
             "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens, "seed": seed,
+            "placements": placements,
             "columns": list(columns), "rows": rows,
             "fluency": {c: fluency([row["outputs"][c] for row in rows]) for c in columns}}
 

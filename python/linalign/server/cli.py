@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--n-ctx", type=int, default=4096,
                    help="the most tokens one stream of a request may hold, prompt and answer (default 4096). "
-                        "The KV pool holds 2 x --parallel x --n-ctx cells by default (see --kv-layout)")
+                        "The KV pool holds --parallel x --n-ctx cells by default, what plain decoding allocates (see --kv-layout)")
     p.add_argument("--parallel", type=int, default=1,
                    help="slots: requests decoded at once, all in one batched forward per step (default 1)")
     p.add_argument("--queue", type=int, default=16, help="requests that may wait for a slot; more get 503 (default 16)")
@@ -73,8 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-unified", action=argparse.BooleanOptionalAction, default=None,
                    help="--kv-unified is --kv-layout pool, --no-kv-unified is --kv-layout per-stream")
     p.add_argument("--kv-cells", type=int, default=None, metavar="N",
-                   help="the pool's cells (default 2 x --parallel x --n-ctx, P and B at full context; "
-                        "llama.cpp rounds it up to a multiple of 256)")
+                   help="the pool's cells (default --parallel x --n-ctx: streams that share their history, as with "
+                        "principle_position end, hold a chat as long as plain decoding's; 'system' holds it once per "
+                        "stream; llama.cpp rounds it up to a multiple of 256)")
     p.add_argument("--kv-reserve", type=int, default=256, metavar="N",
                    help="tokens per stream the pool keeps free for a request's answer when it starts (at most its "
                         "max_tokens; default 256): more means fewer preemptions and fewer requests at once")
