@@ -95,3 +95,26 @@ def test_a_preset_from_the_picker_fills_principle_and_ratio(server: Server, brow
     assert page.input_value("#principle") == "Always answer like a pirate."
     assert page.text_content("#ratio-value") == "4.0"
     page.close()
+
+
+def test_the_placement_switch_starts_at_the_default_and_goes_into_the_request(server: Server, browser) -> None:
+    from linalign.principles import DEFAULT_POSITION
+
+    page = browser.new_page()
+    sent: list[dict] = []
+    page.on("request", lambda r: sent.append(r.post_data_json) if r.url.endswith("/v1/chat/completions") else None)
+    page.goto(f"{server.url}/")
+    page.fill("#api-key", KEY)
+    page.dispatch_event("#api-key", "change")
+    page.wait_for_function("document.querySelectorAll('#preset option').length === 2")
+    assert page.input_value("#placement") == DEFAULT_POSITION
+    page.fill("#principle", "Always answer like a pirate.")
+    page.select_option("#placement", "system")
+    page.fill("#max-tokens", "4")
+    page.fill("#message", "Hello!")
+    page.click("#send")
+    page.wait_for_selector("#aligned .msg.reply[data-done='1']", timeout=120_000)
+    aligned = [body for body in sent if body.get("principle")]
+    assert aligned and aligned[0]["principle_position"] == "system"
+    assert all("principle_position" not in body for body in sent if not body.get("principle"))
+    page.close()

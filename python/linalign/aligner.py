@@ -24,7 +24,7 @@ from .engine import BatchedEngine, EngineClosedError, Generation, GenerationRequ
 from .llama_loader import weights_in_amx_buffers
 from .logprobs import TokenLogprob, chat_top_logprobs, check_logprobs_request, completion_top_logprobs
 from .options import SamplingOptions, _integer
-from .principles import MAX_PRINCIPLES, Composition, compose
+from .principles import DEFAULT_POSITION, MAX_PRINCIPLES, Composition, compose
 from .responses import ChatChunks, CompletionChunks, chunks_of, collect_chat, collect_completion
 from .threads import physical_cores
 
@@ -375,7 +375,7 @@ class Aligner:
         check_logprobs_request(want, options)
         composition = self._composition(composition, principle, principles, negative_principle,
                                         principle_position, options, "ratio" in sampling)
-        if composition.position != "system":
+        if composition.position == "end":
             raise ValueError("principle_position: completions put each principle before the prompt; "
                              "'end' applies to chat")
         if composition.is_plain:
@@ -405,7 +405,7 @@ class Aligner:
                                         principle_position, options, "ratio" in sampling)
         texts, base_text = composition.stream_texts, composition.negative
         if not any(self._has_control_text(t) for t in (*texts, base_text)):
-            streams = self._renderer.stream_prompts(messages, texts, base_text, composition.position)
+            streams = self._renderer.stream_prompts(messages, texts, base_text, composition.chat_position)
             principled = [self._prompt_tokens("messages", p, add_bos=streams.add_bos) for p in streams.prompts]
             base_tokens = self._prompt_tokens("messages", streams.base_prompt, add_bos=streams.add_bos)
         else:
@@ -413,7 +413,7 @@ class Aligner:
             # rendered as a placeholder, tokenized apart without special tokens.
             mark = f"\ue000{os.urandom(8).hex()}\ue001"
             streams = self._renderer.stream_prompts(messages, [mark if t else "" for t in texts],
-                                                    mark if base_text else "", composition.position)
+                                                    mark if base_text else "", composition.chat_position)
             principled = [self._literal_tokens(p, mark, t, streams.add_bos) for p, t in zip(streams.prompts, texts)]
             base_tokens = self._literal_tokens(streams.base_prompt, mark, base_text, streams.add_bos)
         return self._composed_request(principled, base_tokens, composition, options,
@@ -600,13 +600,13 @@ class Aligner:
         return chunks if stream else collect_chat(chunks, logprobs_asked=gen.request.want_logprobs is not None)
 
     def render_chat(self, messages: Sequence[dict[str, Any]], principle: str = "",
-                    principle_position: str = "system") -> tuple[str, str]:
+                    principle_position: str = DEFAULT_POSITION) -> tuple[str, str]:
         """The (P, B) prompt texts a chat call would decode."""
         streams = self._renderer.stream_prompts(messages, [principle], "", principle_position)
         return streams.prompts[0], streams.base_prompt
 
     def chat_tokens(self, messages: Sequence[dict[str, Any]], principle: str = "", *,
-                    assistant_prefix: str = "", principle_position: str = "system") -> tuple[list[int], list[int]]:
+                    assistant_prefix: str = "", principle_position: str = DEFAULT_POSITION) -> tuple[list[int], list[int]]:
         """The (P, B) token lists a chat call would decode, with optional text
         after the generation prompt (e.g. "The best answer is")."""
         self._require_open()

@@ -47,9 +47,10 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
                              "after a last colon (default: --ratio)")
     parser.add_argument("--negative-principle", default=None, metavar="TEXT",
                         help="a principle to steer away from (it replaces the plain prompt as the base stream)")
-    parser.add_argument("--principle-position", choices=POSITIONS, default="system",
-                        help="where principles go: appended to the system message (default), or 'end': to the "
-                             "last message before the assistant's turn, after the history (the streams then share the conversation)")
+    parser.add_argument("--principle-position", choices=POSITIONS, default=None,
+                        help="where principles go: 'end' (the default): appended to the last message before the "
+                             "assistant's turn, after the history (the streams then share the conversation), or "
+                             "'system': to the system message")
     for name, (default, text, short) in SamplingOptions.field_help().items():
         if name not in _CLI_FIELDS:
             continue

@@ -41,6 +41,11 @@ MAX_PRINCIPLE_RATIO = 100.0
 # result), after the history, so that the streams share the whole
 # conversation before it (docs/placement.md).
 POSITIONS = ("system", "end")
+# A chat principle's place when the request names none: "end", where the
+# streams share the conversation (it holds what plain decoding holds) and the
+# model follows the principle more often (docs/placement.md, "The default").
+# Completions put each principle before the prompt whatever the default.
+DEFAULT_POSITION = "end"
 
 _RATIO_RE = re.compile(r"\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*")
 
@@ -68,7 +73,14 @@ class Composition:
     # the ratio of the one principled stream when there is no positive
     # principle (away from the negative one only)
     away_ratio: float | str = 2.0
-    position: str = "system"  # where chat principles go: one of POSITIONS
+    # where chat principles go: one of POSITIONS, or None (not given:
+    # DEFAULT_POSITION in a chat, before the prompt in a completion)
+    position: str | None = None
+
+    @property
+    def chat_position(self) -> str:
+        """Where a chat request puts its principles."""
+        return self.position or DEFAULT_POSITION
 
     @property
     def is_plain(self) -> bool:
@@ -91,7 +103,7 @@ class Composition:
 
     def describe(self) -> dict[str, Any]:
         return {"principles": [{"text": p.text, "ratio": p.ratio} for p in self.principles],
-                "negative_principle": self.negative, "principle_position": self.position}
+                "negative_principle": self.negative, "principle_position": self.chat_position}
 
 
 def _ratio(name: str, value: Any) -> float | str:
@@ -144,8 +156,8 @@ def compose(*, principle: str | None = None, principles: Iterable[Any] | None = 
         raise TypeError(f"principle must be a string, got {type(principle).__name__}")
     if negative_principle is not None and not isinstance(negative_principle, str):
         raise TypeError(f"negative_principle must be a string, got {type(negative_principle).__name__}")
-    position = "system" if principle_position is None else principle_position
-    if position not in POSITIONS:
+    position = principle_position
+    if position is not None and position not in POSITIONS:
         raise ValueError(f"principle_position must be one of {', '.join(map(repr, POSITIONS))}, "
                          f"got {principle_position!r}")
     negative = negative_principle or ""

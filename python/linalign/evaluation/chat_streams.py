@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..principles import DEFAULT_POSITION
+
 __all__ = ["chat_messages", "stream_tokens"]
 
 
@@ -18,7 +20,7 @@ def chat_messages(user: str, system: str) -> list[dict[str, str]]:
 
 
 def stream_tokens(aligner: Any, messages: list[dict[str, str]], principle: str,
-                  assistant_prefix: str = "", principle_position: str = "system") -> tuple[list[int], list[int]]:
+                  assistant_prefix: str = "", principle_position: str = DEFAULT_POSITION) -> tuple[list[int], list[int]]:
     """(P tokens, B tokens), built by ``Aligner.chat_tokens`` (BOS only where
     the template did not write one; the principle where ``principle_position``
     puts it). Raises ValueError past the context."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..options import AUTO_RATIO
-from ..principles import POSITIONS, parse_principle_flag
+from ..principles import DEFAULT_POSITION, POSITIONS, parse_principle_flag
 from .compare import comparison_html, format_comparison, generate_comparison
 from .follow import INSTRUCTIONS, evaluate_follow, follow_methods, load_instructions, plot_follow
 from .data import load_pairs, load_persona_items, load_prompts
@@ -97,8 +97,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="also score the first letter of a greedy aligned generation")
     persona.add_argument("--top-p", type=_top_p, default=0.8, help="nucleus of --generate's decoding (default 0.8)")
     persona.add_argument("--plot", default=None, metavar="OUT.png", help="accuracy against ratio")
-    persona.add_argument("--principle-position", choices=POSITIONS, default="system",
-                         help="where the principle goes (default system; end: after the question)")
+    persona.add_argument("--principle-position", choices=POSITIONS, default=DEFAULT_POSITION,
+                         help=f"where the principle goes (default {DEFAULT_POSITION}; end: after the question, "
+                              "system: in the system message)")
 
     pairs = sub.add_parser("pairs", help="how often the aligned policy prefers the chosen response")
     pairs.add_argument("--data", required=True, help="JSONL of {prompt, principle, chosen, rejected}")
@@ -109,8 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     pairs.add_argument("--floor", type=float, default=DEFAULT_FLOOR,
                        help=f"log-prob charged to a token outside the nucleus (default {DEFAULT_FLOOR})")
     pairs.add_argument("--plot", default=None, metavar="OUT.png", help="accuracy against ratio")
-    pairs.add_argument("--principle-position", choices=POSITIONS, default="system",
-                       help="where the principle goes (default system; end: after the prompt)")
+    pairs.add_argument("--principle-position", choices=POSITIONS, default=DEFAULT_POSITION,
+                       help=f"where the principle goes (default {DEFAULT_POSITION}; end: after the prompt, "
+                            "system: in the system message)")
 
     compare = sub.add_parser("compare", help="side-by-side generations")
     compare.add_argument("--prompts", required=True, help="text file, one prompt per line ('#' lines skipped)")

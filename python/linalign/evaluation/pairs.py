@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..principles import DEFAULT_POSITION
 from .chat_streams import chat_messages, stream_tokens
 from .persona import DEFAULT_SYSTEM, method_name
 from .scoring import nucleus_mask, policy_log_probs, token_log_likelihood
@@ -44,7 +45,7 @@ def evaluate_pairs(
     top_p: float = 0.8,
     floor: float = DEFAULT_FLOOR,
     progress: Callable[[int], None] | None = None,
-    principle_position: str = "system",
+    principle_position: str = DEFAULT_POSITION,
 ) -> dict[str, Any]:
     """Runs the protocol; returns the JSON-shaped result.
 

@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..principles import DEFAULT_POSITION
 from .chat_streams import chat_messages, stream_tokens
 from .data import LETTERS
 from .fluency import fluency
@@ -96,7 +97,7 @@ def evaluate_persona(
     generate: bool = False,
     top_p: float = 0.8,
     progress: Callable[[int], None] | None = None,
-    principle_position: str = "system",
+    principle_position: str = DEFAULT_POSITION,
 ) -> dict[str, Any]:
     """Runs the protocol; returns the JSON-shaped result.
 

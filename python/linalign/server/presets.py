@@ -76,7 +76,7 @@ class Preset:
     source: str = ""                             # "--preset" or a file name, for messages
     principles: tuple[Principle, ...] | None = None  # several, each with its ratio
     negative_principle: str | None = None
-    principle_position: str | None = None        # None: the request's, or "system"
+    principle_position: str | None = None        # None: the request's, or the default ("end")
 
     def composition(self) -> Composition:
         """What the preset steers by, alone (a request may replace parts)."""

@@ -86,7 +86,7 @@ class _SamplingRequest(BaseModel):
     # [{"text": ..., "ratio": ...}, ...]: checked by linalign.principles.compose
     principles: list[Any] | None = None
     negative_principle: str | None = None
-    principle_position: str | None = None  # "system" or "end" (linalign.principles.POSITIONS)
+    principle_position: str | None = None  # "system" or "end" (linalign.principles.POSITIONS; default "end")
     alignment_ratio: float | str | None = None  # a number or "auto" (SamplingOptions checks which)
     temperature: float | None = None
     top_p: float | None = None
