@@ -75,7 +75,7 @@ def test_an_end_chat_holds_its_history_once(one_slot) -> None:
     assert engine.n_cells_used == b + own + 2 * (n - 1) == engine.cells_alone(request) + 2 * (n - 1)
     assert engine.n_cells_used < 1.2 * (b + n)  # a plain chat's, and the principle's few tokens
     assert engine.n_cells_idle == engine.n_cells_used  # done: its slot's cache is idle
-    system = one_slot.chat_request(HISTORY, principle=PIRATE)
+    system = one_slot.chat_request(HISTORY, principle=PIRATE, principle_position="system")
     assert engine.cells_alone(system) > len(system.prompt) + len(system.base_prompt) - 8  # two histories
 
 
@@ -258,7 +258,7 @@ def test_the_server_composes_principles_at_its_defaults(default_server, k: int) 
 def test_the_server_answers_400_for_prompts_that_do_not_fit_its_pool(default_server) -> None:
     history = [{"role": "user", "content": "Tell me about the sea. " * 110}]
     principles = [PIRATE, "Be brief.", "Answer in French."]  # four streams of the history each
-    r = _chat(default_server, history, principles=principles)
+    r = _chat(default_server, history, principles=principles, principle_position="system")
     assert r.status_code == 400
     assert "KV pool" in r.json()["error"]["message"]
     r = _chat(default_server, history, principles=principles, principle_position="end")

@@ -53,11 +53,13 @@ def test_end_works_with_templates_that_refuse_a_system_message(templated) -> Non
 
 def test_system_on_a_template_that_refuses_it_is_a_clear_error(templated) -> None:
     name, aligner = templated
-    if name == "llama2":  # takes a first system message: the default placement works
-        assert PIRATE in aligner.render_chat(CHAT, PIRATE)[0]
+    if name == "llama2":  # takes a first system message: the system placement works
+        assert PIRATE in aligner.render_chat(CHAT, PIRATE, principle_position="system")[0]
         return
     with pytest.raises(ValueError, match=r"principle_position 'system'.*\.gguf's chat template refuses.*'end'"):
-        aligner.create_chat_completion(CHAT, principle=PIRATE, max_tokens=2)
+        aligner.create_chat_completion(CHAT, principle=PIRATE, principle_position="system", max_tokens=2)
+    # the default placement, the end, works with every template
+    assert aligner.render_chat(CHAT, PIRATE)[0].count(PIRATE) == 1
     # messages the template refuses by themselves keep the template's own message
     with pytest.raises(ValueError, match="alternate"):
         aligner.create_chat_completion(CHAT + CHAT[-1:], principle=PIRATE, principle_position="end", max_tokens=2)
@@ -111,7 +113,7 @@ def test_the_next_turn_decodes_its_new_tokens_once(model_path) -> None:
         assert stats["decoded"][0] + stats["decoded"][1] <= new_tokens + p_tail + 1
         assert gen.cached_tokens >= stats["reused"][1] - 1 > 0
         # the "system" placement decodes the new turn in both streams
-        system = a.submit(a.chat_request(history, principle=PIRATE))
+        system = a.submit(a.chat_request(history, principle=PIRATE, principle_position="system"))
         list(a.deltas(system))
         assert system.prefill["decoded"][0] > stats["decoded"][0]
 
@@ -146,7 +148,7 @@ def test_a_unified_pool_of_one_stream_serves_an_end_chat(model_path) -> None:
                                        temperature=0)
         assert out["usage"]["completion_tokens"] >= 1
         with pytest.raises(ValueError, match="more than the KV pool's 512"):
-            a.create_chat_completion([{"role": "user", "content": long_user}],
+            a.create_chat_completion([{"role": "user", "content": long_user}], principle_position="system",
                                      principle="The user is a child. " * 20, max_tokens=8)
         again = a.create_chat_completion(history, principle=PIRATE, principle_position="end", max_tokens=8,
                                          temperature=0)

@@ -20,18 +20,21 @@ def prefill_of(aligner, call):
 
 
 def test_second_turn_decodes_only_new_tokens(aligner):
+    """Each stream keeps its own cache (the principle in the system message;
+    at the end, the default, the streams share the new turn:
+    test_placement.py)."""
     aligner.reset()
     history = [{"role": "user", "content": "Hi! Who are you?"}]
     first, first_prefill = prefill_of(aligner, aligner.chat_request(history, principle=PRINCIPLE, max_tokens=16,
-                                                                    temperature=0.0))
+                                                                    temperature=0.0, principle_position="system"))
     assert not any(first_prefill["reused"])  # the session Aligner may have grown a third stream
     assert first.usage()["prompt_tokens_details"]["cached_tokens"] == 0
 
     answer = aligner.detokenize(first.tokens)
     history += [{"role": "assistant", "content": answer}, {"role": "user", "content": "What do you eat?"}]
     second, stats = prefill_of(aligner, aligner.chat_request(history, principle=PRINCIPLE, max_tokens=8,
-                                                             temperature=0.0))
-    text_p, text_b = aligner.render_chat(history, PRINCIPLE)
+                                                             temperature=0.0, principle_position="system"))
+    text_p, text_b = aligner.render_chat(history, PRINCIPLE, principle_position="system")
     n_p, n_b = len(aligner.tokenize(text_p, add_bos=False)), len(aligner.tokenize(text_b, add_bos=False))
     assert stats["reused"][0] + stats["decoded"][0] == n_p
     assert stats["reused"][1] + stats["decoded"][1] + stats["shared"] == n_b
