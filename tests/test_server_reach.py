@@ -204,7 +204,6 @@ def test_python_api_completion_logprobs(aligner) -> None:
     (dict(logprobs=True, top_logprobs=1.5), TypeError),
     (dict(top_logprobs=2), ValueError),
     (dict(logprobs="yes"), TypeError),
-    (dict(logprobs=True, grammar='root ::= "a"'), ValueError),
 ])
 def test_python_api_bad_logprobs(aligner, kwargs: dict, error: type) -> None:
     with pytest.raises(error, match="logprobs"):

@@ -22,7 +22,7 @@ import weakref
 from typing import Any, Callable
 
 from .. import _core
-from ..logprobs import TokenLogprob, check_logprobs_request, compute_token_logprob
+from ..logprobs import TokenLogprob, compute_token_logprob
 from .generation import Generation, GenerationRequest
 
 __all__ = ["BatchedEngine", "EngineClosedError", "flash_attn_type"]
@@ -165,7 +165,6 @@ class BatchedEngine:
         before it queues the request (the streams' headers then go out at
         once, before a slot is free)."""
         options = request.options
-        check_logprobs_request(request.want_logprobs, options)
         if request.n_streams > self.n_streams:
             raise ValueError(f"principles: {request.n_streams - 1} principles need {request.n_streams} streams per "
                              f"slot; this engine was made with {self.n_streams} (at most "
@@ -204,10 +203,9 @@ class BatchedEngine:
         the Aligner, which has no queue, waits so. Bad input (empty or
         over-long prompts, prompts whose cells alone exceed the pool, token
         ids outside the vocabulary, a grammar that does not parse, sampling
-        values out of range, logprobs with a grammar) raises ValueError here.
+        values out of range) raises ValueError here.
         """
         options = request.options
-        check_logprobs_request(request.want_logprobs, options)
         if request.n_streams > self.n_streams:
             raise ValueError(f"principles: {request.n_streams - 1} principles need {request.n_streams} streams per "
                              f"slot; this engine was made with {self.n_streams} (at most "
@@ -346,7 +344,8 @@ class BatchedEngine:
         return compute_token_logprob(token, piece, logits_p, logits_b, gen.request.options,
                                      gen.request.want_logprobs, lambda t: model.token_to_piece(t, False),
                                      text_offset=gen.assembler.decoded_length, logits_extra=extra,
-                                     ratios=gen.last_ratios, guarded=gen.last_guarded)
+                                     ratios=gen.last_ratios, guarded=gen.last_guarded,
+                                     grammar_allowed=native.grammar_allowed(slot))
 
     def _release(self, gen: Generation) -> None:
         self._stats_pending.discard(id(gen))

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..aligner import Aligner
 from ..chat import validate_messages
 from ..engine import GenerationRequest
-from ..logprobs import chat_top_logprobs, check_logprobs_request, completion_top_logprobs
+from ..logprobs import chat_top_logprobs, completion_top_logprobs
 from ..options import SamplingOptions
 from ..principles import Composition, compose
 from .grammar_limits import GrammarTooLarge, check_gbnf, check_json_schema
@@ -188,13 +188,11 @@ def _grammar(response_format: ResponseFormat | None) -> str | None:
     return grammar
 
 
-def _logprobs_checked(want: Callable[[], int | None], options: SamplingOptions) -> int | None:
+def _logprobs_checked(want: Callable[[], int | None]) -> int | None:
     try:
-        k = want()
-        check_logprobs_request(k, options)
+        return want()
     except (TypeError, ValueError) as e:
         raise ApiError(400, str(e), param=param_of_error(str(e)) or "logprobs") from None
-    return k
 
 
 class ChatCompletionRequest(_SamplingRequest):
@@ -204,7 +202,7 @@ class ChatCompletionRequest(_SamplingRequest):
 
     def generation_request(self, aligner: Aligner, preset: Preset | None = None) -> GenerationRequest:
         options = self.sampling_options(None, preset)
-        k = _logprobs_checked(lambda: chat_top_logprobs(self.logprobs, self.top_logprobs), options)
+        k = _logprobs_checked(lambda: chat_top_logprobs(self.logprobs, self.top_logprobs))
         try:
             messages = validate_messages(self.messages)
         except (TypeError, ValueError) as e:
@@ -238,7 +236,7 @@ class CompletionRequest(_SamplingRequest):
             if getattr(self, name):
                 raise ApiError(400, f"{name} is not supported by this server", param=name)
         options = self.sampling_options(16, preset)
-        k = _logprobs_checked(lambda: completion_top_logprobs(self.logprobs), options)
+        k = _logprobs_checked(lambda: completion_top_logprobs(self.logprobs))
         prompt: str | list[int]
         if isinstance(self.prompt, list) and self.prompt and all(isinstance(p, str) for p in self.prompt):
             if len(self.prompt) != 1:
