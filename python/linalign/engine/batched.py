@@ -192,7 +192,8 @@ class BatchedEngine:
     def submit(self, request: GenerationRequest, *, notify: Callable[[], None] | None = None,
                slot: int | None = None, wait: bool = False) -> Generation | None:
         """Starts a request in the free slot with the longest cached prefix
-        (or in ``slot``, which must be free: for probes of slot placement).
+        (or in ``slot``, else the request's own ``slot``, which must be free:
+        for probes of slot placement, and a server's ``id_slot``).
 
         Returns None when every slot is busy, and when the KV pool has no
         room now for the request's prompts and the reserve for its answer
@@ -212,6 +213,9 @@ class BatchedEngine:
                              f"{self.n_streams - 1} principles per request)")
         gen = Generation(request=request, limit=options.token_limit(self.n_ctx), notify=notify)
         params = request.native_params(self._seed)
+        cache_prompt = self.cache_prompt if request.cache_prompt is None else request.cache_prompt
+        if slot is None:
+            slot = request.slot
         with self.lock:
             self._require_open()
             self._reap_cancelled()
@@ -222,10 +226,10 @@ class BatchedEngine:
                     return None
             elif not 0 <= slot < self.n_slots or self._native.busy(slot):
                 raise ValueError(f"slot {slot} is not a free slot of this engine ({self.n_slots} slots)")
-            if not wait and not self._native.room_for(slot, prompts, params, self.cache_prompt, gen.limit):
+            if not wait and not self._native.room_for(slot, prompts, params, cache_prompt, gen.limit):
                 self._native.check_fits(prompts, params)  # never fits: ValueError, not a wait
                 return None
-            stats = self._native.start(slot, prompts, params, self.cache_prompt, gen.limit)
+            stats = self._native.start(slot, prompts, params, cache_prompt, gen.limit)
             gen.slot = slot
             self._submitted += 1
             gen.order = self._submitted
@@ -241,6 +245,11 @@ class BatchedEngine:
         gen.cached_tokens = stats.cached[0]
         gen.prefill = {"reused": stats.reused, "decoded": stats.decoded, "shared": stats.shared,
                        "cached": stats.cached}
+
+    def is_free(self, slot: int) -> bool:
+        """Whether ``slot`` holds no request."""
+        with self.lock:
+            return 0 <= slot < self.n_slots and not self._native.busy(slot)
 
     def oldest(self) -> Generation | None:
         """The request that has held its slot longest."""

@@ -35,6 +35,11 @@ class GenerationRequest:
     # each principled stream's principle as tokens, P first, for the echo
     # guard (SamplingOptions.echo_guard); empty: nothing to guard
     principle_tokens: tuple[Sequence[int], ...] = ()
+    # reuse the slot's cached prefix (None: the engine's cache_prompt)
+    cache_prompt: bool | None = None
+    # the slot to run in (None: the free one with the longest cached prefix);
+    # a server waits for it to be free
+    slot: int | None = None
 
     def __post_init__(self) -> None:
         if len(self.extra_prompts) != len(self.extra_ratios):

@@ -7,9 +7,12 @@ request and response shapes; ``stream`` as Server-Sent Events ending in
 ``GET /`` (a page to try it, ``static/index.html``; neither needs the key).
 
 ``model``: absent, the model's id, or any id without a colon is the model
-with no preset; ``<model>:<name>`` is a preset (its principle, ratio and
+with no preset (llama-server's convention: clients that send ``gpt-4o`` by
+default work); ``<model>:<name>`` is a preset (its principle, ratio and
 sampling defaults, for the fields the request leaves out); any other id with
-a colon is a 404 (``model_not_found``).
+a colon is a 404 (``model_not_found``). The model's entry in ``/v1/models``
+lists the request fields each endpoint takes, and those accepted without
+effect; any other field is a 400 naming it (:mod:`.request_fields`).
 
 ``logprobs`` (chat: ``logprobs: true`` and ``top_logprobs`` 0-20;
 completions: ``logprobs`` 0-20) in OpenAI's shapes, streamed too: each chunk
@@ -67,7 +70,7 @@ from ..logprobs import TokenLogprob
 from ..responses import ChatChunks, CompletionChunks, chunks_of, collect_chat, collect_completion
 from .presets import Presets, UnknownModelError
 from .scheduler import QueueFullError, Scheduler, Ticket
-from .schema import ApiError, ChatCompletionRequest, CompletionRequest, error_body, parse_request
+from .schema import ApiError, ChatCompletionRequest, CompletionRequest, error_body, parse_request, supported_fields
 
 __all__ = ["create_app"]
 
@@ -194,7 +197,8 @@ def create_app(aligner: Aligner, scheduler: Scheduler, *, model_id: str, api_key
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
         check_key(request)
-        data = [{"id": model_id, "object": "model", "created": created, "owned_by": "linalign"}]
+        data = [{"id": model_id, "object": "model", "created": created, "owned_by": "linalign",
+                 "linalign": {"request_fields": supported_fields()}}]
         data += [{"id": id_, "object": "model", "created": created, "owned_by": "linalign",
                   "linalign": preset.describe()} for id_, preset in presets]
         return {"object": "list", "data": data}

@@ -145,7 +145,11 @@ class Scheduler:
 
     def _admit(self) -> None:
         while self._waiting and self.engine.n_free > 0:
-            ticket = self._waiting.popleft()
+            ticket = self._waiting[0]
+            wanted = ticket.request.slot
+            if not ticket._cancelled and wanted is not None and not self.engine.is_free(wanted):
+                return  # it waits for the slot it asked for (id_slot), first in line
+            self._waiting.popleft()
             if ticket._cancelled:
                 continue
             try:
