@@ -325,7 +325,7 @@ class BatchedEngine:
         else:
             gen.completion_tokens += 1
             gen.tokens.append(event.token)
-            gen._record_step(event.ratios, event.guarded)
+            gen._record_step(event.ratios, event.guarded, token=event.token, plain_top=event.plain_top)
             piece = model.token_to_piece(event.token, False)
             entry = None
             if gen.request.want_logprobs is not None:  # while the slot's logits are still there

@@ -111,6 +111,12 @@ class Scheduler:
         with self._wake:
             return sum(not t._cancelled for t in self._waiting)
 
+    @property
+    def queued_now(self) -> int:
+        """As :attr:`queued`, without the lock that admission holds (for a
+        scrape: a copy of a deque is atomic under the GIL)."""
+        return sum(not t._cancelled for t in list(self._waiting))
+
     def submit(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop) -> Ticket:
         """Queues a request; raises QueueFullError when the queue is full, and
         ValueError for input the engine would refuse. Called on the event

@@ -13,7 +13,7 @@ import json
 from typing import Any, Callable, Literal
 
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from ..aligner import Aligner
 from ..chat import validate_messages
@@ -114,6 +114,12 @@ class _SamplingRequest(BaseModel):
     # --cache-prompt), and the slot to run in (-1: the server picks)
     cache_prompt: bool | None = None
     id_slot: int | None = None
+    # the positive principles the request composed, once generation_request ran (metrics)
+    _principles: int = PrivateAttr(default=0)
+
+    @property
+    def principles_composed(self) -> int:
+        return self._principles
 
     @property
     def include_usage(self) -> bool:
@@ -151,11 +157,13 @@ class _SamplingRequest(BaseModel):
         if position is None and preset is not None:
             position = preset.principle_position
         try:
-            return compose(principle=principle, principles=principles, negative_principle=negative,
-                           ratio=options.ratio, ratio_given=self.alignment_ratio is not None,
-                           ratio_name="alignment_ratio", principle_position=position)
+            composition = compose(principle=principle, principles=principles, negative_principle=negative,
+                                  ratio=options.ratio, ratio_given=self.alignment_ratio is not None,
+                                  ratio_name="alignment_ratio", principle_position=position)
         except (TypeError, ValueError) as e:
             raise ApiError(400, str(e), param=param_of_error(str(e))) from None
+        self._principles = len(composition.principles)
+        return composition
 
     def per_request(self, request: GenerationRequest, aligner: Aligner) -> GenerationRequest:
         """``request`` with this request's cache_prompt and id_slot."""
