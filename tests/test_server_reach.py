@@ -359,11 +359,9 @@ BAD_LOGPROBS = [
     ("/v1/chat/completions", {"logprobs": True, "top_logprobs": -1}, "top_logprobs"),
     ("/v1/chat/completions", {"top_logprobs": 2}, "top_logprobs"),
     ("/v1/chat/completions", {"logprobs": False, "top_logprobs": 2}, "top_logprobs"),
-    ("/v1/chat/completions", {"logprobs": True, "response_format": {"type": "json_object"}}, "logprobs"),
     ("/v1/chat/completions", {"logprobs": 1}, "logprobs"),
     ("/v1/completions", {"logprobs": 21}, "logprobs"),
     ("/v1/completions", {"logprobs": -1}, "logprobs"),
-    ("/v1/completions", {"logprobs": 1, "response_format": {"type": "json_object"}}, "logprobs"),
 ]
 
 
