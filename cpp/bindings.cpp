@@ -235,6 +235,8 @@ PYBIND11_MODULE(_core, m) {
         .def_readonly("ratios", &step_event::ratios, "the step size each principled stream was applied at, P first")
         .def_property_readonly("guarded", [](const step_event & e) { return guards_to_list(e.guarded); },
                                "(stream, token) pairs whose boost the echo guard dropped at this step")
+        .def_readonly("plain_top", &step_event::plain_top,
+                      "the base stream's most likely token (among what a grammar allowed); -1 without a base stream")
         .def_readonly("preempted", &step_event::preempted,
                       "the pool was full: the slot's cells were freed and its request waits to resume");
 
@@ -324,6 +326,14 @@ PYBIND11_MODULE(_core, m) {
                  return to_array(std::vector<float>(src, src + n_vocab), n_vocab).reshape({(py::ssize_t) n_vocab});
              }, py::arg("slot"), py::arg("stream"),
              "A copy of the logits a slot's stream (0: P, 1: B) sampled from at the last step.")
+        .def("grammar_allowed", [](const engine & self, int32_t slot) -> py::object {
+                 const std::vector<llama_token> * allowed = self.grammar_allowed(slot);
+                 if (allowed == nullptr) {
+                     return py::none();
+                 }
+                 return py::array_t<llama_token>((py::ssize_t) allowed->size(), allowed->data());
+             }, py::arg("slot"),
+             "The token ids a slot's grammar allowed at the last step (ascending), or None without a grammar.")
         .def("eval_logits", [](engine & self, int32_t slot, const std::vector<llama_token> & prompt,
                                const std::vector<llama_token> & base_prompt, int32_t n_tail_p, int32_t n_tail_b) {
                  std::vector<float> out_p, out_b;

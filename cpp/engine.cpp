@@ -777,6 +777,7 @@ std::vector<step_event> engine::step() {
             ev.token = sl.chain->sample(logits_at(sl.streams[STREAM_P].row), logits_b, extra.data(), extra.size());
             ev.ratios = sl.chain->applied_ratios();
             ev.guarded = sl.chain->guarded();
+            ev.plain_top = sl.chain->plain_top();
         } catch (const std::exception & e) {
             ev.error = e.what();  // this request fails; the others go on
         }
@@ -807,6 +808,15 @@ const float * engine::logits(int32_t slot_index, int32_t stream) const {
         throw std::runtime_error("stream " + std::to_string(stream) + " is not decoded in this request");
     }
     return logits_at(sl.streams[stream].row);
+}
+
+const std::vector<llama_token> * engine::grammar_allowed(int32_t slot_index) const {
+    const slot & sl = slot_at(slot_index);
+    if (sl.state != slot_state::running || sl.sampled_at != n_decode_calls_ || !sl.chain) {
+        throw std::runtime_error("no sample to describe for slot " + std::to_string(slot_index) +
+                                 ": it lasts only until the next decode after the step that sampled");
+    }
+    return sl.chain->grammar_allowed();
 }
 
 void engine::eval_logits(int32_t slot_index, const std::vector<llama_token> & prompt_p,

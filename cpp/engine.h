@@ -108,6 +108,9 @@ struct step_event {
     // the (stream, token) pairs whose boost the echo guard dropped
     std::vector<float>                  ratios;
     std::vector<linear_alignment_guard> guarded;
+    // the base stream's most likely token (among what a grammar allowed); -1
+    // when the slot decodes no base stream (ratio 0, no principle)
+    llama_token plain_top = -1;
     bool        preempted = false; // the pool was full: the slot's cells were freed and it waits to resume
 };
 
@@ -223,6 +226,10 @@ public:
     // The next-token logits of a slot's stream after the step that sampled
     // from them (n_vocab floats, valid until the next decode).
     const float * logits(int32_t slot, int32_t stream) const;
+
+    // The tokens the slot's grammar allowed at that step (nullptr: no grammar);
+    // valid as long as logits() is.
+    const std::vector<llama_token> * grammar_allowed(int32_t slot) const;
 
     // Teacher forcing for evaluation, on a free slot: prefills both prompts
     // (reusing its cache) in llama_decode calls of its own and returns the

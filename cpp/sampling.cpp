@@ -1,6 +1,7 @@
 // sampling: validating parameters and building the sampler chain.
 #include "sampling.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -47,6 +48,7 @@ sampler_chain::sampler_chain(const sampling_params & params, const llama_vocab *
                 throw std::invalid_argument("invalid GBNF grammar (llama.cpp could not parse it; see its log)");
             }
             llama_sampler_chain_add(chain_.get(), grammar);
+            has_grammar_ = true;
         }
         static const std::vector<llama_token> none;
         const auto principle = [&](size_t k) -> const std::vector<llama_token> & {
@@ -110,8 +112,31 @@ llama_token sampler_chain::sample(const float * logits_p, const float * logits_b
             llama_sampler_apply(llama_sampler_chain_get(chain_.get(), i), &cur_p);
         }
     } else {
+        // the grammar first (it only sets the logits of what it rejects to
+        // -inf, in id order), what it allowed noted, then the rest of the chain
         linear_alignment_fill_candidates(logits_p, cur_p.size, cur_.get());
-        llama_sampler_apply(chain_.get(), &cur_p);
+        llama_sampler_apply(llama_sampler_chain_get(chain_.get(), 0), &cur_p);
+        allowed_.clear();
+        for (size_t i = 0; i < cur_p.size; ++i) {
+            if (cur_p.data[i].logit != -INFINITY) {
+                allowed_.push_back(cur_p.data[i].id);
+            }
+        }
+        for (int32_t i = 1; i < llama_sampler_chain_n(chain_.get()); ++i) {
+            llama_sampler_apply(llama_sampler_chain_get(chain_.get(), i), &cur_p);
+        }
+    }
+    plain_top_ = -1;
+    if (logits_b != nullptr) {
+        if (has_grammar_) {
+            for (llama_token t : allowed_) {
+                if (plain_top_ < 0 || logits_b[t] > logits_b[plain_top_]) {
+                    plain_top_ = t;
+                }
+            }
+        } else {
+            plain_top_ = (llama_token) (std::max_element(logits_b, logits_b + n_vocab_) - logits_b);
+        }
     }
     llama_sampler_linear_alignment_set_base(la_, nullptr);
     llama_sampler_linear_alignment_set_principled(la_, nullptr, n_extra);

@@ -70,12 +70,25 @@ public:
     std::vector<float> applied_ratios() const;
     std::vector<linear_alignment_guard> guarded() const;
 
+    // What the last sample's grammar allowed (token ids, ascending; nullptr
+    // without a grammar): what logprobs need to describe the distribution
+    // actually sampled, since the grammar masks P's candidates first.
+    const std::vector<llama_token> * grammar_allowed() const { return has_grammar_ ? &allowed_ : nullptr; }
+
+    // The plain stream's most likely token at the last sample (among what the
+    // grammar allowed), or -1 when there was no base stream: the token plain
+    // decoding would have chosen greedily, to count what alignment changed.
+    llama_token plain_top() const { return plain_top_; }
+
 private:
     sampler_ptr     chain_;
     llama_sampler * la_     = nullptr; // owned by chain_
     bool            la_first_ = false; // nothing before it: sample() hands it the logits directly
     int32_t         n_vocab_ = 0;
     size_t          n_extra_ = 0;
+    bool            has_grammar_ = false;
+    std::vector<llama_token> allowed_;  // reused across samples
+    llama_token     plain_top_ = -1;
     // Candidate storage, left uninitialised: the dense path writes only the
     // nucleus, so the rest of it never becomes resident (576 KiB at 49k
     // tokens, 1.7 MiB at 152k).

@@ -237,9 +237,11 @@ def test_json_object_response_format_constrains_the_output(server: Server) -> No
     assert r.choices[0].message.content.lstrip().startswith("{")
 
 
-def test_unknown_fields_are_ignored(server: Server) -> None:
+def test_unknown_field_is_400_and_harmless_ones_are_accepted(server: Server) -> None:
     r = server.post("/v1/chat/completions", {"messages": CHAT, "max_tokens": 2, "user": "u", "whatever": [1]})
-    assert r.status_code == 200
+    assert r.status_code == 400 and r.json()["error"]["param"] == "whatever"
+    r = server.post("/v1/chat/completions", {"messages": CHAT, "max_tokens": 2, "user": "u", "store": False})
+    assert r.status_code == 200  # tests/test_request_fields.py has the whole list
 
 
 # -- errors -------------------------------------------------------------------

@@ -22,7 +22,7 @@ from .chat import ChatRenderer
 from .default_model import resolve_model_path
 from .engine import BatchedEngine, EngineClosedError, Generation, GenerationRequest, flash_attn_type
 from .llama_loader import weights_in_amx_buffers
-from .logprobs import TokenLogprob, chat_top_logprobs, check_logprobs_request, completion_top_logprobs
+from .logprobs import TokenLogprob, chat_top_logprobs, completion_top_logprobs
 from .options import SamplingOptions, _integer
 from .principles import DEFAULT_POSITION, MAX_PRINCIPLES, Composition, compose
 from .responses import ChatChunks, CompletionChunks, chunks_of, collect_chat, collect_completion
@@ -372,7 +372,6 @@ class Aligner:
         self._require_open()
         want = completion_top_logprobs(logprobs)
         options = SamplingOptions.from_kwargs(options, **sampling)
-        check_logprobs_request(want, options)
         composition = self._composition(composition, principle, principles, negative_principle,
                                         principle_position, options, "ratio" in sampling)
         if composition.position == "end":
@@ -400,7 +399,6 @@ class Aligner:
         self._require_open()
         want = chat_top_logprobs(logprobs, top_logprobs)
         options = SamplingOptions.from_kwargs(options, **sampling)
-        check_logprobs_request(want, options)
         composition = self._composition(composition, principle, principles, negative_principle,
                                         principle_position, options, "ratio" in sampling)
         texts, base_text = composition.stream_texts, composition.negative

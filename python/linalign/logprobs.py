@@ -14,9 +14,19 @@ normalised by a log-softmax over the surviving candidates, **at temperature
 1** (the logits are not divided by the request's temperature, as in OpenAI's
 and llama-cpp-python's logprobs; that keeps them defined for greedy decoding).
 Top-k, min-p, the repetition penalties and the temperature that the rest of
-the sampler chain applies afterwards are not in it. Tokens outside the
-nucleus have probability 0 there, so ``top_logprobs`` lists at most the
-nucleus's tokens (fewer than asked for when the nucleus is smaller).
+the sampler chain applies afterwards are not in it.
+
+``top_logprobs`` always holds the k entries asked for, most likely first, as
+OpenAI's do. Tokens outside the nucleus have probability 0 in that
+distribution: when the nucleus holds fewer than k tokens, the list is filled
+with the next most likely tokens of stream P (the principled distribution's
+order; a grammar's allowed tokens before its rejected ones), each with
+logprob ``-9999.0``, OpenAI's stand-in for a probability of zero.
+
+With a grammar (``response_format``) the grammar masks stream P's candidates
+before the alignment step; the engine records which tokens it allowed at
+each position, and the logprobs are those of the distribution actually
+sampled: the nucleus taken among the allowed tokens, then aligned.
 
 Each entry also carries a ``linalign`` object::
 
@@ -33,11 +43,9 @@ Each entry also carries a ``linalign`` object::
     echo_guarded        whether the echo guard took the alignment's boost
                         from the chosen token
 
-(``l_p``, ``l_0``: full-vocabulary logits at temperature 1.) Computing this
-copies both streams' logits each token, so it is done only when asked.
-
-A grammar (``response_format``) masks tokens before the alignment step, a
-mask this module cannot reproduce: logprobs are refused with one.
+(``l_p``, ``l_0``: full-vocabulary logits at temperature 1; under a grammar,
+``plain_top_token`` is the most likely token the grammar allowed.) Computing
+this copies both streams' logits each token, so it is done only when asked.
 """
 from __future__ import annotations
 
@@ -49,12 +57,13 @@ import numpy as np
 from . import _core
 from .options import AUTO_RATIO, SamplingOptions
 
-__all__ = ["MAX_TOP_LOGPROBS", "TokenLogprob", "chat_logprobs", "check_logprobs_request", "completion_logprobs",
+__all__ = ["MAX_TOP_LOGPROBS", "ZERO_LOGPROB", "TokenLogprob", "chat_logprobs", "completion_logprobs",
            "compute_token_logprob", "chat_top_logprobs", "completion_top_logprobs"]
 
 MAX_TOP_LOGPROBS = 20
-# OpenAI's stand-in for a probability of zero (JSON has no -Infinity)
-_ZERO_LOGPROB = -9999.0
+# OpenAI's stand-in for a probability of zero (JSON has no -Infinity): the
+# logprob of a top_logprobs filler outside the nucleus
+ZERO_LOGPROB = -9999.0
 
 
 def chat_top_logprobs(logprobs: Any, top_logprobs: Any) -> int | None:
@@ -85,13 +94,6 @@ def _check_k(name: str, k: Any) -> None:
         raise TypeError(f"{name} must be an integer in [0, {MAX_TOP_LOGPROBS}], got {type(k).__name__}")
     if not 0 <= k <= MAX_TOP_LOGPROBS:
         raise ValueError(f"{name} must be in [0, {MAX_TOP_LOGPROBS}], got {k}")
-
-
-def check_logprobs_request(k: int | None, options: SamplingOptions) -> None:
-    """Refuses logprobs a request cannot give."""
-    if k is not None and options.grammar:
-        raise ValueError("logprobs cannot be computed with a grammar (response_format): the grammar masks tokens "
-                         "before the alignment step; ask for one or the other")
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,8 @@ def compute_token_logprob(token: int, piece: bytes, logits_p: np.ndarray, logits
                           options: SamplingOptions, k: int, piece_of: Callable[[int], bytes],
                           text_offset: int = 0, logits_extra: Sequence[np.ndarray] = (),
                           extra_ratios: Sequence[float | str] = (), *, ratios: Sequence[float] | None = None,
-                          guarded: Sequence[tuple[int, int]] = ()) -> TokenLogprob:
+                          guarded: Sequence[tuple[int, int]] = (),
+                          grammar_allowed: np.ndarray | None = None) -> TokenLogprob:
     """The entry of ``token``, drawn from ``logits_p``/``logits_b`` (and the
     further principled streams' logits, when several principles are
     composed) with ``options``, with its ``k`` most likely alternatives.
@@ -144,28 +147,35 @@ def compute_token_logprob(token: int, piece: bytes, logits_p: np.ndarray, logits
     principled stream, P first (a step event's); ``None`` takes
     ``options.ratio`` and ``extra_ratios`` (``"auto"`` recomputed by the
     same rule). ``guarded``: the (stream, token) pairs whose boost the echo
-    guard dropped at this token."""
+    guard dropped at this token. ``grammar_allowed``: the token ids a grammar
+    allowed at this position (None: no grammar)."""
     all_ratios = [options.ratio, *extra_ratios] if ratios is None else list(ratios)
     if len(all_ratios) != 1 + len(logits_extra):
         raise ValueError(f"ratios: one per principled stream ({1 + len(logits_extra)}), got {len(all_ratios)}")
     auto = [r == AUTO_RATIO for r in all_ratios]
     fixed = [0.0 if a else float(r) for r, a in zip(all_ratios, auto)]
+    masked_p = logits_p
+    if grammar_allowed is not None:
+        # what the grammar handed the alignment step: P's candidates with the
+        # rejected ones at -inf, in id order (the sampler's candidate path)
+        masked_p = np.full_like(logits_p, -np.inf)
+        masked_p[grammar_allowed] = logits_p[grammar_allowed]
     ids, aligned, applied, _ = _core.linear_alignment_step(
-        logits_p, logits_b, fixed[0], options.top_p, options.temperature, True, list(logits_extra), fixed[1:],
-        auto_ratio=auto[0], extra_auto=auto[1:] if any(auto[1:]) else [],
+        masked_p, logits_b, fixed[0], options.top_p, options.temperature, grammar_allowed is None,
+        list(logits_extra), fixed[1:], auto_ratio=auto[0], extra_auto=auto[1:] if any(auto[1:]) else [],
         guarded=[(int(s), int(t)) for s, t in guarded])
     x = aligned.astype(np.float64)
+    finite = np.isfinite(x)
+    ids, x = ids[finite], x[finite]  # a grammar's -inf candidates have probability 0
     m = float(x.max())
     logprobs = x - (m + float(np.log(np.exp(x - m).sum())))
     hit = np.flatnonzero(ids == token)
-    logprob = float(logprobs[hit[0]]) if hit.size else _ZERO_LOGPROB
-    top: tuple[tuple[bytes, float], ...] = ()
-    if k > 0:
-        n = min(k, ids.size)
-        best = np.argpartition(-logprobs, n - 1)[:n] if n < ids.size else np.arange(ids.size)
-        best = best[np.lexsort((ids[best], -logprobs[best]))]
-        top = tuple((piece_of(int(ids[i])), float(logprobs[i])) for i in best)
-    plain_top = int(np.argmax(logits_b))
+    logprob = float(logprobs[hit[0]]) if hit.size else ZERO_LOGPROB
+    top = _top_entries(ids, logprobs, k, logits_p, grammar_allowed, piece_of) if k > 0 else ()
+    if grammar_allowed is None:
+        plain_top = int(np.argmax(logits_b))
+    else:
+        plain_top = int(grammar_allowed[np.argmax(logits_b[grammar_allowed])])
     plain_top_logprob, logprob_plain = _log_softmax_at(logits_b, plain_top, token)
     (logprob_principled,) = _log_softmax_at(logits_p, token)
     return TokenLogprob(token=token, piece=piece, logprob=logprob, top=top, plain_top_token=plain_top,
@@ -175,8 +185,34 @@ def compute_token_logprob(token: int, piece: bytes, logits_p: np.ndarray, logits
                         echo_guarded=any(int(t) == token for _, t in guarded))
 
 
+def _top_entries(ids: np.ndarray, logprobs: np.ndarray, k: int, logits_p: np.ndarray,
+                 grammar_allowed: np.ndarray | None,
+                 piece_of: Callable[[int], bytes]) -> tuple[tuple[bytes, float], ...]:
+    """The ``k`` most likely candidates, then, when the nucleus holds fewer,
+    stream P's next most likely tokens as fillers at ZERO_LOGPROB."""
+    n = min(k, ids.size)
+    best = np.argpartition(-logprobs, n - 1)[:n] if 0 < n < ids.size else np.arange(n)
+    best = best[np.lexsort((ids[best], -logprobs[best]))]
+    top = [(piece_of(int(ids[i])), float(logprobs[i])) for i in best]
+    need = min(k, logits_p.size) - n
+    if need > 0:
+        # P's order, a grammar's rejected tokens after every allowed one
+        order = logits_p.astype(np.float64)
+        if grammar_allowed is not None:
+            rejected = np.ones(order.size, dtype=bool)
+            rejected[grammar_allowed] = False
+            order[rejected] -= 1e9
+        m = min(need + ids.size, order.size)
+        pool = np.argpartition(-order, m - 1)[:m] if m < order.size else np.arange(order.size)
+        pool = pool[np.lexsort((pool, -order[pool]))]
+        taken = set(int(i) for i in ids)
+        fillers = [int(t) for t in pool if int(t) not in taken][:need]
+        top += [(piece_of(t), ZERO_LOGPROB) for t in fillers]
+    return tuple(top)
+
+
 def _finite(x: float) -> float:
-    return x if np.isfinite(x) else _ZERO_LOGPROB
+    return x if np.isfinite(x) else ZERO_LOGPROB
 
 
 def _linalign(entry: TokenLogprob) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import weakref
 from typing import Any, Callable
 
 from .. import _core
-from ..logprobs import TokenLogprob, check_logprobs_request, compute_token_logprob
+from ..logprobs import TokenLogprob, compute_token_logprob
 from .generation import Generation, GenerationRequest
 
 __all__ = ["BatchedEngine", "EngineClosedError", "flash_attn_type"]
@@ -165,7 +165,6 @@ class BatchedEngine:
         before it queues the request (the streams' headers then go out at
         once, before a slot is free)."""
         options = request.options
-        check_logprobs_request(request.want_logprobs, options)
         if request.n_streams > self.n_streams:
             raise ValueError(f"principles: {request.n_streams - 1} principles need {request.n_streams} streams per "
                              f"slot; this engine was made with {self.n_streams} (at most "
@@ -193,7 +192,8 @@ class BatchedEngine:
     def submit(self, request: GenerationRequest, *, notify: Callable[[], None] | None = None,
                slot: int | None = None, wait: bool = False) -> Generation | None:
         """Starts a request in the free slot with the longest cached prefix
-        (or in ``slot``, which must be free: for probes of slot placement).
+        (or in ``slot``, else the request's own ``slot``, which must be free:
+        for probes of slot placement, and a server's ``id_slot``).
 
         Returns None when every slot is busy, and when the KV pool has no
         room now for the request's prompts and the reserve for its answer
@@ -204,16 +204,18 @@ class BatchedEngine:
         the Aligner, which has no queue, waits so. Bad input (empty or
         over-long prompts, prompts whose cells alone exceed the pool, token
         ids outside the vocabulary, a grammar that does not parse, sampling
-        values out of range, logprobs with a grammar) raises ValueError here.
+        values out of range) raises ValueError here.
         """
         options = request.options
-        check_logprobs_request(request.want_logprobs, options)
         if request.n_streams > self.n_streams:
             raise ValueError(f"principles: {request.n_streams - 1} principles need {request.n_streams} streams per "
                              f"slot; this engine was made with {self.n_streams} (at most "
                              f"{self.n_streams - 1} principles per request)")
         gen = Generation(request=request, limit=options.token_limit(self.n_ctx), notify=notify)
         params = request.native_params(self._seed)
+        cache_prompt = self.cache_prompt if request.cache_prompt is None else request.cache_prompt
+        if slot is None:
+            slot = request.slot
         with self.lock:
             self._require_open()
             self._reap_cancelled()
@@ -224,10 +226,10 @@ class BatchedEngine:
                     return None
             elif not 0 <= slot < self.n_slots or self._native.busy(slot):
                 raise ValueError(f"slot {slot} is not a free slot of this engine ({self.n_slots} slots)")
-            if not wait and not self._native.room_for(slot, prompts, params, self.cache_prompt, gen.limit):
+            if not wait and not self._native.room_for(slot, prompts, params, cache_prompt, gen.limit):
                 self._native.check_fits(prompts, params)  # never fits: ValueError, not a wait
                 return None
-            stats = self._native.start(slot, prompts, params, self.cache_prompt, gen.limit)
+            stats = self._native.start(slot, prompts, params, cache_prompt, gen.limit)
             gen.slot = slot
             self._submitted += 1
             gen.order = self._submitted
@@ -243,6 +245,11 @@ class BatchedEngine:
         gen.cached_tokens = stats.cached[0]
         gen.prefill = {"reused": stats.reused, "decoded": stats.decoded, "shared": stats.shared,
                        "cached": stats.cached}
+
+    def is_free(self, slot: int) -> bool:
+        """Whether ``slot`` holds no request."""
+        with self.lock:
+            return 0 <= slot < self.n_slots and not self._native.busy(slot)
 
     def oldest(self) -> Generation | None:
         """The request that has held its slot longest."""
@@ -318,7 +325,7 @@ class BatchedEngine:
         else:
             gen.completion_tokens += 1
             gen.tokens.append(event.token)
-            gen._record_step(event.ratios, event.guarded)
+            gen._record_step(event.ratios, event.guarded, token=event.token, plain_top=event.plain_top)
             piece = model.token_to_piece(event.token, False)
             entry = None
             if gen.request.want_logprobs is not None:  # while the slot's logits are still there
@@ -346,7 +353,8 @@ class BatchedEngine:
         return compute_token_logprob(token, piece, logits_p, logits_b, gen.request.options,
                                      gen.request.want_logprobs, lambda t: model.token_to_piece(t, False),
                                      text_offset=gen.assembler.decoded_length, logits_extra=extra,
-                                     ratios=gen.last_ratios, guarded=gen.last_guarded)
+                                     ratios=gen.last_ratios, guarded=gen.last_guarded,
+                                     grammar_allowed=native.grammar_allowed(slot))
 
     def _release(self, gen: Generation) -> None:
         self._stats_pending.discard(id(gen))

@@ -4,6 +4,7 @@ far it has come (Generation: its slot, its text so far, why it finished).
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -35,6 +36,11 @@ class GenerationRequest:
     # each principled stream's principle as tokens, P first, for the echo
     # guard (SamplingOptions.echo_guard); empty: nothing to guard
     principle_tokens: tuple[Sequence[int], ...] = ()
+    # reuse the slot's cached prefix (None: the engine's cache_prompt)
+    cache_prompt: bool | None = None
+    # the slot to run in (None: the free one with the longest cached prefix);
+    # a server waits for it to be free
+    slot: int | None = None
 
     def __post_init__(self) -> None:
         if len(self.extra_prompts) != len(self.extra_ratios):
@@ -96,6 +102,13 @@ class Generation:
     _ratio_sums: list[float] = field(default_factory=list)
     _steered_tokens: int = 0
     _guarded_tokens: int = 0
+    # generated tokens decoded with a base stream, and those of them other
+    # than the base stream's most likely token (what alignment changed, and
+    # at temperature > 0 what sampling did too); when each token came
+    # (time.monotonic(), appended by the engine thread)
+    aligned_tokens: int = 0
+    changed_tokens: int = 0
+    token_times: list[float] = field(default_factory=list)
     preemptions: int = 0        # times the KV pool was full and it gave its cells up (it resumed each time)
     finish_reason: str | None = None
     error: BaseException | None = None
@@ -160,8 +173,14 @@ class Generation:
 
     # -- written by the engine, under its lock ----------------------------
 
-    def _record_step(self, ratios: Sequence[float], guarded: Sequence[tuple[int, int]]) -> None:
-        """The steering of the token just sampled (a native step event's)."""
+    def _record_step(self, ratios: Sequence[float], guarded: Sequence[tuple[int, int]], *, token: int = -1,
+                     plain_top: int = -1) -> None:
+        """The steering of the token just sampled (a native step event's;
+        ``plain_top``: the base stream's most likely token, -1: none)."""
+        self.token_times.append(time.monotonic())
+        if plain_top >= 0:
+            self.aligned_tokens += 1
+            self.changed_tokens += token != plain_top
         self.last_ratios, self.last_guarded = list(ratios), [tuple(g) for g in guarded]
         if len(self._ratio_sums) < len(ratios):
             self._ratio_sums += [0.0] * (len(ratios) - len(self._ratio_sums))

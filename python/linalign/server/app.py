@@ -3,13 +3,18 @@
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions`` (OpenAI's
 request and response shapes; ``stream`` as Server-Sent Events ending in
 ``data: [DONE]``), ``GET /v1/models`` (the model, and one id
-``<model>:<name>`` per preset, see :mod:`.presets`), ``GET /health`` and
-``GET /`` (a page to try it, ``static/index.html``; neither needs the key).
+``<model>:<name>`` per preset, see :mod:`.presets`), ``GET /metrics``
+(Prometheus' text format, :mod:`.metrics`; behind the key unless
+``metrics_public``), ``GET /health`` and ``GET /`` (a page to try it,
+``static/index.html``; neither needs the key).
 
 ``model``: absent, the model's id, or any id without a colon is the model
-with no preset; ``<model>:<name>`` is a preset (its principle, ratio and
+with no preset (llama-server's convention: clients that send ``gpt-4o`` by
+default work); ``<model>:<name>`` is a preset (its principle, ratio and
 sampling defaults, for the fields the request leaves out); any other id with
-a colon is a 404 (``model_not_found``).
+a colon is a 404 (``model_not_found``). The model's entry in ``/v1/models``
+lists the request fields each endpoint takes, and those accepted without
+effect; any other field is a 400 naming it (:mod:`.request_fields`).
 
 ``logprobs`` (chat: ``logprobs: true`` and ``top_logprobs`` 0-20;
 completions: ``logprobs`` 0-20) in OpenAI's shapes, streamed too: each chunk
@@ -62,12 +67,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from ..aligner import Aligner
-from ..engine import EngineClosedError
+from ..engine import EngineClosedError, Generation
 from ..logprobs import TokenLogprob
 from ..responses import ChatChunks, CompletionChunks, chunks_of, collect_chat, collect_completion
+from .metrics import CONTENT_TYPE, ServerMetrics
 from .presets import Presets, UnknownModelError
 from .scheduler import QueueFullError, Scheduler, Ticket
-from .schema import ApiError, ChatCompletionRequest, CompletionRequest, error_body, parse_request
+from .schema import ApiError, ChatCompletionRequest, CompletionRequest, error_body, parse_request, supported_fields
 
 __all__ = ["create_app"]
 
@@ -136,11 +142,56 @@ async def _deltas(ticket: Ticket, request: Request | None) -> AsyncIterator[tupl
         raise gen.error
 
 
+class _ResponseCounter:
+    """ASGI middleware: counts every response by path and status (a stream's
+    status is the one its headers went out with)."""
+
+    def __init__(self, app: Any, metrics: ServerMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500  # an exception before any response: what the client gets
+
+        async def send_noting_status(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+        try:
+            await self.app(scope, receive, send_noting_status)
+        finally:
+            self.metrics.count_response(scope["path"], status)
+
+
+def _gauges(aligner: Aligner, scheduler: Scheduler) -> dict[str, tuple[str, Callable[[], float]]]:
+    """What ``/metrics`` reads at scrape time, none of it under the engine's lock."""
+    engine = scheduler.engine
+    return {
+        "linalign_slots_total": ("Slots (--parallel).", lambda: scheduler.total),
+        "linalign_slots_busy": ("Slots holding a request.", lambda: engine.n_busy),
+        "linalign_queue_length": ("Requests waiting for a slot.", lambda: scheduler.queued_now),
+        "linalign_requests_waiting_for_room": ("Requests holding a slot while they wait for room in the KV pool "
+                                               "(preempted ones).", lambda: engine.n_waiting),
+        "linalign_kv_cells_total": ("KV cells of the context.", lambda: engine.n_cells_total),
+        "linalign_kv_cells_used": ("KV cells the streams hold (shared cells once; idle slots' prompt caches "
+                                   "included).", lambda: engine.n_cells_used),
+        "linalign_kv_cells_free": ("KV cells no stream holds.", lambda: engine.n_cells_total - engine.n_cells_used),
+        "linalign_kv_cells_idle": ("Of the used cells, those of idle slots' prompt caches (freed when needed).",
+                                   lambda: engine.n_cells_idle),
+    }
+
+
 def create_app(aligner: Aligner, scheduler: Scheduler, *, model_id: str, api_key: str | None = None,
-               presets: Presets | None = None) -> FastAPI:
+               presets: Presets | None = None, metrics_public: bool = False) -> FastAPI:
     """The FastAPI application serving ``aligner``'s model through
-    ``scheduler``, and ``presets`` (their base id must be ``model_id``)."""
+    ``scheduler``, and ``presets`` (their base id must be ``model_id``);
+    ``metrics_public``: ``GET /metrics`` needs no key."""
     app = FastAPI(title="linalign", docs_url=None, redoc_url=None, openapi_url=None)
+    metrics = ServerMetrics(_gauges(aligner, scheduler))
+    app.add_middleware(_ResponseCounter, metrics=metrics)
     created = int(time.time())
     presets = presets if presets is not None else Presets(model_id)
     if presets.base_id != model_id:
@@ -186,6 +237,12 @@ def create_app(aligner: Aligner, scheduler: Scheduler, *, model_id: str, api_key
                 "kv_cells_idle": engine.n_cells_idle, "waiting": engine.n_waiting,
                 "preemptions": engine.n_preemptions}
 
+    @app.get("/metrics")
+    async def prometheus_metrics(request: Request) -> Response:
+        if not metrics_public:
+            check_key(request)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
+
     @app.get("/", response_class=HTMLResponse)
     async def playground() -> HTMLResponse:
         # the page asks for the key itself; it holds nothing secret
@@ -194,7 +251,8 @@ def create_app(aligner: Aligner, scheduler: Scheduler, *, model_id: str, api_key
     @app.get("/v1/models")
     async def models(request: Request) -> dict[str, Any]:
         check_key(request)
-        data = [{"id": model_id, "object": "model", "created": created, "owned_by": "linalign"}]
+        data = [{"id": model_id, "object": "model", "created": created, "owned_by": "linalign",
+                 "linalign": {"request_fields": supported_fields()}}]
         data += [{"id": id_, "object": "model", "created": created, "owned_by": "linalign",
                   "linalign": preset.describe()} for id_, preset in presets]
         return {"object": "list", "data": data}
@@ -210,6 +268,7 @@ def create_app(aligner: Aligner, scheduler: Scheduler, *, model_id: str, api_key
     async def complete(request: Request, schema: type, builder: type[CompletionChunks], collect: Callable) -> Any:
         """Both endpoints: authorise, validate, queue, then stream or collect."""
         check_key(request)
+        arrived = time.monotonic()
         try:
             raw = await request.body()
         except ClientDisconnect:
@@ -234,10 +293,13 @@ def create_app(aligner: Aligner, scheduler: Scheduler, *, model_id: str, api_key
             raise ApiError(503, str(e), type="server_error", code="queue_full", headers={"Retry-After": "1"}) from None
         except (ValueError, TypeError) as e:  # refused before it queued (engine.check)
             raise ApiError(400, str(e)) from None
+        def observe(gen: Any) -> None:
+            if gen is not None:
+                metrics.observe_generation(gen, arrived, body.principles_composed)
         if body.stream:
             # the headers go out now: a stream waits for its slot (and for the
             # decode step in progress) inside the body, never before it starts
-            return StreamingResponse(_events(ticket, chunk_builder(), body.include_usage),
+            return StreamingResponse(_events(ticket, chunk_builder(), body.include_usage, observe),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
@@ -269,15 +331,18 @@ def create_app(aligner: Aligner, scheduler: Scheduler, *, model_id: str, api_key
         finally:
             if not gen.done:
                 gen.cancel()
+            observe(gen)
         return collect(chunks_of(chunk_builder(), iter(deltas), gen), answered_as, logprobs_asked=want is not None)
 
     return app
 
 
-async def _events(ticket: Ticket, builder: CompletionChunks, include_usage: bool) -> AsyncIterator[str]:
+async def _events(ticket: Ticket, builder: CompletionChunks, include_usage: bool,
+                  observe: Callable[[Generation | None], None]) -> AsyncIterator[str]:
     """The SSE stream: the first chunk at once, then the text once the
     request has a slot. However it ends (finished, failed, or the client
-    gone, which closes this generator) the request leaves its queue or slot."""
+    gone, which closes this generator) the request leaves its queue or slot,
+    and ``observe`` gets its Generation (None: it never had a slot)."""
     def event(chunk: dict[str, Any]) -> str:
         if include_usage:
             chunk["usage"] = None  # OpenAI's shape: usage comes in a chunk of its own at the end
@@ -302,6 +367,7 @@ async def _events(ticket: Ticket, builder: CompletionChunks, include_usage: bool
     finally:
         if ticket.gen is None or not ticket.gen.done:
             ticket.cancel()
+        observe(ticket.gen)
     gen = ticket.gen
     last = builder.last(gen)
     usage = last.pop("usage")

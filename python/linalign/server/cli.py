@@ -4,7 +4,7 @@
                    [--parallel N] [--queue N] [--threads N] [--threads-batch N]
                    [--n-batch N] [--flash-attn auto|on|off] [--[no-]cache-prompt] [--n-gpu-layers N]
                    [--kv-layout pool|per-stream] [--[no-]kv-unified] [--kv-cells N] [--kv-reserve N]
-                   [--max-principles K] [--api-key KEY] [--preset NAME=PRINCIPLE[:RATIO]]...
+                   [--max-principles K] [--api-key KEY] [--metrics-public] [--preset NAME=PRINCIPLE[:RATIO]]...
                    [--presets FILE]...
 
 A bad preset (flag or file) is reported on stderr, naming where it is, and
@@ -57,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
                         "prefills only the rest (default on)")
     p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to a GPU (-1: all)")
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (also read from LINALIGN_API_KEY)")
+    p.add_argument("--metrics-public", action="store_true",
+                   help="GET /metrics (Prometheus' text format, docs/metrics.md) needs no API key")
     p.add_argument("--preset", action="append", default=[], metavar="NAME=PRINCIPLE[:RATIO]",
                    help="serve a principle as the model id MODEL:NAME (repeatable); the text after the last colon "
                         "is the ratio when it is a number or auto, e.g. --preset 'pirate=Always answer like a pirate.:4'")
@@ -169,7 +171,8 @@ def main(argv: Sequence[str]) -> int:
     scheduler = Scheduler(aligner.engine, queue_size=args.queue)
     model_id = Path(aligner.model_path).name
     presets = Presets(model_id, preset_list)
-    app = create_app(aligner, scheduler, model_id=model_id, api_key=api_key, presets=presets)
+    app = create_app(aligner, scheduler, model_id=model_id, api_key=api_key, presets=presets,
+                     metrics_public=args.metrics_public)
     print(f"linalign serve: {model_id} on http://{args.host}:{args.port} "
           f"(parallel {args.parallel}, queue {args.queue}, n_ctx {args.n_ctx} per stream, "
           f"flash attention {args.flash_attn or ('auto' if args.n_gpu_layers else 'off')}, prompt cache {'on' if args.cache_prompt else 'off'}, "

@@ -111,6 +111,12 @@ class Scheduler:
         with self._wake:
             return sum(not t._cancelled for t in self._waiting)
 
+    @property
+    def queued_now(self) -> int:
+        """As :attr:`queued`, without the lock that admission holds (for a
+        scrape: a copy of a deque is atomic under the GIL)."""
+        return sum(not t._cancelled for t in list(self._waiting))
+
     def submit(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop) -> Ticket:
         """Queues a request; raises QueueFullError when the queue is full, and
         ValueError for input the engine would refuse. Called on the event
@@ -145,7 +151,11 @@ class Scheduler:
 
     def _admit(self) -> None:
         while self._waiting and self.engine.n_free > 0:
-            ticket = self._waiting.popleft()
+            ticket = self._waiting[0]
+            wanted = ticket.request.slot
+            if not ticket._cancelled and wanted is not None and not self.engine.is_free(wanted):
+                return  # it waits for the slot it asked for (id_slot), first in line
+            self._waiting.popleft()
             if ticket._cancelled:
                 continue
             try:

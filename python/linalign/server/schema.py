@@ -3,24 +3,27 @@ SamplingOptions and the Aligner's token streams; OpenAI-style error bodies.
 
 Validation is strict: wrong JSON types, NaN or infinities, out-of-range
 numbers and unsupported options are refused with a message naming the field.
-Unknown fields are ignored, as OpenAI clients send many.
+So is a field the server does not implement, unless it is one of the fields
+that change nothing here (:mod:`.request_fields`).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any, Callable, Literal
 
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from ..aligner import Aligner
 from ..chat import validate_messages
 from ..engine import GenerationRequest
-from ..logprobs import chat_top_logprobs, check_logprobs_request, completion_top_logprobs
+from ..logprobs import chat_top_logprobs, completion_top_logprobs
 from ..options import SamplingOptions
 from ..principles import Composition, compose
 from .grammar_limits import GrammarTooLarge, check_gbnf, check_json_schema
 from .presets import Preset
+from .request_fields import HARMLESS_FIELDS, refusal
 
 __all__ = [
     "ApiError",
@@ -29,6 +32,7 @@ __all__ = [
     "error_body",
     "parse_request",
     "param_of_error",
+    "supported_fields",
 ]
 
 # Request fields named otherwise than SamplingOptions' fields.
@@ -79,7 +83,8 @@ class _SamplingRequest(BaseModel):
     """Fields shared by both endpoints. ``None`` means the default. Only JSON
     types are checked here; ranges are SamplingOptions' to check."""
 
-    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
+    # unknown fields are kept to be judged by request_fields.refusal
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
     model: str | None = None
     principle: str | None = None
@@ -105,6 +110,16 @@ class _SamplingRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     response_format: ResponseFormat | None = None
+    # llama-server's: reuse the slot's cached prefix (default: the server's
+    # --cache-prompt), and the slot to run in (-1: the server picks)
+    cache_prompt: bool | None = None
+    id_slot: int | None = None
+    # the positive principles the request composed, once generation_request ran (metrics)
+    _principles: int = PrivateAttr(default=0)
+
+    @property
+    def principles_composed(self) -> int:
+        return self._principles
 
     @property
     def include_usage(self) -> bool:
@@ -142,11 +157,25 @@ class _SamplingRequest(BaseModel):
         if position is None and preset is not None:
             position = preset.principle_position
         try:
-            return compose(principle=principle, principles=principles, negative_principle=negative,
-                           ratio=options.ratio, ratio_given=self.alignment_ratio is not None,
-                           ratio_name="alignment_ratio", principle_position=position)
+            composition = compose(principle=principle, principles=principles, negative_principle=negative,
+                                  ratio=options.ratio, ratio_given=self.alignment_ratio is not None,
+                                  ratio_name="alignment_ratio", principle_position=position)
         except (TypeError, ValueError) as e:
             raise ApiError(400, str(e), param=param_of_error(str(e))) from None
+        self._principles = len(composition.principles)
+        return composition
+
+    def per_request(self, request: GenerationRequest, aligner: Aligner) -> GenerationRequest:
+        """``request`` with this request's cache_prompt and id_slot."""
+        slot = self.id_slot
+        if slot is not None and slot != -1:
+            n_slots = aligner.engine.n_slots
+            if not 0 <= slot < n_slots:
+                raise ApiError(400, f"id_slot must be -1 (any) or a slot in [0, {n_slots - 1}], got {slot}",
+                               param="id_slot")
+        else:
+            slot = None
+        return dataclasses.replace(request, cache_prompt=self.cache_prompt, slot=slot)
 
     def check_streams(self, composition: Composition, max_principles: int) -> None:
         """400 when the server's slots cannot hold the request's streams."""
@@ -188,13 +217,11 @@ def _grammar(response_format: ResponseFormat | None) -> str | None:
     return grammar
 
 
-def _logprobs_checked(want: Callable[[], int | None], options: SamplingOptions) -> int | None:
+def _logprobs_checked(want: Callable[[], int | None]) -> int | None:
     try:
-        k = want()
-        check_logprobs_request(k, options)
+        return want()
     except (TypeError, ValueError) as e:
         raise ApiError(400, str(e), param=param_of_error(str(e)) or "logprobs") from None
-    return k
 
 
 class ChatCompletionRequest(_SamplingRequest):
@@ -204,7 +231,7 @@ class ChatCompletionRequest(_SamplingRequest):
 
     def generation_request(self, aligner: Aligner, preset: Preset | None = None) -> GenerationRequest:
         options = self.sampling_options(None, preset)
-        k = _logprobs_checked(lambda: chat_top_logprobs(self.logprobs, self.top_logprobs), options)
+        k = _logprobs_checked(lambda: chat_top_logprobs(self.logprobs, self.top_logprobs))
         try:
             messages = validate_messages(self.messages)
         except (TypeError, ValueError) as e:
@@ -212,10 +239,11 @@ class ChatCompletionRequest(_SamplingRequest):
         composition = self.composition(options, preset)
         self.check_streams(composition, aligner.max_principles)
         try:
-            return aligner.chat_request(messages, composition=composition, options=options,
-                                        logprobs=k is not None, top_logprobs=k)
+            request = aligner.chat_request(messages, composition=composition, options=options,
+                                           logprobs=k is not None, top_logprobs=k)
         except (TypeError, ValueError) as e:
             raise ApiError(400, str(e), param=param_of_error(str(e))) from None
+        return self.per_request(request, aligner)
 
 
 class CompletionRequest(_SamplingRequest):
@@ -238,7 +266,7 @@ class CompletionRequest(_SamplingRequest):
             if getattr(self, name):
                 raise ApiError(400, f"{name} is not supported by this server", param=name)
         options = self.sampling_options(16, preset)
-        k = _logprobs_checked(lambda: completion_top_logprobs(self.logprobs), options)
+        k = _logprobs_checked(lambda: completion_top_logprobs(self.logprobs))
         prompt: str | list[int]
         if isinstance(self.prompt, list) and self.prompt and all(isinstance(p, str) for p in self.prompt):
             if len(self.prompt) != 1:
@@ -262,19 +290,32 @@ class CompletionRequest(_SamplingRequest):
                                     "prompt and pass base_prompt instead", param=field)
         self.check_streams(composition, aligner.max_principles)
         try:
-            return aligner.completion_request(prompt, self.base_prompt, composition=composition, options=options,
-                                              logprobs=k)
+            request = aligner.completion_request(prompt, self.base_prompt, composition=composition,
+                                                 options=options, logprobs=k)
         except (TypeError, ValueError) as e:
             raise ApiError(400, str(e), param=param_of_error(str(e))) from None
+        return self.per_request(request, aligner)
 
 
 def parse_request(raw: bytes, model: type[_SamplingRequest]) -> Any:
     """Parses and validates a JSON body; raises :class:`ApiError` (400)."""
     try:
         # pydantic's JSON parser reads NaN and Infinity, as Python's does; the models refuse them
-        return model.model_validate_json(raw)
+        body = model.model_validate_json(raw)
     except ValidationError as e:
         first = e.errors()[0]
         loc = [str(part) for part in first["loc"]]
         where = ".".join(loc) or "body"
         raise ApiError(400, f"{where}: {first['msg']}", param=loc[0] if loc else None) from None
+    refused = refusal(body.model_extra or {})
+    if refused is not None:
+        name, message = refused
+        raise ApiError(400, message, param=name, code="unsupported_parameter")
+    return body
+
+
+def supported_fields() -> dict[str, list[str]]:
+    """The request fields each endpoint implements, and those it accepts
+    without effect (``GET /v1/models`` lists them)."""
+    return {"chat": sorted(ChatCompletionRequest.model_fields), "completions": sorted(CompletionRequest.model_fields),
+            "accepted_without_effect": sorted(HARMLESS_FIELDS)}
