@@ -180,3 +180,17 @@ def test_preset_flag_takes_auto() -> None:
 
     preset = parse_preset_flag("brief=Be brief.:auto")
     assert preset.ratio == "auto" and preset.principle == "Be brief."
+
+
+def test_the_evaluations_auto_ratio_is_the_native_one() -> None:
+    """persona and pairs score ``auto`` in numpy, a row at a time or many
+    rows at once: the same step the sampler takes."""
+    from linalign.evaluation.scoring import auto_ratio
+
+    rng = np.random.default_rng(7)
+    rows_p = rng.normal(0, 3, (3, 49152)).astype(np.float32)
+    rows_b = (rows_p + rng.normal(0, 1.0, (3, 49152)) * np.array([[0.01], [0.3], [3.0]])).astype(np.float32)
+    native = [auto_step(p, b)[2][0] for p, b in zip(rows_p, rows_b)]
+    np.testing.assert_allclose(auto_ratio(rows_p, rows_b), native, atol=1e-5)
+    assert auto_ratio(rows_p[1], rows_b[1]) == pytest.approx(native[1], abs=1e-5)
+    assert auto_ratio(rows_p[0], rows_p[0]) == 0.0

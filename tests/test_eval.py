@@ -35,13 +35,13 @@ TINY_ITEM = {
 
 @pytest.fixture(scope="module")
 def persona_run(tmp_path_factory):
-    """One persona run (four questions, ratios 0 and 2, with generation)
+    """One persona run (four questions, ratios 0, 2 and auto, with generation)
     shared by the tests that read its outputs."""
     folder = tmp_path_factory.mktemp("persona")
     data = folder / "tiny.jsonl"
     data.write_text(json.dumps(TINY_ITEM) + "\n")
     out, plot = folder / "persona.json", folder / "persona.png"
-    proc = run_eval("persona", "--data", str(data), "--ratios", "0,2", "--generate", "--json", str(out),
+    proc = run_eval("persona", "--data", str(data), "--ratios", "0,2,auto", "--generate", "--json", str(out),
                     "--plot", str(plot))
     assert proc.returncode == 0, proc.stderr
     return proc, json.loads(out.read_text()), plot
@@ -61,7 +61,8 @@ def aligner():
 def test_persona_json_has_every_method_with_intervals(persona_run):
     proc, result, _ = persona_run
     assert result["n"] == 4 and result["n_items"] == 1
-    assert list(result["accuracy"]) == ["none", "prompt", "la@0.0", "la@2.0", "gen:none", "gen:la@0.0", "gen:la@2.0"]
+    assert list(result["accuracy"]) == ["none", "prompt", "la@0.0", "la@2.0", "la@auto", "gen:none", "gen:la@0.0",
+                                        "gen:la@2.0", "gen:la@auto"]
     for method, (lo, hi) in result["interval"].items():
         assert 0.0 <= lo <= result["accuracy"][method] <= hi <= 1.0
     assert [rec["target"] for rec in result["records"]] == ["A", "B", "C", "D"]
@@ -107,12 +108,12 @@ def test_letters_are_single_tokens_after_the_answer_prefix(aligner):
 
 def test_pairs_reports_accuracy_margin_and_la0_equals_prompt(tmp_path):
     out = tmp_path / "pairs.json"
-    proc = run_eval("pairs", "--data", str(PAIRS_DATA), "--limit", "2", "--ratios", "0,1", "--json", str(out))
+    proc = run_eval("pairs", "--data", str(PAIRS_DATA), "--limit", "2", "--ratios", "0,1,auto", "--json", str(out))
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     assert result["n"] == 2 and len(result["records"]) == 2
     for key in ("accuracy", "interval", "mean_margin", "out_of_nucleus"):
-        assert list(result[key]) == ["none", "prompt", "la@0.0", "la@1.0"]
+        assert list(result[key]) == ["none", "prompt", "la@0.0", "la@1.0", "la@auto"]
     for key in ("accuracy", "mean_margin", "out_of_nucleus"):
         assert result[key]["la@0.0"] == result[key]["prompt"]
     assert all(np.isfinite(ll[side]) for rec in result["records"] for ll in rec["log_likelihood"].values()
@@ -134,6 +135,22 @@ def test_compare_writes_table_and_escaped_html(tmp_path):
     html_text = page.read_text()
     assert "What is &lt;b&gt;1 &amp; 1&lt;/b&gt;?" in html_text and "<b>1 & 1</b>" not in html_text
     assert "prompt-only" in proc.stdout
+
+
+def test_compare_shows_each_placement_in_one_table(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Name a fruit.\n")
+    out = tmp_path / "compare.json"
+    proc = run_eval("compare", "--prompts", str(prompts), "--principle", "Answer like a pirate.", "--ratios", "2,auto",
+                    "--max-tokens", "6", "--placements", "system,end", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["columns"] == ["plain", "prompt-only, system", "la@2.0, system", "la@auto, system",
+                                 "prompt-only, end", "la@2.0, end", "la@auto, end"]
+    assert result["methods"]["la@2.0, system"]["principle_position"] == "system"
+    assert result["methods"]["la@2.0, end"]["principle_position"] == "end"
+    assert set(result["fluency"]) == set(result["columns"])
+    assert main(["compare", "--prompts", str(prompts), "--principle", "x", "--placements", "middle"]) == 2
 
 
 @pytest.mark.parametrize("content, message", [

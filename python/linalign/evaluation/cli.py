@@ -77,11 +77,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="linalign eval", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="protocol", required=True, metavar="{persona,pairs,compare,follow}")
 
-    def common(p: argparse.ArgumentParser, ratios: str, generates: bool = False) -> None:
+    def common(p: argparse.ArgumentParser, ratios: str) -> None:
         p.add_argument("--model", default=None, help="GGUF file (default: SmolLM2-135M-Instruct Q4_1)")
-        kind = _generation_ratios if generates else _ratios
-        also = "; auto: set per token" if generates else ""
-        p.add_argument("--ratios", type=kind, default=kind(ratios), help=f"step sizes r (default {ratios}{also})")
+        p.add_argument("--ratios", type=_generation_ratios, default=_generation_ratios(ratios),
+                       help=f"step sizes r (default {ratios}; auto: set per token)")
         p.add_argument("--n-ctx", type=_positive_int, default=2048, help="context window per stream (default 2048)")
         p.add_argument("--limit", type=_positive_int, default=None, help="use only the first N items")
         p.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="write the results as JSON")
@@ -121,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
                               "(each may carry its own ratio after a last colon)")
     compare.add_argument("--negative-principle", default="", metavar="TEXT",
                          help="a principle the aligned columns steer away from")
-    common(compare, "1,2", generates=True)
+    common(compare, "1,2")
     compare.add_argument("--system", default="", help="system message of both streams (default none)")
     compare.add_argument("--max-tokens", type=_positive_int, default=128, help="tokens per generation (default 128)")
     compare.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
@@ -137,7 +136,7 @@ def _parser() -> argparse.ArgumentParser:
                                                       "(default: data/follow_tasks.txt)")
     follow.add_argument("--instructions", default=",".join(FOLLOW_DEFAULT),
                         help=f"comma-separated, of {','.join(INSTRUCTIONS)} (default {','.join(FOLLOW_DEFAULT)})")
-    common(follow, "1,2", generates=True)
+    common(follow, "1,2")
     follow.add_argument("--positions", default="system,end", help="placements of the principle (default system,end)")
     follow.add_argument("--max-tokens", type=_positive_int, default=96, help="tokens per answer (default 96)")
     follow.add_argument("--top-p", type=_top_p, default=0.8, help="nucleus (default 0.8)")

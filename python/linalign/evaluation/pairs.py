@@ -25,10 +25,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..options import AUTO_RATIO
 from ..principles import DEFAULT_POSITION
 from .chat_streams import chat_messages, stream_tokens
 from .persona import DEFAULT_SYSTEM, method_name
-from .scoring import nucleus_mask, policy_log_probs, token_log_likelihood
+from .scoring import auto_ratio, nucleus_mask, policy_log_probs, token_log_likelihood
 from .stats import accuracy_summary
 
 __all__ = ["DEFAULT_FLOOR", "evaluate_pairs"]
@@ -60,7 +61,7 @@ def evaluate_pairs(
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if not (math.isfinite(floor) and floor < 0):
         raise ValueError(f"floor must be a negative log-probability, got {floor}")
-    ratios = [float(r) for r in ratios]
+    ratios = [r if r == AUTO_RATIO else float(r) for r in ratios]
     methods = ["none", "prompt"] + [method_name(r) for r in ratios]
     records = []
     n_tokens = 0
@@ -83,7 +84,9 @@ def evaluate_pairs(
             l_p, l_0 = logits_p[:n].astype(np.float64), logits_b[:n].astype(np.float64)
             mask_p, mask_0 = nucleus_mask(l_p, top_p), nucleus_mask(l_0, top_p)
             policies = {"none": (l_0, l_0, 0.0, mask_0), "prompt": (l_p, l_p, 0.0, mask_p)}
-            policies.update({method_name(r): (l_p, l_0, r, mask_p) for r in ratios})
+            # "auto": a step per position, from the whole rows' divergence
+            policies.update({method_name(r): (l_p, l_0, auto_ratio(l_p, l_0) if r == AUTO_RATIO else r, mask_p)
+                             for r in ratios})
             for m, (a, b, r, mask) in policies.items():
                 log_probs = policy_log_probs(a, b, r, top_p, mask=mask)
                 total, outside = token_log_likelihood(log_probs, response, floor=floor)

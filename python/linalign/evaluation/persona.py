@@ -25,11 +25,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..options import AUTO_RATIO
 from ..principles import DEFAULT_POSITION
 from .chat_streams import chat_messages, stream_tokens
 from .data import LETTERS
 from .fluency import fluency
-from .scoring import combine
+from .scoring import auto_ratio, combine
 from .stats import accuracy_summary
 
 __all__ = ["DEFAULT_PRINCIPLE_TEMPLATE", "DEFAULT_SYSTEM", "ANSWER_PREFIX", "method_name", "persona_question",
@@ -110,7 +111,7 @@ def evaluate_persona(
         raise ValueError("the principle template must contain {persona}")
     if not items:
         raise ValueError("no items to evaluate")
-    ratios = [float(r) for r in ratios]
+    ratios = [r if r == AUTO_RATIO else float(r) for r in ratios]
     letter_ids = letter_token_ids(aligner)
     methods = ["none", "prompt"] + [method_name(r) for r in ratios]
     if generate:
@@ -129,7 +130,9 @@ def evaluate_persona(
             l_0 = logits_b[0, letter_ids].astype(np.float64)
             scores = {"none": l_0, "prompt": l_p}
             for r in ratios:
-                scores[method_name(r)] = combine(l_p, l_0, r)
+                # "auto": the step from the whole rows' divergence, not the four letters'
+                step = auto_ratio(logits_p[0], logits_b[0]) if r == AUTO_RATIO else r
+                scores[method_name(r)] = combine(l_p, l_0, step)
             choice = {m: "ABCD"[int(np.argmax(s))] for m, s in scores.items()}
             record: dict[str, Any] = {"item": index, "persona": target, "target": target.upper(), "choice": choice}
             if generate:

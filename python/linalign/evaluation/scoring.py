@@ -10,16 +10,38 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["combine", "nucleus_mask", "log_softmax", "policy_log_probs", "token_log_likelihood"]
+__all__ = ["auto_ratio", "combine", "nucleus_mask", "log_softmax", "policy_log_probs", "token_log_likelihood"]
 
 
-def combine(logits_p: np.ndarray, logits_b: np.ndarray, ratio: float) -> np.ndarray:
-    """``l_p + ratio * (l_p - l_0)``; at ratio 0 exactly ``l_p`` (for finite logits)."""
+def combine(logits_p: np.ndarray, logits_b: np.ndarray, ratio: float | np.ndarray) -> np.ndarray:
+    """``l_p + ratio * (l_p - l_0)``; at ratio 0 exactly ``l_p`` (for finite
+    logits). ``ratio`` is a number, or one per row (``auto_ratio``'s)."""
     logits_p = np.asarray(logits_p, dtype=np.float64)
     logits_b = np.asarray(logits_b, dtype=np.float64)
     if logits_p.shape != logits_b.shape:
         raise ValueError(f"logits of the two streams differ in shape: {logits_p.shape} vs {logits_b.shape}")
-    return logits_p + float(ratio) * (logits_p - logits_b)
+    if np.ndim(ratio) == 0:
+        return logits_p + float(ratio) * (logits_p - logits_b)
+    return logits_p + np.asarray(ratio, dtype=np.float64)[..., None] * (logits_p - logits_b)
+
+
+def auto_ratio(logits_p: np.ndarray, logits_b: np.ndarray) -> np.ndarray | float:
+    """``ratio="auto"``'s step for each row (docs/auto_ratio.md):
+    ``min(R_MAX, C * JSD)``, the Jensen-Shannon divergence in bits between
+    the two streams' distributions at temperature 1 over the whole
+    vocabulary, as the native sampler computes it. A 1-D pair of rows gives
+    a number."""
+    from .. import _core
+
+    lp, lq = log_softmax(logits_p), log_softmax(logits_b)
+    p, q = np.exp(lp), np.exp(lq)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lm = np.log((p + q) / 2)
+        kl_p = np.where(p > 0, p * (lp - lm), 0.0).sum(axis=-1)
+        kl_q = np.where(q > 0, q * (lq - lm), 0.0).sum(axis=-1)
+    jsd = np.clip((kl_p + kl_q) / 2 / np.log(2), 0.0, 1.0)
+    r = np.minimum(_core.AUTO_RATIO_MAX, _core.AUTO_RATIO_SCALE * jsd)
+    return float(r) if np.ndim(r) == 0 else r
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -51,7 +73,7 @@ def nucleus_mask(logits: np.ndarray, top_p: float) -> np.ndarray:
     return mask
 
 
-def policy_log_probs(logits_p: np.ndarray, logits_b: np.ndarray, ratio: float, top_p: float, *,
+def policy_log_probs(logits_p: np.ndarray, logits_b: np.ndarray, ratio: float | np.ndarray, top_p: float, *,
                      mask: np.ndarray | None = None) -> np.ndarray:
     """Log-probabilities of the aligned policy (ALGORITHM.md steps 1-3 at
     temperature 1): combined logits, restricted to the nucleus of
