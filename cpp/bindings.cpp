@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdint>
 #include <optional>
+#include <tuple>
 #include <cstring>
 #include <vector>
 
@@ -169,6 +170,35 @@ static double time_combine_us(float_array logits_p, float_array logits_b, int32_
         elapsed_us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
     }
     return elapsed_us / n_iter;
+}
+
+// Saved streams from Python: (tokens, [(donor, p0, p1)...], state) each,
+// the state any contiguous bytes-like object. The states are borrowed: the
+// buffers in `views` keep them alive while the engine reads them.
+static std::vector<stream_to_restore> streams_from_python(const py::sequence & streams,
+                                                          std::vector<py::buffer_info> & views) {
+    std::vector<stream_to_restore> out;
+    views.reserve(py::len(streams));
+    for (const py::handle item : streams) {
+        py::tuple t = py::reinterpret_borrow<py::object>(item).cast<py::tuple>();
+        if (t.size() != 3) {
+            throw std::invalid_argument("a saved stream is (tokens, shared runs, state)");
+        }
+        stream_to_restore st;
+        st.tokens = t[0].cast<std::vector<llama_token>>();
+        for (const auto & [donor, p0, p1] : t[1].cast<std::vector<std::tuple<int32_t, int32_t, int32_t>>>()) {
+            st.shared.push_back({donor, p0, p1});
+        }
+        views.push_back(py::reinterpret_borrow<py::buffer>(t[2]).request());
+        const py::buffer_info & view = views.back();
+        if (view.ndim != 1 || view.itemsize != 1 || (view.size > 1 && view.strides[0] != 1)) {
+            throw std::invalid_argument("a saved stream's state must be contiguous bytes");
+        }
+        st.state = static_cast<const uint8_t *>(view.ptr);
+        st.n_state = (size_t) view.size;
+        out.push_back(std::move(st));
+    }
+    return out;
 }
 
 PYBIND11_MODULE(_core, m) {
@@ -344,6 +374,43 @@ PYBIND11_MODULE(_core, m) {
                  const int32_t n_vocab = self.get_model().n_vocab();
                  return py::make_tuple(to_array(std::move(out_p), n_vocab), to_array(std::move(out_b), n_vocab));
              }, py::arg("slot"), py::arg("prompt"), py::arg("base_prompt"), py::arg("n_tail_p") = 1, py::arg("n_tail_b") = 1)
+        .def("save_slot", [](engine & self, int32_t slot) {
+                 std::vector<saved_stream> saved;
+                 {
+                     py::gil_scoped_release release;
+                     saved = self.save_slot(slot);
+                 }
+                 py::list out;
+                 for (const saved_stream & st : saved) {
+                     py::list runs;
+                     for (const shared_run & run : st.shared) {
+                         runs.append(py::make_tuple(run.donor, run.p0, run.p1));
+                     }
+                     out.append(py::make_tuple(py::cast(st.tokens), runs,
+                                               py::bytes(reinterpret_cast<const char *>(st.state.data()), st.state.size())));
+                 }
+                 return out;
+             }, py::arg("slot"),
+             "A free slot's prompt cache: per stream (tokens, [(donor, p0, p1) shared runs], llama.cpp's state bytes).")
+        .def("check_saved", [](const engine & self, const py::sequence & streams) {
+                 std::vector<py::buffer_info> views;
+                 self.check_saved(streams_from_python(streams, views));
+             }, py::arg("streams"), "Raises ValueError for saved streams that restore_slot would refuse.")
+        .def("cells_of_saved", [](const engine & self, const py::sequence & streams) {
+                 std::vector<py::buffer_info> views;
+                 return self.cells_of_saved(streams_from_python(streams, views));
+             }, py::arg("streams"), "The KV cells saved streams hold once restored (a shared run once).")
+        .def("restore_slot", [](engine & self, int32_t slot, const py::sequence & streams) {
+                 std::vector<py::buffer_info> views;
+                 const std::vector<stream_to_restore> parsed = streams_from_python(streams, views);
+                 py::gil_scoped_release release;
+                 return self.restore_slot(slot, parsed);
+             }, py::arg("slot"), py::arg("streams"),
+             "Replaces a free slot's prompt cache with saved streams (as save_slot gives them); returns P's tokens.")
+        .def("erase_slot", &engine::erase_slot, py::arg("slot"), "Forgets a free slot's prompt cache; returns P's tokens.")
+        .def_property_readonly("kv_type_k", &engine::kv_type_k)
+        .def_property_readonly("kv_type_v", &engine::kv_type_v)
+        .def_property_readonly("flash_attn", [](const engine & self) { return self.params().flash_attn; })
         .def("clear", &engine::clear)
         .def("close", &engine::close)
         .def_property_readonly("closed", &engine::closed)

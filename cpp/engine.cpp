@@ -35,7 +35,7 @@ static constexpr int64_t MAX_CELLS = int64_t(1) << 28;
 // seq_pos_min against n_swa alike. A hybrid model's pos_min is the larger of
 // its parts', its recurrent part's, so one with sliding-window layers as well
 // is always decoded again: slower, never wrong.
-static bool memory_holds_prefix(llama_context * ctx, llama_seq_id seq, int32_t n) {
+bool memory_holds_prefix(llama_context * ctx, llama_seq_id seq, int32_t n) {
     if (n == 0) {
         return true;
     }
@@ -138,6 +138,8 @@ engine::engine(std::shared_ptr<model> mdl, const engine_params & params) : model
     cparams.cb_eval           = count_forward_passes;
     cparams.cb_eval_user_data = &n_forward_passes_;
 
+    kv_type_k_ = (int32_t) cparams.type_k;
+    kv_type_v_ = (int32_t) cparams.type_v;
     ctx_.reset(llama_init_from_model(model_->get(), cparams));
     if (!ctx_) {
         throw std::runtime_error("llama.cpp could not create a context (" + std::to_string(n_cells) +

@@ -45,6 +45,10 @@ inline size_t common_prefix(const std::vector<llama_token> & a, const std::vecto
     return i;
 }
 
+// Whether a sequence's memory holds what decoding it on from position n
+// reads (engine.cpp says what each kind of memory keeps).
+bool memory_holds_prefix(llama_context * ctx, llama_seq_id seq, int32_t n);
+
 struct engine_params {
     int32_t n_ctx           = 4096; // the most tokens one stream may hold (prompt + generated)
     int32_t n_slots         = 1;    // requests decoded at once
@@ -97,6 +101,33 @@ struct prefill_stats {
     std::vector<int32_t> cached;  // per stream: tokens not computed for this request (its own cache, and
                                   // what it takes from a stream that already held them)
     int32_t              shared = 0; // tokens taken from another stream's cells instead of decoded (a shared prefix)
+};
+
+// ---- slot files (slot_state.cpp) ---------------------------------------------
+//
+// A stream's positions [p0, p1) whose cells are those of an earlier stream of
+// the slot (donor < the stream): a prefix they share in the pool, saved once.
+struct shared_run {
+    int32_t donor = 0;
+    int32_t p0    = 0;
+    int32_t p1    = 0;
+};
+
+// One stream of a saved slot: the tokens its cache holds (position i at
+// index i), the runs it shares with earlier streams, and llama.cpp's
+// per-sequence state (llama_state_seq_get_data) of its other cells.
+struct saved_stream {
+    std::vector<llama_token> tokens;
+    std::vector<shared_run>  shared;
+    std::vector<uint8_t>     state;
+};
+
+// The same, to restore: the state is borrowed (the caller keeps it alive).
+struct stream_to_restore {
+    std::vector<llama_token> tokens;
+    std::vector<shared_run>  shared;
+    const uint8_t *          state   = nullptr;
+    size_t                   n_state = 0;
 };
 
 // What a step produced for one slot.
@@ -237,6 +268,37 @@ public:
     void eval_logits(int32_t slot, const std::vector<llama_token> & prompt_p, const std::vector<llama_token> & prompt_b,
                      int32_t n_tail_p, int32_t n_tail_b, std::vector<float> & out_p, std::vector<float> & out_b);
 
+    // ---- slot files (slot_state.cpp) ---------------------------------
+    //
+    // A free slot's prompt cache as llama.cpp's per-sequence states, one per
+    // stream up to the last that holds anything. In the pool, positions whose
+    // cells a stream shares with an earlier stream are left out of its state
+    // (taken out of the sequence for the copy, put back after) and saved as
+    // a shared_run: the shared prefix is saved once. Throws
+    // std::invalid_argument for a busy slot.
+    std::vector<saved_stream> save_slot(int32_t slot);
+    // Checks what restore_slot would refuse, touching nothing: more streams
+    // than a slot holds, a stream longer than n_ctx, token ids outside the
+    // vocabulary, runs that are out of range, overlap, name a later donor or
+    // hold other tokens than the donor's (std::invalid_argument).
+    void check_saved(const std::vector<stream_to_restore> & streams) const;
+    // The KV cells the streams hold once restored (a shared run once).
+    int64_t cells_of_saved(const std::vector<stream_to_restore> & streams) const;
+    // Replaces a free slot's prompt cache with saved streams: their own
+    // cells from their states, then their shared runs copied from their
+    // donors (llama_memory_seq_cp: the same cells). Idle slots' caches make
+    // way when the pool is short. Throws std::invalid_argument (check_saved,
+    // a busy slot, more cells than the pool has, or than busy slots leave
+    // free) before anything changes, and std::runtime_error when llama.cpp
+    // refuses a state; then the slot is left empty. Returns the tokens of P.
+    int32_t restore_slot(int32_t slot, const std::vector<stream_to_restore> & streams);
+    // Forgets a free slot's prompt cache; returns the tokens P held.
+    int32_t erase_slot(int32_t slot);
+    // The KV cache's element types (ggml_type) and the flash-attention
+    // setting asked for: a saved state's layout depends on them.
+    int32_t kv_type_k() const { return kv_type_k_; }
+    int32_t kv_type_v() const { return kv_type_v_; }
+
     void clear();  // forgets every slot's cache (all slots must be free)
     void close();
     bool closed() const { return !ctx_; }
@@ -315,6 +377,8 @@ private:
     std::vector<int32_t> sort_batch_by_seq();
     void add_prefill(slot & sl, int32_t & budget, std::vector<int32_t> & queued);
     void forget_all_cached();
+    void forget_slot(slot & sl);
+    std::vector<shared_run> shared_runs(const slot & sl, int32_t s) const;
     bool free_idle_caches();
     int32_t active_streams(const prompt_list & prompts, const sampling_params & params) const;
     bool at_end(const slot & sl) const;
@@ -364,6 +428,8 @@ private:
     std::atomic<int64_t>   n_cells_idle_pub_{0};
     std::atomic<int32_t>   n_waiting_pub_{0};
     std::atomic<int64_t>   n_preemptions_{0};
+    int32_t                kv_type_k_ = 0;
+    int32_t                kv_type_v_ = 0;
 };
 
 } // namespace linalign

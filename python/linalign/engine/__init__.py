@@ -3,7 +3,9 @@ are a pool of slots, stepped in one batched decode (see ``cpp/engine.h``).
 
 Nothing outside this package touches ``linalign._core.Engine``.
 """
-from .batched import BatchedEngine, EngineClosedError, flash_attn_type
+from .batched import BatchedEngine, EngineClosedError, SlotBusyError, flash_attn_type
 from .generation import Generation, GenerationRequest
+from .slot_files import SlotFileError
 
-__all__ = ["BatchedEngine", "EngineClosedError", "Generation", "GenerationRequest", "flash_attn_type"]
+__all__ = ["BatchedEngine", "EngineClosedError", "Generation", "GenerationRequest", "SlotBusyError", "SlotFileError",
+           "flash_attn_type"]

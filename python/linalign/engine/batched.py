@@ -18,18 +18,28 @@ What a server's event loop reads while a step runs (:attr:`n_busy`,
 from __future__ import annotations
 
 import threading
+import time
 import weakref
+from pathlib import Path
 from typing import Any, Callable
 
 from .. import _core
 from ..logprobs import TokenLogprob, compute_token_logprob
+from ..llama_version import installed_llama_cpp_version
 from .generation import Generation, GenerationRequest
+from .slot_files import SavedStream, SlotFileError, check_matches, read_slot_file, write_slot_file
 
-__all__ = ["BatchedEngine", "EngineClosedError", "flash_attn_type"]
+__all__ = ["BatchedEngine", "EngineClosedError", "SlotBusyError", "flash_attn_type"]
 
 
 class EngineClosedError(RuntimeError):
     """The engine (or the model it runs on) was closed."""
+
+
+class SlotBusyError(RuntimeError):
+    """A slot file action on a slot that holds a request, or a restore that
+    needs more of the KV pool than the running requests leave free: retry
+    once they are done."""
 
 
 # llama_flash_attn_type
@@ -454,6 +464,79 @@ class BatchedEngine:
             if self._active:
                 raise RuntimeError("reset() while requests are running")
             self._native.clear()
+
+    # -- slot files (engine/slot_files.py, docs/slot_files.md) --------------
+
+    def slot_layout(self) -> dict[str, Any]:
+        """What a saved slot's state depends on beside the model: a file
+        saved under another layout is refused."""
+        native = self._native
+        return {"kv_type_k": native.kv_type_k, "kv_type_v": native.kv_type_v, "flash_attn": native.flash_attn,
+                "kv_unified": self.kv_unified, "llama_cpp_python": installed_llama_cpp_version()}
+
+    def _free_slot(self, slot: int, action: str) -> None:
+        if type(slot) is not int or not 0 <= slot < self.n_slots:
+            raise ValueError(f"slot must be in [0, {self.n_slots}), got {slot!r}")
+        if self._native.busy(slot):
+            raise SlotBusyError(f"slot {slot} is running a request: {action} it once the request is done")
+
+    def save_slot(self, slot: int, path: str | Path, *, model_sha256: str, model_name: str) -> dict[str, Any]:
+        """Writes ``slot``'s prompt cache to ``path`` (atomically). Raises
+        SlotBusyError while the slot runs a request."""
+        started = time.perf_counter()
+        with self.lock:
+            self._require_open()
+            self._free_slot(slot, "save")
+            saved = [SavedStream(tokens, shared, state) for tokens, shared, state in self._native.save_slot(slot)]
+        # the file is written outside the lock: the states are copies
+        n_bytes = write_slot_file(path, model_sha256=model_sha256, model_name=model_name,
+                                  layout=self.slot_layout(), streams=saved)
+        return {"n_saved": len(saved[0].tokens) if saved else 0, "n_written": n_bytes,
+                "streams": [len(s.tokens) for s in saved],
+                "shared": sum(p1 - p0 for s in saved for _, p0, p1 in s.shared),
+                "ms": (time.perf_counter() - started) * 1e3}
+
+    def restore_slot(self, slot: int, path: str | Path, *, model_sha256: str, model_name: str) -> dict[str, Any]:
+        """Replaces ``slot``'s prompt cache with the one saved in ``path``.
+        Everything is checked before the KV cache is touched: SlotFileError
+        (a ValueError) for a file that is not one, truncated, corrupt, of
+        another format version, model or KV layout, or that holds more than
+        the pool; SlotBusyError while the slot runs a request or the running
+        requests leave too little of the pool; FileNotFoundError."""
+        started = time.perf_counter()
+        name = Path(path).name
+        saved = read_slot_file(path)
+        check_matches(saved, model_sha256=model_sha256, model_name=model_name, layout=self.slot_layout(),
+                      name=name)
+        streams = [s.native() for s in saved.streams]
+        with self.lock:
+            self._require_open()
+            native = self._native
+            try:
+                native.check_saved(streams)
+            except ValueError as e:
+                raise SlotFileError(f"{name}: {e}") from None
+            need = native.cells_of_saved(streams)
+            if self.kv_unified and need > native.n_cells_total:
+                raise SlotFileError(f"{name} holds {need} KV cells, more than this pool's {native.n_cells_total} "
+                                    "(give it more: kv_cells, --kv-cells)")
+            self._free_slot(slot, "restore")
+            room = native.n_cells_total - native.n_cells_used + native.n_cells_idle  # idle caches make way
+            if self.kv_unified and need > room:
+                raise SlotBusyError(f"{name} holds {need} KV cells; the requests running leave {room} of the "
+                                    f"pool's {native.n_cells_total}: restore it when they are done")
+            n_restored = native.restore_slot(slot, streams)
+        return {"n_restored": n_restored, "n_read": saved.n_bytes,
+                "streams": [len(s.tokens) for s in saved.streams],
+                "shared": sum(p1 - p0 for s in saved.streams for _, p0, p1 in s.shared),
+                "ms": (time.perf_counter() - started) * 1e3}
+
+    def erase_slot(self, slot: int) -> int:
+        """Forgets ``slot``'s prompt cache; returns the tokens its P stream held."""
+        with self.lock:
+            self._require_open()
+            self._free_slot(slot, "erase")
+            return self._native.erase_slot(slot)
 
     def cached_tokens(self, slot: int, stream: int = 0) -> int:
         """Tokens a slot's stream holds in the KV cache."""

@@ -6,7 +6,9 @@ request and response shapes; ``stream`` as Server-Sent Events ending in
 ``<model>:<name>`` per preset, see :mod:`.presets`), ``GET /metrics``
 (Prometheus' text format, :mod:`.metrics`; behind the key unless
 ``metrics_public``), ``GET /health`` and ``GET /`` (a page to try it,
-``static/index.html``; neither needs the key).
+``static/index.html``; neither needs the key), and ``POST
+/slots/{id_slot}?action=save|restore|erase`` (slot files, with
+``--slot-save-path``: :mod:`.slot_routes`).
 
 ``model``: absent, the model's id, or any id without a colon is the model
 with no preset (llama-server's convention: clients that send ``gpt-4o`` by
@@ -73,6 +75,7 @@ from ..responses import ChatChunks, CompletionChunks, chunks_of, collect_chat, c
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .presets import Presets, UnknownModelError
 from .scheduler import QueueFullError, Scheduler, Ticket
+from .slot_routes import add_slot_routes
 from .schema import ApiError, ChatCompletionRequest, CompletionRequest, error_body, parse_request, supported_fields
 
 __all__ = ["create_app"]
@@ -185,10 +188,12 @@ def _gauges(aligner: Aligner, scheduler: Scheduler) -> dict[str, tuple[str, Call
 
 
 def create_app(aligner: Aligner, scheduler: Scheduler, *, model_id: str, api_key: str | None = None,
-               presets: Presets | None = None, metrics_public: bool = False) -> FastAPI:
+               presets: Presets | None = None, metrics_public: bool = False,
+               slot_save_path: Path | None = None) -> FastAPI:
     """The FastAPI application serving ``aligner``'s model through
     ``scheduler``, and ``presets`` (their base id must be ``model_id``);
-    ``metrics_public``: ``GET /metrics`` needs no key."""
+    ``metrics_public``: ``GET /metrics`` needs no key; ``slot_save_path``:
+    the folder of slot files (None: the slot actions answer 501)."""
     app = FastAPI(title="linalign", docs_url=None, redoc_url=None, openapi_url=None)
     metrics = ServerMetrics(_gauges(aligner, scheduler))
     app.add_middleware(_ResponseCounter, metrics=metrics)
@@ -256,6 +261,8 @@ def create_app(aligner: Aligner, scheduler: Scheduler, *, model_id: str, api_key
         data += [{"id": id_, "object": "model", "created": created, "owned_by": "linalign",
                   "linalign": preset.describe()} for id_, preset in presets]
         return {"object": "list", "data": data}
+
+    add_slot_routes(app, aligner, slot_dir=slot_save_path, n_slots=scheduler.total, check_key=check_key)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:

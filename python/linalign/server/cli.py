@@ -5,7 +5,7 @@
                    [--n-batch N] [--flash-attn auto|on|off] [--[no-]cache-prompt] [--n-gpu-layers N]
                    [--kv-layout pool|per-stream] [--[no-]kv-unified] [--kv-cells N] [--kv-reserve N]
                    [--max-principles K] [--api-key KEY] [--metrics-public] [--preset NAME=PRINCIPLE[:RATIO]]...
-                   [--presets FILE]...
+                   [--presets FILE]... [--slot-save-path DIR]
 
 A bad preset (flag or file) is reported on stderr, naming where it is, and
 the command exits with status 2 before loading the model.
@@ -85,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="principles one request may compose. Default with the pool: 4 (a stream costs only the "
                         "cells it holds); per-stream: the most any preset composes, at least 1 (each is one more "
                         "stream's buffer of --n-ctx cells per slot)")
+    p.add_argument("--slot-save-path", metavar="DIR", default=None,
+                   help="the folder of slot files: POST /slots/ID?action=save|restore|erase with "
+                        "{\"filename\": NAME} saves a slot's prompt cache there and restores it, after a restart "
+                        "too (docs/slot_files.md); made if missing. Nothing is restored by itself at start-up. "
+                        "Without it those actions answer 501")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     return p
 
@@ -159,6 +164,15 @@ def main(argv: Sequence[str]) -> int:
     if max_principles < needed:
         parser.error(f"--max-principles {max_principles}: a preset composes {needed} principles")
 
+    slot_dir = None
+    if args.slot_save_path is not None:
+        slot_dir = Path(args.slot_save_path).expanduser().resolve()
+        try:
+            slot_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            parser.error(f"--slot-save-path {args.slot_save_path}: {e}")
+        if not slot_dir.is_dir():
+            parser.error(f"--slot-save-path {args.slot_save_path} is not a folder")
     try:
         aligner = Aligner(args.model, n_ctx=args.n_ctx, n_parallel=args.parallel, n_batch=args.n_batch,
                           n_gpu_layers=args.n_gpu_layers, n_threads=args.threads, n_threads_batch=args.threads_batch,
@@ -172,11 +186,12 @@ def main(argv: Sequence[str]) -> int:
     model_id = Path(aligner.model_path).name
     presets = Presets(model_id, preset_list)
     app = create_app(aligner, scheduler, model_id=model_id, api_key=api_key, presets=presets,
-                     metrics_public=args.metrics_public)
+                     metrics_public=args.metrics_public, slot_save_path=slot_dir)
     print(f"linalign serve: {model_id} on http://{args.host}:{args.port} "
           f"(parallel {args.parallel}, queue {args.queue}, n_ctx {args.n_ctx} per stream, "
           f"flash attention {args.flash_attn or ('auto' if args.n_gpu_layers else 'off')}, prompt cache {'on' if args.cache_prompt else 'off'}, "
-          f"{_kv_description(aligner)}, up to {max_principles} principle(s) per request{', API key required' if api_key else ''})", flush=True)
+          f"{_kv_description(aligner)}, up to {max_principles} principle(s) per request{', API key required' if api_key else ''}"
+          f"{f', slot files in {slot_dir}' if slot_dir else ''})", flush=True)
     if len(presets):
         print(f"linalign serve: presets: {', '.join(presets.ids[1:])}", flush=True)
     print(f"linalign serve: try it at http://{args.host}:{args.port}/", flush=True)
