@@ -250,6 +250,10 @@ PYBIND11_MODULE(_core, m) {
                        "each principled stream's principle as tokens, P first (for the echo guard)")
         .def_readwrite("grammar", &sampling_params::grammar)
         .def_readwrite("grammar_root", &sampling_params::grammar_root)
+        .def_readwrite("grammar_triggers", &sampling_params::grammar_triggers,
+                       "regular expressions that start a lazy grammar (empty: it constrains from the first token)")
+        .def_readwrite("align_grammar", &sampling_params::align_grammar,
+                       "whether the alignment steers the tokens the grammar constrains (false: P alone there)")
         .def("validate", &sampling_params::validate);
 
     py::class_<prefill_stats>(m, "PrefillStats")

@@ -43,12 +43,24 @@ sampler_chain::sampler_chain(const sampling_params & params, const llama_vocab *
     chain_.reset(llama_sampler_chain_init(cparams));
     {
         if (!params.grammar.empty()) {
-            llama_sampler * grammar = llama_sampler_init_grammar(vocab, params.grammar.c_str(), params.grammar_root.c_str());
+            llama_sampler * grammar = nullptr;
+            if (params.grammar_triggers.empty()) {
+                grammar = llama_sampler_init_grammar(vocab, params.grammar.c_str(), params.grammar_root.c_str());
+            } else {
+                std::vector<const char *> patterns;
+                for (const std::string & p : params.grammar_triggers) {
+                    patterns.push_back(p.c_str());
+                }
+                grammar = llama_sampler_init_grammar_lazy_patterns(vocab, params.grammar.c_str(),
+                                                                   params.grammar_root.c_str(), patterns.data(),
+                                                                   patterns.size(), nullptr, 0);
+            }
             if (grammar == nullptr) {
                 throw std::invalid_argument("invalid GBNF grammar (llama.cpp could not parse it; see its log)");
             }
             llama_sampler_chain_add(chain_.get(), grammar);
             has_grammar_ = true;
+            align_grammar_ = params.align_grammar;
         }
         static const std::vector<llama_token> none;
         const auto principle = [&](size_t k) -> const std::vector<llama_token> & {
@@ -121,6 +133,19 @@ llama_token sampler_chain::sample(const float * logits_p, const float * logits_b
             if (cur_p.data[i].logit != -INFINITY) {
                 allowed_.push_back(cur_p.data[i].id);
             }
+        }
+        // A grammar that constrains masks something: every eager grammar
+        // masks the end of generation until it is complete and every token
+        // after, and the tokens that spell nothing always. A lazy grammar
+        // still awaiting its trigger masks nothing: that is how this tells
+        // the two apart (llama.cpp does not expose the trigger state).
+        const bool constrained = allowed_.size() < cur_p.size;
+        if (constrained && !align_grammar_) {
+            // P alone inside its nucleus: the combine could lift a token the
+            // grammar allows but P finds unlikely (a wrong value in a tool
+            // call's arguments) above what P would write
+            llama_sampler_linear_alignment_set_base(la_, nullptr);
+            llama_sampler_linear_alignment_set_principled(la_, nullptr, n_extra);
         }
         for (int32_t i = 1; i < llama_sampler_chain_n(chain_.get()); ++i) {
             llama_sampler_apply(llama_sampler_chain_get(chain_.get(), i), &cur_p);

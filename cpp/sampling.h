@@ -37,6 +37,18 @@ struct sampling_params {
     std::vector<std::vector<llama_token>> principle_tokens;
     std::string grammar;                // GBNF, empty for none
     std::string grammar_root   = "root";
+    // A lazy grammar (tool_choice "auto"): it constrains nothing until the
+    // output matches one of these regular expressions (llama.cpp's
+    // llama_sampler_init_grammar_lazy_patterns: searched anywhere, or matched
+    // whole when written ^...$; the grammar is fed the output from the first
+    // non-empty capture group, or from the match), then constrains the rest.
+    // Empty: the grammar constrains from the first token.
+    std::vector<std::string> grammar_triggers;
+    // Whether the alignment steers the tokens the grammar constrains. false:
+    // while the grammar constrains (always for an eager grammar; from its
+    // trigger on for a lazy one) the step decodes P alone inside its nucleus,
+    // as with ratio 0 (a tool call's arguments, linalign.tool_calls).
+    bool align_grammar = true;
 
     void validate() const; // throws std::invalid_argument
 };
@@ -87,6 +99,7 @@ private:
     int32_t         n_vocab_ = 0;
     size_t          n_extra_ = 0;
     bool            has_grammar_ = false;
+    bool            align_grammar_ = true;
     std::vector<llama_token> allowed_;  // reused across samples
     llama_token     plain_top_ = -1;
     // Candidate storage, left uninitialised: the dense path writes only the

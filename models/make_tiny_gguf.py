@@ -69,6 +69,55 @@ TEMPLATES = {
     ),
 }
 
+# Tool-aware templates, in the shape of those the GGUFs of two model families
+# carry (abridged, written here): tests/test_tool_calls.py
+TOOL_TEMPLATES = {
+    # Qwen 2.5 / Hermes 2 Pro: tools in the system message, calls as
+    # <tool_call>{"name", "arguments"}</tool_call>, results as <tool_response>
+    "qwen2.5": (
+        "{%- if tools %}<|im_start|>system\n{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}"
+        "{% else %}You are a helpful assistant.{% endif %}\n\n# Tools\n\nYou may call one or more functions to assist "
+        "with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>"
+        "{% for tool in tools %}\n{{ tool | tojson }}{% endfor %}\n</tools>\n\nFor each function call, return a json "
+        "object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+        "{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n"
+        "{%- elif messages[0]['role'] == 'system' %}<|im_start|>system\n{{ messages[0]['content'] }}<|im_end|>\n"
+        "{%- endif %}{%- for message in messages %}"
+        "{%- if message.role == 'user' or (message.role == 'system' and not loop.first) or "
+        "(message.role == 'assistant' and not message.tool_calls) %}"
+        "<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n"
+        "{%- elif message.role == 'assistant' %}<|im_start|>assistant{% if message.content %}\n{{ message.content }}"
+        "{% endif %}{% for tool_call in message.tool_calls %}\n<tool_call>\n{\"name\": \"{{ tool_call.function.name }}\", "
+        "\"arguments\": {{ tool_call.function.arguments | tojson }}}\n</tool_call>{% endfor %}<|im_end|>\n"
+        "{%- elif message.role == 'tool' %}{% if loop.first or messages[loop.index0 - 1].role != 'tool' %}"
+        "<|im_start|>user{% endif %}\n<tool_response>\n{{ message.content }}\n</tool_response>"
+        "{% if loop.last or messages[loop.index0 + 1].role != 'tool' %}<|im_end|>\n{% endif %}"
+        "{%- endif %}{%- endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    ),
+    # Llama 3.1: tools in the first user message, a call as one JSON object
+    # {"name", "parameters"} (one per turn), results in the ipython role
+    "llama3.1": (
+        "{{- bos_token }}{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content'] %}"
+        "{%- set messages = messages[1:] %}{%- else %}{%- set system_message = '' %}{%- endif %}"
+        "<|start_header_id|>system<|end_header_id|>\n\nEnvironment: ipython\n\n{{ system_message }}<|eot_id|>"
+        "{%- if tools is not none %}{%- set first_user_message = messages[0]['content'] %}"
+        "{%- set messages = messages[1:] %}<|start_header_id|>user<|end_header_id|>\n\nGiven the following "
+        "functions, please respond with a JSON for a function call with its proper arguments that best answers the "
+        "given prompt.\n\nRespond in the format {\"name\": function name, \"parameters\": dictionary of argument name "
+        "and its value}. Do not use variables.\n\n{% for t in tools %}{{ t | tojson }}\n\n{% endfor %}"
+        "{{ first_user_message }}<|eot_id|>{%- endif %}{%- for message in messages %}"
+        "{%- if not (message.role == 'ipython' or message.role == 'tool' or 'tool_calls' in message) %}"
+        "<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n{{ message['content'] }}<|eot_id|>"
+        "{%- elif 'tool_calls' in message %}{%- if not message.tool_calls|length == 1 %}"
+        "{{- raise_exception('This model only supports single tool-calls at once!') }}{%- endif %}"
+        "{%- set tool_call = message.tool_calls[0].function %}<|start_header_id|>assistant<|end_header_id|>\n\n"
+        "{\"name\": \"{{ tool_call.name }}\", \"parameters\": {{ tool_call.arguments | tojson }}}<|eot_id|>"
+        "{%- elif message.role == 'tool' or message.role == 'ipython' %}<|start_header_id|>ipython<|end_header_id|>"
+        "\n\n{{ message.content }}<|eot_id|>{%- endif %}{%- endfor %}"
+        "{%- if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{%- endif %}"
+    ),
+}
+
 # Gemma 3's own template (text content only), which gemma3 models get: a system
 # message is folded into the first user turn
 GEMMA3_CHAT_TEMPLATE = (
@@ -119,7 +168,7 @@ def write_tiny_gguf(path, *, arch: str = "llama", n_vocab: int = 400, n_embd: in
     """Write a random-weight GGUF of architecture ``arch`` (one of ARCHS) to
     `path` (F32, or F16 with ``f16``; with ``tie_output`` the output layer is
     the token embedding, as in small models; ``chat_template`` a Jinja chat
-    template, such as one of TEMPLATES: by default CHAT_TEMPLATE, or
+    template, such as one of TEMPLATES or TOOL_TEMPLATES: by default CHAT_TEMPLATE, or
     GEMMA3_CHAT_TEMPLATE for gemma3) and return it as a Path.
 
     gemma3: layers 0, 2, 4, ... attend over a sliding window of the last

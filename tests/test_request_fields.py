@@ -20,7 +20,7 @@ BASE = {CHAT_PATH: {"messages": CHAT, "max_tokens": 2}, COMPLETION_PATH: {"promp
 HARMLESS_VALUES = {
     "user": "user-1234", "safety_identifier": "abc", "store": False, "metadata": {"app": "test"},
     "service_tier": "auto", "prompt_cache_key": "k", "prediction": {"type": "content", "content": "Blue"},
-    "parallel_tool_calls": True, "keep_alive": "5m", "timings_per_token": True, "return_progress": False,
+    "keep_alive": "5m", "timings_per_token": True, "return_progress": False,
 }
 
 
@@ -59,8 +59,6 @@ def test_unknown_field_is_400_naming_it(server: Server, path: str, field: str) -
 
 
 REFUSED = [
-    ("tools", [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]),
-    ("tool_choice", "required"),
     ("functions", [{"name": "f", "parameters": {"type": "object"}}]),
     ("function_call", {"name": "f"}),
     ("logit_bias", {"50256": -100}),
@@ -88,13 +86,14 @@ def test_field_that_would_change_the_answer_is_400_naming_it(server: Server, fie
     assert_400_naming(server.post(CHAT_PATH, {**BASE[CHAT_PATH], field: value}), field)
 
 
-def test_tools_say_not_supported_yet(server: Server) -> None:
-    error = assert_400_naming(server.post(CHAT_PATH, {**BASE[CHAT_PATH], "tools": REFUSED[0][1]}), "tools")
-    assert "not supported yet" in error["message"]
+def test_legacy_functions_point_to_tools(server: Server) -> None:
+    error = assert_400_naming(server.post(CHAT_PATH, {**BASE[CHAT_PATH], "functions": REFUSED[0][1]}), "functions")
+    assert "send tools" in error["message"]
 
 
 @pytest.mark.parametrize(("field", "value"), [
     ("tools", []), ("functions", []), ("tool_choice", "none"), ("tool_choice", "auto"), ("function_call", "none"),
+    ("parallel_tool_calls", True),
     ("logit_bias", {}), ("best_of", 1), ("modalities", ["text"]), ("chat_template_kwargs", {}), ("think", False),
     ("ignore_eos", False), ("tools", None), ("reasoning_effort", None), ("whatever", None),
 ])
@@ -163,9 +162,10 @@ def test_openai_sdk_completion_with_its_usual_fields(server: Server) -> None:
     assert r.choices[0].text
 
 
-def test_openai_sdk_tools_raise_bad_request_naming_tools(server: Server) -> None:
+def test_openai_sdk_bad_tools_raise_bad_request_naming_tools(server: Server) -> None:
+    bad = {"type": "function", "function": {"name": "no spaces allowed", "parameters": {"type": "object"}}}
     with pytest.raises(openai.BadRequestError) as caught:
-        server.client().chat.completions.create(model="any", messages=CHAT, tools=[REFUSED[0][1][0]])
+        server.client().chat.completions.create(model="any", messages=CHAT, tools=[bad])
     assert caught.value.body["param"] == "tools"
 
 

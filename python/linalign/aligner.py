@@ -9,6 +9,7 @@ engine, one batched step at a time.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence, Union
@@ -18,7 +19,7 @@ from llama_cpp._logger import set_verbose
 from llama_cpp._utils import suppress_stdout_stderr
 
 from . import _core
-from .chat import ChatRenderer
+from .chat import ChatRenderer, validate_messages
 from .default_model import resolve_model_path
 from .engine import BatchedEngine, EngineClosedError, Generation, GenerationRequest, flash_attn_type
 from .engine.slot_files import model_fingerprint
@@ -28,6 +29,7 @@ from .options import SamplingOptions, _integer
 from .principles import DEFAULT_POSITION, MAX_PRINCIPLES, Composition, compose
 from .responses import ChatChunks, CompletionChunks, chunks_of, collect_chat, collect_completion
 from .threads import physical_cores
+from .tool_calls import plan_tool_calls
 
 __all__ = ["Aligner", "AlignerClosedError", "GenerationSuperseded", "PromptType"]
 
@@ -199,8 +201,9 @@ class Aligner:
                                    kv_unified=kv_unified, cache_prompt=cache_prompt, seed=seed, kv_cells=kv_cells,
                                    kv_reserve=min(kv_reserve, self.n_ctx))
         self._engine = self._make_engine(1 + (max_principles or 1))
+        self._chat_template = self._model.chat_template()
         self._renderer = ChatRenderer(
-            self._model.chat_template(),
+            self._chat_template,
             bos_token=self._model.token_to_piece(self._model.bos, True).decode("utf-8", "ignore"),
             eos_token=self._model.token_to_piece(self._model.eos, True).decode("utf-8", "ignore"),
             name=f"{self.model_path.name}'s",
@@ -396,16 +399,28 @@ class Aligner:
                      principles: Sequence[Any] | None = None, negative_principle: str | None = None,
                      composition: Composition | None = None, principle_position: str | None = None,
                      options: SamplingOptions | None = None, logprobs: bool | None = None,
-                     top_logprobs: int | None = None, **sampling: Any) -> GenerationRequest:
+                     top_logprobs: int | None = None, tools: Sequence[dict[str, Any]] | None = None,
+                     tool_choice: Any = None, parallel_tool_calls: bool | None = None,
+                     align_tool_calls: bool = False, **sampling: Any) -> GenerationRequest:
         """The token streams of a chat call (see :meth:`create_chat_completion`)."""
         self._require_open()
         want = chat_top_logprobs(logprobs, top_logprobs)
         options = SamplingOptions.from_kwargs(options, **sampling)
         composition = self._composition(composition, principle, principles, negative_principle,
                                         principle_position, options, "ratio" in sampling)
+        if not isinstance(align_tool_calls, bool):
+            raise TypeError("align_tool_calls must be true or false")
+        plan = plan_tool_calls(self._chat_template, validate_messages(messages), tools, tool_choice,
+                               parallel_tool_calls)
+        template_tools, tool_format = None, None
+        if plan is not None:
+            messages, template_tools = plan.messages, plan.template_tools
+            options = plan.sampling(options, align_tool_calls=align_tool_calls)
+            tool_format = plan.format if plan.parses_calls else None
         texts, base_text = composition.stream_texts, composition.negative
         if not any(self._has_control_text(t) for t in (*texts, base_text)):
-            streams = self._renderer.stream_prompts(messages, texts, base_text, composition.chat_position)
+            streams = self._renderer.stream_prompts(messages, texts, base_text, composition.chat_position,
+                                                    template_tools)
             principled = [self._prompt_tokens("messages", p, add_bos=streams.add_bos) for p in streams.prompts]
             base_tokens = self._prompt_tokens("messages", streams.base_prompt, add_bos=streams.add_bos)
         else:
@@ -413,11 +428,13 @@ class Aligner:
             # rendered as a placeholder, tokenized apart without special tokens.
             mark = f"\ue000{os.urandom(8).hex()}\ue001"
             streams = self._renderer.stream_prompts(messages, [mark if t else "" for t in texts],
-                                                    mark if base_text else "", composition.chat_position)
+                                                    mark if base_text else "", composition.chat_position,
+                                                    template_tools)
             principled = [self._literal_tokens(p, mark, t, streams.add_bos) for p, t in zip(streams.prompts, texts)]
             base_tokens = self._literal_tokens(streams.base_prompt, mark, base_text, streams.add_bos)
-        return self._composed_request(principled, base_tokens, composition, options,
-                                      options.stop + tuple(streams.stop), want)
+        request = self._composed_request(principled, base_tokens, composition, options,
+                                         options.stop + tuple(streams.stop), want)
+        return dataclasses.replace(request, tool_format=tool_format) if tool_format else request
 
     def _has_control_text(self, text: str) -> bool:
         """Whether ``text`` holds a control token's spelling (it would
@@ -568,6 +585,8 @@ class Aligner:
                                composition: Composition | None = None, principle_position: str | None = None,
                                stream: bool = False, options: SamplingOptions | None = None,
                                logprobs: bool | None = None, top_logprobs: int | None = None,
+                               tools: Sequence[dict[str, Any]] | None = None, tool_choice: Any = None,
+                               parallel_tool_calls: bool | None = None, align_tool_calls: bool = False,
                                **sampling: Any) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """Aligned chat completion in OpenAI's ``chat.completion`` shape.
 
@@ -589,13 +608,26 @@ class Aligner:
         :func:`linalign.principles.compose`) gives all of that at once. ``logprobs=True`` (with ``top_logprobs`` k in
         [0, 20] alternatives) adds OpenAI's ``choices[0].logprobs.content``,
         each entry with a ``linalign`` object (see :mod:`linalign.logprobs`).
+
+        ``tools`` (OpenAI's ``[{"type": "function", "function": {...}}]``),
+        ``tool_choice`` (``"none"``, ``"auto"``, ``"required"`` or
+        ``{"type": "function", "function": {"name": ...}}``) and
+        ``parallel_tool_calls``, as OpenAI takes them: a call comes back in
+        ``message.tool_calls`` with ``finish_reason`` ``"tool_calls"``
+        (streamed: ``delta.tool_calls``), and its result goes in as a
+        ``{"role": "tool", "tool_call_id": ...}`` message. Each call's
+        arguments follow its function's schema (a grammar); the alignment
+        does not steer them unless ``align_tool_calls`` (docs/tools.md).
         Other parameters as in :meth:`create_completion`.
         """
         gen = self.submit(self.chat_request(messages, principle=principle, principles=principles,
                                             negative_principle=negative_principle, composition=composition,
                                             principle_position=principle_position, options=options,
-                                            logprobs=logprobs, top_logprobs=top_logprobs, **sampling))
-        chunks = chunks_of(ChatChunks(str(self.model_path), logprobs=gen.request.want_logprobs),
+                                            logprobs=logprobs, top_logprobs=top_logprobs, tools=tools,
+                                            tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls,
+                                            align_tool_calls=align_tool_calls, **sampling))
+        chunks = chunks_of(ChatChunks(str(self.model_path), logprobs=gen.request.want_logprobs,
+                                      tool_format=gen.request.tool_format),
                            self.chunks(gen), gen)
         return chunks if stream else collect_chat(chunks, logprobs_asked=gen.request.want_logprobs is not None)
 

@@ -107,8 +107,11 @@ class ChatRenderer:
             template=template or CHATML_TEMPLATE, eos_token=eos_token, bos_token=bos_token, add_generation_prompt=True
         )
 
-    def render(self, messages: Sequence[Mapping[str, Any]]) -> tuple[str, list[str], bool]:
-        result = self._formatter(messages=list(messages))
+    def render(self, messages: Sequence[Mapping[str, Any]],
+               tools: Sequence[Mapping[str, Any]] | None = None) -> tuple[str, list[str], bool]:
+        """``tools`` (OpenAI's shape) go to the template as transformers
+        passes them, for templates that render them (linalign.tool_calls)."""
+        result = self._formatter(messages=list(messages), tools=list(tools) if tools else None)
         stop = result.stop or []
         if isinstance(stop, str):
             stop = [stop]
@@ -121,27 +124,27 @@ class ChatRenderer:
         return ChatPrompts(prompt=prompt, base_prompt=base_prompt, stop=stop, add_bos=add_bos)
 
     def stream_prompts(self, messages: Any, texts: Sequence[str], base_text: str = "",
-                       position: str = "system") -> ChatStreams:
+                       position: str = "system", tools: Sequence[Mapping[str, Any]] | None = None) -> ChatStreams:
         """One prompt per principle in ``texts`` ("" : the messages as
         given) and the base stream's, with ``base_text`` as its principle,
         each placed at ``position`` (linalign.principles.POSITIONS)."""
         checked = validate_messages(messages)
         prompts, stop, add_bos = [], [], True
         for i, text in enumerate(texts):
-            prompt, s, b = self._render_with(checked, text, position)
+            prompt, s, b = self._render_with(checked, text, position, tools)
             prompts.append(prompt)
             if i == 0:
                 stop, add_bos = s, b
-        base_prompt, _, _ = self._render_with(checked, base_text, position)
+        base_prompt, _, _ = self._render_with(checked, base_text, position, tools)
         return ChatStreams(prompts=prompts, base_prompt=base_prompt, stop=stop, add_bos=add_bos)
 
-    def _render_with(self, messages: list[dict[str, Any]], principle: str, position: str):
+    def _render_with(self, messages: list[dict[str, Any]], principle: str, position: str, tools=None):
         try:
-            return self.render(with_principle(messages, principle, position))
+            return self.render(with_principle(messages, principle, position), tools)
         except ValueError as e:
             if not principle or position != "system":
                 raise
-            self.render(messages)  # raises if the messages themselves do not fit the template
+            self.render(messages, tools)  # raises if the messages themselves do not fit the template
             # they do: it is the system message the template refuses
             raise ValueError(f"principle_position 'system': {self.name} chat template refuses the principle "
                              f"as a system message ({e}); use principle_position='end', which appends it to "

@@ -107,6 +107,12 @@ class SamplingOptions:
     max_tokens: int | None = field(default=256, metadata=_doc("tokens to generate (<= 0 or None: until the context is full)", "-n"))
     stop: tuple[str, ...] = field(default=(), metadata=_doc("stop strings"))
     grammar: str | None = field(default=None, metadata=_doc("GBNF grammar the output must follow"))
+    grammar_triggers: tuple[str, ...] = field(default=(), metadata=_doc(
+        "regular expressions (ECMAScript, as std::regex reads them) that start the grammar: until the output "
+        "matches one it constrains nothing (llama.cpp's lazy grammar; empty: from the first token)"))
+    align_grammar: bool = field(default=True, metadata=_doc(
+        "whether the alignment steers the tokens the grammar constrains (false: the principled stream alone "
+        "there, as with ratio 0)"))
     echo_guard: bool = field(default=True, metadata=_doc(
         "drop the alignment boost of a token that would continue copying the principle"))
     echo_guard_n: int = field(default=4, metadata=_doc(
@@ -136,6 +142,15 @@ class SamplingOptions:
             if not isinstance(grammar, str):
                 raise TypeError("grammar must be GBNF text or a llama_cpp.LlamaGrammar")
             set_(self, "grammar", grammar or None)
+        triggers = self.grammar_triggers
+        if isinstance(triggers, str) or not isinstance(triggers, Sequence) or \
+                not all(isinstance(t, str) and t for t in triggers):
+            raise TypeError("grammar_triggers must be a list of non-empty regular expressions")
+        set_(self, "grammar_triggers", tuple(triggers))
+        if self.grammar_triggers and not self.grammar:
+            raise ValueError("grammar_triggers start a grammar: give grammar too")
+        if not isinstance(self.align_grammar, bool):
+            raise TypeError(f"align_grammar must be true or false, got {type(self.align_grammar).__name__}")
 
     @classmethod
     def from_kwargs(cls, base: "SamplingOptions | None" = None, **kwargs: Any) -> "SamplingOptions":
@@ -173,6 +188,8 @@ class SamplingOptions:
         params.seed = int.from_bytes(os.urandom(4), "little") % UINT32_MAX if seed is None else seed
         if self.grammar:
             params.grammar = self.grammar
+            params.grammar_triggers = list(self.grammar_triggers)
+            params.align_grammar = self.align_grammar
         return params
 
     @staticmethod

@@ -19,6 +19,7 @@ from typing import Any, Iterable, Iterator, Union
 
 from .engine import Generation
 from .logprobs import TokenLogprob, chat_logprobs, completion_logprobs
+from .tool_calls import ToolCallStream
 
 __all__ = ["ChatChunks", "CompletionChunks", "chat_chunks", "chunks_of", "collect_chat", "collect_completion",
            "completion_chunks"]
@@ -53,8 +54,13 @@ class CompletionChunks:
     def first(self) -> dict[str, Any] | None:
         return None
 
-    def delta(self, text: str, entries: list[TokenLogprob] = ()) -> dict[str, Any]:
+    def delta(self, text: str, entries: list[TokenLogprob] = ()) -> dict[str, Any] | None:
+        """A chunk of ``text``; None when there is nothing to send yet."""
         return self._chunk(text, None, entries)
+
+    def tail(self) -> list[dict[str, Any]]:
+        """Chunks between the last text delta and :meth:`last`."""
+        return []
 
     def last(self, gen: Generation) -> dict[str, Any]:
         chunk = self._chunk("", gen.finish_reason, gen.final_logprobs)
@@ -64,11 +70,19 @@ class CompletionChunks:
 
 
 class ChatChunks(CompletionChunks):
-    """Builds ``chat.completion.chunk`` chunks of one response."""
+    """Builds ``chat.completion.chunk`` chunks of one response.
 
-    def __init__(self, model: str, *, logprobs: int | None = None) -> None:
+    ``tool_format`` (linalign.tool_calls): the answer may hold tool calls in
+    this format; its text is held from where a call may begin, and the calls
+    go out as ``delta.tool_calls`` chunks (one per call, whole) at the end,
+    with ``finish_reason`` ``"tool_calls"``."""
+
+    def __init__(self, model: str, *, logprobs: int | None = None, tool_format: str | None = None) -> None:
         super().__init__(model, logprobs=logprobs)
         self.id = f"chatcmpl-{uuid.uuid4()}"
+        self._calls = ToolCallStream(tool_format) if tool_format else None
+        self._held: list[TokenLogprob] = []  # entries of text held back
+        self._n_calls = 0
 
     def _logprobs(self, entries: list[TokenLogprob]) -> dict[str, Any] | None:
         if self.logprobs is None or not entries:
@@ -86,11 +100,33 @@ class ChatChunks(CompletionChunks):
     def first(self) -> dict[str, Any] | None:
         return self._chat_chunk({"role": "assistant"}, None)
 
-    def delta(self, text: str, entries: list[TokenLogprob] = ()) -> dict[str, Any]:
+    def delta(self, text: str, entries: list[TokenLogprob] = ()) -> dict[str, Any] | None:
+        if self._calls is not None:
+            text = self._calls.push(text)
+            entries, self._held = self._held + list(entries), []
+            if not text:
+                self._held = entries
+                return None
         return self._chat_chunk({"content": text}, None, entries)
 
+    def tail(self) -> list[dict[str, Any]]:
+        if self._calls is None:
+            return []
+        text, calls = self._calls.finish()
+        entries, self._held = self._held, []
+        chunks = [self._chat_chunk({"content": text}, None, entries)] if text else []
+        if text:
+            entries = []
+        for i, call in enumerate(calls):
+            chunks.append(self._chat_chunk({"tool_calls": [{"index": i, **call}]}, None, entries if i == 0 else []))
+        if not chunks and entries:
+            self._held = entries  # they go with the last chunk
+        self._n_calls = len(calls)
+        return chunks
+
     def last(self, gen: Generation) -> dict[str, Any]:
-        chunk = self._chat_chunk({}, gen.finish_reason, gen.final_logprobs)
+        reason = "tool_calls" if self._n_calls and gen.finish_reason == "stop" else gen.finish_reason
+        chunk = self._chat_chunk({}, reason, self._held + list(gen.final_logprobs))
         chunk["usage"] = gen.usage()
         chunk["linalign"] = gen.alignment()
         return chunk
@@ -102,10 +138,10 @@ def chunks_of(builder: CompletionChunks, deltas: Iterable[Delta], gen: Generatio
     if first is not None:
         yield first
     for delta in deltas:
-        if isinstance(delta, str):
-            yield builder.delta(delta)
-        else:
-            yield builder.delta(*delta)
+        chunk = builder.delta(delta) if isinstance(delta, str) else builder.delta(*delta)
+        if chunk is not None:
+            yield chunk
+    yield from builder.tail()
     yield builder.last(gen)
 
 
@@ -150,16 +186,25 @@ def collect_completion(chunks: Iterator[dict[str, Any]], model: str | None = Non
 def collect_chat(chunks: Iterator[dict[str, Any]], model: str | None = None, *,
                  logprobs_asked: bool = False) -> dict[str, Any]:
     """As :func:`collect_completion`, for chat."""
-    texts, content = [], []
+    texts, content, calls = [], [], []
     for chunk in chunks:
         choice = chunk["choices"][0]
         texts.append(choice["delta"].get("content", ""))
+        for call in choice["delta"].get("tool_calls", ()):
+            if call["index"] == len(calls):
+                calls.append({"id": call.get("id"), "type": "function",
+                              "function": {"name": call["function"].get("name", ""), "arguments": ""}})
+            calls[call["index"]]["function"]["arguments"] += call["function"].get("arguments", "")
         if choice["logprobs"] is not None:
             content.extend(choice["logprobs"]["content"])
         last = chunk
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(texts)}
+    if calls:
+        message["content"] = message["content"] or None  # OpenAI's: no prose, null
+        message["tool_calls"] = calls
     return {
         "id": last["id"], "object": "chat.completion", "created": last["created"], "model": model or last["model"],
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(texts)},
+        "choices": [{"index": 0, "message": message,
                      "logprobs": {"content": content, "refusal": None} if content or logprobs_asked else None,
                      "finish_reason": last["choices"][0]["finish_reason"]}],
         "usage": last["usage"],

@@ -41,6 +41,9 @@ class GenerationRequest:
     # the slot to run in (None: the free one with the longest cached prefix);
     # a server waits for it to be free
     slot: int | None = None
+    # the format the answer's tool calls are read in (linalign.tool_calls
+    # FORMATS); None: the request offers no tools
+    tool_format: str | None = None
 
     def __post_init__(self) -> None:
         if len(self.extra_prompts) != len(self.extra_ratios):

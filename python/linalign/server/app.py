@@ -50,7 +50,10 @@ Extra request fields:
 Sampling defaults are SamplingOptions' (temperature 0.8, top_p 0.8, top_k
 40); ``max_tokens`` defaults to 16 for completions and to the context for
 chat. ``response_format`` ``json_object`` (or ``json_schema``) constrains the
-output with a GBNF grammar. ``usage.prompt_tokens_details.cached_tokens``
+output with a GBNF grammar. Chat takes ``tools``, ``tool_choice`` and
+``parallel_tool_calls`` as OpenAI does, and ``align_tool_calls`` (default
+false: the alignment does not steer a call's arguments); see docs/tools.md
+and :mod:`linalign.tool_calls`. ``usage.prompt_tokens_details.cached_tokens``
 counts the prompt tokens of the principled stream taken from a slot's cache.
 """
 from __future__ import annotations
@@ -292,7 +295,7 @@ def create_app(aligner: Aligner, scheduler: Scheduler, *, model_id: str, api_key
 
         def chunk_builder() -> CompletionChunks:
             if builder is ChatChunks:
-                return ChatChunks(answered_as, logprobs=want)
+                return ChatChunks(answered_as, logprobs=want, tool_format=gen_request.tool_format)
             return CompletionChunks(answered_as, logprobs=want, text_offset=body.text_offset())
         try:
             ticket = scheduler.submit(gen_request, asyncio.get_running_loop())
@@ -366,7 +369,11 @@ async def _events(ticket: Ticket, builder: CompletionChunks, include_usage: bool
             yield _sse(error_body(str(error), type=kind))
             return
         async for text, entries in _deltas(ticket, None):
-            yield event(builder.delta(text, entries))
+            chunk = builder.delta(text, entries)
+            if chunk is not None:  # None: text held back (it may open a tool call)
+                yield event(chunk)
+        for chunk in builder.tail():
+            yield event(chunk)
     except Exception as e:  # noqa: BLE001 - the stream has begun: report in-band
         log.exception("error while streaming")
         yield _sse(error_body(f"internal error: {type(e).__name__}: {e}", type="server_error"))

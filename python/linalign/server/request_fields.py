@@ -26,7 +26,6 @@ HARMLESS_FIELDS: dict[str, str] = {
     "service_tier": "OpenAI's processing tier; there is one tier here",
     "prompt_cache_key": "OpenAI's prompt-cache routing hint; the slots' caches are matched by prefix here",
     "prediction": "a predicted output, which only speeds OpenAI up and never changes the answer",
-    "parallel_tool_calls": "only means something with tools (not supported yet)",
     "keep_alive": "Ollama's time to keep the model loaded; it stays loaded here",
     "timings_per_token": "llama-server's per-token timings; not reported here (see GET /metrics)",
     "return_progress": "llama-server's prefill progress chunks; not sent here",
@@ -34,9 +33,7 @@ HARMLESS_FIELDS: dict[str, str] = {
 
 # When refused ones are acceptable after all: the value that asks for nothing.
 _NEUTRAL: dict[str, Callable[[Any], bool]] = {
-    "tools": lambda v: v == [],
     "functions": lambda v: v == [],
-    "tool_choice": lambda v: v in ("none", "auto"),
     "function_call": lambda v: v in ("none", "auto"),
     "logit_bias": lambda v: v == {},
     "best_of": lambda v: v == 1 and not isinstance(v, bool),
@@ -46,13 +43,11 @@ _NEUTRAL: dict[str, Callable[[Any], bool]] = {
     "ignore_eos": lambda v: v is False,
 }
 
-_NOT_YET = "is not supported yet by this server (tool calling is coming)"
+_LEGACY = "is OpenAI's legacy form of tool calling: send tools and tool_choice"
 # Fields that would change the answer and are not supported: why, in the 400.
 REFUSED_FIELDS: dict[str, str] = {
-    "tools": _NOT_YET,
-    "tool_choice": _NOT_YET,
-    "functions": _NOT_YET,
-    "function_call": _NOT_YET,
+    "functions": _LEGACY,
+    "function_call": _LEGACY,
     "logit_bias": "is not supported by this server",
     "best_of": "is not supported by this server: one completion per request",
     "modalities": "is not supported by this server: text only (send [\"text\"] or leave it out)",

@@ -21,7 +21,8 @@ from ..engine import GenerationRequest
 from ..logprobs import chat_top_logprobs, completion_top_logprobs
 from ..options import SamplingOptions
 from ..principles import Composition, compose
-from .grammar_limits import GrammarTooLarge, check_gbnf, check_json_schema
+from ..tool_calls import ToolRequestError
+from ..grammar_limits import GrammarTooLarge, check_gbnf, check_json_schema
 from .presets import Preset
 from .request_fields import HARMLESS_FIELDS, refusal
 
@@ -228,6 +229,12 @@ class ChatCompletionRequest(_SamplingRequest):
     messages: list[dict[str, Any]]
     logprobs: bool | None = None
     top_logprobs: int | None = None
+    # OpenAI's tool calling (linalign.tool_calls checks them), and whether the
+    # alignment steers a call's arguments (docs/tools.md)
+    tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    align_tool_calls: bool | None = None
 
     def generation_request(self, aligner: Aligner, preset: Preset | None = None) -> GenerationRequest:
         options = self.sampling_options(None, preset)
@@ -240,7 +247,11 @@ class ChatCompletionRequest(_SamplingRequest):
         self.check_streams(composition, aligner.max_principles)
         try:
             request = aligner.chat_request(messages, composition=composition, options=options,
-                                           logprobs=k is not None, top_logprobs=k)
+                                           logprobs=k is not None, top_logprobs=k, tools=self.tools,
+                                           tool_choice=self.tool_choice, parallel_tool_calls=self.parallel_tool_calls,
+                                           align_tool_calls=bool(self.align_tool_calls))
+        except ToolRequestError as e:
+            raise ApiError(400, str(e), param=e.param) from None
         except (TypeError, ValueError) as e:
             raise ApiError(400, str(e), param=param_of_error(str(e))) from None
         return self.per_request(request, aligner)
