@@ -84,7 +84,7 @@ def main() -> None:
                         "attention off): step ms and forward passes per step")
     args = p.parse_args()
     if args.placements:
-        aligner = linalign.Aligner(args.model, n_ctx=args.n_ctx, n_parallel=args.slots)
+        aligner = linalign.Aligner(args.model, n_ctx=args.n_ctx, n_parallel=args.slots, count_passes=True)
         print(f"decode step by the slots requests run in ({args.slots} slots, median of 20 steps)")
         for group in args.placements.split(";"):
             slots = [int(x) for x in group.split(",")]

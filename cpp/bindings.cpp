@@ -314,7 +314,7 @@ PYBIND11_MODULE(_core, m) {
     py::class_<engine>(m, "Engine")
         .def(py::init([](std::shared_ptr<model> mdl, int32_t n_ctx, int32_t n_slots, int32_t n_batch, int32_t n_threads,
                          int32_t n_threads_batch, int32_t flash_attn, bool kv_unified, int32_t n_streams,
-                         int32_t n_cells, int32_t reserve_tokens) {
+                         int32_t n_cells, int32_t reserve_tokens, bool count_passes) {
                  engine_params p;
                  p.n_ctx = n_ctx;
                  p.n_slots = n_slots;
@@ -326,14 +326,16 @@ PYBIND11_MODULE(_core, m) {
                  p.n_streams = n_streams;
                  p.n_cells = n_cells;
                  p.reserve_tokens = reserve_tokens;
+                 p.count_passes = count_passes;
                  return new engine(std::move(mdl), p);
              }), py::arg("model"), py::arg("n_ctx") = 4096, py::arg("n_slots") = 1, py::arg("n_batch") = 512,
              py::arg("n_threads") = 0, py::arg("n_threads_batch") = 0, py::arg("flash_attn") = 0,
              py::arg("kv_unified") = true, py::arg("n_streams") = 2, py::arg("n_cells") = 0,
-             py::arg("reserve_tokens") = 256, py::call_guard<py::gil_scoped_release>(),
+             py::arg("reserve_tokens") = 256, py::arg("count_passes") = false, py::call_guard<py::gil_scoped_release>(),
              "n_ctx: the most tokens one stream may hold; n_streams: streams per slot (P, B and one per further "
              "principle); kv_unified: one pool of n_cells KV cells (0: 2 x n_ctx x n_slots) for every stream, else "
-             "n_ctx cells per stream of every slot.")
+             "n_ctx cells per stream of every slot; count_passes: count llama.cpp's forward passes (an eval "
+             "callback that makes a GPU synchronize after every graph split: for measuring only).")
         .def("pick_slot", &engine::pick_slot, py::arg("prompts"),
              "The free slot with the longest cached prefix of the prompts (P, B, further principled ones), or -1.")
         .def("start", &engine::start, py::arg("slot"), py::arg("prompts"), py::arg("params"),
@@ -428,7 +430,13 @@ PYBIND11_MODULE(_core, m) {
         .def("n_active_streams", &engine::n_active_streams, py::arg("slot"))
         .def("last_prefill", &engine::last_prefill, py::arg("slot"))
         .def_property_readonly("n_decode_calls", &engine::n_decode_calls)
-        .def_property_readonly("n_forward_passes", &engine::n_forward_passes)
+        .def_property_readonly("n_forward_passes", [](const engine & self) -> py::object {
+                                   if (!self.counts_passes()) {
+                                       return py::none();
+                                   }
+                                   return py::int_(self.n_forward_passes());
+                               }, "forward passes llama.cpp ran; None unless made with count_passes=True")
+        .def_property_readonly("counts_passes", &engine::counts_passes)
         .def_property_readonly("kv_unified", [](const engine & self) { return self.params().kv_unified; })
         .def_property_readonly("n_cells_total", &engine::n_cells_total)
         .def_property_readonly("n_cells_used", &engine::n_cells_used)

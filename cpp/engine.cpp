@@ -135,8 +135,10 @@ engine::engine(std::shared_ptr<model> mdl, const engine_params & params) : model
         cparams.n_threads = params.n_threads;
     }
     cparams.n_threads_batch = params.n_threads_batch > 0 ? params.n_threads_batch : cparams.n_threads;
-    cparams.cb_eval           = count_forward_passes;
-    cparams.cb_eval_user_data = &n_forward_passes_;
+    if (params.count_passes) {
+        cparams.cb_eval           = count_forward_passes;
+        cparams.cb_eval_user_data = &n_forward_passes_;
+    }
 
     kv_type_k_ = (int32_t) cparams.type_k;
     kv_type_v_ = (int32_t) cparams.type_v;

@@ -88,6 +88,11 @@ struct engine_params {
     // full is preempted, not failed. More: fewer preemptions, fewer requests
     // at once.
     int32_t reserve_tokens  = 256;
+    // Count forward passes (n_forward_passes) with an eval callback.
+    // llama.cpp fixes cb_eval when the context is made, and with one
+    // installed a GPU backend synchronizes after every graph split, so only
+    // a context made for measuring counts (the benchmarks' and tests').
+    bool    count_passes    = false;
 };
 
 enum stream_id : int { STREAM_P = 0, STREAM_B = 1 };
@@ -318,7 +323,9 @@ public:
     // llama_decode can be several: with a KV buffer per stream llama.cpp
     // splits a batch where sequence ids are not consecutive, and where a
     // prompt chunk shares a step with one-token decodes (docs/serving.md).
+    // Counted only with engine_params::count_passes (see counts_passes).
     int64_t n_forward_passes() const { return n_forward_passes_; }
+    bool    counts_passes() const { return params_.count_passes; }
     const model & get_model() const { return *model_; }
 
 private:

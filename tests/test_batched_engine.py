@@ -21,7 +21,7 @@ def pool(model_path):
     # prefix reuse these tests check are those of per-stream buffers (the
     # pool's own are in test_kv_pool.py)
     with linalign.Aligner(model_path, n_ctx=512, n_parallel=4, n_batch=256, n_threads=2, kv_unified=False,
-                          n_gpu_layers=N_GPU_LAYERS) as a:
+                          count_passes=True, n_gpu_layers=N_GPU_LAYERS) as a:
         yield a
 
 

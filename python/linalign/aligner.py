@@ -123,6 +123,11 @@ class Aligner:
         again with room for more when a request asks for them while nothing
         runs (its prompt cache is lost then); an integer fixes it, and a
         request composing more is a ValueError.
+    count_passes
+        Count llama.cpp's forward passes (``aligner.engine.n_forward_passes``;
+        None when off). Off by default: the count is an eval callback, fixed
+        when the context is made, that makes a GPU synchronize after every
+        graph split. For benchmarks and tests.
     verbose
         Let llama.cpp print its load log.
     """
@@ -145,6 +150,7 @@ class Aligner:
         max_principles: int | None = None,
         kv_cells: int | None = None,
         kv_reserve: int = 256,
+        count_passes: bool = False,
         verbose: bool = False,
     ) -> None:
         self._engine: BatchedEngine | None = None
@@ -199,7 +205,7 @@ class Aligner:
         self._engine_kwargs = dict(n_ctx=self.n_ctx, n_slots=n_parallel, n_batch=n_batch, n_threads=threads,
                                    n_threads_batch=n_threads_batch or threads, flash_attn=flash_attn,
                                    kv_unified=kv_unified, cache_prompt=cache_prompt, seed=seed, kv_cells=kv_cells,
-                                   kv_reserve=min(kv_reserve, self.n_ctx))
+                                   kv_reserve=min(kv_reserve, self.n_ctx), count_passes=count_passes)
         self._engine = self._make_engine(1 + (max_principles or 1))
         self._chat_template = self._model.chat_template()
         self._renderer = ChatRenderer(

@@ -155,8 +155,9 @@ class ServerSpec:
                     "--port", str(port), "--n_ctx", str(n_ctx), "--verbose", "False",
                     # by default a waiting request ends the running one early ([DONE] mid-answer)
                     "--interrupt_requests", "False", *self.args]
+        # --count-passes: the report gives llama.cpp's forward passes per step
         return [self.python, "-m", "linalign", "serve", "--model", model, "--host", "127.0.0.1",
-                "--port", str(port), "--n-ctx", str(n_ctx), *self.args]
+                "--port", str(port), "--n-ctx", str(n_ctx), "--count-passes", *self.args]
 
 
 class ServerProcess:
@@ -384,7 +385,7 @@ def _engine_counters(url: str) -> tuple[int, int] | None:
 
     try:
         body = httpx.get(url + "/health", timeout=5).json()
-        return int(body["decode_calls"]), int(body["forward_passes"])
+        return int(body["decode_calls"]), int(body["forward_passes"])  # null (TypeError) without --count-passes
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
         return None
 

@@ -94,16 +94,21 @@ class BatchedEngine:
         a prefix with it prefills only the rest.
     seed
         Seed of requests whose options give none (None: random per request).
+    count_passes
+        Count llama.cpp's forward passes (:attr:`n_forward_passes`). Off by
+        default: the counting is an eval callback, fixed when the context is
+        made, that makes a GPU synchronize after every graph split; the
+        benchmarks and tests that read the counts turn it on.
     """
 
     def __init__(self, model: Any, *, n_ctx: int, n_slots: int = 1, n_batch: int = 512, n_threads: int = 0,
                  n_threads_batch: int = 0, flash_attn: bool | str = False, kv_unified: bool = True,
                  cache_prompt: bool = True, seed: int | None = None, n_streams: int = 2,
-                 kv_cells: int | None = None, kv_reserve: int = 256) -> None:
+                 kv_cells: int | None = None, kv_reserve: int = 256, count_passes: bool = False) -> None:
         self._model = model
         self._native = _core.Engine(model, n_ctx, n_slots, n_batch, n_threads, n_threads_batch,
                                     flash_attn_type(flash_attn), kv_unified,
-                                    n_streams, kv_cells or 0, kv_reserve)
+                                    n_streams, kv_cells or 0, kv_reserve, bool(count_passes))
         self.n_streams = n_streams
         self.lock = threading.RLock()
         self.n_ctx = n_ctx
@@ -386,12 +391,19 @@ class BatchedEngine:
         return self._native.n_decode_calls
 
     @property
-    def n_forward_passes(self) -> int:
-        """Forward passes llama.cpp ran so far (its ubatches). A step is one
-        where llama.cpp keeps its batch whole: with a KV buffer per stream
-        (``kv_unified=False``) it splits at a gap in the running streams'
-        sequence ids and where a prompt chunk shares the step with one-token
-        decodes (docs/serving.md)."""
+    def counts_passes(self) -> bool:
+        """Whether this engine was made with ``count_passes=True``."""
+        return self._native.counts_passes
+
+    @property
+    def n_forward_passes(self) -> int | None:
+        """Forward passes llama.cpp ran so far (its ubatches), or None: not
+        counted unless the engine was made with ``count_passes=True``.
+
+        A step is one where llama.cpp keeps its batch whole: with a KV
+        buffer per stream (``kv_unified=False``) it splits at a gap in the
+        running streams' sequence ids and where a prompt chunk shares the
+        step with one-token decodes (docs/serving.md)."""
         return self._native.n_forward_passes
 
     # -- the KV pool (no lock: the engine publishes them atomically) ---------

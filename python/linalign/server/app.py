@@ -233,7 +233,8 @@ def create_app(aligner: Aligner, scheduler: Scheduler, *, model_id: str, api_key
     async def health() -> dict[str, Any]:
         engine = scheduler.engine
         # decode_calls: engine steps; forward_passes: the graphs llama.cpp ran
-        # for them. kv_cells_used counts a cell streams share once, and
+        # for them (null unless the server was started with --count-passes,
+        # whose eval callback slows a GPU). kv_cells_used counts a cell streams share once, and
         # includes kv_cells_idle, the idle slots' prompt caches (freed when a
         # request needs room); waiting: requests holding a slot until the pool
         # has room (preempted ones, which resume before anything queued)

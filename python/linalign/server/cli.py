@@ -90,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
                         "{\"filename\": NAME} saves a slot's prompt cache there and restores it, after a restart "
                         "too (docs/slot_files.md); made if missing. Nothing is restored by itself at start-up. "
                         "Without it those actions answer 501")
+    p.add_argument("--count-passes", action="store_true",
+                   help="count llama.cpp's forward passes (/health's forward_passes, null without it): an eval "
+                        "callback that makes a GPU synchronize after every graph split, so for measuring only")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     return p
 
@@ -178,7 +181,7 @@ def main(argv: Sequence[str]) -> int:
                           n_gpu_layers=args.n_gpu_layers, n_threads=args.threads, n_threads_batch=args.threads_batch,
                           cache_prompt=args.cache_prompt, max_principles=max_principles,
                           kv_unified=kv_unified, kv_cells=args.kv_cells, kv_reserve=args.kv_reserve,
-                          flash_attn=_flash_attn(args.flash_attn, args.n_gpu_layers))
+                          flash_attn=_flash_attn(args.flash_attn, args.n_gpu_layers), count_passes=args.count_passes)
     except (OSError, ValueError, TypeError, RuntimeError) as e:
         print(f"linalign serve: cannot load the model: {e}", flush=True)
         return 1
