@@ -16,28 +16,21 @@ larger). No network, no model hub: the weights come from a seeded generator.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import tempfile
 from pathlib import Path
 
 import llama_cpp
 
-ROOT = Path(__file__).resolve().parents[1]
+from linalign.synthetic_model import write_tiny_gguf
+
 QWEN2_0_5B = dict(n_vocab=151936, n_embd=896, n_layer=24, n_head=14, n_head_kv=2, n_ff=4864, n_ctx_train=32768)
-
-
-def _writer():
-    spec = importlib.util.spec_from_file_location("make_tiny_gguf", ROOT / "models" / "make_tiny_gguf.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.write_tiny_gguf
 
 
 def make_synthetic_model(out: Path, *, seed: int = 0, n_threads: int | None = None) -> Path:
     out = Path(out)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        f16 = _writer()(Path(tmp) / "f16.gguf", **QWEN2_0_5B, seed=seed, f16=True, tie_output=True,
+        f16 = write_tiny_gguf(Path(tmp) / "f16.gguf", **QWEN2_0_5B, seed=seed, f16=True, tie_output=True,
                         name="linalign-synthetic-qwen2-0.5b-shapes")
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_1

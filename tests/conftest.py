@@ -1,8 +1,7 @@
 """Shared fixtures: the real default model, a reference llama_cpp.Llama, and
-a tiny random-weight GGUF written by models/make_tiny_gguf.py."""
+a tiny random-weight GGUF written by linalign.synthetic_model."""
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -60,11 +59,11 @@ def second_llama(model_path):
 
 
 def load_model_writer():
-    """write_tiny_gguf from models/make_tiny_gguf.py (a script, not a package)."""
-    spec = importlib.util.spec_from_file_location("make_tiny_gguf", ROOT / "models" / "make_tiny_gguf.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.write_tiny_gguf
+    """write_tiny_gguf, linalign.synthetic_model's writer (also the command
+    models/make_tiny_gguf.py)."""
+    from linalign.synthetic_model import write_tiny_gguf
+
+    return write_tiny_gguf
 
 
 @pytest.fixture(scope="session")

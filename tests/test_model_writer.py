@@ -1,8 +1,12 @@
-"""models/make_tiny_gguf.py: its architectures, each with its kind of memory
-in llama.cpp, and its options for stand-ins of larger models (the synthetic
-0.5B-class benchmark model uses them): a vocabulary filled past the built-in
-pieces, F16 weights, a tied output layer."""
+"""linalign.synthetic_model (and its command, models/make_tiny_gguf.py): its
+architectures, each with its kind of memory in llama.cpp, and its options for
+stand-ins of larger models (the synthetic 0.5B-class benchmark model and
+``linalign bench overhead`` use them): a vocabulary filled past the built-in
+pieces, F16 weights, a tied output layer, an end token greedy never picks."""
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import gguf
 import llama_cpp
@@ -11,7 +15,9 @@ import pytest
 
 import linalign
 
-from conftest import load_model_writer
+from linalign.synthetic_model import EOS_ID
+
+from conftest import ROOT, load_model_writer
 
 
 def test_filled_f16_tied_model_loads_and_runs(tmp_path):
@@ -56,3 +62,23 @@ def test_gemma3_model_carries_gemma3_chat_template(tmp_path):
         p, b = aligner.render_chat([{"role": "user", "content": "hello"}], "Be brief.")
     assert p.endswith("<start_of_turn>user\nBe brief.\n\nhello<end_of_turn>\n<start_of_turn>model\n")
     assert b.endswith("<start_of_turn>user\nhello<end_of_turn>\n<start_of_turn>model\n")
+
+
+def _output_rows(path) -> np.ndarray:
+    reader = gguf.GGUFReader(path)
+    return np.array(next(t.data for t in reader.tensors if t.name == "output.weight"))
+
+
+def test_eos_never_chosen_zeroes_only_the_end_tokens_output_row(tmp_path):
+    plain = _output_rows(load_model_writer()(tmp_path / "a.gguf", n_vocab=1000, seed=2))
+    quiet = _output_rows(load_model_writer()(tmp_path / "b.gguf", n_vocab=1000, seed=2, eos_never_chosen=True))
+    assert not quiet[EOS_ID].any() and plain[EOS_ID].any()
+    others = np.arange(len(plain)) != EOS_ID
+    assert np.array_equal(plain[others], quiet[others])  # the same seed gives the same weights otherwise
+
+
+def test_the_command_writes_a_wide_vocabulary_model(tmp_path):
+    out = tmp_path / "wide.gguf"
+    subprocess.run([sys.executable, str(ROOT / "models" / "make_tiny_gguf.py"), str(out), "--n-vocab", "49152",
+                    "--eos-never-chosen"], check=True, capture_output=True)
+    assert gguf.GGUFReader(out).fields["llama.vocab_size"].parts[-1][0] == 49152
