@@ -5,7 +5,9 @@ users align today (plain, floor, linalign, naive, two-call). The work is in
 ``linalign bench server [options]`` benchmarks the OpenAI-compatible server
 instead (:mod:`linalign.benchmarking.server_bench`), ``linalign bench
 principles`` the cost of composing several principles
-(:mod:`linalign.benchmarking.principles_bench`)."""
+(:mod:`linalign.benchmarking.principles_bench`), ``linalign bench overhead``
+the host work around llama_decode on a synthetic model it writes itself
+(:mod:`linalign.benchmarking.overhead`)."""
 from __future__ import annotations
 
 import argparse
@@ -37,9 +39,13 @@ def main(argv: Sequence[str]) -> int:
     if argv and argv[0] == "principles":
         from .benchmarking.principles_bench import main as principles_main
         return principles_main(argv[1:])
+    if argv and argv[0] == "overhead":
+        from .benchmarking.overhead import main as overhead_main
+        return overhead_main(argv[1:])
     parser = argparse.ArgumentParser(prog="linalign bench", description=__doc__.splitlines()[0],
                                      epilog="linalign bench server --help: the server benchmark; "
-                                            "linalign bench principles --help: composed principles")
+                                            "linalign bench principles --help: composed principles; "
+                                            "linalign bench overhead --help: host work per token")
     parser.add_argument("--model", help="GGUF file (default: the default model)")
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens generated per run (default 64)")
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions after the warm-up (default 5)")

@@ -9,6 +9,7 @@ cost floor and against the ways users align today (see issue 3).
     multiturn   tokens prefilled per turn of a 5-turn chat, with and without reuse
     runner      warm-up, interleaved repetitions, medians; the result document
     report      terminal table, JSON, PNG chart
+    overhead    ``linalign bench overhead``: host work per token beside raw llama_decode
 """
 from typing import Any
 

@@ -1,0 +1,45 @@
+"""``linalign bench overhead`` runs end to end on tiny synthetic models it
+writes itself, and prints every row and ratio (no timing is asserted: this
+machine's figures are the lead's to measure on a quiet one)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from linalign.bench import main as bench_main
+from linalign.benchmarking.overhead import RATIOS, ROWS
+
+VOCABS = (1000, 2000)
+MAX_TOKENS = 8
+
+
+def test_bench_overhead_prints_every_row_and_ratio_for_each_vocabulary(tmp_path, capsys):
+    out = tmp_path / "overhead.json"
+    assert bench_main(["overhead", "--vocab", ",".join(map(str, VOCABS)), "--max-tokens", str(MAX_TOKENS),
+                       "--reps", "1", "--threads", "2", "--json", str(out), "--quiet"]) == 0
+    table = capsys.readouterr().out
+    for n_vocab in VOCABS:
+        assert f"vocabulary {n_vocab:,}" in table
+    for label in ROWS.values():
+        assert table.count(label) == len(VOCABS)
+    for name, *_ in RATIOS:
+        assert table.count(name) == len(VOCABS)
+    assert table.count("target <= 1.10") == 3 * len(VOCABS)
+
+    doc = json.loads(out.read_text())
+    for n_vocab in VOCABS:
+        rows = doc["vocabs"][str(n_vocab)]["rows"]
+        assert set(rows) == set(ROWS)
+        # the end-of-sequence token is never chosen: every path makes every token asked for
+        for key, row in rows.items():
+            per_run = MAX_TOKENS * (4 if key in ("raw-8", "aligned-x4") else 1)
+            assert min(row["tokens"]) >= per_run, key
+            assert row["us_per_token"]["median"] > 0
+        assert rows["aligned-x4"]["steps"][0] <= MAX_TOKENS + 2  # the 4 requests step together
+
+
+def test_bench_overhead_refuses_a_bad_vocabulary_list(capsys):
+    with pytest.raises(SystemExit):
+        bench_main(["overhead", "--vocab", "big"])
+    assert "vocabularies are comma-separated" in capsys.readouterr().err
