@@ -59,8 +59,11 @@ def test_each_architecture_loads_with_its_kind_of_memory_and_generates(tmp_path,
 def test_gemma3_model_carries_gemma3_chat_template(tmp_path):
     path = load_model_writer()(tmp_path / "g.gguf", arch="gemma3")
     with linalign.Aligner(path, n_ctx=64, n_threads=2) as aligner:
-        p, b = aligner.render_chat([{"role": "user", "content": "hello"}], "Be brief.")
+        p, b = aligner.render_chat([{"role": "user", "content": "hello"}], "Be brief.", principle_position="system")
+        end, _ = aligner.render_chat([{"role": "user", "content": "hello"}], "Be brief.")
+    # Gemma folds a system message into the first user turn
     assert p.endswith("<start_of_turn>user\nBe brief.\n\nhello<end_of_turn>\n<start_of_turn>model\n")
+    assert end.endswith("<start_of_turn>user\nhello\n\nBe brief.<end_of_turn>\n<start_of_turn>model\n")
     assert b.endswith("<start_of_turn>user\nhello<end_of_turn>\n<start_of_turn>model\n")
 
 
