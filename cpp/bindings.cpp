@@ -268,7 +268,7 @@ PYBIND11_MODULE(_core, m) {
         .def_readonly("error", &step_event::error, "why the slot's sampler failed, or empty")
         .def_readonly("ratios", &step_event::ratios, "the step size each principled stream was applied at, P first")
         .def_property_readonly("guarded", [](const step_event & e) { return guards_to_list(e.guarded); },
-                               "(stream, token) pairs whose boost the echo guard dropped at this step")
+                               "(stream, token) pairs the echo guard took out at this step")
         .def_readonly("plain_top", &step_event::plain_top,
                       "the base stream's most likely token (among what a grammar allowed); -1 without a base stream")
         .def_readonly("preempted", &step_event::preempted,
@@ -309,7 +309,7 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("applied_ratios", &sampler_chain::applied_ratios,
                                "the last sample's step size per principled stream, P first")
         .def_property_readonly("guarded", [](const sampler_chain & self) { return guards_to_list(self.guarded()); },
-                               "the last sample's (stream, token) pairs whose boost the echo guard dropped");
+                               "the last sample's (stream, token) pairs the echo guard took out");
 
     py::class_<engine>(m, "Engine")
         .def(py::init([](std::shared_ptr<model> mdl, int32_t n_ctx, int32_t n_slots, int32_t n_batch, int32_t n_threads,
@@ -466,7 +466,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("history") = std::vector<llama_token>(), py::arg("guarded") = py::none()
     m.def("linear_alignment_step", step, LINALIGN_STEP_ARGS,
           "One apply of the linear-alignment sampler alone: (ids, logits) of the kept candidates, the step size "
-          "applied per principled stream, and the (stream, token) pairs the echo guard lowered. history: tokens "
+          "applied per principled stream, and the (stream, token) pairs the echo guard took out. history: tokens "
           "accepted before it; guarded: replay these guard decisions instead of finding them.");
     m.def("linear_alignment_apply", [step](float_array logits_p, float_array logits_b, float ratio, float top_p,
                                            float temperature, bool dense, const std::vector<float_array> & logits_extra,

@@ -36,6 +36,7 @@ struct llama_sampler_linear_alignment {
     std::vector<float>            masked; // an extra stream's logits over the candidates
     std::vector<uint8_t>          in_union; // candidate index -> in the union of the nuclei
     std::vector<int32_t>          union_idx; // that union, in the order it was found
+    std::vector<std::vector<float>> guarded_rows; // streams' logits without the echo guard's drops
 };
 
 static const char * llama_sampler_linear_alignment_name(const struct llama_sampler * /*smpl*/) {
@@ -250,9 +251,63 @@ static void linear_alignment_steer_begin(llama_sampler_linear_alignment * ctx, c
                                     logits_p, data, n, (size_t) ctx->n_vocab);
 }
 
-// Steering after the combine: the echo guard over the kept candidates.
-static void linear_alignment_steer_guard(llama_sampler_linear_alignment * ctx, llama_token_data * data, size_t n) {
-    linear_alignment_steering_guard(ctx->steer, data, n);
+// The echo guard, before the nucleus: the candidates it takes out
+// (linear_alignment_steering_drops) go to -inf in a candidate array, unless
+// that would leave no candidate (a vocabulary of a few tokens): then none is.
+static void linear_alignment_guard_candidates(llama_sampler_linear_alignment * ctx, llama_token_data * data,
+                                              size_t n) {
+    const std::vector<llama_token> & drops = linear_alignment_steering_drops(ctx->steer);
+    if (drops.empty()) {
+        return;
+    }
+    const auto dropped = [&](llama_token id) { return std::find(drops.begin(), drops.end(), id) != drops.end(); };
+    bool any_left = false;
+    for (size_t i = 0; i < n && !any_left; ++i) {
+        any_left = std::isfinite(data[i].logit) && !dropped(data[i].id);
+    }
+    if (!any_left) {
+        ctx->steer.guarded.clear();
+        return;
+    }
+    for (size_t i = 0; i < n; ++i) {
+        if (dropped(data[i].id)) {
+            data[i].logit = -INFINITY;
+        }
+    }
+}
+
+// The same on logits in id order (the dense entry point): stream `row`'s
+// logits with the drops at -inf, in scratch, or the logits themselves when
+// nothing is dropped. Call linear_alignment_steering_drops first.
+static const float * linear_alignment_guard_row(llama_sampler_linear_alignment * ctx, const float * logits,
+                                                size_t row) {
+    const std::vector<llama_token> & drops = ctx->steer.drops;
+    if (drops.empty() || ctx->steer.guarded.empty()) {
+        return logits;
+    }
+    if (ctx->guarded_rows.size() <= row) {
+        ctx->guarded_rows.resize(row + 1);
+    }
+    std::vector<float> & out = ctx->guarded_rows[row];
+    out.assign(logits, logits + ctx->n_vocab);
+    for (llama_token t : drops) {
+        out[t] = -INFINITY;
+    }
+    return out.data();
+}
+
+// Whether the drops leave P a candidate in id order; when not, nothing is dropped.
+static void linear_alignment_guard_check_dense(llama_sampler_linear_alignment * ctx, const float * logits_p) {
+    const std::vector<llama_token> & drops = linear_alignment_steering_drops(ctx->steer);
+    if (drops.empty()) {
+        return;
+    }
+    for (size_t t = 0; t < (size_t) ctx->n_vocab; ++t) {
+        if (std::isfinite(logits_p[t]) && std::find(drops.begin(), drops.end(), (llama_token) t) == drops.end()) {
+            return;
+        }
+    }
+    ctx->steer.guarded.clear();
 }
 
 // The composed apply on a candidate array (a grammar may have set some
@@ -260,6 +315,8 @@ static void linear_alignment_steer_guard(llama_sampler_linear_alignment * ctx, l
 static void linear_alignment_apply_composed(llama_sampler_linear_alignment * ctx, llama_token_data_array * cur_p) {
     const size_t n = cur_p->size;
     linear_alignment_steer_begin(ctx, cur_p->data, n, nullptr);
+    // every stream's nucleus then leaves the drops out (each reads the candidates' finiteness)
+    linear_alignment_guard_candidates(ctx, cur_p->data, n);
     ctx->in_union.assign(std::max(ctx->in_union.size(), n), 0);
     ctx->union_idx.clear();
     linear_alignment_union_add(ctx, cur_p->data, n);
@@ -288,7 +345,6 @@ static void linear_alignment_apply_composed(llama_sampler_linear_alignment * ctx
     if (linear_alignment_has_streams(ctx)) {
         linear_alignment_combine_composed(ctx, cur_p->data, cur_p->size);
     }
-    linear_alignment_steer_guard(ctx, cur_p->data, cur_p->size);
 }
 
 // The composed apply on P's full logits in id order (the dense entry point).
@@ -296,13 +352,15 @@ static size_t linear_alignment_apply_dense_composed(llama_sampler_linear_alignme
                                                     llama_token_data * out) {
     const size_t n = (size_t) ctx->n_vocab;
     linear_alignment_steer_begin(ctx, nullptr, 0, logits_p);
+    linear_alignment_guard_check_dense(ctx, logits_p);
+    logits_p = linear_alignment_guard_row(ctx, logits_p, 0);
     ctx->in_union.assign(std::max(ctx->in_union.size(), n), 0);
     ctx->union_idx.clear();
     linear_alignment_union_add(ctx, logits_p, n);
     const bool streams = linear_alignment_has_streams(ctx);
     if (streams) {
-        for (const float * lk : ctx->logits_extra) {
-            linear_alignment_union_add(ctx, lk, n);
+        for (size_t k = 0; k < ctx->logits_extra.size(); ++k) {
+            linear_alignment_union_add(ctx, linear_alignment_guard_row(ctx, ctx->logits_extra[k], k + 1), n);
         }
     }
     size_t n_keep = n;
@@ -319,7 +377,6 @@ static size_t linear_alignment_apply_dense_composed(llama_sampler_linear_alignme
     if (streams) {
         linear_alignment_combine_composed(ctx, out, n_keep);
     }
-    linear_alignment_steer_guard(ctx, out, n_keep);
     return n_keep;
 }
 
@@ -336,6 +393,7 @@ static void llama_sampler_linear_alignment_apply(struct llama_sampler * smpl, ll
     }
 
     linear_alignment_steer_begin(ctx, cur_p->data, cur_p->size, nullptr);
+    linear_alignment_guard_candidates(ctx, cur_p->data, cur_p->size);
     const size_t n_keep = ctx->top_p >= 1.0f ? cur_p->size : linear_alignment_nucleus(ctx, cur_p->data, cur_p->size);
     if (n_keep < cur_p->size) {
         // move the nucleus to the front, its most likely tokens first (a
@@ -350,7 +408,6 @@ static void llama_sampler_linear_alignment_apply(struct llama_sampler * smpl, ll
         cur_p->size = n_keep;
     }
     linear_alignment_combine(ctx, cur_p->data, cur_p->size);
-    linear_alignment_steer_guard(ctx, cur_p->data, cur_p->size);
 
     cur_p->sorted   = false; // the combine reorders tokens
     cur_p->selected = -1;
@@ -372,6 +429,8 @@ size_t llama_sampler_linear_alignment_apply_dense(llama_sampler * smpl, const fl
     }
     const size_t n = (size_t) ctx->n_vocab;
     linear_alignment_steer_begin(ctx, nullptr, 0, logits_p);
+    linear_alignment_guard_check_dense(ctx, logits_p);
+    logits_p = linear_alignment_guard_row(ctx, logits_p, 0);
     const size_t n_keep = ctx->top_p >= 1.0f ? n : linear_alignment_nucleus(ctx, logits_p, n);
     if (n_keep < n) {
         for (size_t i = 0; i < n_keep; ++i) {
@@ -382,7 +441,6 @@ size_t llama_sampler_linear_alignment_apply_dense(llama_sampler * smpl, const fl
         linear_alignment_fill_candidates(logits_p, n, out);
     }
     linear_alignment_combine(ctx, out, n_keep);
-    linear_alignment_steer_guard(ctx, out, n_keep);
     return n_keep;
 }
 
@@ -505,6 +563,7 @@ llama_sampler * llama_sampler_init_linear_alignment_composed(const llama_sampler
             /* .masked      = */ {},
             /* .in_union    = */ {},
             /* .union_idx   = */ {},
+            /* .guarded_rows = */ {},
         });
 }
 

@@ -26,6 +26,7 @@ linear_alignment_steering linear_alignment_steering_init(std::vector<float> rati
         /* .pending    = */ {},
         /* .replay     = */ false,
         /* .continuations = */ {},
+        /* .drops      = */ {},
         /* .rows       = */ {},
         /* .row_base   = */ nullptr,
         /* .n_vocab    = */ 0,
@@ -181,37 +182,34 @@ void linear_alignment_steering_start(linear_alignment_steering & st, const float
     steering_begin(st, st.rows.data(), st.row_base, n_vocab);
 }
 
-void linear_alignment_steering_guard(linear_alignment_steering & st, llama_token_data * data, size_t n_data) {
+const std::vector<llama_token> & linear_alignment_steering_drops(linear_alignment_steering & st) {
+    st.drops.clear();
     const float * base = st.row_base;
     const float * const * rows = st.rows.data();
     const size_t n = st.n_vocab;
     if (base == nullptr || st.rows.empty()) {
         st.pending.clear();
-        return;
+        return st.drops;
     }
     for (const linear_alignment_guard & g : st.pending) {
         if (g.stream < 0 || (size_t) g.stream >= st.ratios.size() || g.token < 0 || (size_t) g.token >= n) {
             continue;
         }
         const double lse = st.lse[(size_t) g.stream];
-        if (!std::isfinite(lse) || !std::isfinite(st.lse_base)) {
-            continue;  // a stream with nothing plausible
+        if (!std::isfinite(lse) || !std::isfinite(st.lse_base) || !std::isfinite(rows[g.stream][g.token])) {
+            continue;  // a stream with nothing plausible, or a token already out (a grammar's)
         }
         const float r = st.applied[(size_t) g.stream];
         const double lp = rows[g.stream][g.token] - lse;
         const double l0 = base[g.token] - st.lse_base;
-        const double boost = (double) r * (lp - l0);
-        if (!(boost > 0.0)) {
-            continue;  // alignment does not favour it here (or NaN): nothing to drop
+        if (!((double) r * (lp - l0) > 0.0)) {
+            continue;  // alignment does not favour it here (or NaN): nothing to guard
         }
-        for (size_t i = 0; i < n_data; ++i) {
-            llama_token_data & td = data[i];
-            if (td.id == g.token && std::isfinite(td.logit)) {
-                td.logit = (float) (td.logit - boost);
-                st.guarded.push_back(g);
-                break;
-            }
+        st.guarded.push_back(g);
+        if (std::find(st.drops.begin(), st.drops.end(), g.token) == st.drops.end()) {
+            st.drops.push_back(g.token);
         }
     }
     st.pending.clear();
+    return st.drops;
 }

@@ -5,8 +5,9 @@
 //   the stream's next-token distribution is from the base stream's
 //   (docs/auto_ratio.md, after AdaCAD: Wang et al., NAACL 2025);
 // * the echo guard: a candidate that would continue an n-gram of the
-//   stream's principle that the answer has started to copy gets no boost from
-//   that stream (docs/composition.md, "Echo guard").
+//   stream's principle that the answer has started to copy, and that the
+//   stream favours, is taken out before the nucleus is cut
+//   (docs/composition.md, "Per-token strength and the echo guard").
 //
 // Plain arrays in, plain arrays out: the sampler (linear_alignment_sampler.cpp)
 // hands it every stream's logits in token-id order.
@@ -51,6 +52,7 @@ struct linear_alignment_steering {
     std::vector<linear_alignment_guard> pending;  // what to guard at this apply
     bool                                replay = false; // pending was given by the caller
     std::vector<llama_token>            continuations;  // one stream's, while planning
+    std::vector<llama_token>            drops;          // what the guard takes out at this apply
     // the streams' logits in token-id order as steering reads them
     std::vector<const float *>          rows;      // P, then the extra streams (empty: none needed)
     const float *                       row_base = nullptr;
@@ -83,12 +85,15 @@ void linear_alignment_steering_replay(linear_alignment_steering & st, const line
 void linear_alignment_steering_start(linear_alignment_steering & st, const float * base, const float * const * extra,
                                      const float * logits_p, const llama_token_data * data, size_t n, size_t n_vocab);
 
-// After the combine over the kept candidates: lowers the logit of each
-// pending candidate by the boost its stream gave it, when that was positive,
-//   max(0, r_k * (log p_k(t) - log p_base(t)))
-// (full-vocabulary log-probabilities at temperature 1), and records it in
-// st.guarded.
-void linear_alignment_steering_guard(linear_alignment_steering & st, llama_token_data * data, size_t n_data);
+// After start, before the nucleus: the pending candidates the guard takes
+// out, those whose stream k favours them,
+//   r_k * (log p_k(t) - log p_base(t)) > 0
+// (full-vocabulary log-probabilities at temperature 1). Records them in
+// st.guarded and returns their ids (empty: nothing to take out). Once the
+// answer copies, P's nucleus often holds the copy's next token alone:
+// lowering that token would leave it the only candidate, so it goes before
+// the nucleus is cut, which then falls on what P would say instead.
+const std::vector<llama_token> & linear_alignment_steering_drops(linear_alignment_steering & st);
 
 // For each j where principle[j .. j+n-2] equals the last n-1 tokens of
 // recent, principle[j+n-1]: the tokens that would extend a copied n-gram.

@@ -1,8 +1,9 @@
 """The echo guard (SamplingOptions.echo_guard, on by default): where the
 answer's last n-1 tokens copy a run of the principle's tokens, a candidate
-that would continue the run gets no boost from the alignment; its logit is
-lowered by max(0, r * (log p_p - log p_0)) (full-vocabulary log-probabilities
-at temperature 1). Checked on tiny arrays against numpy, then on the model."""
+that would continue the run, and that the alignment favours
+(r * (log p_p - log p_0) > 0, full-vocabulary log-probabilities at
+temperature 1), is taken out before the nucleus is cut. Checked on tiny
+arrays against numpy, then on the model."""
 from __future__ import annotations
 
 import math
@@ -31,28 +32,47 @@ def rows(seed: int = 0, n: int = 12) -> tuple[np.ndarray, np.ndarray]:
     return logits_p, logits_b
 
 
-def step(logits_p, logits_b, history, *, ratio=2.0, n=4, principles=(PRINCIPLE,), dense=True, **kw):
+def step(logits_p, logits_b, history, *, ratio=2.0, n=4, principles=(PRINCIPLE,), dense=True, top_p=1.0, **kw):
     ids, values, ratios, guarded = _core.linear_alignment_step(
-        logits_p, logits_b, ratio, 1.0, 1.0, dense, echo_n=n, principles=[list(p) for p in principles],
+        logits_p, logits_b, ratio, top_p, 1.0, dense, echo_n=n, principles=[list(p) for p in principles],
         history=list(history), **kw)
-    return dict(zip(ids.tolist(), values.tolist())), ratios, guarded
+    return {t: v for t, v in zip(ids.tolist(), values.tolist()) if v != -math.inf}, ratios, guarded
 
 
 @pytest.mark.parametrize("dense", [True, False])
-def test_guard_drops_the_boost_of_a_token_that_continues_a_copied_ngram(dense) -> None:
+def test_guard_takes_out_a_token_that_continues_a_copied_ngram(dense) -> None:
     logits_p, logits_b = rows()
     got, _, guarded = step(logits_p, logits_b, [1, 5, 6, 7], dense=dense)
     plain, _, _ = step(logits_p, logits_b, [], dense=dense)
+    assert 2.0 * (log_softmax(logits_p)[8] - log_softmax(logits_b)[8]) > 0  # the alignment favours it
     assert guarded == [(0, 8)]
-    boost = 2.0 * (log_softmax(logits_p)[8] - log_softmax(logits_b)[8])
-    assert boost > 0
-    assert got[8] == pytest.approx(plain[8] - boost, abs=1e-5)
-    # the guarded token keeps what the principled stream alone gives it, against the others' combined logits
-    lse_p = math.log(np.exp(logits_p.astype(np.float64)).sum())
-    lse_b = math.log(np.exp(logits_b.astype(np.float64)).sum())
-    assert got[8] == pytest.approx(logits_p[8] + 2.0 * (lse_p - lse_b), abs=1e-5)
-    for t in set(got) - {8}:
+    assert 8 in plain and 8 not in got
+    for t in set(plain) - {8}:
         assert got[t] == pytest.approx(plain[t], abs=1e-6)
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_the_nucleus_is_cut_after_the_guard(dense) -> None:
+    """Where P is sure of the copy's next token its nucleus holds that token
+    alone: lowering it would leave it the only candidate. Taken out first,
+    the nucleus falls on what P would say instead."""
+    logits_p, logits_b = rows()
+    logits_p[8] = 12.0
+    alone, _, _ = step(logits_p, logits_b, [], top_p=0.8, dense=dense)
+    assert list(alone) == [8]
+    got, _, guarded = step(logits_p, logits_b, [5, 6, 7], top_p=0.8, dense=dense)
+    assert guarded == [(0, 8)] and got and 8 not in got
+    rest = np.delete(np.arange(12), 8)
+    assert int(rest[np.argmax(logits_p[rest])]) in got  # P's next most likely token leads the new nucleus
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_the_guard_never_takes_out_the_last_candidate(dense) -> None:
+    logits_p = np.full(12, -np.inf, dtype=np.float32)
+    logits_p[8] = 1.0
+    logits_b = np.zeros(12, dtype=np.float32)
+    got, _, guarded = step(logits_p, logits_b, [5, 6, 7], dense=dense)
+    assert list(got) == [8] and guarded == []
 
 
 @pytest.mark.parametrize("history", [[], [7], [6, 7], [1, 6, 7], [5, 6, 9], [7, 6, 5]])
@@ -93,7 +113,7 @@ def test_a_replayed_guard_decision_gives_the_same_logits() -> None:
     assert replayed[0] == found[0] and replayed[2] == found[2]
 
 
-def test_composed_guard_drops_only_the_copied_principles_boost() -> None:
+def test_composed_guard_takes_out_what_the_copied_principle_favours() -> None:
     rng = np.random.default_rng(3)
     l1, l2, lb = (rng.normal(0, 1, 12).astype(np.float32) for _ in range(3))
     l2[8], lb[8] = 3.0, -1.0
@@ -104,9 +124,10 @@ def test_composed_guard_drops_only_the_copied_principles_boost() -> None:
     got = dict(zip(ids.tolist(), values.tolist()))
     lb64 = lb.astype(np.float64)
     combined = lb64 + (1 + r1) * (l1 - lb64) + (1 + r2) * (l2 - lb64)
-    combined[8] -= r2 * (log_softmax(l2)[8] - log_softmax(lb)[8])
+    assert got[8] == -math.inf  # out of every stream's nucleus
     for t, v in got.items():
-        assert v == pytest.approx(combined[t], abs=1e-4)
+        if t != 8:
+            assert v == pytest.approx(combined[t], abs=1e-4)
 
 
 def test_guard_has_no_effect_at_ratio_0() -> None:

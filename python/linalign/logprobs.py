@@ -40,8 +40,9 @@ Each entry also carries a ``linalign`` object::
     logprob_plain       the chosen token under log_softmax(l_0)
     changed             whether the chosen token differs from plain_top_token
     ratio               the step size applied at this token (P's)
-    echo_guarded        whether the echo guard took the alignment's boost
-                        from the chosen token
+    echo_guarded        whether the echo guard took out a candidate at this
+                        token (the next token of a copy of the principle):
+                        the chosen token is then what P would say instead
 
 (``l_p``, ``l_0``: full-vocabulary logits at temperature 1; under a grammar,
 ``plain_top_token`` is the most likely token the grammar allowed.) Computing
@@ -111,7 +112,7 @@ class TokenLogprob:
     logprob_plain: float
     text_offset: int = 0                   # characters of the completion text before this token
     ratio: float = 0.0                     # the step size applied at this token (P's)
-    echo_guarded: bool = False             # the echo guard lowered the chosen token
+    echo_guarded: bool = False             # the echo guard took out a candidate here
 
     @property
     def changed(self) -> bool:
@@ -182,7 +183,7 @@ def compute_token_logprob(token: int, piece: bytes, logits_p: np.ndarray, logits
                         plain_top_piece=piece_of(plain_top), plain_top_logprob=plain_top_logprob,
                         logprob_principled=logprob_principled, logprob_plain=logprob_plain,
                         text_offset=text_offset, ratio=float(applied[0]),
-                        echo_guarded=any(int(t) == token for _, t in guarded))
+                        echo_guarded=bool(guarded))
 
 
 def _top_entries(ids: np.ndarray, logprobs: np.ndarray, k: int, logits_p: np.ndarray,

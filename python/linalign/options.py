@@ -86,11 +86,11 @@ class SamplingOptions:
     ``echo_guard``, ``echo_guard_n``
         On by default: where the answer's last ``n - 1`` tokens copy a run
         of the principle's tokens, a candidate that would continue that run
-        gets no boost from the alignment (its logit is lowered by
-        ``max(0, r * (log p_p - log p_0))``, so the principled stream alone
-        decides it). It keeps the aligned distribution from rewarding an
-        echo of the instruction; a short quote (a keyword, fewer than ``n``
-        tokens) is untouched (docs/composition.md, "Echo guard").
+        and that the alignment favours (``r * (log p_p - log p_0) > 0``) is
+        taken out before the nucleus is cut. It keeps the aligned
+        distribution from rewarding an echo of the instruction; a short
+        quote (a keyword, fewer than ``n`` tokens) is untouched
+        (docs/composition.md, "Per-token strength and the echo guard").
     """
 
     ratio: float | str = field(default=2.0, metadata=_doc(
@@ -114,7 +114,7 @@ class SamplingOptions:
         "whether the alignment steers the tokens the grammar constrains (false: the principled stream alone "
         "there, as with ratio 0)"))
     echo_guard: bool = field(default=True, metadata=_doc(
-        "drop the alignment boost of a token that would continue copying the principle"))
+        "take out a token that would continue copying the principle, where the alignment favours it"))
     echo_guard_n: int = field(default=4, metadata=_doc(
         "the echo guard acts once the answer has copied n-1 consecutive tokens of the principle (n >= 2)"))
 

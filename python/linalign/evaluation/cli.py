@@ -211,13 +211,16 @@ def _print_follow(result: dict[str, Any]) -> None:
 
 
 def _plot(path: str, result: dict[str, Any], title: str, chance: float | None) -> None:
-    ratios = result["ratios"]
+    # the fixed ratios are the curve; "auto" has no place on its axis: a line of its own
+    ratios = [r for r in result["ratios"] if r != AUTO_RATIO]
     keys = [method_name(r) for r in ratios]
+    baselines = {"none (no principle)": result["accuracy"]["none"],
+                 "prompt (principle only in the prompt)": result["accuracy"]["prompt"]}
+    if AUTO_RATIO in result["ratios"]:
+        baselines["auto (a step per token)"] = result["accuracy"][method_name(AUTO_RATIO)]
     plot_sensitivity(path, ratios, [result["accuracy"][k] for k in keys],
                      intervals=[tuple(result["interval"][k]) for k in keys],
-                     baselines={"none (no principle)": result["accuracy"]["none"],
-                                "prompt (principle in system message)": result["accuracy"]["prompt"]},
-                     title=title, chance=chance)
+                     baselines=baselines, title=title, chance=chance)
 
 
 def _run(args: argparse.Namespace) -> int:
