@@ -7,18 +7,9 @@
 // below and count as probability ~0.
 #include "linear_alignment_divergence.h"
 #include "linear_alignment_weights.h"
+#include "linear_alignment_vector.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__)
-extern "C" float expf(float) noexcept __attribute__((__simd__("notinbranch")));
-extern "C" float logf(float) noexcept __attribute__((__simd__("notinbranch")));
-#endif
 #include <cmath>
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__) && defined(__GLIBC__)
-#    define LINALIGN_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#    define LINALIGN_VECTOR_CLONES
-#endif
 
 // a log-probability clamped where expf underflows: -inf and NaN land here too
 static inline float clamp_log(float z) { return z > -87.0f ? z : -87.0f; }

@@ -7,25 +7,16 @@
 // Logits may be -inf (masked by a grammar) or, from a caller, NaN, so the
 // unit is built with -fno-finite-math-only (CMakeLists.txt): the compiler may
 // not assume them away, and every loop below is written for them (-inf and
-// NaN lose every comparison). Without finite-math-only glibc no longer
-// declares its vector expf, so it is declared here, as math-vector.h does
-// under fast math.
+// NaN lose every comparison). glibc's vector expf is declared in
+// linear_alignment_vector.h, since without finite-math-only glibc does not.
 //
 // Where the toolchain can (GCC on x86-64 with glibc: ifuncs), each loop is also built for
 // AVX2 and AVX-512 and the best one is picked when the library loads, so a
 // portable wheel still gets 8- or 16-wide expf instead of SSE's 4.
 #include "linear_alignment_weights.h"
+#include "linear_alignment_vector.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__)
-extern "C" float expf(float) noexcept __attribute__((__simd__("notinbranch")));
-#endif
 #include <cmath>
-
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__) && defined(__GLIBC__)
-#    define LINALIGN_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#    define LINALIGN_VECTOR_CLONES
-#endif
 
 // Each loop is written once, over an accessor of the i-th logit, and built
 // for the candidate array (strided) and for a plain logits vector (dense).

@@ -1,0 +1,20 @@
+// What the vectorised loops of linear_alignment_weights.cpp and
+// linear_alignment_divergence.cpp share. Include it before <cmath>.
+//
+// Without finite-math-only glibc no longer declares its vector expf and
+// logf, so they are declared here, as math-vector.h does under fast math.
+// Where the toolchain can (GCC on x86-64 with glibc: ifuncs), each loop
+// marked LINALIGN_VECTOR_CLONES is also built for AVX2 and AVX-512 and the
+// best one is picked when the library loads.
+#pragma once
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__)
+extern "C" float expf(float) noexcept __attribute__((__simd__("notinbranch")));
+extern "C" float logf(float) noexcept __attribute__((__simd__("notinbranch")));
+#endif
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__) && defined(__GLIBC__)
+#    define LINALIGN_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#    define LINALIGN_VECTOR_CLONES
+#endif
