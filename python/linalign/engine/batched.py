@@ -195,8 +195,7 @@ class BatchedEngine:
             bad = next((t for t in prompt if not 0 <= t < n_vocab), None)
             if bad is not None:
                 raise ValueError(f"token id {bad} is outside the vocabulary [0, {n_vocab})")
-        params = options.to_native(self._seed)
-        params.extra_ratios = list(request.extra_ratios)
+        params = self._native_params(request)
         params.validate()
         # reads only what the engine was made with: safe beside a decode
         self._native.check_fits(request.prompts, params)
@@ -438,16 +437,19 @@ class BatchedEngine:
     def cells_alone(self, request: GenerationRequest) -> int:
         """The KV cells ``request``'s streams hold once its prompts are in,
         in an empty slot (a prefix they share counted once)."""
-        params = request.options.to_native(self._seed)
-        params.extra_ratios = list(request.extra_ratios)
-        return self._native.cells_alone(request.prompts, params)
+        return self._native.cells_alone(request.prompts, self._native_params(request))
 
     def cells_to_start(self, request: GenerationRequest) -> int:
         """:meth:`cells_alone` and the reserve that admission keeps free for
         the answer: the cells ``request`` needs free to start alone."""
+        return self._native.cells_to_start(request.prompts, self._native_params(request),
+                                           request.options.token_limit(self.n_ctx))
+
+    def _native_params(self, request: GenerationRequest) -> Any:
+        """The engine's sampling parameters of ``request`` (a missing seed drawn)."""
         params = request.options.to_native(self._seed)
         params.extra_ratios = list(request.extra_ratios)
-        return self._native.cells_to_start(request.prompts, params, request.options.token_limit(self.n_ctx))
+        return params
 
     def logits(self, gen: Generation, stream: int = 0):
         """The logits ``gen``'s stream (0: P, 1: B, 2...: further principled
