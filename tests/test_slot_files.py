@@ -4,7 +4,9 @@ by Aligner.save_state/load_state and by ``linalign serve --slot-save-path``'s
 before the KV cache is touched."""
 from __future__ import annotations
 
+import os
 import struct
+import tempfile
 from pathlib import Path
 
 import httpx
@@ -150,6 +152,19 @@ def test_a_file_of_another_model_is_refused(model_path, tiny_gguf, saved):
             tiny.load_state(saved[0])
 
 
+def test_the_fingerprint_hashes_the_header_and_refuses_a_cut_one(tiny_gguf, tmp_path):
+    data = tiny_gguf.read_bytes()
+    header_end = data.index(b"token_embd.weight") + 200  # past the tensor infos, short of the weights
+    changed_weights = tmp_path / "weights.gguf"
+    changed_weights.write_bytes(data[:-64] + bytes(64))  # the same header, other weights
+    assert model_fingerprint(changed_weights) == model_fingerprint(tiny_gguf)
+    for n in (0, 3, 24, len(data) // 50, header_end // 2):
+        cut = tmp_path / f"cut{n}.gguf"
+        cut.write_bytes(data[:n])
+        with pytest.raises(SlotFileError):
+            model_fingerprint(cut)
+
+
 @pytest.mark.parametrize("kw, field", [(dict(kv_unified=False), "kv_unified"), (dict(flash_attn=True), "flash_attn")])
 def test_a_file_of_another_kv_layout_is_refused(model_path, saved, kw, field):
     with make_aligner(model_path, **kw) as other:
@@ -276,6 +291,10 @@ def test_a_restart_restores_the_conversation_with_the_same_logprobs(slot_dir):
     assert_same_greedy_decoding(entries_of_chat_response(warm), entries_of_chat_response(restored), POOL_LOGPROB_TOL)
 
 
+# an absolute name outside the slot folder, which no other program makes
+OUTSIDE = Path(tempfile.gettempdir()) / f"linalign-slot-escape-{os.getpid()}"
+
+
 @pytest.mark.parametrize("path, body, param", [
     ("/slots/2?action=save", {"filename": "x"}, "id_slot"),
     ("/slots/-1?action=save", {"filename": "x"}, "id_slot"),
@@ -284,7 +303,7 @@ def test_a_restart_restores_the_conversation_with_the_same_logprobs(slot_dir):
     ("/slots/0", {"filename": "x"}, "action"),
     ("/slots/0?action=save", {"filename": "../x"}, "filename"),
     ("/slots/0?action=save", {"filename": "a/../../x"}, "filename"),
-    ("/slots/0?action=save", {"filename": "/tmp/x"}, "filename"),
+    ("/slots/0?action=save", {"filename": str(OUTSIDE)}, "filename"),
     ("/slots/0?action=save", {"filename": "x\u0000y"}, "filename"),
     ("/slots/0?action=save", {"filename": ".."}, "filename"),
     ("/slots/0?action=save", {"filename": "C:x"}, "filename"),
@@ -302,7 +321,7 @@ def test_server_bad_input_is_a_400_with_param_and_writes_nothing(server, slot_di
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
     assert set(slot_dir.parent.rglob("*")) == before
-    assert not Path("/tmp/x").exists()
+    assert not OUTSIDE.exists()
 
 
 def test_server_refuses_a_corrupt_file_with_a_400(server, slot_dir):

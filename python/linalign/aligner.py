@@ -679,10 +679,16 @@ class Aligner:
 
     # -- slot files ---------------------------------------------------------
 
-    def _model_identity(self) -> dict[str, str]:
+    @property
+    def model_fingerprint(self) -> str:
+        """SHA-256 of the model file's GGUF header (metadata and tensor
+        layout), which a slot file must match; hashed once, on first use."""
         if self._model_sha256 is None:
             self._model_sha256 = model_fingerprint(self.model_path)
-        return {"model_sha256": self._model_sha256, "model_name": self.model_path.name}
+        return self._model_sha256
+
+    def _model_identity(self) -> dict[str, str]:
+        return {"model_sha256": self.model_fingerprint, "model_name": self.model_path.name}
 
     def save_state(self, path: str | os.PathLike[str], *, slot: int = 0) -> dict[str, Any]:
         """Saves a slot's prompt cache (every stream's KV, a prefix the streams

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import struct
 import tempfile
@@ -67,36 +68,53 @@ class SlotFile:
 # GGUF value types: the fixed sizes; 8 is a string, 9 an array
 _GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 _GGUF_STRING, _GGUF_ARRAY = 8, 9
+_U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
 
 
 class _Reader:
-    def __init__(self, f: Any) -> None:
-        self.f = f
+    """A cursor over the mapped model file: offsets only, so that skipping
+    the ~100,000 strings of a large vocabulary costs no file calls."""
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+        self.at = 0
+
+    def _take(self, n: int) -> int:
+        at = self.at
+        if n < 0 or at + n > len(self.data):
+            raise SlotFileError("the model file ends inside its GGUF header")
+        self.at = at + n
+        return at
 
     def read(self, n: int) -> bytes:
-        data = self.f.read(n)
-        if len(data) != n:
-            raise SlotFileError("the model file ends inside its GGUF header")
-        return data
+        at = self._take(n)
+        return bytes(self.data[at:at + n])
 
     def u32(self) -> int:
-        return struct.unpack("<I", self.read(4))[0]
+        return _U32.unpack_from(self.data, self._take(4))[0]
 
     def u64(self) -> int:
-        return struct.unpack("<Q", self.read(8))[0]
+        return _U64.unpack_from(self.data, self._take(8))[0]
 
     def skip_string(self) -> None:
-        self.f.seek(self.u64(), os.SEEK_CUR)
+        self._take(self.u64())
 
     def skip_value(self, kind: int) -> None:
         if kind in _GGUF_SIZES:
-            self.f.seek(_GGUF_SIZES[kind], os.SEEK_CUR)
+            self._take(_GGUF_SIZES[kind])
         elif kind == _GGUF_STRING:
             self.skip_string()
         elif kind == _GGUF_ARRAY:
             item, n = self.u32(), self.u64()
             if item in _GGUF_SIZES:
-                self.f.seek(_GGUF_SIZES[item] * n, os.SEEK_CUR)
+                self._take(_GGUF_SIZES[item] * n)
+            elif item == _GGUF_STRING:  # a vocabulary: the hot loop, kept to locals
+                data, at, size, length = self.data, self.at, len(self.data), _U64.unpack_from
+                for _ in range(n):
+                    if at + 8 > size:
+                        raise SlotFileError("the model file ends inside its GGUF header")
+                    at += 8 + length(data, at)[0]
+                self._take(at - self.at)
             else:
                 for _ in range(n):
                     self.skip_value(item)
@@ -109,7 +127,12 @@ def model_fingerprint(path: str | os.PathLike[str]) -> str:
     shapes, types, offsets), not the weights. Two files with the same
     fingerprint lay out the same tensors under the same metadata."""
     with open(path, "rb") as f:
-        r = _Reader(f)
+        try:
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:  # an empty file cannot be mapped
+            raise SlotFileError(f"{path} is not a GGUF file") from None
+    with data:
+        r = _Reader(data)
         if r.read(4) != b"GGUF":
             raise SlotFileError(f"{path} is not a GGUF file")
         version = r.u32()
@@ -122,18 +145,9 @@ def model_fingerprint(path: str | os.PathLike[str]) -> str:
         for _ in range(n_tensors):
             r.skip_string()
             n_dims = r.u32()
-            f.seek(8 * n_dims + 4 + 8, os.SEEK_CUR)  # dims, type, offset
-        end = f.tell()
-        f.seek(0)
-        digest = hashlib.sha256()
-        left = end
-        while left > 0:
-            chunk = f.read(min(left, 1 << 20))
-            if not chunk:
-                raise SlotFileError(f"{path}: the model file ends inside its GGUF header")
-            digest.update(chunk)
-            left -= len(chunk)
-    return digest.hexdigest()
+            r._take(8 * n_dims + 4 + 8)  # dims, type, offset
+        with memoryview(data) as view, view[:r.at] as header:
+            return hashlib.sha256(header).hexdigest()
 
 
 # -- writing ------------------------------------------------------------------

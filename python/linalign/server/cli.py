@@ -93,8 +93,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--count-passes", action="store_true",
                    help="count llama.cpp's forward passes (/health's forward_passes, null without it): an eval "
                         "callback that makes a GPU synchronize after every graph split, so for measuring only")
+    p.add_argument("--no-warmup", action="store_true",
+                   help="skip the one-token decode at start-up that maps the weights in and runs every kernel once, "
+                        "so that the first request does not pay for it (always skipped with --count-passes)")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     return p
+
+
+def _warm_up(aligner: Aligner) -> None:
+    """One token, decoded and forgotten, as llama-server warms up: the first
+    decode of a process maps the weights in and makes the kernels' buffers,
+    which a restored slot's first turn would otherwise pay for."""
+    aligner.create_completion("Hi", max_tokens=1, temperature=0.0, ratio=0)
+    aligner.reset()
 
 
 def _kv_unified(layout: str | None, unified: bool | None) -> bool:
@@ -185,6 +196,8 @@ def main(argv: Sequence[str]) -> int:
     except (OSError, ValueError, TypeError, RuntimeError) as e:
         print(f"linalign serve: cannot load the model: {e}", flush=True)
         return 1
+    if not (args.no_warmup or args.count_passes):
+        _warm_up(aligner)
     scheduler = Scheduler(aligner.engine, queue_size=args.queue)
     model_id = Path(aligner.model_path).name
     presets = Presets(model_id, preset_list)

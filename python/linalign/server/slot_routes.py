@@ -63,6 +63,8 @@ def check_slot_filename(name: Any) -> str:
 def add_slot_routes(app: FastAPI, aligner: Aligner, *, slot_dir: Path | None, n_slots: int,
                     check_key: Callable[[Request], None]) -> None:
     """Adds ``POST /slots/{id_slot}`` to ``app``; ``slot_dir`` None: 501."""
+    if slot_dir is not None:
+        _ = aligner.model_fingerprint  # hashed at start-up, not inside the first save or restore
 
     @app.post("/slots/{id_slot}")
     async def slot_action(id_slot: str, request: Request) -> dict[str, Any]:
