@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 from linalign.synthetic_model import *  # noqa: F401,F403  (this file's names, as tests load them)
-from linalign.synthetic_model import ARCHS, write_tiny_gguf
+from linalign.synthetic_model import ARCHS, TOOL_TEMPLATES, write_tiny_gguf
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,7 +29,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--f16", action="store_true", help="F16 weights (default F32)")
     parser.add_argument("--eos-never-chosen", action="store_true",
                         help="a zero output row for the end-of-sequence token: greedy decoding never ends early")
+    parser.add_argument("--favoured-token", default=None, metavar="TEXT",
+                        help="add this token (e.g. '<tool_call>') and make greedy decoding pick it wherever it may")
+    parser.add_argument("--chat-template", default=None, choices=sorted(TOOL_TEMPLATES),
+                        help="one of the tool-aware templates (default: the writer's plain one)")
     args = vars(parser.parse_args(argv))
+    if args["chat_template"] is not None:
+        args["chat_template"] = TOOL_TEMPLATES[args["chat_template"]]
     out = write_tiny_gguf(args.pop("out"), **args)
     print(f"wrote {out} ({out.stat().st_size} bytes)")
 

@@ -85,3 +85,17 @@ def test_the_command_writes_a_wide_vocabulary_model(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "models" / "make_tiny_gguf.py"), str(out), "--n-vocab", "49152",
                     "--eos-never-chosen"], check=True, capture_output=True)
     assert gguf.GGUFReader(out).fields["llama.vocab_size"].parts[-1][0] == 49152
+
+
+def test_a_favoured_token_is_added_whole_and_chosen_wherever_it_may_be(tmp_path):
+    path = load_model_writer()(tmp_path / "f.gguf", seed=2, favoured_token="<tool_call>")
+    with linalign.Aligner(path, n_ctx=128, n_threads=2) as aligner:
+        out = aligner.create_completion("the cat", max_tokens=4, temperature=0, ratio=0)
+        assert out["choices"][0]["text"] == "<tool_call>" * 4
+        # a grammar that leaves it out: the others are chosen as ever
+        other = aligner.create_completion("the cat", max_tokens=4, temperature=0, ratio=0, grammar='root ::= [a-z]+')
+        assert other["choices"][0]["text"].isalpha()
+    with pytest.raises(ValueError, match="favoured_token"):
+        load_model_writer()(tmp_path / "t.gguf", favoured_token="<x>", tie_output=True)
+    with pytest.raises(ValueError, match="added tokens"):
+        load_model_writer()(tmp_path / "d.gguf", favoured_token="a")  # a letter: already a piece

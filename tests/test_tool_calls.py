@@ -12,6 +12,7 @@ import pytest
 
 import linalign
 from conftest import load_model_writer
+from linalign.synthetic_model import TOOL_TEMPLATES
 from linalign.tool_calls import ToolCallStream, ToolRequestError, format_of_template, parse_tool_calls, plan_tool_calls
 from test_server import Server
 
@@ -289,6 +290,63 @@ def test_openai_client_auto_is_prose_or_valid_calls(server: Server) -> None:
         assert_valid_calls(r.choices[0].message.tool_calls)
     else:
         assert r.choices[0].message.content
+
+
+# -- tool_choice "auto" with a model that opens a call by itself --------------------------
+# The default model never writes "<tool_call>" unasked, so "auto" is shown
+# making a call with a synthetic model that does: a tiny random GGUF with
+# Qwen 2.5's template, "<tool_call>" in its vocabulary and weights that make
+# greedy decoding pick that token wherever it may (write_tiny_gguf's
+# favoured_token). Nothing in linalign knows: the lazy grammar starts at the
+# token the model chose, and the call is read back out of the answer.
+
+@pytest.fixture(scope="module")
+def calling_model(tmp_path_factory):
+    return load_model_writer()(tmp_path_factory.mktemp("calling") / "calling.gguf", seed=5,
+                               chat_template=TOOL_TEMPLATES["qwen2.5"], favoured_token="<tool_call>")
+
+
+def test_auto_is_a_call_exactly_when_the_model_opens_one(calling_model) -> None:
+    with linalign.Aligner(calling_model, n_ctx=2048, n_threads=2, seed=0) as aligner:
+        auto = aligner.create_chat_completion(ASK, tools=TINY_TOOLS, tool_choice="auto", parallel_tool_calls=False,
+                                              max_tokens=300, seed=1, principle="Be brief.")["choices"][0]
+        assert auto["finish_reason"] == "tool_calls", auto
+        assert auto["message"]["content"] is None
+        assert_valid_calls(auto["message"]["tool_calls"], TINY_SCHEMAS)
+        # the same model without the call's grammar: the opening is text, nothing parses it
+        none = aligner.create_chat_completion(ASK, tools=TINY_TOOLS, tool_choice="none", max_tokens=8,
+                                              seed=1)["choices"][0]
+        assert none["message"]["content"].startswith("<tool_call>") and "tool_calls" not in none["message"]
+
+
+@pytest.fixture(scope="module")
+def calling_server(calling_model) -> Iterator[Server]:
+    srv = Server("--model", str(calling_model), "--parallel", "1", "--n-ctx", "2048")
+    yield srv
+    srv.stop()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_client_auto_call_result_answer(calling_server: Server, stream: bool) -> None:
+    client = calling_server.client()
+    kw = dict(model="any", tools=TINY_TOOLS, tool_choice="auto", parallel_tool_calls=False, max_tokens=300, seed=1,
+              extra_body={"principle": "Be brief."})
+    if stream:
+        message, reason = _stream_message(client.chat.completions.create(messages=ASK, stream=True, **kw))
+    else:
+        r = client.chat.completions.create(messages=ASK, **kw)
+        message, reason = r.choices[0].message.model_dump(exclude_none=True), r.choices[0].finish_reason
+    assert reason == "tool_calls", message
+    assert not message.get("content")
+    assert_valid_calls(message["tool_calls"], TINY_SCHEMAS)
+    follow = ASK + tool_result_messages(message)
+    final = client.chat.completions.create(model="any", messages=follow, tools=TINY_TOOLS, tool_choice="none",
+                                           max_tokens=6, seed=1, stream=stream)
+    if stream:
+        answer, reason = _stream_message(final)
+    else:
+        answer, reason = final.choices[0].message.model_dump(exclude_none=True), final.choices[0].finish_reason
+    assert reason == "length" and answer["content"] and "tool_calls" not in answer
 
 
 @pytest.mark.parametrize(("body", "param"), [

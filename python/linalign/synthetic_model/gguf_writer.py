@@ -35,7 +35,8 @@ MAMBA_D_CONV, MAMBA_D_STATE = 4, 16  # mamba: convolution width and state size p
 def write_tiny_gguf(path, *, arch: str = "llama", n_vocab: int = 400, n_embd: int = 64, n_layer: int = 2,
                     n_head: int = 4, n_head_kv: int = 2, n_ff: int = 128, n_ctx_train: int = 512, n_swa: int = 8,
                     seed: int = 0, f16: bool = False, tie_output: bool = False, name: str = "linalign-tiny-random",
-                    chat_template: str | None = None, eos_never_chosen: bool = False) -> Path:
+                    chat_template: str | None = None, eos_never_chosen: bool = False,
+                    favoured_token: str | None = None) -> Path:
     """Write a random-weight GGUF of architecture ``arch`` (one of ARCHS) to
     `path` (F32, or F16 with ``f16``; with ``tie_output`` the output layer is
     the token embedding, as in small models; ``chat_template`` a Jinja chat
@@ -47,6 +48,14 @@ def write_tiny_gguf(path, *, arch: str = "llama", n_vocab: int = 400, n_embd: in
     deviations (2.4) above it: greedy decoding, plain or aligned, never
     picks it, and a benchmark generates every token it asks for.
 
+    ``favoured_token``: a token added to the vocabulary (the last id, matched
+    whole by the tokenizer) that greedy decoding picks wherever it may: every
+    token's embedding carries a steady value in hidden dimension 0, which
+    only this token's output row reads, lifting its logit far above the
+    others' (about 40 against a largest other of about 10). A grammar that
+    excludes it picks among the rest as ever. For a model that opens a tool
+    call by itself (``"<tool_call>"`` with a hermes template).
+
     gemma3: layers 0, 2, 4, ... attend over a sliding window of the last
     ``n_swa`` positions, the others over all of them (Gemma 3 has five
     sliding layers to one global; one to one lets two layers hold both).
@@ -54,6 +63,8 @@ def write_tiny_gguf(path, *, arch: str = "llama", n_vocab: int = 400, n_embd: in
     2 n_embd, the one expansion llama.cpp runs."""
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+    if favoured_token is not None and (tie_output or arch != "llama"):
+        raise ValueError("favoured_token needs arch llama with its own output layer (tie_output False)")
     if arch != "mamba" and (n_embd % n_head or n_head % n_head_kv):
         raise ValueError("n_embd must be divisible by n_head, and n_head by n_head_kv")
     if chat_template is None:
@@ -102,7 +113,8 @@ def write_tiny_gguf(path, *, arch: str = "llama", n_vocab: int = 400, n_embd: in
     writer.add_vocab_size(n_vocab)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if f16 else gguf.LlamaFileType.ALL_F32)
 
-    tokens, scores, token_types = build_vocab(n_vocab, fill=True)
+    added = (favoured_token,) if favoured_token is not None else ()
+    tokens, scores, token_types = build_vocab(n_vocab, fill=True, added=added)
     writer.add_tokenizer_model("llama")
     writer.add_token_list(tokens)
     writer.add_token_scores(scores)
@@ -124,6 +136,9 @@ def write_tiny_gguf(path, *, arch: str = "llama", n_vocab: int = 400, n_embd: in
     token_embd = rand(n_vocab, n_embd, std=embd_std)
     if eos_never_chosen and tie_output:
         token_embd[EOS_ID] = 0
+    if favoured_token is not None:
+        # the layers add noise of std ~1.3 to it: it stays ~8, ~4 after the norm
+        token_embd[:, 0] = 8.0
     writer.add_tensor("token_embd.weight", token_embd)
     for i in range(n_layer):
         blk = f"blk.{i}"
@@ -162,6 +177,9 @@ def write_tiny_gguf(path, *, arch: str = "llama", n_vocab: int = 400, n_embd: in
         output = rand(n_vocab, n_embd, std=0.3)  # drawn last, as ever: a seed gives the weights it always gave
         if eos_never_chosen:
             output[EOS_ID] = 0
+        if favoured_token is not None:
+            output[:, 0] = 0  # only the favoured row reads the steady dimension
+            output[n_vocab - 1, 0] = 10.0
         writer.add_tensor("output.weight", output)
 
     writer.write_header_to_file()

@@ -14,9 +14,12 @@ UNK_ID, BOS_ID, EOS_ID = 0, 1, 2
 WORDS = ["hello", "world", "the", "and", "yes", "no", "cat", "dog", "good", "bad", "answer", "question"]
 
 
-def build_vocab(n_vocab: int, *, fill: bool = False) -> tuple[list[str], list[float], list[int]]:
+def build_vocab(n_vocab: int, *, fill: bool = False,
+                added: tuple[str, ...] = ()) -> tuple[list[str], list[float], list[int]]:
     """SentencePiece-style vocab: <unk> <s> </s>, 256 byte tokens, then word
-    pieces; with ``fill``, placeholder pieces up to any ``n_vocab``."""
+    pieces; with ``fill``, placeholder pieces up to any ``n_vocab``. ``added``
+    tokens (such as ``<tool_call>``) take the last ids, as user-defined
+    tokens that the tokenizer matches whole, as a model's added tokens are."""
     T = gguf.TokenType
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]  # UNK_ID, BOS_ID, EOS_ID first
     types_ = [T.UNKNOWN, T.CONTROL, T.CONTROL] + [T.BYTE] * 256
@@ -37,4 +40,10 @@ def build_vocab(n_vocab: int, *, fill: bool = False) -> tuple[list[str], list[fl
     types_ += [T.NORMAL] * n_pieces
     # Longer pieces score higher so they win SPM merges; special/byte tokens score 0.
     scores = [0.0] * 259 + [-100.0 + 10.0 * len(p) - 0.01 * i for i, p in enumerate(pieces)]
+    if added:
+        if len(added) >= n_pieces or len(set(added)) != len(added) or set(added) & set(tokens[:-len(added)]):
+            raise ValueError(f"added tokens must be new, distinct and fewer than the pieces: {added!r}")
+        tokens[-len(added):] = added
+        types_[-len(added):] = [T.USER_DEFINED] * len(added)
+        scores[-len(added):] = [0.0] * len(added)
     return tokens, scores, [int(t) for t in types_]
