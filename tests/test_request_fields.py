@@ -113,9 +113,8 @@ def test_n_above_one_is_400(server: Server) -> None:
 
 # -- llama-server's fields, honoured --------------------------------------------
 
-def _cached(server: Server, **fields) -> int:
-    body = {"messages": [{"role": "user", "content": "Tell me about the moon and the tides, briefly."}],
-            "max_tokens": 2, "temperature": 0, **fields}
+def _cached(server: Server, content: str = "Tell me about the moon and the tides, briefly.", **fields) -> int:
+    body = {"messages": [{"role": "user", "content": content}], "max_tokens": 2, "temperature": 0, **fields}
     r = server.post(CHAT_PATH, body)
     assert r.status_code == 200, r.text
     return r.json()["usage"]["prompt_tokens_details"]["cached_tokens"]
@@ -128,10 +127,14 @@ def test_cache_prompt_false_recomputes_the_prompt(server: Server) -> None:
 
 
 def test_id_slot_runs_the_request_in_that_slot(server: Server) -> None:
-    _cached(server, id_slot=0)
-    assert _cached(server, id_slot=1, cache_prompt=True) == 0  # the other slot never saw it
-    assert _cached(server, id_slot=0) > 0
-    assert _cached(server, id_slot=-1) > 0  # any slot: the one holding the prefix
+    # a question no other test asks: slot 1 may hold the chat template's
+    # opening from an earlier request, never this question
+    question = "Which slot answers the question about slot pinning, number 8413?"
+    _cached(server, question, id_slot=0)
+    in_slot_1 = _cached(server, question, id_slot=1, cache_prompt=True)  # the other slot never saw it
+    in_slot_0 = _cached(server, question, id_slot=0)
+    assert in_slot_0 > in_slot_1 + 10
+    assert _cached(server, question, id_slot=-1) >= in_slot_0  # any slot: the one holding the prefix
 
 
 @pytest.mark.parametrize("slot", [2, -2, 99])
