@@ -478,6 +478,7 @@ PYBIND11_MODULE(_core, m) {
               return devices_to_dicts(out);
           }, py::arg("endpoints"),
           "The devices of each RPC worker (connects to each: check them first, ggml-rpc aborts on a failed connection).");
+    m.def("rpc_held", &rpc_held, "RPC workers this process's models are connected to (one connection per worker).");
     m.def("rpc_serve", &rpc_serve, py::arg("endpoint"), py::arg("cache_dir"), py::arg("n_threads"), py::arg("devices"),
           py::call_guard<py::gil_scoped_release>(),
           "Serves this process's devices to RPC clients; returns only by raising, when it cannot start.");

@@ -131,6 +131,8 @@ model::model(const std::string & path, int32_t n_gpu_layers, bool use_mmap, cons
             devices_.push_back(describe_device(dev));
         }
     }
+    rpc_servers_ = placement.rpc_servers;  // last: a constructor that throws never releases
+    rpc_hold(rpc_servers_);
 }
 
 model::model(llama_model * borrowed) : ptr_(borrowed, model_deleter{false}) {
@@ -147,7 +149,13 @@ model::model(llama_model * borrowed) : ptr_(borrowed, model_deleter{false}) {
 
 model::~model() { close(); }
 
-void model::close() { ptr_.reset(); }
+void model::close() {
+    if (ptr_) {
+        ptr_.reset();
+        rpc_release(rpc_servers_);
+        rpc_servers_.clear();
+    }
+}
 
 llama_model * model::get() const {
     if (!ptr_) {

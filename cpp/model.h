@@ -81,6 +81,7 @@ private:
     using model_ptr = std::unique_ptr<llama_model, model_deleter>;
     model_ptr ptr_{nullptr, model_deleter{false}};
     std::vector<device_info> devices_;
+    std::vector<std::string> rpc_servers_;  // held (rpc_hold) while the weights are loaded
 };
 
 } // namespace linalign

@@ -4,6 +4,7 @@
 
 #include "ggml-rpc.h"
 
+#include <map>
 #include <mutex>
 #include <stdexcept>
 
@@ -67,6 +68,35 @@ std::vector<ggml_backend_dev_t> rpc_worker_devices(const std::vector<std::string
     }
     rpc_name_lost_workers_on_abort(endpoints);
     return devices;
+}
+
+static std::mutex                       g_held_mutex;
+static std::map<std::string, int32_t>   g_held;  // endpoint -> models holding it
+
+void rpc_hold(const std::vector<std::string> & endpoints) {
+    std::lock_guard<std::mutex> lock(g_held_mutex);
+    for (const std::string & e : endpoints) {
+        ++g_held[e];
+    }
+}
+
+void rpc_release(const std::vector<std::string> & endpoints) {
+    std::lock_guard<std::mutex> lock(g_held_mutex);
+    for (const std::string & e : endpoints) {
+        auto it = g_held.find(e);
+        if (it != g_held.end() && --it->second <= 0) {
+            g_held.erase(it);
+        }
+    }
+}
+
+std::vector<std::string> rpc_held() {
+    std::lock_guard<std::mutex> lock(g_held_mutex);
+    std::vector<std::string> out;
+    for (const auto & [endpoint, n] : g_held) {
+        out.push_back(endpoint);
+    }
+    return out;
 }
 
 static std::vector<ggml_backend_dev_t> worker_devices(const std::vector<std::string> & names) {

@@ -40,6 +40,15 @@ std::tuple<int, int, int> rpc_protocol_version();
 // them (and abort, a worker being gone) just to list their buffer types.
 std::vector<ggml_backend_dev_t> rpc_worker_devices(const std::vector<std::string> & endpoints);
 
+// Workers that models of this process hold a connection to (ggml-rpc keeps
+// one per endpoint per process and shares it). A worker serves one client at
+// a time, so a check that opens a connection of its own to one of these
+// would wait for this very process: callers skip them. model.cpp holds and
+// releases its workers.
+void rpc_hold(const std::vector<std::string> & endpoints);
+void rpc_release(const std::vector<std::string> & endpoints);
+std::vector<std::string> rpc_held();
+
 // Serves this process's devices to one client at a time on `endpoint`
 // ("host:port"); returns only when it cannot start (throws then). devices:
 // ggml device names; empty: the accelerators, or the CPU when there are none

@@ -289,3 +289,12 @@ def test_rpc_worker_warns_off_loopback():
     done = subprocess.run([sys.executable, "-m", "linalign", "rpc-worker", "--host", "0.0.0.0", "--port",
                            str(free_port()), "--device", "NoSuchGPU0"], capture_output=True, text=True, timeout=60)
     assert "no authentication" in done.stderr and "ssh -N -L" in done.stderr
+
+
+def test_a_second_model_on_the_same_worker_shares_its_connection(rpc_aligner, workers, model_path):
+    """ggml-rpc keeps one connection per worker per process: a second model
+    on a worker this process already uses is not refused as busy."""
+    with linalign.Aligner(model_path, n_ctx=256, n_threads=2, rpc_servers=[workers[0].endpoint]) as second:
+        out = second.create_completion("Q: Name a colour.\nA:", max_tokens=4, temperature=0.0)
+        assert out["usage"]["completion_tokens"] > 0
+    assert workers[0].endpoint in _core.rpc_held()  # rpc_aligner still holds it

@@ -22,11 +22,14 @@ def require_rpc() -> None:
 def check_workers(rpc_servers: str | Iterable[str], timeout: float = 10.0) -> list[str]:
     """The workers as normalised endpoints, each greeted (see
     :func:`~linalign.rpc.handshake.greet_worker`); raises on the first that
-    cannot serve."""
+    cannot serve. A worker a model of this process is loaded on is skipped:
+    ggml-rpc shares that connection, and a worker serves one at a time."""
     endpoints = parse_endpoints(rpc_servers)
     require_rpc()
+    held = set(_core.rpc_held())
     for endpoint in endpoints:
-        greet_worker(endpoint, timeout)
+        if endpoint not in held:
+            greet_worker(endpoint, timeout)
     return endpoints
 
 
