@@ -21,7 +21,7 @@ from linalign.benchmarking.rpc_workers import LoopbackWorker, free_port
 from linalign.rpc import (RpcNotBuiltError, RpcVersionMismatchError, RpcWorkerBusyError, RpcWorkerUnreachableError,
                           greet_worker, parse_endpoints, protocol_version)
 
-from conftest import LOGPROB_TOL, TOP_ENTRIES, assert_same_greedy_decoding, entries_of_completion
+from conftest import LOGPROB_TOL, TOP_ENTRIES, assert_same_greedy_decoding
 
 REBUILD = 'CMAKE_ARGS="-DGGML_RPC=ON" pip install --no-cache-dir --force-reinstall --no-deps llama-cpp-python'
 
@@ -228,20 +228,25 @@ def test_workers_are_not_registered_for_later_loads(rpc_aligner, model_path):
         assert [d["type"] for d in plain.devices] == ["cpu"]
 
 
+def chat_entries(response: dict) -> list[tuple]:
+    """A chat completion's logprobs as assert_same_greedy_decoding takes them."""
+    return [(e["token"], e["logprob"], {t["token"]: t["logprob"] for t in e["top_logprobs"]})
+            for e in response["choices"][0]["logprobs"]["content"]]
+
+
 @pytest.mark.parametrize("ratio", [0.0, 2.0])
 def test_aligned_greedy_decoding_over_rpc_matches_the_local_run(rpc_aligner, aligner, ratio):
     """The same request, local and split over two workers and the CPU: the
     same greedy tokens within the closeness of docs/exactness.md (the graph
     is cut into other pieces, the kernels are the CPU's on both sides)."""
-    prompt = "Q: Why is the sky blue?\nA:"
-    principled = "The user is a five-year-old child.\n\n" + prompt
     runs = []
     for a in (aligner, rpc_aligner):
         a.reset()
-        out = a.create_completion(principled, prompt, ratio=ratio, max_tokens=24, temperature=0.0, top_p=0.8,
-                                  logprobs=TOP_ENTRIES, seed=1)
-        runs.append(entries_of_completion(out))
-    assert len(runs[1]) > 0
+        out = a.create_chat_completion([{"role": "user", "content": "Why is the sky blue?"}],
+                                       principle="Explain it to a five-year-old child.", ratio=ratio, max_tokens=32,
+                                       temperature=0.0, top_p=0.8, logprobs=True, top_logprobs=TOP_ENTRIES, seed=1)
+        runs.append(chat_entries(out))
+    assert len(runs[1]) == 32
     assert_same_greedy_decoding(runs[1], runs[0], LOGPROB_TOL)
 
 
@@ -256,12 +261,23 @@ def test_a_continued_conversation_reuses_the_prompt_cache_over_rpc(rpc_aligner):
     assert second["usage"]["prompt_tokens_details"]["cached_tokens"] > 10
 
 
-def test_version_lists_the_workers_devices(workers):
-    done = subprocess.run([sys.executable, "-m", "linalign", "--version", "--rpc", workers[0].endpoint],
-                          capture_output=True, text=True, timeout=120)
+def test_version_lists_a_workers_devices(tmp_path):
+    require_rpc_build()
+    with LoopbackWorker(threads=1, log=tmp_path / "worker.log") as worker:
+        done = subprocess.run([sys.executable, "-m", "linalign", "--version", "--rpc", worker.endpoint],
+                              capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "RPC backend: built, protocol" in done.stdout
-    assert "CPU [cpu]" in done.stdout and f"[rpc]: {workers[0].endpoint}" in done.stdout
+    assert "CPU [cpu]" in done.stdout and f"[rpc]: {worker.endpoint}" in done.stdout
+
+
+def test_a_worker_another_process_holds_is_named_busy(rpc_aligner, workers, model_path):
+    """This process holds both workers (rpc_aligner); another process that
+    wants one is told so instead of waiting forever."""
+    script = (f"import linalign; linalign.Aligner({str(model_path)!r}, rpc_servers=[{workers[0].endpoint!r}])")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "RpcWorkerBusyError" in done.stderr and f"{workers[0].endpoint} accepted the connection" in done.stderr
 
 
 def test_rpc_worker_names_a_port_in_use():

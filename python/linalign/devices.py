@@ -59,8 +59,8 @@ def load_model(path: str | os.PathLike[str], *, n_gpu_layers: int | None = None,
     """Loads a GGUF model onto this machine's devices and the RPC workers.
     The workers are greeted first (a clear RpcError naming one that is down,
     busy or of another version, instead of ggml-rpc's abort)."""
-    endpoints = check_workers(rpc_servers) if rpc_servers else []
-    layers = resolve_n_gpu_layers(n_gpu_layers, endpoints)
+    layers = resolve_n_gpu_layers(n_gpu_layers, rpc_servers)
     split = parse_tensor_split(tensor_split)
+    endpoints = check_workers(rpc_servers) if rpc_servers else []
     with suppress_stdout_stderr(disable=verbose):
         return _core.Model(str(path), layers, True, rpc_servers=endpoints, tensor_split=split)

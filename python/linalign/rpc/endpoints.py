@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Iterable
 
-__all__ = ["parse_endpoint", "parse_endpoints"]
+__all__ = ["parse_endpoint", "parse_endpoints", "MAX_WORKERS"]
+
+MAX_WORKERS = 16  # GGML_RPC_MAX_SERVERS in ggml-rpc.h
 
 
 def parse_endpoint(text: str) -> tuple[str, int]:
@@ -31,7 +33,11 @@ def parse_endpoints(value: str | Iterable[str]) -> list[str]:
     """A comma-separated string or a list of endpoints, each checked, as
     normalised ``"host:port"`` strings; duplicates are a ValueError (one
     worker serves one client: the second connection would wait forever)."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("no RPC worker given: expected HOST:PORT[,HOST:PORT...]")
     items = value.split(",") if isinstance(value, str) else list(value)
+    if len(items) > MAX_WORKERS:
+        raise ValueError(f"at most {MAX_WORKERS} RPC workers (llama.cpp's GGML_RPC_MAX_SERVERS), got {len(items)}")
     endpoints = []
     for item in items:
         if isinstance(item, str) and not item.strip() and isinstance(value, str):

@@ -227,7 +227,8 @@ def main(argv: Sequence[str]) -> int:
           flush=True)
     if len(presets):
         print(f"linalign serve: presets: {', '.join(presets.ids[1:])}", flush=True)
-    print(f"linalign serve: try it at http://{args.host}:{args.port}/", flush=True)
+    if not args.engine_child:  # the supervised engine's address is the front's business
+        print(f"linalign serve: try it at http://{args.host}:{args.port}/", flush=True)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             access_log=args.log_level in ("info", "debug"), timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
