@@ -69,8 +69,8 @@ class CountingProxy:
     def _pump(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
         try:
             while data := src.recv(_CHUNK):
+                self._count(upstream, len(data))  # before it is passed on: the peer may read the count then
                 dst.sendall(data)
-                self._count(upstream, len(data))
         except OSError:
             pass
         finally:
