@@ -4,6 +4,7 @@
 #include "engine.h"
 #include "linear_alignment_sampler.h"
 #include "model.h"
+#include "rpc.h"
 #include "sampling.h"
 
 #include <pybind11/numpy.h>
@@ -201,12 +202,31 @@ static std::vector<stream_to_restore> streams_from_python(const py::sequence & s
     return out;
 }
 
+static py::list devices_to_dicts(const std::vector<device_info> & devices) {
+    py::list out;
+    for (const device_info & d : devices) {
+        py::dict item;
+        item["name"] = d.name;
+        item["description"] = d.description;
+        item["type"] = d.type;
+        item["memory_total"] = d.memory_total;
+        item["memory_free"] = d.memory_free;
+        out.append(item);
+    }
+    return out;
+}
+
 PYBIND11_MODULE(_core, m) {
     m.doc() = "linalign native core: linear-alignment sampler and two-stream engine over llama.cpp";
 
     py::class_<model, std::shared_ptr<model>>(m, "Model")
-        .def(py::init<const std::string &, int32_t, bool>(), py::arg("path"), py::arg("n_gpu_layers") = 0,
-             py::arg("use_mmap") = true, py::call_guard<py::gil_scoped_release>())
+        .def(py::init([](const std::string & path, int32_t n_gpu_layers, bool use_mmap,
+                         std::vector<std::string> rpc_servers, std::vector<float> tensor_split) {
+                 const model_placement placement{std::move(rpc_servers), std::move(tensor_split)};
+                 py::gil_scoped_release release;
+                 return std::make_shared<model>(path, n_gpu_layers, use_mmap, placement);
+             }), py::arg("path"), py::arg("n_gpu_layers") = 0, py::arg("use_mmap") = true,
+             py::arg("rpc_servers") = std::vector<std::string>{}, py::arg("tensor_split") = std::vector<float>{})
         .def_static("borrow", [](uintptr_t address) { return std::make_shared<model>(reinterpret_cast<llama_model *>(address)); },
                     py::arg("address"), "Wrap a llama_model owned elsewhere (a llama_cpp.Llama's), without copying weights.")
         .def_property_readonly("n_vocab", &model::n_vocab)
@@ -217,6 +237,7 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("add_bos", &model::add_bos)
         .def_property_readonly("description", &model::description)
         .def_property_readonly("closed", &model::closed)
+        .def_property_readonly("devices", [](const model & self) { return devices_to_dicts(self.devices()); })
         .def("tokenize", [](const model & self, py::bytes text, bool add_special, bool parse_special) {
                  return self.tokenize(std::string(text), add_special, parse_special);
              }, py::arg("text"), py::arg("add_special") = true, py::arg("parse_special") = true)
@@ -444,6 +465,25 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("n_waiting", &engine::n_waiting)
         .def_property_readonly("n_preemptions", &engine::n_preemptions);
 
+    m.def("rpc_available", &rpc_available, "Whether this libggml has llama.cpp's RPC backend (-DGGML_RPC=ON).");
+    m.def("rpc_protocol_version", &rpc_protocol_version, "(major, minor, patch) of this libggml's RPC protocol.");
+    m.def("rpc_worker_devices", [](const std::vector<std::string> & endpoints) {
+              std::vector<device_info> out;
+              {
+                  py::gil_scoped_release release;
+                  for (ggml_backend_dev_t dev : rpc_worker_devices(endpoints)) {
+                      out.push_back(describe_device(dev));
+                  }
+              }
+              return devices_to_dicts(out);
+          }, py::arg("endpoints"),
+          "The devices of each RPC worker (connects to each: check them first, ggml-rpc aborts on a failed connection).");
+    m.def("rpc_held", &rpc_held, "RPC workers this process's models are connected to (one connection per worker).");
+    m.def("rpc_serve", &rpc_serve, py::arg("endpoint"), py::arg("cache_dir"), py::arg("n_threads"), py::arg("devices"),
+          py::call_guard<py::gil_scoped_release>(),
+          "Serves this process's devices to RPC clients; returns only by raising, when it cannot start.");
+    m.def("local_devices", []() { return devices_to_dicts(local_devices()); },
+          "ggml's registered devices (RPC workers are never registered) with their memory.");
     m.def("cpu_has_amx_weight_buffers", &cpu_has_amx_weight_buffers,
           "True when llama.cpp would put CPU weights in AMX buffers, whose matrix product crashes on some machines "
           "(llama.cpp issue 20824): linalign then loads weights without extra buffer types.");

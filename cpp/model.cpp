@@ -1,6 +1,7 @@
 // model: loading or borrowing a llama_model and its vocabulary helpers.
 #include "model.h"
 
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <stdexcept>
@@ -36,7 +37,57 @@ bool cpu_has_amx_weight_buffers() {
     return false;
 }
 
-model::model(const std::string & path, int32_t n_gpu_layers, bool use_mmap) {
+// This machine's accelerators, as llama.cpp picks them when given no list:
+// discrete GPUs (one per physical device, when two backends see the same
+// one), integrated ones only where there is no discrete GPU.
+static std::vector<ggml_backend_dev_t> local_offload_devices() {
+    std::vector<ggml_backend_dev_t> gpus, igpus;
+    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+        ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+        const enum ggml_backend_dev_type type = ggml_backend_dev_type(dev);
+        if (type == GGML_BACKEND_DEVICE_TYPE_IGPU) {
+            igpus.push_back(dev);
+        } else if (type == GGML_BACKEND_DEVICE_TYPE_GPU) {
+            ggml_backend_dev_props props;
+            ggml_backend_dev_get_props(dev, &props);
+            bool seen = false;
+            for (ggml_backend_dev_t other : gpus) {
+                ggml_backend_dev_props other_props;
+                ggml_backend_dev_get_props(other, &other_props);
+                seen = seen || (props.device_id && other_props.device_id &&
+                                std::strcmp(props.device_id, other_props.device_id) == 0);
+            }
+            if (!seen) {
+                gpus.push_back(dev);
+            }
+        }
+    }
+    return gpus.empty() ? igpus : gpus;
+}
+
+// llama.cpp reads llama_max_devices() floats from tensor_split, whatever
+// the number of devices.
+static std::vector<float> tensor_split_array(const std::vector<float> & split, size_t n_devices) {
+    if (split.size() > n_devices) {
+        throw std::invalid_argument("tensor_split has " + std::to_string(split.size()) + " proportions for " +
+                                    std::to_string(n_devices) + " device(s) to offload to");
+    }
+    float sum = 0.0f;
+    for (float x : split) {
+        if (!std::isfinite(x) || x < 0.0f) {
+            throw std::invalid_argument("tensor_split proportions must be finite and >= 0");
+        }
+        sum += x;
+    }
+    if (sum <= 0.0f) {
+        throw std::invalid_argument("tensor_split proportions must not all be 0");
+    }
+    std::vector<float> out(llama_max_devices(), 0.0f);
+    std::copy(split.begin(), split.end(), out.begin());
+    return out;
+}
+
+model::model(const std::string & path, int32_t n_gpu_layers, bool use_mmap, const model_placement & placement) {
     check_gguf_file(path);
     llama_model_params params = llama_model_default_params();
     params.n_gpu_layers = n_gpu_layers;
@@ -48,21 +99,63 @@ model::model(const std::string & path, int32_t n_gpu_layers, bool use_mmap) {
         params.use_extra_bufts = false;
     }
     params.load_mode    = use_mmap ? LLAMA_LOAD_MODE_AUTO : LLAMA_LOAD_MODE_NONE;
+
+    // With RPC workers the device list is explicit (null-terminated), so
+    // that they serve this model only (rpc.h: they are not registered).
+    std::vector<ggml_backend_dev_t> offload;
+    if (!placement.rpc_servers.empty()) {
+        offload = rpc_worker_devices(placement.rpc_servers);
+        for (ggml_backend_dev_t dev : local_offload_devices()) {
+            offload.push_back(dev);
+        }
+    }
+    std::vector<ggml_backend_dev_t> devices_arg(offload);
+    devices_arg.push_back(nullptr);
+    if (!offload.empty()) {
+        params.devices = devices_arg.data();
+    }
+    std::vector<float> split;
+    if (!placement.tensor_split.empty()) {
+        const size_t n = placement.rpc_servers.empty() ? local_offload_devices().size() : offload.size();
+        split = tensor_split_array(placement.tensor_split, n);
+        params.tensor_split = split.data();
+    }
+
     ptr_ = model_ptr(llama_model_load_from_file(path.c_str(), params), model_deleter{true});
     if (!ptr_) {
         throw std::runtime_error("llama.cpp failed to load the model (corrupt or unsupported GGUF?): " + path);
     }
+    devices_.push_back(describe_device(ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU)));
+    if (n_gpu_layers != 0) {
+        for (ggml_backend_dev_t dev : placement.rpc_servers.empty() ? local_offload_devices() : offload) {
+            devices_.push_back(describe_device(dev));
+        }
+    }
+    rpc_servers_ = placement.rpc_servers;  // last: a constructor that throws never releases
+    rpc_hold(rpc_servers_);
 }
 
 model::model(llama_model * borrowed) : ptr_(borrowed, model_deleter{false}) {
     if (borrowed == nullptr) {
         throw std::invalid_argument("borrowed model pointer is null (was the Llama closed?)");
     }
+    // as the Llama loaded it, as far as can be told: the CPU and this
+    // machine's accelerators (a Llama never names RPC workers)
+    devices_.push_back(describe_device(ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU)));
+    for (ggml_backend_dev_t dev : local_offload_devices()) {
+        devices_.push_back(describe_device(dev));
+    }
 }
 
 model::~model() { close(); }
 
-void model::close() { ptr_.reset(); }
+void model::close() {
+    if (ptr_) {
+        ptr_.reset();
+        rpc_release(rpc_servers_);
+        rpc_servers_.clear();
+    }
+}
 
 llama_model * model::get() const {
     if (!ptr_) {

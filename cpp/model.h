@@ -4,6 +4,7 @@
 #pragma once
 
 #include "llama.h"
+#include "rpc.h"
 
 #include <cstdint>
 #include <memory>
@@ -16,11 +17,22 @@ namespace linalign {
 // True when llama.cpp would put CPU weights in AMX buffers (see model.cpp).
 bool cpu_has_amx_weight_buffers();
 
+// Where a model's offloaded layers go beyond this machine's own devices.
+struct model_placement {
+    // RPC workers ("host:port"), whose devices come first, as llama.cpp
+    // orders them (fewer transfers); empty: llama.cpp picks the devices
+    std::vector<std::string> rpc_servers;
+    // proportions of the offloaded layers per device, in that order (the
+    // workers' devices, then local GPUs); empty: by free memory
+    std::vector<float> tensor_split;
+};
+
 class model {
 public:
     // Loads a GGUF file. Throws std::invalid_argument for a missing or
-    // non-GGUF file and std::runtime_error when llama.cpp cannot load it.
-    model(const std::string & path, int32_t n_gpu_layers, bool use_mmap);
+    // non-GGUF file or a bad placement and std::runtime_error when llama.cpp
+    // cannot load it.
+    model(const std::string & path, int32_t n_gpu_layers, bool use_mmap, const model_placement & placement = {});
 
     // Wraps a model someone else owns (and keeps alive longer than this).
     explicit model(llama_model * borrowed);
@@ -49,6 +61,10 @@ public:
 
     void check_token(llama_token token) const;
 
+    // The devices the weights may lie on: the CPU, then those layers are
+    // offloaded to (none when nothing is offloaded).
+    const std::vector<device_info> & devices() const { return devices_; }
+
     void close();
     bool closed() const { return !ptr_; }
 
@@ -64,6 +80,8 @@ private:
     };
     using model_ptr = std::unique_ptr<llama_model, model_deleter>;
     model_ptr ptr_{nullptr, model_deleter{false}};
+    std::vector<device_info> devices_;
+    std::vector<std::string> rpc_servers_;  // held (rpc_hold) while the weights are loaded
 };
 
 } // namespace linalign

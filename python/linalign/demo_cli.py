@@ -18,7 +18,8 @@ __all__ = ["main"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="linalign",
-        description="Linear-alignment decoding on llama.cpp. Subcommands: chat, serve, bench, eval.",
+        description="Linear-alignment decoding on llama.cpp. Subcommands: chat, serve, bench, eval, rpc-worker; "
+                    "linalign --version lists the devices.",
         epilog='example: linalign "Why is the sky blue?" --principle "The user is a five-year-old child." --compare',
     )
     parser.add_argument("prompt", help="the user message")

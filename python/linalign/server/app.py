@@ -202,6 +202,7 @@ def create_app(aligner: Aligner, scheduler: Scheduler, *, model_id: str, api_key
     app.add_middleware(_ResponseCounter, metrics=metrics)
     created = int(time.time())
     presets = presets if presets is not None else Presets(model_id)
+    devices = aligner.devices  # read once: an RPC device's memory is a round trip to its worker
     if presets.base_id != model_id:
         raise ValueError(f"the presets are of model {presets.base_id!r}, not {model_id!r}")
 
@@ -244,7 +245,7 @@ def create_app(aligner: Aligner, scheduler: Scheduler, *, model_id: str, api_key
                 "kv_layout": "pool" if engine.kv_unified else "per-stream",
                 "kv_cells_total": engine.n_cells_total, "kv_cells_used": engine.n_cells_used,
                 "kv_cells_idle": engine.n_cells_idle, "waiting": engine.n_waiting,
-                "preemptions": engine.n_preemptions}
+                "preemptions": engine.n_preemptions, "devices": devices}
 
     @app.get("/metrics")
     async def prometheus_metrics(request: Request) -> Response:

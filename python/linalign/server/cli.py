@@ -5,10 +5,15 @@
                    [--n-batch N] [--flash-attn auto|on|off] [--[no-]cache-prompt] [--n-gpu-layers N]
                    [--kv-layout pool|per-stream] [--[no-]kv-unified] [--kv-cells N] [--kv-reserve N]
                    [--max-principles K] [--api-key KEY] [--metrics-public] [--preset NAME=PRINCIPLE[:RATIO]]...
-                   [--presets FILE]... [--slot-save-path DIR]
+                   [--presets FILE]... [--slot-save-path DIR] [--rpc HOST:PORT[,...]] [--tensor-split P1,P2,...]
 
 A bad preset (flag or file) is reported on stderr, naming where it is, and
 the command exits with status 2 before loading the model.
+
+With ``--rpc`` the model's layers go to llama.cpp RPC workers, and this
+process is an HTTP front that runs the engine in a supervised child process
+(:mod:`linalign.rpc.front`): ggml-rpc aborts the process that holds the
+model when a worker goes away.
 """
 from __future__ import annotations
 
@@ -20,6 +25,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..aligner import Aligner
+from ..cli_common import add_rpc_options
+from ..devices import parse_tensor_split, resolve_n_gpu_layers
 from ..principles import MAX_PRINCIPLES
 from ..threads import physical_cores
 from .app import create_app
@@ -55,7 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-prompt", action=argparse.BooleanOptionalAction, default=True,
                    help="keep each slot's KV after a request, so that the next request sharing a prefix with it "
                         "prefills only the rest (default on)")
-    p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to a GPU (-1: all)")
+    p.add_argument("--n-gpu-layers", type=int, default=None,
+                   help="layers to offload to GPUs and RPC workers (-1: all; default: all with --rpc, else 0)")
+    add_rpc_options(p)
+    # the supervised engine of --rpc: serves, never supervises (rpc/supervisor.py)
+    p.add_argument("--engine-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (also read from LINALIGN_API_KEY)")
     p.add_argument("--metrics-public", action="store_true",
                    help="GET /metrics (Prometheus' text format, docs/metrics.md) needs no API key")
@@ -178,6 +189,22 @@ def main(argv: Sequence[str]) -> int:
     if max_principles < needed:
         parser.error(f"--max-principles {max_principles}: a preset composes {needed} principles")
 
+    try:
+        n_gpu_layers = resolve_n_gpu_layers(args.n_gpu_layers, args.rpc)
+        parse_tensor_split(args.tensor_split)
+    except ValueError as e:
+        parser.error(str(e))
+    if args.rpc and not args.engine_child:
+        from ..rpc import RpcError, parse_endpoints, require_rpc
+        from ..rpc.front import serve_supervised
+        try:
+            endpoints = parse_endpoints(args.rpc)
+            require_rpc()
+        except (ValueError, RpcError) as e:
+            print(f"linalign serve: error: {e}", file=sys.stderr, flush=True)
+            return 2
+        return serve_supervised(list(argv), endpoints, host=args.host, port=args.port, log_level=args.log_level)
+
     slot_dir = None
     if args.slot_save_path is not None:
         slot_dir = Path(args.slot_save_path).expanduser().resolve()
@@ -189,10 +216,11 @@ def main(argv: Sequence[str]) -> int:
             parser.error(f"--slot-save-path {args.slot_save_path} is not a folder")
     try:
         aligner = Aligner(args.model, n_ctx=args.n_ctx, n_parallel=args.parallel, n_batch=args.n_batch,
-                          n_gpu_layers=args.n_gpu_layers, n_threads=args.threads, n_threads_batch=args.threads_batch,
+                          n_gpu_layers=n_gpu_layers, rpc_servers=args.rpc, tensor_split=args.tensor_split,
+                          n_threads=args.threads, n_threads_batch=args.threads_batch,
                           cache_prompt=args.cache_prompt, max_principles=max_principles,
                           kv_unified=kv_unified, kv_cells=args.kv_cells, kv_reserve=args.kv_reserve,
-                          flash_attn=_flash_attn(args.flash_attn, args.n_gpu_layers), count_passes=args.count_passes)
+                          flash_attn=_flash_attn(args.flash_attn, n_gpu_layers), count_passes=args.count_passes)
     except (OSError, ValueError, TypeError, RuntimeError) as e:
         print(f"linalign serve: cannot load the model: {e}", flush=True)
         return 1
@@ -205,12 +233,15 @@ def main(argv: Sequence[str]) -> int:
                      metrics_public=args.metrics_public, slot_save_path=slot_dir)
     print(f"linalign serve: {model_id} on http://{args.host}:{args.port} "
           f"(parallel {args.parallel}, queue {args.queue}, n_ctx {args.n_ctx} per stream, "
-          f"flash attention {args.flash_attn or ('auto' if args.n_gpu_layers else 'off')}, prompt cache {'on' if args.cache_prompt else 'off'}, "
+          f"flash attention {args.flash_attn or ('auto' if n_gpu_layers else 'off')}, prompt cache {'on' if args.cache_prompt else 'off'}, "
           f"{_kv_description(aligner)}, up to {max_principles} principle(s) per request{', API key required' if api_key else ''}"
           f"{f', slot files in {slot_dir}' if slot_dir else ''})", flush=True)
+    print(f"linalign serve: devices: {', '.join(d['name'] + ' (' + d['description'] + ')' for d in aligner.devices)}",
+          flush=True)
     if len(presets):
         print(f"linalign serve: presets: {', '.join(presets.ids[1:])}", flush=True)
-    print(f"linalign serve: try it at http://{args.host}:{args.port}/", flush=True)
+    if not args.engine_child:  # the supervised engine's address is the front's business
+        print(f"linalign serve: try it at http://{args.host}:{args.port}/", flush=True)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             access_log=args.log_level in ("info", "debug"), timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
