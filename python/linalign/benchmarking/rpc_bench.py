@@ -179,8 +179,8 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--worker-threads", type=int, default=os.cpu_count() or 1,
                    help="threads of each loopback worker (default: all; the workers compute one after another)")
     p.add_argument("--n-gpu-layers", type=int, default=None,
-                   help="layers on the workers (default: all, the output layer included: then the logits of "
-                        "every step cross the wire; the number of repeating layers keeps the output layer here)")
+                   help="layers on the workers (default: all). llama.cpp offloads the last layers first, the "
+                        "output layer before any other, so the logits of every step come back over the wire")
     p.add_argument("--json", metavar="OUT", help="write the results as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = p.parse_args(list(argv))
