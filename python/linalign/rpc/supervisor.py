@@ -122,8 +122,9 @@ class EngineSupervisor:
         return {e: why for e, why in zip(self.endpoints, found) if why is not None}
 
     def _down(self, reason: str, lost: dict[str, str]) -> None:
+        if (self.state, self.reason) != ("down", reason):  # once, not at every retry
+            log.warning("engine down: %s", reason)
         self.state, self.reason, self.lost_workers = "down", reason, sorted(lost)
-        log.warning("engine down: %s", reason)
 
     @staticmethod
     def _naming(lost: dict[str, str]) -> str:
