@@ -41,18 +41,19 @@ def _configs(endpoints: list[str]) -> dict[str, list[str]]:
     return configs
 
 
-def _open(model, endpoints: list[str], threads: int, n_ctx: int):
+def _open(model, endpoints: list[str], args):
     from .. import Aligner
     from .workload import build_workload
 
-    aligner = Aligner(model, n_ctx=n_ctx, n_threads=threads, rpc_servers=endpoints or None)
+    aligner = Aligner(model, n_ctx=args.n_ctx, n_threads=args.threads, rpc_servers=endpoints or None,
+                      n_gpu_layers=args.n_gpu_layers if endpoints else None)
     return aligner, build_workload(aligner)
 
 
 def _timed(model, endpoints: list[str], args, log: Callable[[str], None]) -> list:
     from .methods import AlignerMethod
 
-    aligner, workload = _open(model, endpoints, args.threads, args.n_ctx)
+    aligner, workload = _open(model, endpoints, args)
     try:
         method = AlignerMethod("linalign", aligner, workload)
         method.run(args.max_tokens)  # warm-up
@@ -70,7 +71,7 @@ def _counted(model, endpoints: list[str], args) -> dict:
     proxies = [CountingProxy(e) for e in endpoints]
     total = lambda: sum(p.sent + p.received for p in proxies)  # noqa: E731
     try:
-        aligner, workload = _open(model, [p.endpoint for p in proxies], args.threads, args.n_ctx)
+        aligner, workload = _open(model, [p.endpoint for p in proxies], args)
         load_bytes = total()
         try:
             aligner.reset()
@@ -133,6 +134,7 @@ def run_rpc_bench(args, endpoints: list[str], log: Callable[[str], None]) -> dic
         results[name]["ttft_vs_local"] = results[name]["ttft_s"]["median"] / local["ttft_s"]["median"]
     return {"benchmark": "rpc", "model": os.path.basename(model), "max_tokens": args.max_tokens, "reps": args.reps,
             "rounds": args.rounds, "threads": args.threads, "worker_threads": args.worker_threads,
+            "n_gpu_layers": args.n_gpu_layers,
             "endpoints": endpoints, "loopback": args.rpc == "loopback", "cpu": _cpu_name(),
             "cpu_count": os.cpu_count(), "platform": platform.platform(),
             "loadavg_before": load_before, "loadavg_after": load_after, "results": results}
@@ -140,7 +142,8 @@ def run_rpc_bench(args, endpoints: list[str], log: Callable[[str], None]) -> dic
 
 def format_rpc_table(doc: dict) -> str:
     lines = [f"RPC hop: {doc['model']}, {doc['max_tokens']} tokens, aligned (2 streams), greedy; "
-             f"{doc['rounds']} rounds x {doc['reps']} runs; client threads {doc['threads']}"
+             f"{doc['rounds']} rounds x {doc['reps']} runs; client threads {doc['threads']}; "
+             f"n_gpu_layers {'all' if doc['n_gpu_layers'] is None else doc['n_gpu_layers']}"
              + (f", worker threads {doc['worker_threads']} (loopback)" if doc["loopback"] else ""),
              f"load average {doc['loadavg_before'][0]:.2f} before, {doc['loadavg_after'][0]:.2f} after "
              f"({doc['cpu_count']} CPUs: {doc['cpu']})",
@@ -175,6 +178,9 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="client CPU threads (default: all)")
     p.add_argument("--worker-threads", type=int, default=os.cpu_count() or 1,
                    help="threads of each loopback worker (default: all; the workers compute one after another)")
+    p.add_argument("--n-gpu-layers", type=int, default=None,
+                   help="layers on the workers (default: all). llama.cpp offloads the last layers first, the "
+                        "output layer before any other, so the logits of every step come back over the wire")
     p.add_argument("--json", metavar="OUT", help="write the results as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = p.parse_args(list(argv))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import sys
@@ -23,10 +24,11 @@ import httpx
 
 from .handshake import worker_accepts_connections
 
-__all__ = ["EngineRun", "EngineSupervisor"]
+__all__ = ["EngineRun", "EngineSupervisor", "end_with_parent"]
 
 log = logging.getLogger("linalign.server.supervisor")
 
+_FRONT_PID = "LINALIGN_FRONT_PID"  # the supervising front's pid, in the child's environment
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 8.0
 _READY_POLL_S = 0.25
@@ -57,14 +59,21 @@ def _exit_description(returncode: int | None) -> str:
     return f"status {returncode}"
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: end with the front, however the front ends
-    (Linux; elsewhere the front's shutdown terminates it)."""
+def end_with_parent() -> None:
+    """Called by the engine child at start-up: it ends (SIGTERM) with the
+    front, however the front ends (Linux; elsewhere the front's shutdown
+    terminates it). Set in the child itself rather than between fork and
+    exec, which is unsafe in a process with threads."""
+    if not sys.platform.startswith("linux"):
+        return
     try:
         import ctypes
 
+        front = int(os.environ.get(_FRONT_PID, "0"))
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
+        if front and os.getppid() != front:  # the front ended before the call
+            os.kill(os.getpid(), signal.SIGTERM)
+    except (OSError, AttributeError, ValueError):
         pass
 
 
@@ -113,8 +122,9 @@ class EngineSupervisor:
         return {e: why for e, why in zip(self.endpoints, found) if why is not None}
 
     def _down(self, reason: str, lost: dict[str, str]) -> None:
+        if (self.state, self.reason) != ("down", reason):  # once, not at every retry
+            log.warning("engine down: %s", reason)
         self.state, self.reason, self.lost_workers = "down", reason, sorted(lost)
-        log.warning("engine down: %s", reason)
 
     @staticmethod
     def _naming(lost: dict[str, str]) -> str:
@@ -151,8 +161,7 @@ class EngineSupervisor:
         cmd = [sys.executable, "-m", "linalign", "serve", *self.serve_argv,
                "--host", "127.0.0.1", "--port", str(port), "--engine-child"]
         self.state, self.reason = "starting", "loading the model"
-        kwargs = {"preexec_fn": _die_with_parent} if sys.platform.startswith("linux") else {}
-        process = await asyncio.create_subprocess_exec(*cmd, **kwargs)
+        process = await asyncio.create_subprocess_exec(*cmd, env={**os.environ, _FRONT_PID: str(os.getpid())})
         client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}",
                                    timeout=httpx.Timeout(None, connect=5.0))
         run = EngineRun(port=port, process=process, client=client)

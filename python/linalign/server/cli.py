@@ -194,6 +194,9 @@ def main(argv: Sequence[str]) -> int:
         parse_tensor_split(args.tensor_split)
     except ValueError as e:
         parser.error(str(e))
+    if args.engine_child:
+        from ..rpc.supervisor import end_with_parent
+        end_with_parent()
     if args.rpc and not args.engine_child:
         from ..rpc import RpcError, parse_endpoints, require_rpc
         from ..rpc.front import serve_supervised
