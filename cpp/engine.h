@@ -281,8 +281,10 @@ public:
     const std::vector<llama_token> * grammar_allowed(int32_t slot) const;
 
     // Teacher forcing for evaluation, on a free slot: prefills both prompts
-    // (reusing its cache) in llama_decode calls of its own and returns the
-    // logits of the last n_tail_p positions of P and n_tail_b of B, row-major.
+    // as a request's prefill does (its cache reused, a shared prefix taken
+    // from P's cells, the chunks add_prefill lays out), in llama_decode calls
+    // of its own (no other slot moves), and returns the logits of the last
+    // n_tail_p positions of P and n_tail_b of B, row-major.
     void eval_logits(int32_t slot, const std::vector<llama_token> & prompt_p, const std::vector<llama_token> & prompt_b,
                      int32_t n_tail_p, int32_t n_tail_b, std::vector<float> & out_p, std::vector<float> & out_b);
 
