@@ -61,7 +61,7 @@ class Aligner(RequestBuilding, Completions, SavedSlots):
         Requests decoded at once, in one batched forward per step. With
         every slot busy a new call supersedes the oldest stream; with a slot
         free but the KV pool short of room, it waits in that slot for the
-        others' cells (reading any stream steps them all).
+        others' cells (the engine loop steps them all at once).
     n_batch
         Tokens per step: one per running stream, the rest for prompt chunks.
     n_gpu_layers

@@ -1,10 +1,11 @@
 """BatchedEngine: the slots of one llama_context, their requests, and the
 step that advances all of them in one llama_decode.
 
-Whoever drives it calls :meth:`step` (the Aligner from the thread that reads
-a stream, the server from its one scheduler thread); every call decodes the
-next token of every running request and a chunk of every pending prefill,
-and hands each request its text.
+The engine loop (:mod:`.loop`, one thread for the Aligner and the server
+alike) calls :meth:`step`; every call decodes the next token of every
+running request and a chunk of every pending prefill, and hands each request
+its text (the native step returns each token's bytes, whether it ends the
+generation, and its logprob entry when asked for: one call per step).
 
 By default every stream's KV lives in one pool of cells, where a prefix the
 streams share is stored once. A request starts when the pool has room for
