@@ -269,11 +269,11 @@ class Aligner(RequestBuilding, Completions, SavedSlots):
 
     def chunks(self, gen: Generation) -> Iterator[tuple[str, list[TokenLogprob]]]:
         """As :meth:`deltas`, each text delta with the logprob entries of the
-        tokens it completes (empty unless the request asked for logprobs;
-        see :class:`~linalign.engine.Generation`). It waits on ``gen``'s own
-        queue (:meth:`~linalign.engine.Generation.read`), never on the engine."""
+        tokens it completes (see :class:`~linalign.engine.Generation`); it
+        waits on ``gen``'s own queue (``gen.read()``), never on the engine."""
         self._require_open().loop.follow(gen)
-        return gen.read(lambda: AlignerClosedError("this Aligner was closed") if self._context is None else None)
+        return gen.read(lambda: AlignerClosedError("this Aligner (or the Llama it borrows from) was closed")
+                        if self.closed else None)
 
     # -- evaluation ---------------------------------------------------------
 
