@@ -23,6 +23,10 @@ def min_batch(n_streams: int, n_slots: int) -> int:
 
 @dataclass(frozen=True)
 class EngineSettings:
+    """The Aligner's keywords that shape its context (see
+    :class:`~linalign.Aligner`), each checked when this is made: TypeError or
+    ValueError naming the keyword."""
+
     n_ctx: int | None = None
     n_parallel: int = 1
     n_batch: int = 512
