@@ -271,9 +271,9 @@ class Aligner(RequestBuilding, Completions, SavedSlots):
         """As :meth:`deltas`, each text delta with the logprob entries of the
         tokens it completes (see :class:`~linalign.engine.Generation`); it
         waits on ``gen``'s own queue (``gen.read()``), never on the engine."""
-        self._require_open().loop.follow(gen)
-        return gen.read(lambda: AlignerClosedError("this Aligner (or the Llama it borrows from) was closed")
-                        if self.closed else None)
+        self._require_open().loop.follow(gen)  # at the first read: calls made together start together
+        yield from gen.read(lambda: AlignerClosedError("this Aligner (or the Llama it borrows from) was closed")
+                            if self.closed else None)
 
     # -- evaluation ---------------------------------------------------------
 
