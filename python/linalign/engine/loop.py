@@ -159,7 +159,9 @@ class EngineLoop:
                 if self._stopping:
                     break
                 engine = self._engine
-                if not engine.closed:
+                if engine.closed:  # under it (a borrowed Llama closed): nothing queued can start
+                    self._drop_pending(EngineClosedError("the engine was closed"))
+                else:
                     self._admit(engine)
                 engine = self._engine
                 self._running = [g for g in self._running if not g.done]
@@ -173,6 +175,9 @@ class EngineLoop:
             except Exception:  # noqa: BLE001 - the requests in the batch failed and were told
                 log.exception("decode step failed")
         with self._wake:
-            pending, self._pending = list(self._pending), deque()
+            self._drop_pending(EngineClosedError("the engine loop was closed"))
+
+    def _drop_pending(self, error: BaseException) -> None:
+        pending, self._pending = list(self._pending), deque()
         for admission in pending:
-            admission.drop(EngineClosedError("the engine loop was closed"))
+            admission.drop(error)
