@@ -275,6 +275,8 @@ PYBIND11_MODULE(_core, m) {
                        "regular expressions that start a lazy grammar (empty: it constrains from the first token)")
         .def_readwrite("align_grammar", &sampling_params::align_grammar,
                        "whether the alignment steers the tokens the grammar constrains (false: P alone there)")
+        .def_readwrite("n_logprobs", &sampling_params::n_logprobs,
+                       "alternatives in each sampled token's logprob entry, in [0, 20]; -1: no entries")
         .def("validate", &sampling_params::validate);
 
     py::class_<prefill_stats>(m, "PrefillStats")
@@ -293,7 +295,27 @@ PYBIND11_MODULE(_core, m) {
         .def_readonly("plain_top", &step_event::plain_top,
                       "the base stream's most likely token (among what a grammar allowed); -1 without a base stream")
         .def_readonly("preempted", &step_event::preempted,
-                      "the pool was full: the slot's cells were freed and its request waits to resume");
+                      "the pool was full: the slot's cells were freed and its request waits to resume")
+        .def_property_readonly("piece", [](const step_event & e) { return py::bytes(e.piece); },
+                               "the token's bytes (special tokens unrendered)")
+        .def_readonly("eog", &step_event::eog, "the token ends generation (an EOG token of the vocabulary)")
+        .def_property_readonly("logprob", [](const step_event & e) -> py::object {
+                                   if (!e.has_logprob) {
+                                       return py::none();
+                                   }
+                                   const token_logprob & lp = e.logprob;
+                                   py::list top;
+                                   for (size_t i = 0; i < lp.top.size(); ++i) {
+                                       top.append(py::make_tuple(py::bytes(e.top_pieces[i]), lp.top_logprobs[i]));
+                                   }
+                                   return py::make_tuple(lp.logprob, py::tuple(top), lp.plain_top_token,
+                                                         py::bytes(e.plain_top_piece), lp.plain_top_logprob,
+                                                         lp.logprob_principled, lp.logprob_plain, lp.ratio,
+                                                         lp.echo_guarded);
+                               },
+                               "None unless the request asked for logprobs; else (logprob, ((piece, logprob), ...), "
+                               "plain_top_token, plain_top_piece, plain_top_logprob, logprob_principled, "
+                               "logprob_plain, ratio, echo_guarded): linalign.logprobs.TokenLogprob's fields");
 
     py::class_<sampler_chain>(m, "SamplerChain",
                               "A request's sampler chain on its own, for baselines and tests: "

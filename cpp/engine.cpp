@@ -327,6 +327,9 @@ prefill_stats engine::start(int32_t slot_index, const prompt_list & prompts, con
         sl.reserve += std::min(reserve_tokens, params_.n_ctx - n);
     }
     sl.chain       = std::move(chain);
+    sl.n_logprobs  = params.n_logprobs;
+    sl.top_p       = params.top_p;
+    sl.temperature = params.temperature;
     sl.next_token  = -1;
     sl.n_sampled   = 0;
     sl.n_preempted = 0;
@@ -366,15 +369,21 @@ void engine::begin_prefill_stats(slot & sl) {
 // (principle_position "end"), last turn's tokens are in B's cache as B
 // had them, not in P's, whose principle sat where the new turn goes.
 std::vector<engine::shared_prefix> engine::plan_shared_prefixes(const prompt_refs & prompts,
-                                                                const std::vector<int32_t> & n_cached) const {
+                                                                const std::vector<int32_t> & n_cached,
+                                                                const std::vector<int32_t> & keep_from) const {
+    // a position whose logits are wanted is decoded in its own stream, never taken:
+    // the last of each prompt, or (an evaluation) its tail from keep_from on
+    const auto first_kept = [&](int32_t s) {
+        const int32_t last = (int32_t) prompts[s]->size() - 1;
+        return s < (int32_t) keep_from.size() && keep_from[s] >= 0 ? std::min(keep_from[s], last) : last;
+    };
     const int32_t min_shared = params_.kv_unified ? 1 : MIN_SHARED_TO_COPY;
     const int32_t n_active = (int32_t) prompts.size();
     const std::vector<llama_token> & prompt_p = *prompts[STREAM_P];
     std::vector<shared_prefix> plan;
     for (int32_t s = 1; s < n_active; ++s) {
         const std::vector<llama_token> & prompt_o = *prompts[s];
-        const int32_t upto = std::min({(int32_t) common_prefix(prompt_p, prompt_o), (int32_t) prompt_p.size() - 1,
-                                       (int32_t) prompt_o.size() - 1});
+        const int32_t upto = std::min({(int32_t) common_prefix(prompt_p, prompt_o), first_kept(STREAM_P), first_kept(s)});
         const int32_t o_has = std::min(n_cached[s], upto);
         const int32_t p_has = std::min(n_cached[STREAM_P], upto);
         shared_prefix sp;
@@ -403,12 +412,13 @@ void engine::begin_prefill(slot & sl) {
         begin_prefill_stats(sl);
     }
     prompt_refs prompts;
-    std::vector<int32_t> n_cached;
+    std::vector<int32_t> n_cached, keep_from;
     for (int32_t s = 0; s < sl.n_active; ++s) {
         prompts.push_back(&sl.streams[s].prompt);
         n_cached.push_back((int32_t) sl.streams[s].cached.size());
+        keep_from.push_back(sl.streams[s].keep_from);
     }
-    for (const shared_prefix & sp : plan_shared_prefixes(prompts, n_cached)) {
+    for (const shared_prefix & sp : plan_shared_prefixes(prompts, n_cached, keep_from)) {
         stream & taker = sl.streams[sp.taker];
         taker.copy_src  = sp.donor;
         taker.copy_upto = sp.upto;
@@ -435,6 +445,7 @@ void engine::finish(int32_t slot_index) {
         st.copy_src = -1;
         st.copy_upto = 0;
         st.row = -1;
+        st.keep_from = -1;
     }
     sl.last_used = ++clock_;
     publish_cells();
@@ -598,7 +609,11 @@ void engine::add_prefill(slot & sl, int32_t & budget, std::vector<int32_t> & que
         }
         int32_t pos = (int32_t) st.cached.size();
         while (pos < body && budget > 0) {
-            batch_add(st.prompt[pos], pos, st.seq, false);
+            const bool keep = st.keep_from >= 0 && pos >= st.keep_from;  // an evaluation's tail
+            if (keep) {
+                kept_rows_.push_back({s, pos, llama_batch_ref().n_tokens});
+            }
+            batch_add(st.prompt[pos], pos, st.seq, keep);
             ++pos;
             --budget;
         }
@@ -612,6 +627,9 @@ void engine::add_prefill(slot & sl, int32_t & budget, std::vector<int32_t> & que
         stream & st = sl.streams[s];
         const int32_t pos = (int32_t) st.prompt.size() - 1;
         st.row = llama_batch_ref().n_tokens;
+        if (st.keep_from >= 0) {
+            kept_rows_.push_back({s, pos, st.row});
+        }
         batch_add(st.prompt[pos], pos, st.seq, true);
         queued[s]++;
         --budget;
@@ -782,6 +800,7 @@ std::vector<step_event> engine::step() {
             ev.ratios = sl.chain->applied_ratios();
             ev.guarded = sl.chain->guarded();
             ev.plain_top = sl.chain->plain_top();
+            describe_sample(sl, ev);
         } catch (const std::exception & e) {
             ev.error = e.what();  // this request fails; the others go on
         }
@@ -793,6 +812,36 @@ std::vector<step_event> engine::step() {
     }
     publish_cells();
     return events;
+}
+
+// What the Python layer needs of a sampled token, while the logits it was
+// drawn from are still in the context: its text, whether it ends the
+// generation, and the logprob entry when the request asked for one.
+void engine::describe_sample(slot & sl, step_event & ev) {
+    ev.piece = model_->token_to_piece(ev.token, false);
+    ev.eog   = model_->is_eog(ev.token);
+    if (sl.n_logprobs < 0 || ev.eog) {
+        return;
+    }
+    if (!logprobs_) {
+        logprobs_ = std::make_unique<token_logprob_calculator>(n_vocab_);
+    }
+    sampled_logits in;
+    in.logits_p = logits_at(sl.streams[STREAM_P].row);
+    // B not decoded (ratio 0, or both prompts the same): P's logits stand in
+    in.logits_b = sl.n_active >= 2 ? logits_at(sl.streams[STREAM_B].row) : in.logits_p;
+    for (int32_t s = 2; s < sl.n_active; ++s) {
+        in.logits_extra.push_back(logits_at(sl.streams[s].row));
+    }
+    in.ratios          = ev.ratios;
+    in.guarded         = ev.guarded;
+    in.grammar_allowed = sl.chain->grammar_allowed();
+    ev.logprob = logprobs_->compute(ev.token, in, sl.top_p, sl.temperature, sl.n_logprobs);
+    ev.has_logprob = true;
+    for (llama_token t : ev.logprob.top) {
+        ev.top_pieces.push_back(model_->token_to_piece(t, false));
+    }
+    ev.plain_top_piece = model_->token_to_piece(ev.logprob.plain_top_token, false);
 }
 
 const float * engine::logits(int32_t slot_index, int32_t stream) const {
@@ -823,6 +872,11 @@ const std::vector<llama_token> * engine::grammar_allowed(int32_t slot_index) con
     return sl.chain->grammar_allowed();
 }
 
+// Teacher forcing runs a request's prefill without its sampling: the slot
+// takes both prompts as start() gives them (its cached prefix kept, a shared
+// prefix taken from the other stream's cells), and add_prefill lays out the
+// same chunks a step would, keeping the logits of the tail positions too;
+// only this slot decodes, in llama_decode calls of its own.
 void engine::eval_logits(int32_t slot_index, const std::vector<llama_token> & prompt_p,
                          const std::vector<llama_token> & prompt_b, int32_t n_tail_p, int32_t n_tail_b,
                          std::vector<float> & out_p, std::vector<float> & out_b) {
@@ -837,85 +891,67 @@ void engine::eval_logits(int32_t slot_index, const std::vector<llama_token> & pr
         throw std::invalid_argument("n_tail must be between 1 and the prompt length");
     }
     const bool identical = prompt_p == prompt_b && n_tail_p == n_tail_b;
-    const int32_t n_streams = identical ? 1 : 2;
     constexpr int32_t N_EVAL = 2;  // P and B
     const std::vector<llama_token> * prompts[N_EVAL] = {&prompt_p, &prompt_b};
     const int32_t n_tail[N_EVAL] = {n_tail_p, n_tail_b};
     std::vector<float> * outs[N_EVAL] = {&out_p, &out_b};
-    int32_t keep[N_EVAL] = {0, 0};
-    for (int32_t s = 0; s < n_streams; ++s) {
+    sl.n_active = identical ? 1 : 2;
+    sl.b_is_p   = identical;
+    sl.n_preempted = 0;
+    for (int32_t s = 0; s < sl.n_active; ++s) {
         stream & st = sl.streams[s];
         const int32_t n = (int32_t) prompts[s]->size();
-        keep[s] = keep_prefix(st, std::min<int32_t>((int32_t) common_prefix(st.cached, *prompts[s]), n - n_tail[s]));
+        st.prompt    = *prompts[s];
+        st.row       = -1;
+        st.copy_src  = -1;
+        st.copy_upto = 0;
+        st.keep_from = n - n_tail[s];
+        keep_prefix(st, std::min<int32_t>((int32_t) common_prefix(st.cached, st.prompt), st.keep_from));
         outs[s]->assign((size_t) n_tail[s] * n_vocab_, 0.0f);
     }
+    begin_prefill(sl);
 
-    // P's part of the shared prefix first, so that B can take its cells
-    int32_t to[N_EVAL] = {(int32_t) prompt_p.size(), (int32_t) prompt_b.size()};
-    int32_t upto = 0;
-    if (n_streams == 2) {
-        upto = std::min({(int32_t) common_prefix(prompt_p, prompt_b), (int32_t) prompt_p.size() - n_tail_p,
-                         (int32_t) prompt_b.size() - n_tail_b});
-        if (upto - keep[STREAM_B] < (params_.kv_unified ? 1 : MIN_SHARED_TO_COPY)) {
-            upto = 0;  // decoded again in B
+    const auto done = [&]() {
+        for (int32_t s = 0; s < sl.n_active; ++s) {
+            if (sl.streams[s].cached.size() < sl.streams[s].prompt.size()) {
+                return false;
+            }
         }
-    }
-    for (int pass = 0; pass < 2; ++pass) {
-        if (pass == 0 && upto <= keep[STREAM_B]) {
-            continue;
-        }
-        const int32_t n_pass = pass == 0 ? 1 : n_streams;
-        if (pass == 1 && upto > keep[STREAM_B]) {
-            stream & b = sl.streams[STREAM_B];
-            b.prompt = prompt_b;
-            b.copy_src = STREAM_P;
-            b.copy_upto = upto;
-            take_shared_prefix(sl, b);
-            b.prompt.clear();
-        }
-        int32_t end[N_EVAL] = {pass == 0 ? std::max(upto, (int32_t) sl.streams[STREAM_P].cached.size()) : to[0], to[1]};
-        while (true) {
+        return true;
+    };
+    std::vector<int32_t> queued;
+    try {
+        while (!done()) {
             llama_batch_ref().n_tokens = 0;
-            std::vector<std::pair<int32_t, int32_t>> rows;  // (stream, tail index) of each logits row
-            int32_t next[N_EVAL] = {0, 0};
-            for (int32_t s = 0; s < n_pass; ++s) {
-                stream & st = sl.streams[s];
-                const int32_t first_tail = (int32_t) prompts[s]->size() - n_tail[s];
-                int32_t pos = (int32_t) st.cached.size();
-                while (pos < end[s] && llama_batch_ref().n_tokens < params_.n_batch) {
-                    const bool want = pos >= first_tail;
-                    if (want) {
-                        rows.emplace_back(s, pos - first_tail);
-                    }
-                    batch_add((*prompts[s])[pos], pos, st.seq, want);
-                    ++pos;
-                }
-                next[s] = pos;
-            }
+            kept_rows_.clear();
+            queued.assign(params_.n_streams, 0);
+            int32_t budget = params_.n_batch;
+            add_prefill(sl, budget, queued);
             if (llama_batch_ref().n_tokens == 0) {
-                break;
+                throw std::runtime_error("evaluation prefill made no progress");
             }
+            const std::vector<int32_t> new_index = sort_batch_by_seq();
             run_decode("evaluation prefill");
-            for (int32_t s = 0; s < n_pass; ++s) {
+            for (int32_t s = 0; s < sl.n_active; ++s) {
                 stream & st = sl.streams[s];
-                st.cached.insert(st.cached.end(), prompts[s]->begin() + st.cached.size(), prompts[s]->begin() + next[s]);
+                const size_t from = st.cached.size();
+                st.cached.insert(st.cached.end(), st.prompt.begin() + from, st.prompt.begin() + from + queued[s]);
                 sync_cells(st);
             }
-            int32_t row = 0;
-            for (int32_t i = 0; i < llama_batch_ref().n_tokens; ++i) {
-                if (!llama_batch_ref().logits[i]) {
-                    continue;
-                }
-                const auto & r = rows[row++];
-                std::memcpy(outs[r.first]->data() + (size_t) r.second * n_vocab_, logits_at(i), sizeof(float) * n_vocab_);
+            for (const kept_row & r : kept_rows_) {
+                const int32_t tail_index = r.pos - sl.streams[r.stream].keep_from;
+                std::memcpy(outs[r.stream]->data() + (size_t) tail_index * n_vocab_, logits_at(new_index[r.index]),
+                            sizeof(float) * n_vocab_);
             }
         }
+    } catch (...) {
+        finish(slot_index);
+        throw;
     }
+    finish(slot_index);  // its KV stays as the slot's prompt cache
     if (identical) {
         out_b = out_p;
     }
-    sl.last_used = ++clock_;
-    publish_cells();
 }
 
 } // namespace linalign

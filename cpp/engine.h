@@ -24,6 +24,7 @@
 #include "llama_handles.h"
 #include "model.h"
 #include "sampling.h"
+#include "token_logprobs.h"
 
 #include <algorithm>
 #include <array>
@@ -148,6 +149,18 @@ struct step_event {
     // when the slot decodes no base stream (ratio 0, no principle)
     llama_token plain_top = -1;
     bool        preempted = false; // the pool was full: the slot's cells were freed and it waits to resume
+    // The token's text (its bytes, special tokens unrendered) and whether it
+    // ends generation (any EOG token of the vocabulary): what the Python
+    // layer needs of a token, in the step's one call.
+    std::string piece;
+    bool        eog = false;
+    // When the request asked for logprobs (sampling_params::n_logprobs >= 0):
+    // the token's entry, and the pieces of its alternatives and of the
+    // plain top token
+    bool                     has_logprob = false;
+    token_logprob            logprob;
+    std::vector<std::string> top_pieces;
+    std::string              plain_top_piece;
 };
 
 class engine {
@@ -268,8 +281,10 @@ public:
     const std::vector<llama_token> * grammar_allowed(int32_t slot) const;
 
     // Teacher forcing for evaluation, on a free slot: prefills both prompts
-    // (reusing its cache) in llama_decode calls of its own and returns the
-    // logits of the last n_tail_p positions of P and n_tail_b of B, row-major.
+    // as a request's prefill does (its cache reused, a shared prefix taken
+    // from P's cells, the chunks add_prefill lays out), in llama_decode calls
+    // of its own (no other slot moves), and returns the logits of the last
+    // n_tail_p positions of P and n_tail_b of B, row-major.
     void eval_logits(int32_t slot, const std::vector<llama_token> & prompt_p, const std::vector<llama_token> & prompt_b,
                      int32_t n_tail_p, int32_t n_tail_b, std::vector<float> & out_p, std::vector<float> & out_b);
 
@@ -341,6 +356,10 @@ private:
         int32_t                  copy_src  = -1;
         int32_t                  copy_upto = 0;
         int32_t                  row = -1;     // batch index of its logits after the last decode
+        // evaluation (eval_logits): the first prompt position whose logits
+        // are kept, before the last; -1 for a request, which samples from
+        // the last position's alone
+        int32_t                  keep_from = -1;
     };
 
     struct slot {
@@ -350,6 +369,9 @@ private:
         bool                           b_is_p = false;    // identical prompts: B's logits are P's
         llama_token                    next_token = -1;   // sampled, decoded at the next step
         std::unique_ptr<sampler_chain> chain;
+        int32_t                        n_logprobs = -1;   // alternatives per logprob entry; -1: no entries
+        float                          top_p = 1.0f;      // the request's nucleus and temperature, for the entries
+        float                          temperature = 1.0f;
         prefill_stats                  stats;
         uint64_t                       started = 0;       // order of start(): older prefills go first
         uint64_t                       last_used = 0;
@@ -372,6 +394,12 @@ private:
         int32_t donor_has = 0; // of [0, upto), what the donor holds already
     };
     using prompt_refs = std::vector<const std::vector<llama_token> *>;
+    // A logits row an evaluation keeps: its stream, prompt position and batch index.
+    struct kept_row {
+        int32_t stream = 0;
+        int32_t pos = 0;
+        int32_t index = 0;
+    };
 
     void require_open() const;
     const slot & slot_at(int32_t i) const;
@@ -389,7 +417,8 @@ private:
     bool free_idle_caches();
     int32_t active_streams(const prompt_list & prompts, const sampling_params & params) const;
     bool at_end(const slot & sl) const;
-    std::vector<shared_prefix> plan_shared_prefixes(const prompt_refs & prompts, const std::vector<int32_t> & n_cached) const;
+    std::vector<shared_prefix> plan_shared_prefixes(const prompt_refs & prompts, const std::vector<int32_t> & n_cached,
+                                                    const std::vector<int32_t> & keep_from = {}) const;
     void begin_prefill(slot & sl);
     void begin_prefill_stats(slot & sl);
     bool build_batch(std::vector<std::vector<int32_t>> & queued, std::vector<step_event> & stopped);
@@ -415,6 +444,7 @@ private:
     int64_t answer_reserve(const prompt_list & prompts, int32_t n_active, int32_t max_tokens) const;
     llama_batch & llama_batch_ref() { return batch_.get(); }
     void run_decode(const char * what);
+    void describe_sample(slot & sl, step_event & ev);
     const float * logits_at(int32_t batch_index) const;
 
     std::shared_ptr<model> model_;
@@ -423,6 +453,8 @@ private:
     batch_owner            batch_;
     int32_t                n_vocab_ = 0;
     std::vector<slot>      slots_;
+    std::unique_ptr<token_logprob_calculator> logprobs_;  // made when a request first asks for logprobs
+    std::vector<kept_row>  kept_rows_;  // an evaluation's rows in the batch being built
     uint64_t               clock_ = 0;
     // atomic: the server's /health reads both while another thread decodes
     std::atomic<int64_t>   n_decode_calls_{0};

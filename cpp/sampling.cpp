@@ -1,6 +1,8 @@
 // sampling: validating parameters and building the sampler chain.
 #include "sampling.h"
 
+#include "token_logprobs.h"
+
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
@@ -14,12 +16,18 @@ static void require(bool ok, const std::string & message) {
     }
 }
 
+// The ranges of linalign.options.RANGES (SamplingOptions), the one place
+// they are defined: what reaches here has been checked there, so these are
+// invariants, with the same bounds (tests/test_option_ranges.py).
 void sampling_params::validate() const {
-    linear_alignment_validate({ratio, top_p, temperature});
+    linear_alignment_validate({ratio, top_p, temperature});  // ratio finite, top_p in (0, 1], temperature >= 0
+    require(top_k >= -1, "top_k must be >= -1");
     require(std::isfinite(min_p) && min_p >= 0.0f && min_p <= 1.0f, "min_p must be in [0, 1]");
     require(std::isfinite(repeat_penalty) && repeat_penalty > 0.0f, "repeat_penalty must be a finite number > 0");
-    require(std::isfinite(frequency_penalty), "frequency_penalty must be finite");
-    require(std::isfinite(presence_penalty), "presence_penalty must be finite");
+    require(std::isfinite(frequency_penalty) && std::fabs(frequency_penalty) <= 2.0f,
+            "frequency_penalty must be in [-2, 2]");
+    require(std::isfinite(presence_penalty) && std::fabs(presence_penalty) <= 2.0f,
+            "presence_penalty must be in [-2, 2]");
     require(penalty_last_n >= -1, "penalty_last_n must be >= -1");
     require(extra_ratios.size() + 1 <= LINEAR_ALIGNMENT_MAX_PRINCIPLES,
             "at most " + std::to_string(LINEAR_ALIGNMENT_MAX_PRINCIPLES) + " principles, got " +
@@ -32,6 +40,8 @@ void sampling_params::validate() const {
     require(echo_n == 0 || echo_n >= 2, "echo_n must be 0 (no echo guard) or >= 2");
     require(principle_tokens.size() <= extra_ratios.size() + 1,
             "principle_tokens holds more principles than there are principled streams");
+    require(n_logprobs >= -1 && n_logprobs <= MAX_TOP_LOGPROBS,
+            "n_logprobs must be -1 (none) or in [0, " + std::to_string(MAX_TOP_LOGPROBS) + "]");
 }
 
 sampler_chain::sampler_chain(const sampling_params & params, const llama_vocab * vocab) {

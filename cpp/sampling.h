@@ -49,6 +49,9 @@ struct sampling_params {
     // trigger on for a lazy one) the step decodes P alone inside its nucleus,
     // as with ratio 0 (a tool call's arguments, linalign.tool_calls).
     bool align_grammar = true;
+    // The logprob entry of each sampled token (token_logprobs.h) with this
+    // many alternatives, in [0, MAX_TOP_LOGPROBS]; -1: none.
+    int32_t n_logprobs = -1;
 
     void validate() const; // throws std::invalid_argument
 };

@@ -107,6 +107,13 @@ class ChatRenderer:
             template=template or CHATML_TEMPLATE, eos_token=eos_token, bos_token=bos_token, add_generation_prompt=True
         )
 
+    @classmethod
+    def of_model(cls, model: Any, template: str | None, *, name: str = "") -> "ChatRenderer":
+        """The renderer of a ``linalign._core.Model``'s ``template``, with its BOS and EOS spelled out."""
+        def spelled(token: int) -> str:
+            return model.token_to_piece(token, True).decode("utf-8", "ignore")
+        return cls(template, bos_token=spelled(model.bos), eos_token=spelled(model.eos), name=name)
+
     def render(self, messages: Sequence[Mapping[str, Any]],
                tools: Sequence[Mapping[str, Any]] | None = None) -> tuple[str, list[str], bool]:
         """``tools`` (OpenAI's shape) go to the template as transformers

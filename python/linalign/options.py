@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 
 from . import _core
 
-__all__ = ["AUTO_RATIO", "SamplingOptions", "UINT32_MAX", "check_ratio", "format_ratio"]
+__all__ = ["AUTO_RATIO", "RANGES", "SamplingOptions", "UINT32_MAX", "check_ratio", "format_ratio"]
 
 UINT32_MAX = 2**32 - 1
 _INT32_MAX = 2**31 - 1
@@ -64,6 +64,23 @@ def check_ratio(name: str, value: Any, *, bound: float | None = None) -> float |
 def format_ratio(ratio: float | str) -> str:
     """``2``, ``0.5``, ``auto``: a ratio in headers and method names."""
     return ratio if isinstance(ratio, str) else f"{ratio:g}"
+
+
+# Every numeric option's range, in one place: name -> (type, low, high,
+# whether low itself is out). The native sampler asserts the same ranges as
+# invariants (sampling_params::validate in cpp/sampling.cpp;
+# tests/test_option_ranges.py holds the two together).
+RANGES: dict[str, tuple[type, float | None, float | None, bool]] = {
+    "temperature": (float, 0.0, None, False),
+    "top_p": (float, 0.0, 1.0, True),
+    "top_k": (int, -1, _INT32_MAX, False),
+    "min_p": (float, 0.0, 1.0, False),
+    "repeat_penalty": (float, 0.0, None, True),
+    "frequency_penalty": (float, -2.0, 2.0, False),
+    "presence_penalty": (float, -2.0, 2.0, False),
+    "penalty_last_n": (int, -1, _INT32_MAX, False),
+    "echo_guard_n": (int, 2, _INT32_MAX, False),
+}
 
 
 @dataclass(frozen=True)
@@ -121,14 +138,11 @@ class SamplingOptions:
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         set_(self, "ratio", check_ratio("ratio", self.ratio))
-        set_(self, "temperature", _number("temperature", self.temperature, low=0.0))
-        set_(self, "top_p", _number("top_p", self.top_p, low=0.0, high=1.0, low_open=True))
-        set_(self, "top_k", _integer("top_k", self.top_k, low=-1, high=_INT32_MAX))
-        set_(self, "min_p", _number("min_p", self.min_p, low=0.0, high=1.0))
-        set_(self, "repeat_penalty", _number("repeat_penalty", self.repeat_penalty, low=0.0, low_open=True))
-        set_(self, "frequency_penalty", _number("frequency_penalty", self.frequency_penalty, low=-2.0, high=2.0))
-        set_(self, "presence_penalty", _number("presence_penalty", self.presence_penalty, low=-2.0, high=2.0))
-        set_(self, "penalty_last_n", _integer("penalty_last_n", self.penalty_last_n, low=-1, high=_INT32_MAX))
+        for name, (kind, low, high, low_open) in RANGES.items():
+            if kind is float:
+                set_(self, name, _number(name, getattr(self, name), low=low, high=high, low_open=low_open))
+            else:
+                set_(self, name, _integer(name, getattr(self, name), low=low, high=high))
         if self.seed is not None:
             _integer("seed", self.seed, low=0, high=UINT32_MAX - 1)
         if self.max_tokens is not None:
@@ -136,7 +150,6 @@ class SamplingOptions:
         set_(self, "stop", _stop_tuple(self.stop))
         if not isinstance(self.echo_guard, bool):
             raise TypeError(f"echo_guard must be true or false, got {type(self.echo_guard).__name__}")
-        _integer("echo_guard_n", self.echo_guard_n, low=2, high=_INT32_MAX)
         if self.grammar is not None:
             grammar = getattr(self.grammar, "_grammar", self.grammar)  # a llama_cpp.LlamaGrammar, or GBNF text
             if not isinstance(grammar, str):

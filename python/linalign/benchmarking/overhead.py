@@ -134,7 +134,7 @@ def llama_cpp_python_completion(llm: Any, prompt: str, n_tokens: int) -> Run:
 
 def linalign_completions(aligner: Any, requests: Sequence[dict[str, Any]], n_tokens: int) -> Run:
     """Streams every request at once (each submitted when its call is made)
-    and reads them in turn: reading any steps them all."""
+    and reads them in turn; the Aligner's engine loop steps them all."""
     engine = aligner.engine
     calls = engine.n_decode_calls
     start = time.perf_counter()

@@ -5,7 +5,8 @@ Nothing outside this package touches ``linalign._core.Engine``.
 """
 from .batched import BatchedEngine, EngineClosedError, SlotBusyError, flash_attn_type
 from .generation import Generation, GenerationRequest
+from .loop import EngineLoop
 from .slot_files import SlotFileError
 
-__all__ = ["BatchedEngine", "EngineClosedError", "Generation", "GenerationRequest", "SlotBusyError", "SlotFileError",
+__all__ = ["BatchedEngine", "EngineClosedError", "EngineLoop", "Generation", "GenerationRequest", "SlotBusyError", "SlotFileError",
            "flash_attn_type"]

@@ -1,10 +1,11 @@
 """BatchedEngine: the slots of one llama_context, their requests, and the
 step that advances all of them in one llama_decode.
 
-Whoever drives it calls :meth:`step` (the Aligner from the thread that reads
-a stream, the server from its one scheduler thread); every call decodes the
-next token of every running request and a chunk of every pending prefill,
-and hands each request its text.
+The engine loop (:mod:`.loop`, one thread for the Aligner and the server
+alike) calls :meth:`step`; every call decodes the next token of every
+running request and a chunk of every pending prefill, and hands each request
+its text (the native step returns each token's bytes, whether it ends the
+generation, and its logprob entry when asked for: one call per step).
 
 By default every stream's KV lives in one pool of cells, where a prefix the
 streams share is stored once. A request starts when the pool has room for
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .. import _core
-from ..logprobs import TokenLogprob, compute_token_logprob
+from ..logprobs import token_logprob
 from ..llama_version import installed_llama_cpp_version
 from .generation import Generation, GenerationRequest
 from .slot_files import SavedStream, SlotFileError, check_matches, read_slot_file, write_slot_file
@@ -120,6 +121,7 @@ class BatchedEngine:
         self._submitted = 0
         self._stats_pending: set[int] = set()  # ids of requests that waited for room before their prefill
         self._closed_reason = "the engine was closed"
+        self.loop = None  # the EngineLoop that steps it, once one does (engine/loop.py)
 
     # -- lifetime -----------------------------------------------------------
 
@@ -204,7 +206,7 @@ class BatchedEngine:
             _core.SamplerChain(params, self._model)
 
     def submit(self, request: GenerationRequest, *, notify: Callable[[], None] | None = None,
-               slot: int | None = None, wait: bool = False) -> Generation | None:
+               slot: int | None = None, wait: bool = False, gen: Generation | None = None) -> Generation | None:
         """Starts a request in the free slot with the longest cached prefix
         (or in ``slot``, else the request's own ``slot``, which must be free:
         for probes of slot placement, and a server's ``id_slot``).
@@ -218,14 +220,15 @@ class BatchedEngine:
         the Aligner, which has no queue, waits so. Bad input (empty or
         over-long prompts, prompts whose cells alone exceed the pool, token
         ids outside the vocabulary, a grammar that does not parse, sampling
-        values out of range) raises ValueError here.
+        values out of range) raises ValueError here. ``gen``: the Generation
+        to start (made by :meth:`new_generation` before it was queued).
         """
-        options = request.options
         if request.n_streams > self.n_streams:
             raise ValueError(f"principles: {request.n_streams - 1} principles need {request.n_streams} streams per "
                              f"slot; this engine was made with {self.n_streams} (at most "
                              f"{self.n_streams - 1} principles per request)")
-        gen = Generation(request=request, limit=options.token_limit(self.n_ctx), notify=notify)
+        if gen is None:
+            gen = self.new_generation(request, notify=notify)
         params = request.native_params(self._seed)
         cache_prompt = self.cache_prompt if request.cache_prompt is None else request.cache_prompt
         if slot is None:
@@ -252,6 +255,12 @@ class BatchedEngine:
                 self._stats_pending.add(id(gen))  # its prefill stats come when it starts
             self._active[slot] = gen
         return gen
+
+    def new_generation(self, request: GenerationRequest, *,
+                       notify: Callable[[], None] | None = None) -> Generation:
+        """A Generation of ``request`` not started yet (for a client that
+        waits on it before the loop starts it)."""
+        return Generation(request=request, limit=request.options.token_limit(self.n_ctx), notify=notify)
 
     @staticmethod
     def _set_prefill(gen: Generation, stats: Any) -> None:
@@ -323,7 +332,6 @@ class BatchedEngine:
             return sum(not event.preempted for event in events)
 
     def _on_token(self, gen: Generation, event: Any) -> None:
-        model = self._model
         if id(gen) in self._stats_pending:
             self._stats_pending.discard(id(gen))
             self._set_prefill(gen, self._native.last_prefill(gen.slot))
@@ -333,17 +341,18 @@ class BatchedEngine:
         elif event.token < 0:
             self._release(gen)
             gen._finish("length")  # the stream's context is full
-        elif model.is_eog(event.token):
+        elif event.eog:
             self._release(gen)
             gen._finish("stop")
         else:
             gen.completion_tokens += 1
             gen.tokens.append(event.token)
             gen._record_step(event.ratios, event.guarded, token=event.token, plain_top=event.plain_top)
-            piece = model.token_to_piece(event.token, False)
+            piece = event.piece
+            native_entry = event.logprob  # None unless the request asked for logprobs
             entry = None
-            if gen.request.want_logprobs is not None:  # while the slot's logits are still there
-                entry = self._token_logprob(gen, event.token, piece)
+            if native_entry is not None:
+                entry = token_logprob(event.token, piece, native_entry, text_offset=gen.assembler.decoded_length)
             gen._push_token(piece, entry)
             if gen.assembler.stopped:
                 self._release(gen)
@@ -352,23 +361,6 @@ class BatchedEngine:
                 self._release(gen)
                 gen._finish("length")
         self._notify(gen)
-
-    def _token_logprob(self, gen: Generation, token: int, piece: bytes) -> TokenLogprob:
-        """The logprobs of the token ``gen`` just sampled (linalign.logprobs)."""
-        native, slot = self._native, gen.slot
-        logits_p = native.logits(slot, 0)
-        n_active = native.n_active_streams(slot)
-        # B not decoded (ratio 0, or both prompts the same): P's logits stand in
-        logits_b = native.logits(slot, 1) if n_active >= 2 else logits_p
-        extra = [native.logits(slot, s) for s in range(2, n_active)]
-        model = self._model
-        # the distribution the token was drawn from: the step sizes applied at
-        # it (ratio "auto" sets them per token) and the echo guard's decisions
-        return compute_token_logprob(token, piece, logits_p, logits_b, gen.request.options,
-                                     gen.request.want_logprobs, lambda t: model.token_to_piece(t, False),
-                                     text_offset=gen.assembler.decoded_length, logits_extra=extra,
-                                     ratios=gen.last_ratios, guarded=gen.last_guarded,
-                                     grammar_allowed=native.grammar_allowed(slot))
 
     def _release(self, gen: Generation) -> None:
         self._stats_pending.discard(id(gen))
@@ -379,6 +371,7 @@ class BatchedEngine:
 
     @staticmethod
     def _notify(gen: Generation) -> None:
+        gen._changed.set()
         if gen.notify is not None:
             gen.notify()
 

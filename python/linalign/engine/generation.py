@@ -7,7 +7,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from .. import _core
 from ..logprobs import TokenLogprob
@@ -67,6 +67,8 @@ class GenerationRequest:
         if AUTO_RATIO in self.extra_ratios:
             params.extra_auto_ratio = [int(r == AUTO_RATIO) for r in self.extra_ratios]
         params.principle_tokens = [list(t) for t in self.principle_tokens]
+        # each token's logprob entry is computed natively, while its logits are in the context
+        params.n_logprobs = -1 if self.want_logprobs is None else self.want_logprobs
         return params
 
 
@@ -85,7 +87,8 @@ class Generation:
     :attr:`final_logprobs`.
 
     ``notify``, when given, is called (from the thread that stepped the
-    engine) after every change, for consumers that wait elsewhere.
+    engine) after every change, for consumers that wait elsewhere (an event
+    loop); a consumer on a thread of its own calls :meth:`wait`.
     """
 
     request: GenerationRequest
@@ -122,6 +125,7 @@ class Generation:
     _held: list[list] = field(default_factory=list)
     _carry: list[TokenLogprob] = field(default_factory=list)  # complete, awaiting a non-empty delta
     _cancelled: threading.Event = field(default_factory=threading.Event)
+    _changed: threading.Event = field(default_factory=threading.Event)  # set after every change, for wait()
 
     def __post_init__(self) -> None:
         self.prompt_tokens = len(self.request.prompt)
@@ -139,6 +143,40 @@ class Generation:
         """Asks the engine to free this request's slot at its next step
         (safe from any thread)."""
         self._cancelled.set()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Waits until the engine changed this request since the last wait
+        (a delta, the end), or ``timeout`` seconds."""
+        self._changed.wait(timeout)
+        self._changed.clear()
+
+    def read(self, gone: Callable[[], BaseException | None] = lambda: None,
+             ) -> Iterator[tuple[str, list[TokenLogprob]]]:
+        """Its text deltas, each with the logprob entries of the tokens it
+        completes, as the engine loop decodes them, on the reader's thread;
+        raises the request's error at the end. ``gone()``: an error to raise
+        instead of the next delta (its owner was closed), or None. Closing
+        the iterator early cancels the request (its slot is freed at the
+        next step)."""
+        try:
+            while True:
+                chunk = self.pop_chunk()
+                if chunk is not None and (error := gone()) is not None:
+                    raise error
+                if chunk is not None:
+                    yield chunk
+                elif self.done:
+                    # the last deltas were pushed before it was marked done
+                    while (chunk := self.pop_chunk()) is not None:
+                        yield chunk
+                    break
+                else:
+                    self.wait()
+            if self.error is not None:
+                raise self.error
+        finally:
+            if not self.done:
+                self.cancel()
 
     def pop_delta(self) -> str | None:
         chunk = self.pop_chunk()

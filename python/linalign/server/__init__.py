@@ -3,7 +3,7 @@ their own principle, decoded by one batched engine (see :mod:`.scheduler`).
 
     app.py        the routes
     schema.py     request bodies -> SamplingOptions, OpenAI error bodies
-    scheduler.py  the one thread that drives the engine; the waiting queue
+    scheduler.py  the waiting queue on the engine loop (the one thread that steps the engine)
     cli.py        the command line
 """
 from .app import create_app

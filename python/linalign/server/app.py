@@ -174,19 +174,20 @@ class _ResponseCounter:
 
 def _gauges(aligner: Aligner, scheduler: Scheduler) -> dict[str, tuple[str, Callable[[], float]]]:
     """What ``/metrics`` reads at scrape time, none of it under the engine's lock."""
-    engine = scheduler.engine
+    def engine() -> Any:  # the loop's engine now: an Aligner may make it again
+        return scheduler.engine
     return {
         "linalign_slots_total": ("Slots (--parallel).", lambda: scheduler.total),
-        "linalign_slots_busy": ("Slots holding a request.", lambda: engine.n_busy),
+        "linalign_slots_busy": ("Slots holding a request.", lambda: engine().n_busy),
         "linalign_queue_length": ("Requests waiting for a slot.", lambda: scheduler.queued_now),
         "linalign_requests_waiting_for_room": ("Requests holding a slot while they wait for room in the KV pool "
-                                               "(preempted ones).", lambda: engine.n_waiting),
-        "linalign_kv_cells_total": ("KV cells of the context.", lambda: engine.n_cells_total),
+                                               "(preempted ones).", lambda: engine().n_waiting),
+        "linalign_kv_cells_total": ("KV cells of the context.", lambda: engine().n_cells_total),
         "linalign_kv_cells_used": ("KV cells the streams hold (shared cells once; idle slots' prompt caches "
-                                   "included).", lambda: engine.n_cells_used),
-        "linalign_kv_cells_free": ("KV cells no stream holds.", lambda: engine.n_cells_total - engine.n_cells_used),
+                                   "included).", lambda: engine().n_cells_used),
+        "linalign_kv_cells_free": ("KV cells no stream holds.", lambda: engine().n_cells_total - engine().n_cells_used),
         "linalign_kv_cells_idle": ("Of the used cells, those of idle slots' prompt caches (freed when needed).",
-                                   lambda: engine.n_cells_idle),
+                                   lambda: engine().n_cells_idle),
     }
 
 

@@ -1,0 +1,86 @@
+"""One engine loop: a single thread steps the engine for the Python API and
+the server alike; the server's scheduler is a queue on the Aligner's loop
+and follows its engine when the Aligner makes it again; cancelling never
+waits for a decode step."""
+from __future__ import annotations
+
+import threading
+import time
+
+import linalign
+from linalign.server.scheduler import Scheduler
+
+HANG_S = 60
+
+
+class _RecordingStep:
+    """Stands in for the engine's native object, noting which thread steps it
+    and holding a step open while ``hold`` is set."""
+
+    def __init__(self, native) -> None:
+        self._native = native
+        self.threads: set[str] = set()
+        self.hold = threading.Event()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def step(self):
+        self.threads.add(threading.current_thread().name)
+        if self.hold.is_set():
+            self.entered.set()
+            assert self.release.wait(HANG_S), "the test never released the step"
+        return self._native.step()
+
+    def __getattr__(self, name):
+        return getattr(self._native, name)
+
+
+def test_the_loop_thread_alone_steps_the_engine_for_the_api(tiny_gguf) -> None:
+    with linalign.Aligner(tiny_gguf, n_ctx=128, n_parallel=2, n_threads=2) as aligner:
+        engine = aligner.engine
+        recording = _RecordingStep(engine._native)
+        engine._native = recording
+        try:
+            aligner.create_completion("one two", principle="three", max_tokens=4, temperature=0.0)
+            streams = [aligner.create_completion(p, max_tokens=4, temperature=0.0, stream=True) for p in ("a", "b")]
+            for stream in streams:
+                list(stream)
+        finally:
+            engine._native = recording._native
+        assert recording.threads == {"linalign-engine"}
+
+
+def test_the_scheduler_follows_an_engine_made_again(tiny_gguf) -> None:
+    with linalign.Aligner(tiny_gguf, n_ctx=128, n_threads=2) as aligner:
+        first = aligner.engine
+        scheduler = Scheduler(first, queue_size=2)
+        try:
+            assert scheduler.loop is first.loop
+            aligner.create_completion("one two", principles=["three", "four"], max_tokens=2)
+            assert aligner.engine is not first and aligner.max_principles == 2
+            assert scheduler.engine is aligner.engine and scheduler.loop is aligner.engine.loop
+        finally:
+            scheduler.close()
+
+
+def test_cancel_does_not_wait_for_a_step_in_progress(tiny_gguf) -> None:
+    with linalign.Aligner(tiny_gguf, n_ctx=128, n_threads=2) as aligner:
+        engine = aligner.engine
+        recording = _RecordingStep(engine._native)
+        engine._native = recording
+        try:
+            stream = aligner.create_completion("one two", max_tokens=50, temperature=0.0, stream=True)
+            next(stream)
+            recording.hold.set()
+            assert recording.entered.wait(HANG_S)
+            started = time.monotonic()
+            stream.close()  # cancels its request while the loop's step is held
+            assert time.monotonic() - started < HANG_S / 2
+            assert not recording.release.is_set()
+        finally:
+            recording.release.set()
+            engine._native = recording._native
+        deadline = time.monotonic() + HANG_S
+        while engine.n_busy:
+            assert time.monotonic() < deadline, "the cancelled request kept its slot"
+            time.sleep(0.01)
