@@ -216,6 +216,20 @@ static py::list devices_to_dicts(const std::vector<device_info> & devices) {
     return out;
 }
 
+// Frees a model that linalign loaded. Freeing weights on RPC workers waits
+// for ggml-rpc's dispatcher thread, which may be inside llama.cpp's log
+// callback (llama-cpp-python's, in Python) waiting for the GIL: so the GIL
+// is let go first when this thread holds it (a garbage collection, a last
+// reference dropped in Python), else the two wait on each other.
+static void free_model(model * m) {
+    if (PyGILState_Check()) {
+        py::gil_scoped_release release;
+        delete m;
+    } else {
+        delete m;
+    }
+}
+
 PYBIND11_MODULE(_core, m) {
     m.doc() = "linalign native core: linear-alignment sampler and two-stream engine over llama.cpp";
 
@@ -224,7 +238,7 @@ PYBIND11_MODULE(_core, m) {
                          std::vector<std::string> rpc_servers, std::vector<float> tensor_split) {
                  const model_placement placement{std::move(rpc_servers), std::move(tensor_split)};
                  py::gil_scoped_release release;
-                 return std::make_shared<model>(path, n_gpu_layers, use_mmap, placement);
+                 return std::shared_ptr<model>(new model(path, n_gpu_layers, use_mmap, placement), free_model);
              }), py::arg("path"), py::arg("n_gpu_layers") = 0, py::arg("use_mmap") = true,
              py::arg("rpc_servers") = std::vector<std::string>{}, py::arg("tensor_split") = std::vector<float>{})
         .def_static("borrow", [](uintptr_t address) { return std::make_shared<model>(reinterpret_cast<llama_model *>(address)); },
@@ -247,7 +261,7 @@ PYBIND11_MODULE(_core, m) {
         .def("is_eog", &model::is_eog, py::arg("token"))
         .def("meta", &model::meta, py::arg("key"))
         .def("chat_template", &model::chat_template)
-        .def("close", &model::close);
+        .def("close", &model::close, py::call_guard<py::gil_scoped_release>());
 
     py::class_<sampling_params>(m, "SamplingParams")
         .def(py::init<>())

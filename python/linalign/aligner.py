@@ -192,7 +192,10 @@ class Aligner(RequestBuilding, Completions, SavedSlots):
         context, self._context = self._context, None
         if context is not None:
             context.close("this Aligner was closed")
-        self._model = None
+        model, self._model = self._model, None
+        if model is not None and model.owns_weights:
+            # now, not when the last reference goes: by then RPC workers may be gone
+            model.close()
         self._llama = None
 
     @property
