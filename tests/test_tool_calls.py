@@ -239,28 +239,27 @@ def _stream_message(stream) -> tuple[dict, str]:
     return message, reason
 
 
+def _answer(client, stream: bool, **kw) -> tuple[dict, str]:
+    """One chat completion, streamed or not: the message as a dict and the finish reason."""
+    if stream:
+        return _stream_message(client.chat.completions.create(stream=True, **kw))
+    r = client.chat.completions.create(**kw)
+    return r.choices[0].message.model_dump(exclude_none=True), r.choices[0].finish_reason
+
+
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
 def test_openai_client_call_result_answer(server: Server, stream: bool, choice) -> None:
     client = server.client()
     kw = dict(model="any", tools=TOOLS, tool_choice=choice, parallel_tool_calls=False, max_tokens=120, seed=1,
               extra_body={"principle": "Be brief."})
-    if stream:
-        message, reason = _stream_message(client.chat.completions.create(messages=ASK, stream=True, **kw))
-    else:
-        r = client.chat.completions.create(messages=ASK, **kw)
-        message, reason = r.choices[0].message.model_dump(exclude_none=True), r.choices[0].finish_reason
+    message, reason = _answer(client, stream, messages=ASK, **kw)
     assert reason == "tool_calls"
     assert_valid_calls(message["tool_calls"])
     if isinstance(choice, dict):
         assert message["tool_calls"][0]["function"]["name"] == "get_weather"
     follow = ASK + tool_result_messages(message)
-    final = client.chat.completions.create(model="any", messages=follow, tools=TOOLS, max_tokens=40, seed=1,
-                                           stream=stream)
-    if stream:
-        answer, reason = _stream_message(final)
-    else:
-        answer, reason = final.choices[0].message.model_dump(exclude_none=True), final.choices[0].finish_reason
+    answer, reason = _answer(client, stream, model="any", messages=follow, tools=TOOLS, max_tokens=40, seed=1)
     assert reason in ("stop", "length", "tool_calls")
     assert answer.get("content") or answer.get("tool_calls")
 
@@ -331,21 +330,13 @@ def test_openai_client_auto_call_result_answer(calling_server: Server, stream: b
     client = calling_server.client()
     kw = dict(model="any", tools=TINY_TOOLS, tool_choice="auto", parallel_tool_calls=False, max_tokens=300, seed=1,
               extra_body={"principle": "Be brief."})
-    if stream:
-        message, reason = _stream_message(client.chat.completions.create(messages=ASK, stream=True, **kw))
-    else:
-        r = client.chat.completions.create(messages=ASK, **kw)
-        message, reason = r.choices[0].message.model_dump(exclude_none=True), r.choices[0].finish_reason
+    message, reason = _answer(client, stream, messages=ASK, **kw)
     assert reason == "tool_calls", message
     assert not message.get("content")
     assert_valid_calls(message["tool_calls"], TINY_SCHEMAS)
     follow = ASK + tool_result_messages(message)
-    final = client.chat.completions.create(model="any", messages=follow, tools=TINY_TOOLS, tool_choice="none",
-                                           max_tokens=6, seed=1, stream=stream)
-    if stream:
-        answer, reason = _stream_message(final)
-    else:
-        answer, reason = final.choices[0].message.model_dump(exclude_none=True), final.choices[0].finish_reason
+    answer, reason = _answer(client, stream, model="any", messages=follow, tools=TINY_TOOLS, tool_choice="none",
+                             max_tokens=6, seed=1)
     assert reason == "length" and answer["content"] and "tool_calls" not in answer
 
 
