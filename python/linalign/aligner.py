@@ -308,11 +308,13 @@ class Aligner(RequestBuilding, Completions, SavedSlots):
         self._require_open()
         prompt_tokens = self._tokens.prompt_tokens("prompt", list(prompt))
         base_tokens = self._tokens.prompt_tokens("base_prompt", list(base_prompt))
-        with self._context.loop.between_steps() as engine:
+
+        def teacher_forcing(engine: BatchedEngine):  # on the engine thread: it decodes (engine/loop.py)
             if engine.n_free == 0:
                 engine.abandon(engine.oldest(), GenerationSuperseded(
                     "an evaluation on this Aligner needed the slot; this stream was abandoned"))
             return engine.eval_logits(prompt_tokens, base_tokens, n_tail_p, n_tail_b)
+        return self._context.loop.call(teacher_forcing)
 
     def reset(self) -> None:
         """Forgets the prompt cache of every slot (streams in progress are abandoned)."""

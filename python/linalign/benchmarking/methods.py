@@ -28,6 +28,7 @@ import numpy as np
 
 import llama_cpp
 
+from ..engine import run_on_engine_thread
 from ..options import SamplingOptions
 from .baselines import BaselineContext, floor_generate, two_call_generate
 from .workload import RATIO, SEED, TOP_P, Workload
@@ -212,3 +213,13 @@ class NaiveMethod:
         finish = last["choices"][0]["finish_reason"]
         n_generated = llm.n_tokens - len(w.prompt_p) + (1 if finish == "length" else 0)
         return RunSample(ttft, decode, n_generated, w.n_prompt_tokens, finish_reason=finish, text=text)
+
+
+def run_method(method: Any, max_tokens: int) -> RunSample:
+    """One run of ``method``. A baseline decodes on the engine thread, where
+    linalign's own requests decode: a process keeps one OpenMP team that
+    way, and a baseline decoding on the caller's thread would slow both
+    sides (linalign/engine/loop.py). An Aligner's run reads its stream here."""
+    if isinstance(method, AlignerMethod):
+        return method.run(max_tokens)
+    return run_on_engine_thread(lambda: method.run(max_tokens))

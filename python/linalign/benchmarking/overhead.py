@@ -48,6 +48,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..engine import run_on_engine_thread
+
 __all__ = ["OverheadConfig", "RATIOS", "ROWS", "format_overhead", "main", "run_overhead"]
 
 # the model: tiny, so that a forward costs little beside the host work
@@ -173,10 +175,12 @@ class PathsOnOneModel:
         requests = [self.one.completion_request(**r) for r in aligned]  # the engine's own P and B tokens
         pb = [list(s) for r in requests for s in (r.prompt, r.base_prompt)]
         self.runs: dict[str, Callable[[], Run]] = {
-            "raw-1": lambda: raw_decode(self.raw[1], pb[1:2], 1, n),
-            "raw-2": lambda: raw_decode(self.raw[2], pb[:2], 2, n),
-            "raw-8": lambda: raw_decode(self.raw[2 * N_REQUESTS], pb, 2, n),
-            "llama-cpp-python": lambda: llama_cpp_python_completion(self.llm, PROMPTS[0], n),
+            # the baselines decode on the engine thread, as linalign's requests do (one OpenMP team)
+            "raw-1": lambda: run_on_engine_thread(lambda: raw_decode(self.raw[1], pb[1:2], 1, n)),
+            "raw-2": lambda: run_on_engine_thread(lambda: raw_decode(self.raw[2], pb[:2], 2, n)),
+            "raw-8": lambda: run_on_engine_thread(lambda: raw_decode(self.raw[2 * N_REQUESTS], pb, 2, n)),
+            "llama-cpp-python": lambda: run_on_engine_thread(
+                lambda: llama_cpp_python_completion(self.llm, PROMPTS[0], n)),
             "plain": lambda: linalign_completions(self.one, [dict(prompt=PROMPTS[0], ratio=0.0)], n),
             "aligned": lambda: linalign_completions(self.one, aligned[:1], n),
             "aligned+logprobs": lambda: linalign_completions(self.one, [dict(aligned[0], logprobs=LOGPROBS)], n),

@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 
 from ..aligner import Aligner
 from ..default_model import default_model_path
+from ..engine import run_on_engine_thread
 from ..llama_loader import load_llama
 from ..options import SamplingOptions
 from ..principles import MAX_PRINCIPLES, Principle
@@ -86,7 +87,8 @@ def run_principles_bench(*, model: str | None = None, ks: Sequence[int] = (1, 2,
                 request = aligner.chat_request(messages, principles=[Principle(t, 2.0) for t in PRINCIPLES[:k]],
                                                options=options)
                 t0 = time.perf_counter()
-                run = separate_calls_generate(baseline, request.prompts, request.options, request.extra_ratios)
+                run = run_on_engine_thread(  # where linalign decodes: one OpenMP team (engine/loop.py)
+                    lambda: separate_calls_generate(baseline, request.prompts, request.options, request.extra_ratios))
                 return len(run.tokens), run.t_first - t0, _decode_rate(len(run.tokens), run.t_first, run.t_end)
 
             methods: list[tuple[str, Callable[[], tuple[int, float, float]]]] = [("plain", lambda: batched(None))]

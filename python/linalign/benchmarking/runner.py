@@ -21,7 +21,8 @@ from ..engine import BatchedEngine
 from .combine import time_combine
 from .memory import PROBES, kv_bytes_per_sequence, measure_memory
 from .baselines import BaselineContext
-from .methods import METHOD_NAMES, AlignerMethod, FloorMethod, NaiveMethod, PlainMethod, RunSample, TwoCallMethod
+from .methods import (METHOD_NAMES, AlignerMethod, FloorMethod, NaiveMethod, PlainMethod, RunSample, TwoCallMethod,
+                      run_method)
 from .multiturn import measure_multiturn
 from .workload import PRINCIPLE, QUESTION, RATIO, SEED, TOP_P, build_workload
 
@@ -75,13 +76,13 @@ def _time_methods(runs: dict, methods: list[str], max_tokens: int, reps: int,
     round): per-method summaries and the decode-speed ratios of linalign."""
     log("warm-up (not counted)")
     for name in methods:
-        runs[name].run(max_tokens)
+        run_method(runs[name], max_tokens)
 
     samples: dict[str, list[RunSample]] = {name: [] for name in methods}
     for rep in range(reps):
         order = methods[rep % len(methods):] + methods[:rep % len(methods)]
         for name in order:
-            s = runs[name].run(max_tokens)
+            s = run_method(runs[name], max_tokens)
             samples[name].append(s)
             log(f"rep {rep + 1}/{reps} {name:9s} decode {s.decode_tps:7.1f} tok/s  ttft {s.ttft_s * 1e3:7.1f} ms"
                 f"  ({s.n_generated} tokens, {s.finish_reason})")

@@ -5,7 +5,7 @@ Nothing outside this package touches ``linalign._core.Engine``.
 """
 from .batched import BatchedEngine, EngineClosedError, SlotBusyError, flash_attn_type
 from .generation import Generation, GenerationRequest
-from .loop import EngineLoop
+from .loop import EngineLoop, run_on_engine_thread
 from .slot_files import SlotFileError
 
 __all__ = ["BatchedEngine", "EngineClosedError", "EngineLoop", "Generation", "GenerationRequest", "SlotBusyError", "SlotFileError",

@@ -1,18 +1,30 @@
-"""EngineLoop: the one thread that steps an engine, for the Python API and
-the server alike (ARCHITECTURE.md, "Serving").
+"""EngineLoop: the engine thread steps every engine of the process, for the
+Python API and the server alike (ARCHITECTURE.md, "Serving").
 
-Clients never step the engine. They post an *admission* (an object with
-``admit(engine) -> bool``, ``cancelled`` and the ``gen`` it started) and
-wait on their own request: the loop runs admissions in order between steps,
-then steps every running request in one batched decode while any request it
-follows runs (one its admission started, or one a reader asked it to
-follow: :meth:`follow`), and sleeps when none does. Posting and cancelling take only
-the loop's condition, which the loop never holds while it decodes: neither
-waits for a decode step. (A request started on the engine directly, as
-tests and probes do, is stepped by whoever started it, and by the loop only
-while the loop steps anyway.)
+Clients never step an engine. They post an *admission* (an object with
+``admit(engine) -> bool``, ``cancelled`` and the ``gen`` it started) to the
+engine's loop and wait on their own request: the engine thread runs
+admissions in order between steps, then steps every running request of an
+engine in one batched decode while any request it follows runs (one its
+admission started, or one a reader asked it to follow: :meth:`follow`), and
+sleeps when none does. Posting and cancelling take only the thread's
+condition, which it never holds while it decodes: neither waits for a
+decode step. (A request started on the engine directly, as tests and probes
+do, is stepped by whoever started it, and by the loop only while the loop
+steps anyway.)
 
-The engine it steps may be made again (an Aligner grows its context for
+**One thread for the process, not one per engine.** llama.cpp's CPU backend
+runs each decode on an OpenMP team of the calling thread, and GNU OpenMP
+keeps a team for every thread that ever decoded. Once two threads have
+teams, it counts more threads than cores (with n_threads set to the cores,
+as by default) and stops spinning between decodes: every decode then wakes
+its team through the kernel, which on a virtual machine made a small
+model's decode 3-5x slower (docs/overhead.md). So every EngineLoop of a
+process is stepped by one thread, the engine thread, and other work that
+decodes (an evaluation's teacher forcing, a benchmark's baselines) runs on
+it too: :func:`run_on_engine_thread`.
+
+The engine a loop steps may be made again (an Aligner grows its context for
 more principles, or a larger KV pool): :meth:`replace_engine` swaps it
 between steps, so every client, the server's scheduler too, always sees the
 current one (:attr:`engine`).
@@ -21,16 +33,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from collections import deque
-from typing import Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol, TypeVar
 
 from .batched import BatchedEngine, EngineClosedError
 from .generation import Generation
 
-__all__ = ["Admission", "EngineLoop"]
+__all__ = ["Admission", "EngineLoop", "run_on_engine_thread"]
 
 log = logging.getLogger("linalign.engine")
+
+T = TypeVar("T")
 
 
 class Admission(Protocol):
@@ -42,26 +57,114 @@ class Admission(Protocol):
     gen: Generation | None  # the request once started
 
     def admit(self, engine: BatchedEngine) -> bool:
-        """Runs on the loop thread, between steps: starts the request (True),
-        or leaves it first in line to try again after the next step (False).
-        Its own errors it reports to its client; what it raises is logged."""
+        """Runs on the engine thread, between steps: starts the request
+        (True), or leaves it first in line to try again after the next step
+        (False). Its own errors it reports to its client; what it raises is
+        logged."""
 
     def drop(self, error: BaseException) -> None:
         """The loop closes before it was admitted."""
 
 
+class _Call:
+    """A function to run on the engine thread, and what it gave."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller, raised there
+            self.error = e
+        self.done.set()
+
+
+class _EngineThread:
+    """The process's one stepping thread: every loop's admissions and steps,
+    and the calls posted to it, in turn."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.loops: list[EngineLoop] = []
+        self.calls: deque[_Call] = deque()
+        self.thread = threading.Thread(target=self._run, name="linalign-engine", daemon=True)
+        self.thread.start()
+
+    def call(self, fn: Callable[[], T]) -> T:
+        if threading.current_thread() is self.thread:
+            return fn()
+        call = _Call(fn)
+        with self.cond:
+            self.calls.append(call)
+            self.cond.notify()
+        call.done.wait()
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                calls, self.calls = list(self.calls), deque()
+                work = [(loop, engine) for loop in list(self.loops)
+                        if (engine := loop._prepare()) is not None]
+                if not calls and not work:
+                    self.cond.wait()
+                    continue
+            for call in calls:
+                call.run()
+            for loop, engine in work:
+                loop._step(engine)
+
+
+_engine_thread: _EngineThread | None = None
+_engine_thread_lock = threading.Lock()
+
+
+def _the_engine_thread() -> _EngineThread:
+    global _engine_thread
+    with _engine_thread_lock:
+        if _engine_thread is None:
+            _engine_thread = _EngineThread()
+        return _engine_thread
+
+
+def _forget_engine_thread() -> None:
+    # a forked child has no engine thread: it starts its own when it needs one
+    global _engine_thread, _engine_thread_lock
+    _engine_thread, _engine_thread_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_engine_thread)
+
+
+def run_on_engine_thread(fn: Callable[[], T]) -> T:
+    """Runs ``fn()`` on the engine thread, between steps, and returns what it
+    returns (or raises what it raises): for work that decodes outside a
+    request, so that the process keeps one OpenMP team (see the module's
+    docstring). Called on the engine thread, it runs at once."""
+    return _the_engine_thread().call(fn)
+
+
 class EngineLoop:
-    """Steps ``engine`` from a thread of its own while any request runs."""
+    """Has the engine thread step ``engine`` while any request runs."""
 
     def __init__(self, engine: BatchedEngine, *, name: str = "linalign-engine") -> None:
+        self.name = name
         self._engine = engine
         self._pending: deque[Admission] = deque()
         self._running: list[Generation] = []  # what it started and steps until done
-        self._wake = threading.Condition()
         self._stopping = False
+        self._driver = _the_engine_thread()
+        self._wake = self._driver.cond
         engine.loop = self
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        with self._wake:
+            self._driver.loops.append(self)
 
     @property
     def engine(self) -> BatchedEngine:
@@ -116,25 +219,43 @@ class EngineLoop:
 
     @contextlib.contextmanager
     def between_steps(self) -> Iterator[BatchedEngine]:
-        """Holds the loop between two steps (no admission, no decode runs)
-        and yields its engine: for making the engine again. It waits for
-        the step in progress."""
+        """Holds the engine thread between two steps (no admission, no decode
+        runs) and yields this loop's engine: for making the engine again. It
+        waits for the step in progress."""
         with self._wake, self._engine.lock:
             yield self._engine
 
+    def call(self, fn: Callable[[BatchedEngine], T]) -> T:
+        """Runs ``fn(engine)`` on the engine thread between steps, holding
+        the engine's lock: for work that decodes outside a request (an
+        evaluation's teacher forcing)."""
+        def on_engine_thread() -> T:
+            engine = self._engine
+            with engine.lock:
+                return fn(engine)
+        return self._driver.call(on_engine_thread)
+
     def on_loop_thread(self) -> bool:
-        return threading.current_thread() is self._thread
+        return threading.current_thread() is self._driver.thread
 
     def close(self) -> None:
-        """Stops the thread after the step in progress; admissions still
-        queued are dropped with EngineClosedError. Idempotent."""
+        """Stops stepping after the step in progress; admissions still queued
+        are dropped with EngineClosedError. Idempotent."""
         with self._wake:
+            if self._stopping:
+                return
             self._stopping = True
-            self._wake.notify()
+            with contextlib.suppress(ValueError):
+                self._driver.loops.remove(self)
+            pending, self._pending = list(self._pending), deque()
+            self._running = []
+        for admission in pending:
+            admission.drop(EngineClosedError("the engine loop was closed"))
         if not self.on_loop_thread():
-            self._thread.join(timeout=60)
+            with self._engine.lock:  # the step in progress, if the engine thread is in one, ends first
+                pass
 
-    # -- the loop thread ----------------------------------------------------
+    # -- on the engine thread ------------------------------------------------
 
     def _admit(self, engine: BatchedEngine) -> None:
         while self._pending:
@@ -153,29 +274,27 @@ class EngineLoop:
                 engine = self._engine  # an admission may have made the engine again
             self._pending.popleft()
 
-    def _run(self) -> None:
-        while True:
-            with self._wake:
-                if self._stopping:
-                    break
-                engine = self._engine
-                if engine.closed:  # under it (a borrowed Llama closed): nothing queued can start
-                    self._drop_pending(EngineClosedError("the engine was closed"))
-                else:
-                    self._admit(engine)
-                engine = self._engine
-                self._running = [g for g in self._running if not g.done]
-                if engine.closed or not self._running:
-                    self._wake.wait()
-                    continue
-            try:
-                engine.step()
-            except EngineClosedError:
-                pass  # closed under it (a borrowed Llama closed): its requests were told
-            except Exception:  # noqa: BLE001 - the requests in the batch failed and were told
-                log.exception("decode step failed")
-        with self._wake:
-            self._drop_pending(EngineClosedError("the engine loop was closed"))
+    def _prepare(self) -> BatchedEngine | None:
+        """Under the thread's condition: runs the admissions, and returns the
+        engine to step, or None when nothing it follows runs."""
+        engine = self._engine
+        if engine.closed:  # under it (a borrowed Llama closed): nothing queued can start
+            self._drop_pending(EngineClosedError("the engine was closed"))
+        else:
+            self._admit(engine)
+        engine = self._engine
+        self._running = [g for g in self._running if not g.done]
+        if engine.closed or not self._running:
+            return None
+        return engine
+
+    def _step(self, engine: BatchedEngine) -> None:
+        try:
+            engine.step()
+        except EngineClosedError:
+            pass  # closed under it (a borrowed Llama closed): its requests were told
+        except Exception:  # noqa: BLE001 - the requests in the batch failed and were told
+            log.exception("decode step failed")
 
     def _drop_pending(self, error: BaseException) -> None:
         pending, self._pending = list(self._pending), deque()
