@@ -5,14 +5,17 @@ llama-cpp-python's call shapes (``create_completion``,
 It is a client of the engine loop (linalign.engine.EngineLoop), the one
 thread that steps its engine: a call builds a request (request_building.py),
 posts it to the loop (superseding.py: how calls share the slots) and reads
-its own request's queue. Weights: model_loading.py; the context made again
-for more principles: context_growth.py; the OpenAI-shaped calls:
-completions.py; slot files: saved_slots.py.
+its own request's queue (loop_calls.py, with eval_logits and reset, which
+run between steps). Weights: model_loading.py; the engine's settings:
+engine_settings.py; the context made again for more principles:
+context_growth.py; tokens: tokenizing.py; the OpenAI-shaped calls:
+completions.py; slot files: saved_slots.py. What is left here: the
+constructor, the lifetime (close), introspection and tokens.
 """
 from __future__ import annotations
 
 import os
-from typing import Iterator, Sequence
+from typing import Any, Sequence
 
 import llama_cpp
 from llama_cpp._logger import set_verbose
@@ -20,13 +23,13 @@ from llama_cpp._logger import set_verbose
 from .chat import ChatRenderer
 from .completions import Completions
 from .context_growth import AlignerContext
-from .engine import BatchedEngine, EngineClosedError, Generation, GenerationRequest
+from .engine import BatchedEngine, EngineClosedError
 from .engine_settings import EngineSettings
-from .logprobs import TokenLogprob
+from .loop_calls import LoopCalls
 from .model_loading import load_model
 from .request_building import RequestBuilding
 from .saved_slots import SavedSlots
-from .superseding import GenerationSuperseded, SupersedingAdmission
+from .superseding import GenerationSuperseded
 from .tokenizing import PromptType, Tokenizer
 
 __all__ = ["Aligner", "AlignerClosedError", "GenerationSuperseded", "PromptType"]
@@ -34,7 +37,7 @@ __all__ = ["Aligner", "AlignerClosedError", "GenerationSuperseded", "PromptType"
 AlignerClosedError = EngineClosedError  # the Aligner, or the Llama it borrows from, was closed
 
 
-class Aligner(RequestBuilding, Completions, SavedSlots):
+class Aligner(RequestBuilding, Completions, LoopCalls, SavedSlots):
     """Linear-alignment decoding on llama.cpp.
 
     Two streams share every generated token: P (the prompt with the
@@ -263,63 +266,3 @@ class Aligner(RequestBuilding, Completions, SavedSlots):
     def is_eog(self, token: int) -> bool:
         self._require_open()
         return self._model.is_eog(token)
-
-    # -- requests on the engine loop ------------------------------------------
-
-    def submit(self, request: GenerationRequest) -> Generation:
-        """Hands a request to the engine loop and returns it once the loop
-        has started it in a slot (superseding the oldest stream when all are
-        busy; waiting in its slot while the KV pool is short of room for it).
-        Reading it (:meth:`deltas`, :meth:`chunks`) has the loop step it (or
-        step ``engine`` yourself). Bad input is a ValueError before it queues."""
-        gen = self._require_open().new_generation(request)
-        self._context.check(request)
-        admission = SupersedingAdmission(gen, self._context.pool_for)
-        self._context.loop.post(admission)
-        admission.settled.wait()
-        if admission.error is not None:
-            raise admission.error
-        return gen
-
-    def deltas(self, gen: Generation) -> Iterator[str]:
-        """``gen``'s text as the engine loop decodes it. Closing the iterator
-        early frees the slot."""
-        chunks = self.chunks(gen)
-        try:
-            for text, _ in chunks:
-                yield text
-        finally:
-            chunks.close()
-
-    def chunks(self, gen: Generation) -> Iterator[tuple[str, list[TokenLogprob]]]:
-        """As :meth:`deltas`, each text delta with the logprob entries of the
-        tokens it completes (see :class:`~linalign.engine.Generation`); it
-        waits on ``gen``'s own queue (``gen.read()``), never on the engine."""
-        self._require_open().loop.follow(gen)  # at the first read: calls made together start together
-        yield from gen.read(lambda: AlignerClosedError("this Aligner (or the Llama it borrows from) was closed")
-                            if self.closed else None)
-
-    # -- evaluation ---------------------------------------------------------
-
-    def eval_logits(self, prompt: Sequence[int], base_prompt: Sequence[int], n_tail_p: int = 1, n_tail_b: int = 1):
-        """Teacher forcing: the next-token logits at the last ``n_tail_p``
-        positions of ``prompt`` and ``n_tail_b`` of ``base_prompt`` (numpy
-        arrays of shape (n_tail, n_vocab)), reusing the prompt cache."""
-        self._require_open()
-        prompt_tokens = self._tokens.prompt_tokens("prompt", list(prompt))
-        base_tokens = self._tokens.prompt_tokens("base_prompt", list(base_prompt))
-
-        def teacher_forcing(engine: BatchedEngine):  # on the engine thread: it decodes (engine/loop.py)
-            if engine.n_free == 0:
-                engine.abandon(engine.oldest(), GenerationSuperseded(
-                    "an evaluation on this Aligner needed the slot; this stream was abandoned"))
-            return engine.eval_logits(prompt_tokens, base_tokens, n_tail_p, n_tail_b)
-        return self._context.loop.call(teacher_forcing)
-
-    def reset(self) -> None:
-        """Forgets the prompt cache of every slot (streams in progress are abandoned)."""
-        self._require_open()
-        with self._context.loop.between_steps() as engine:
-            while (gen := engine.oldest()) is not None:
-                engine.abandon(gen, GenerationSuperseded("the Aligner was reset; this stream was abandoned"))
-            engine.reset()
