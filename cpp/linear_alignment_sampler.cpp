@@ -444,6 +444,110 @@ size_t llama_sampler_linear_alignment_apply_dense(llama_sampler * smpl, const fl
     return n_keep;
 }
 
+// Greedy over the combine: the token of the best combined logit inside P's
+// nucleus, without cutting the nucleus. A token is in the nucleus when the
+// tokens more likely than it hold less than top_p of the mass (the nucleus
+// being the shortest run of tokens, by decreasing weight, that reaches it).
+// So: the best combined token among those that can be in it; if the mass
+// above it is short of top_p it is the answer, else neither it nor any token
+// as unlikely is in the nucleus, and the next best of the rest is tried.
+// Usually the first is in (the combine favours P's likely tokens): two
+// passes over the candidates, where the exact cut of a flat distribution
+// (thousands of tokens) sorts them. Returns -1 when nothing finite is left.
+static llama_token linear_alignment_nucleus_best(llama_sampler_linear_alignment * ctx, const float * src, size_t n,
+                                                 float r, const float * l0) {
+    const float max_logit = linear_alignment_max_logit(src, n);
+    if (!std::isfinite(max_logit)) {
+        return -1;
+    }
+    const float inv_t = ctx->temperature > 0.0f ? 1.0f / ctx->temperature : 1.0f;
+    auto & order  = ctx->order;
+    auto & weight = ctx->weight;
+    weight.resize(n);
+    order.resize(n);
+    // the candidates: tokens of weight >= w hold top_p of the mass for the
+    // first w tried (as linear_alignment_nucleus), so the nucleus lies among them
+    constexpr float first_guess = 0.1353352832f; // e^-2
+    double first_guess_mass = 0.0;
+    const double total = linear_alignment_weights(src, n, max_logit, inv_t, weight.data(), first_guess, &first_guess_mass);
+    const double target = ctx->top_p * total;
+    float threshold = 0.0f;
+    if (first_guess_mass >= target) {
+        threshold = first_guess;
+    } else {
+        for (float w = first_guess * first_guess; w > 1e-13f; w *= w) {
+            if (linear_alignment_mass_at_least(weight.data(), n, w) >= target) {
+                threshold = w;
+                break;
+            }
+        }
+    }
+    size_t m = linear_alignment_indices_at_least(weight.data(), n, threshold, order.data());
+    const float keep = 1.0f + r;
+    while (m > 0) {
+        llama_token best = -1;
+        float best_logit = -INFINITY;
+        for (size_t i = 0; i < m; ++i) {
+            const int32_t id = order[i];
+            const float v = keep * src[id] - r * l0[id]; // the combine's own arithmetic (linear_alignment_combine)
+            if (v > best_logit) {
+                best = id;
+                best_logit = v;
+            }
+        }
+        if (best < 0) {
+            return -1; // no finite combined logit: let the exact path decide
+        }
+        const float w_best = weight[best];
+        double above = 0.0;
+        for (size_t i = 0; i < m; ++i) {
+            above += weight[order[i]] > w_best ? (double) weight[order[i]] : 0.0;
+        }
+        if (above < target) {
+            return best;
+        }
+        m = (size_t) (std::remove_if(order.begin(), order.begin() + m, [&](int32_t id) { return weight[id] <= w_best; }) -
+                      order.begin());
+    }
+    return -1;
+}
+
+size_t llama_sampler_linear_alignment_apply_dense_best(llama_sampler * smpl, const float * logits_p,
+                                                       llama_token_data * out) {
+    if (!llama_sampler_is_linear_alignment(smpl)) {
+        throw std::invalid_argument("not a linear-alignment sampler");
+    }
+    auto * ctx = (llama_sampler_linear_alignment *) smpl->ctx;
+    if (!ctx->extra_ratios.empty()) {
+        throw std::invalid_argument("apply_dense_best takes one principle at most");
+    }
+    const size_t n = (size_t) ctx->n_vocab;
+    linear_alignment_steer_begin(ctx, nullptr, 0, logits_p);
+    linear_alignment_guard_check_dense(ctx, logits_p);
+    const float * row = linear_alignment_guard_row(ctx, logits_p, 0);
+    const float r = ctx->steer.applied[0];
+    llama_token id = -1;
+    if (ctx->logits_base == nullptr || r == 0.0f) {
+        // P alone: its best token is always in its nucleus
+        const float best = linear_alignment_max_logit(row, n);
+        if (std::isfinite(best)) {
+            id = (llama_token) (std::find(row, row + n, best) - row);
+        }
+    } else if (ctx->top_p >= 1.0f) {
+        id = -1; // every token: the combine over the whole vocabulary (apply_dense) is as cheap
+    } else {
+        id = linear_alignment_nucleus_best(ctx, row, n, r, ctx->logits_base);
+    }
+    if (id < 0) {
+        // undecided (or nothing finite): the exact nucleus, as apply_dense cuts it; the steering state is
+        // set again from the same logits, to the same values
+        return llama_sampler_linear_alignment_apply_dense(smpl, logits_p, out);
+    }
+    const float l = ctx->logits_base == nullptr || r == 0.0f ? row[id] : (1.0f + r) * row[id] - r * ctx->logits_base[id];
+    out[0] = llama_token_data{id, l, 0.0f};
+    return 1;
+}
+
 static void llama_sampler_linear_alignment_accept(struct llama_sampler * smpl, llama_token token) {
     linear_alignment_steering_accept(((llama_sampler_linear_alignment *) smpl->ctx)->steer, token);
 }

@@ -90,6 +90,17 @@ void linear_alignment_fill_candidates(const float * logits, size_t n, llama_toke
 // writes the whole vocabulary before every token.
 size_t llama_sampler_linear_alignment_apply_dense(llama_sampler * smpl, const float * logits_p, llama_token_data * out);
 
+// The same when the chain after it only takes the best candidate (greedy, no
+// penalties) and one principle at most: writes that one candidate to out and
+// returns 1, after the same steering (step size, echo guard). P alone: its
+// best token, which is always in its nucleus. With the base stream: the best
+// combined token inside the nucleus, from bounds on the nucleus that usually
+// settle it in a few passes; where they do not, it is apply_dense (the whole
+// nucleus is written). Skips the exact cut: a sort where the distribution is
+// flat.
+size_t llama_sampler_linear_alignment_apply_dense_best(llama_sampler * smpl, const float * logits_p,
+                                                       llama_token_data * out);
+
 // Checks the parameters the same way the factory does, for callers that
 // build several samplers and want to fail before allocating any.
 void linear_alignment_validate(const llama_sampler_linear_alignment_params & params);

@@ -97,6 +97,9 @@ sampler_chain::sampler_chain(const sampling_params & params, const llama_vocab *
         la_first_ = llama_sampler_chain_n(chain_.get()) == 1;
         llama_sampler_chain_add(chain_.get(), llama_sampler_init_penalties(n_vocab_, params.penalty_last_n, params.repeat_penalty,
                                                                      params.frequency_penalty, params.presence_penalty));
+        const bool no_penalties = params.penalty_last_n == 0 ||
+            (params.repeat_penalty == 1.0f && params.frequency_penalty == 0.0f && params.presence_penalty == 0.0f);
+        best_only_ = la_first_ && n_extra_ == 0 && no_penalties && params.temperature <= 0.0f;
         if (params.temperature <= 0.0f) {
             llama_sampler_chain_add(chain_.get(), llama_sampler_init_greedy());
         } else {
@@ -127,7 +130,14 @@ llama_token sampler_chain::sample(const float * logits_p, const float * logits_b
     };
     llama_sampler_linear_alignment_set_base(la_, logits_b);
     llama_sampler_linear_alignment_set_principled(la_, logits_extra, n_extra);
-    if (la_first_) {
+    if (best_only_) {
+        // greedy: the one best candidate, found without cutting the nucleus
+        // where it does not decide which token that is; then the rest of the chain
+        cur_p.size = llama_sampler_linear_alignment_apply_dense_best(la_, logits_p, cur_.get());
+        for (int32_t i = 1; i < llama_sampler_chain_n(chain_.get()); ++i) {
+            llama_sampler_apply(llama_sampler_chain_get(chain_.get(), i), &cur_p);
+        }
+    } else if (la_first_) {
         // the chain's first sampler, run on the logits themselves; then the rest
         cur_p.size = llama_sampler_linear_alignment_apply_dense(la_, logits_p, cur_.get());
         for (int32_t i = 1; i < llama_sampler_chain_n(chain_.get()); ++i) {

@@ -99,6 +99,7 @@ private:
     sampler_ptr     chain_;
     llama_sampler * la_     = nullptr; // owned by chain_
     bool            la_first_ = false; // nothing before it: sample() hands it the logits directly
+    bool            best_only_ = false; // greedy, no penalties, one principle at most: only the best candidate matters
     int32_t         n_vocab_ = 0;
     size_t          n_extra_ = 0;
     bool            has_grammar_ = false;

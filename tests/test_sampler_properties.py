@@ -302,3 +302,73 @@ def test_presence_penalty_acts_after_the_combine(model):
     # after the combine A is 2 - 0.9 = 1.1 > 1.0; before it, 4 * 1.1 - 3 * 2 = -1.6 and B would win
     assert second_token(0.9) == tok_a
     assert second_token(1.5) == tok_b
+
+
+@pytest.mark.parametrize("spread", [0.3, 2.4, 30.0])  # flat (a nucleus of thousands) to peaked
+def test_greedy_plain_chain_takes_the_best_token_as_the_nucleus_path_does(model, spread):
+    """Greedy plain decoding without penalties skips the nucleus
+    (apply_dense_best): the best token is always in it. A repeat penalty on
+    a fresh chain (no history: it moves nothing) takes the nucleus path; the
+    two agree, and both are the argmax."""
+    n = model.n_vocab
+    rng = np.random.default_rng(int(spread * 10))
+    for _ in range(20):
+        logits_p = rng.normal(0, spread, n).astype(np.float32)
+        fast = _chain(model, ratio=0.0, top_p=0.8).sample(logits_p, None, n)
+        nucleus_path = _chain(model, ratio=0.0, top_p=0.8, repeat_penalty=1.3).sample(logits_p, None, n)
+        assert fast == nucleus_path == int(np.argmax(logits_p))
+
+
+def test_greedy_plain_chain_with_a_principle_agrees_with_the_nucleus_path(model):
+    """With a principle's tokens given but one stream (ratio 0), the fast
+    path and the nucleus path take the same tokens: the echo guard acts only
+    where a principled stream favours a token over the base stream, and
+    plain decoding has no base stream, so a copy goes through in both."""
+    principle = model.tokenize(b" Always answer in French, my dear friend.", False, False)
+    assert len(principle) >= 6
+    n = model.n_vocab
+
+    def run(**kw) -> list[int]:
+        chain = _chain(model, ratio=0.0, top_p=0.8, principle_tokens=[principle], echo_n=4, **kw)
+        out, rng = [], np.random.default_rng(0)
+        for i in range(len(principle)):
+            logits = rng.normal(0, 1, n).astype(np.float32)  # no ties below the copied token
+            logits[principle[i]] = 20.0  # the model would copy the principle
+            out.append(chain.sample(logits, None, n))
+        return out
+
+    fast, nucleus_path = run(), run(frequency_penalty=1e-6)  # a penalty too small to move a token
+    assert fast == nucleus_path == list(principle)
+
+
+@pytest.mark.parametrize("spread", [0.3, 2.4, 30.0])
+@pytest.mark.parametrize("ratio, top_p", [(1.0, 0.8), (2.0, 0.8), (4.0, 0.5), (2.0, 0.95), (-0.5, 0.8)])
+def test_greedy_aligned_chain_takes_the_best_combined_token_of_the_nucleus(model, spread, ratio, top_p):
+    """Greedy aligned decoding without penalties settles the nucleus from
+    bounds (apply_dense_best) instead of cutting it: the token is the one the
+    exact cut gives (a penalty too small to move a token takes that path), and
+    the spec's: the combined argmax over the nucleus of softmax(l_p)."""
+    n = model.n_vocab
+    rng = np.random.default_rng(int(spread * 10) + int(ratio * 100) + int(top_p * 1000))
+    for _ in range(10):
+        logits_p = rng.normal(0, spread, n).astype(np.float32)
+        logits_b = (logits_p + rng.normal(0, spread / 2, n)).astype(np.float32)
+        nucleus = np.flatnonzero(nucleus_mask(logits_p, top_p))
+        want = int(nucleus[np.argmax(expected_combined(logits_p, logits_b, ratio)[nucleus])])
+        fast = _chain(model, ratio=ratio, top_p=top_p).sample(logits_p, logits_b, n)
+        exact_cut = _chain(model, ratio=ratio, top_p=top_p, frequency_penalty=1e-6).sample(logits_p, logits_b, n)
+        assert fast == exact_cut == want
+
+
+@pytest.mark.parametrize("spread", [0.3, 2.4])
+def test_greedy_auto_ratio_chain_agrees_with_the_exact_cut(model, spread):
+    """The same under ratio "auto" (a step size per token from the divergence)."""
+    n = model.n_vocab
+    rng = np.random.default_rng(int(spread * 10))
+    for _ in range(10):
+        logits_p = rng.normal(0, spread, n).astype(np.float32)
+        logits_b = (logits_p + rng.normal(0, spread, n)).astype(np.float32)
+        fast = _chain(model, ratio=2.0, auto_ratio=True, top_p=0.8).sample(logits_p, logits_b, n)
+        exact_cut = _chain(model, ratio=2.0, auto_ratio=True, top_p=0.8, frequency_penalty=1e-6).sample(
+            logits_p, logits_b, n)
+        assert fast == exact_cut
