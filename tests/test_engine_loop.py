@@ -50,6 +50,47 @@ def test_the_loop_thread_alone_steps_the_engine_for_the_api(tiny_gguf) -> None:
         assert recording.threads == {"linalign-engine"}
 
 
+def test_one_thread_decodes_for_every_aligner_of_the_process(tiny_gguf) -> None:
+    """Two Aligners' requests, read at once, and an evaluation's teacher
+    forcing all decode on the one engine thread (llama.cpp's OpenMP then
+    keeps one team: engine/loop.py), and the work a caller hands it with
+    run_on_engine_thread runs there too, its errors raised to the caller."""
+    from linalign.engine import run_on_engine_thread
+
+    with linalign.Aligner(tiny_gguf, n_ctx=128, n_threads=2) as first, \
+            linalign.Aligner(tiny_gguf, n_ctx=128, n_threads=2) as second:
+        recordings = [_RecordingStep(a.engine._native) for a in (first, second)]
+        for aligner, recording in zip((first, second), recordings):
+            aligner.engine._native = recording
+        seen: list[str] = []
+        real_eval = recordings[0]._native.eval_logits
+
+        def eval_logits(*args):
+            seen.append(threading.current_thread().name)
+            return real_eval(*args)
+
+        recordings[0].eval_logits = eval_logits
+        try:
+            streams = [a.create_completion("one two", principle="three", max_tokens=4, temperature=0.0, stream=True)
+                       for a in (first, second)]
+            for stream in streams:
+                list(stream)
+            logits = first.eval_logits(first.tokenize(b"one two"), first.tokenize(b"two"))
+        finally:
+            for aligner, recording in zip((first, second), recordings):
+                aligner.engine._native = recording._native
+        assert all(rows.shape[-1] == first.n_vocab for rows in logits)  # P's and B's
+        assert recordings[0].threads == recordings[1].threads == {"linalign-engine"}
+        assert seen == ["linalign-engine"]
+    assert run_on_engine_thread(lambda: threading.current_thread().name) == "linalign-engine"
+    try:
+        run_on_engine_thread(lambda: 1 / 0)
+    except ZeroDivisionError:
+        pass
+    else:
+        raise AssertionError("an error on the engine thread did not reach its caller")
+
+
 def test_the_scheduler_follows_an_engine_made_again(tiny_gguf) -> None:
     with linalign.Aligner(tiny_gguf, n_ctx=128, n_threads=2) as aligner:
         first = aligner.engine

@@ -154,8 +154,7 @@ def run_on_engine_thread(fn: Callable[[], T]) -> T:
 class EngineLoop:
     """Has the engine thread step ``engine`` while any request runs."""
 
-    def __init__(self, engine: BatchedEngine, *, name: str = "linalign-engine") -> None:
-        self.name = name
+    def __init__(self, engine: BatchedEngine) -> None:
         self._engine = engine
         self._pending: deque[Admission] = deque()
         self._running: list[Generation] = []  # what it started and steps until done
