@@ -529,9 +529,8 @@ size_t llama_sampler_linear_alignment_apply_dense_best(llama_sampler * smpl, con
     llama_token id = -1;
     if (ctx->logits_base == nullptr || r == 0.0f) {
         // P alone: its best token is always in its nucleus
-        const float best = linear_alignment_max_logit(row, n);
-        if (std::isfinite(best)) {
-            id = (llama_token) (std::find(row, row + n, best) - row);
+        if (std::isfinite(linear_alignment_max_logit(row, n))) {
+            id = linear_alignment_argmax(row, n);
         }
     } else if (ctx->top_p >= 1.0f) {
         id = -1; // every token: the combine over the whole vocabulary (apply_dense) is as cheap

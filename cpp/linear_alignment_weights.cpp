@@ -16,17 +16,36 @@
 #include "linear_alignment_weights.h"
 #include "linear_alignment_vector.h"
 
+#include <algorithm>
 #include <cmath>
 
 // Each loop is written once, over an accessor of the i-th logit, and built
 // for the candidate array (strided) and for a plain logits vector (dense).
 
+// A max over 16 running lanes: an elementwise max the compiler turns into
+// vector instructions, where one running max (a reduction whose NaNs it
+// may not reorder without finite-math-only) stays one compare at a time.
+constexpr size_t MAX_LANES = 16;
+
 template <typename LogitAt>
 static inline float max_logit(LogitAt logit_at, size_t n) {
+    float lane[MAX_LANES];
+    for (float & l : lane) {
+        l = -INFINITY;
+    }
+    size_t i = 0;
+    for (; i + MAX_LANES <= n; i += MAX_LANES) {
+        for (size_t j = 0; j < MAX_LANES; ++j) {
+            // NaN and -inf compare false: neither can win
+            lane[j] = logit_at(i + j) > lane[j] ? logit_at(i + j) : lane[j];
+        }
+    }
     float best = -INFINITY;
-    for (size_t i = 0; i < n; ++i) {
-        // NaN and -inf compare false: neither can win
+    for (; i < n; ++i) {
         best = logit_at(i) > best ? logit_at(i) : best;
+    }
+    for (float l : lane) {
+        best = l > best ? l : best;
     }
     return best;
 }
@@ -55,6 +74,12 @@ float linear_alignment_max_logit(const llama_token_data * data, size_t n) {
 LINALIGN_VECTOR_CLONES
 float linear_alignment_max_logit(const float * logits, size_t n) {
     return max_logit([logits](size_t i) { return logits[i]; }, n);
+}
+
+int32_t linear_alignment_argmax(const float * logits, size_t n) {
+    const float best = linear_alignment_max_logit(logits, n);
+    const float * at = std::isfinite(best) ? std::find(logits, logits + n, best) : std::max_element(logits, logits + n);
+    return (int32_t) (at - logits);
 }
 
 LINALIGN_VECTOR_CLONES
@@ -87,11 +112,11 @@ size_t linear_alignment_indices_at_least(const float * weight, size_t n, float t
     size_t m = 0;
     size_t i = 0;
     for (; i + block <= n; i += block) {
-        float best = weight[i];
-        for (size_t j = 1; j < block; ++j) {
-            best = weight[i + j] > best ? weight[i + j] : best;
+        int32_t hits = 0;
+        for (size_t j = 0; j < block; ++j) {
+            hits += weight[i + j] >= threshold; // an elementwise compare and an integer sum: vector instructions
         }
-        if (best >= threshold) {
+        if (hits > 0) {
             for (size_t j = 0; j < block; ++j) {
                 out[m] = (int32_t) (i + j);
                 m += weight[i + j] >= threshold;

@@ -11,6 +11,12 @@
 float linear_alignment_max_logit(const llama_token_data * data, size_t n);
 float linear_alignment_max_logit(const float * logits, size_t n);
 
+// The first index of the largest logit (numpy's argmax for finite values):
+// the vectorised max, then where it first is. std::max_element's chain of
+// dependent compare-and-moves costs several times as much over a vocabulary.
+// Without a finite logit, std::max_element's answer.
+int32_t linear_alignment_argmax(const float * logits, size_t n);
+
 // weight[i] = exp((logit_i - max_logit) * inv_t); returns their sum, and in
 // *mass the sum of those >= threshold (the first nucleus guess, in the same pass).
 // Logits of -inf get a weight of about 1e-38.

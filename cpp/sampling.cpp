@@ -1,5 +1,6 @@
 // sampling: validating parameters and building the sampler chain.
 #include "sampling.h"
+#include "linear_alignment_weights.h"
 
 #include "token_logprobs.h"
 
@@ -180,7 +181,7 @@ llama_token sampler_chain::sample(const float * logits_p, const float * logits_b
                 }
             }
         } else {
-            plain_top_ = (llama_token) (std::max_element(logits_b, logits_b + n_vocab_) - logits_b);
+            plain_top_ = linear_alignment_argmax(logits_b, (size_t) n_vocab_);
         }
     }
     llama_sampler_linear_alignment_set_base(la_, nullptr);

@@ -2,6 +2,7 @@
 #include "token_logprobs.h"
 
 #include "linear_alignment_divergence.h"
+#include "linear_alignment_weights.h"
 #include "llama_handles.h"
 
 #include <algorithm>
@@ -15,7 +16,7 @@ namespace linalign {
 // The first index of the largest value (numpy's argmax), over ids when given.
 static llama_token argmax(const float * logits, int32_t n_vocab, const std::vector<llama_token> * ids) {
     if (ids == nullptr) {
-        return (llama_token) (std::max_element(logits, logits + n_vocab) - logits);
+        return linear_alignment_argmax(logits, (size_t) n_vocab);
     }
     llama_token best = -1;
     for (llama_token t : *ids) {
