@@ -9,6 +9,20 @@
 
 namespace linalign {
 
+// Threads that may sample the slots of a step at once: the decode's own
+// count, where llama.cpp's CPU backend runs on OpenMP as linalign does (a
+// team of its own would add threads that spin beside the decode's); else 1.
+static int32_t sample_threads(int32_t n_decode_threads) {
+#ifdef LINALIGN_OPENMP
+    const char * info = llama_print_system_info();
+    if (info != nullptr && std::strstr(info, "OPENMP = 1") != nullptr) {
+        return std::max<int32_t>(1, n_decode_threads);
+    }
+#endif
+    (void) n_decode_threads;
+    return 1;
+}
+
 // The most slots one context may hold, and the most sequences (slots x
 // streams), within llama.cpp's LLAMA_MAX_SEQ.
 static constexpr int32_t MAX_SLOTS = 64;
@@ -151,6 +165,7 @@ engine::engine(std::shared_ptr<model> mdl, const engine_params & params) : model
     // takes no batch larger than it (a small pool makes the step's budget less)
     n_cells_total_ = (int64_t) llama_n_ctx(ctx_.get());
     params_.n_batch = std::min<int32_t>(params_.n_batch, (int32_t) llama_n_batch(ctx_.get()));
+    n_sample_threads_ = sample_threads(llama_n_threads(ctx_.get()));
     batch_ = batch_owner(params_.n_batch);
     slots_.resize(params.n_slots);
     for (int32_t i = 0; i < params.n_slots; ++i) {
@@ -765,6 +780,7 @@ std::vector<step_event> engine::step() {
     events.insert(events.end(), stopped.begin(), stopped.end());
 
     // 4. what each stream now holds; then a token for every slot whose logits are in
+    std::vector<sample_job> jobs;
     for (int32_t i = 0; i < (int32_t) slots_.size(); ++i) {
         slot & sl = slots_[i];
         if (sl.state != slot_state::prefill && sl.state != slot_state::running) {
@@ -788,55 +804,96 @@ std::vector<step_event> engine::step() {
         if (!sampled_now) {
             continue;
         }
-        step_event ev;
-        ev.slot = i;
+        sample_job job;
+        job.slot = i;
         try {
-            const float * logits_b = sl.n_active >= 2 ? logits_at(sl.streams[STREAM_B].row) : nullptr;
-            std::vector<const float *> extra;
+            job.logits_p = logits_at(sl.streams[STREAM_P].row);
+            job.logits_b = sl.n_active >= 2 ? logits_at(sl.streams[STREAM_B].row) : nullptr;
             for (int32_t s = 2; s < sl.n_active; ++s) {
-                extra.push_back(logits_at(sl.streams[s].row));
+                job.logits_extra.push_back(logits_at(sl.streams[s].row));
             }
-            ev.token = sl.chain->sample(logits_at(sl.streams[STREAM_P].row), logits_b, extra.data(), extra.size());
-            ev.ratios = sl.chain->applied_ratios();
-            ev.guarded = sl.chain->guarded();
-            ev.plain_top = sl.chain->plain_top();
-            describe_sample(sl, ev);
         } catch (const std::exception & e) {
-            ev.error = e.what();  // this request fails; the others go on
+            job.ev.error = e.what(); // this request fails; the others go on
         }
-        sl.next_token = ev.token;
+        jobs.push_back(std::move(job));
+    }
+    sample_all(jobs);
+    for (sample_job & job : jobs) {
+        slot & sl = slots_[job.slot];
+        sl.next_token = job.ev.token;
         sl.state      = slot_state::running;
         sl.sampled_at = n_decode_calls_;
         sl.n_sampled++;
-        events.push_back(ev);
+        events.push_back(std::move(job.ev));
     }
     publish_cells();
     return events;
 }
 
+// Each slot samples with its own chain from its own rows, so the slots of a
+// step sample at once: on the OpenMP team the decode has just run on, whose
+// threads spin awaiting the next decode, when llama.cpp's CPU backend and
+// linalign are both built with OpenMP (one libgomp: the same team, no
+// thread woken); one after another otherwise.
+void engine::sample_all(std::vector<sample_job> & jobs) {
+    const int32_t n = (int32_t) jobs.size();
+#ifdef LINALIGN_OPENMP
+    if (n > 1 && n_sample_threads_ > 1) {
+        // (no region at all for one slot: a team of one would not keep the decode's threads as they are)
+#    pragma omp parallel for num_threads(std::min(n, n_sample_threads_)) schedule(dynamic, 1)
+        for (int32_t j = 0; j < n; ++j) {
+            sample_one(jobs[j]);
+        }
+        return;
+    }
+#endif
+    for (int32_t j = 0; j < n; ++j) {
+        sample_one(jobs[j]);
+    }
+}
+
+void engine::sample_one(sample_job & job) noexcept {
+    step_event & ev = job.ev;
+    ev.slot = job.slot;
+    if (!ev.error.empty()) {
+        return;
+    }
+    slot & sl = slots_[job.slot];
+    try {
+        ev.token     = sl.chain->sample(job.logits_p, job.logits_b, job.logits_extra.data(), job.logits_extra.size());
+        ev.ratios    = sl.chain->applied_ratios();
+        ev.guarded   = sl.chain->guarded();
+        ev.plain_top = sl.chain->plain_top();
+        describe_sample(sl, job);
+    } catch (const std::exception & e) {
+        ev.error = e.what(); // this request fails; the others go on
+    } catch (...) {
+        ev.error = "sampling failed";
+    }
+}
+
 // What the Python layer needs of a sampled token, while the logits it was
 // drawn from are still in the context: its text, whether it ends the
 // generation, and the logprob entry when the request asked for one.
-void engine::describe_sample(slot & sl, step_event & ev) {
+void engine::describe_sample(slot & sl, sample_job & job) {
+    step_event & ev = job.ev;
     ev.piece = model_->token_to_piece(ev.token, false);
     ev.eog   = model_->is_eog(ev.token);
     if (sl.n_logprobs < 0 || ev.eog) {
         return;
     }
-    if (!logprobs_) {
-        logprobs_ = std::make_unique<token_logprob_calculator>(n_vocab_);
+    if (!sl.logprobs) {
+        sl.logprobs = std::make_unique<token_logprob_calculator>(n_vocab_);
     }
     sampled_logits in;
-    in.logits_p = logits_at(sl.streams[STREAM_P].row);
+    in.logits_p = job.logits_p;
     // B not decoded (ratio 0, or both prompts the same): P's logits stand in
-    in.logits_b = sl.n_active >= 2 ? logits_at(sl.streams[STREAM_B].row) : in.logits_p;
-    for (int32_t s = 2; s < sl.n_active; ++s) {
-        in.logits_extra.push_back(logits_at(sl.streams[s].row));
-    }
+    in.logits_b        = job.logits_b != nullptr ? job.logits_b : job.logits_p;
+    in.logits_extra    = job.logits_extra;
     in.ratios          = ev.ratios;
     in.guarded         = ev.guarded;
     in.grammar_allowed = sl.chain->grammar_allowed();
-    ev.logprob = logprobs_->compute(ev.token, in, sl.top_p, sl.temperature, sl.n_logprobs);
+    ev.logprob = sl.logprobs->compute(ev.token, in, sl.top_p, sl.temperature, sl.n_logprobs);
     ev.has_logprob = true;
     for (llama_token t : ev.logprob.top) {
         ev.top_pieces.push_back(model_->token_to_piece(t, false));

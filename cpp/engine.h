@@ -382,6 +382,20 @@ private:
         int32_t                        n_sampled = 0;     // tokens sampled so far
         int32_t                        n_preempted = 0;   // times preempted (its stats are of its first prefill)
         bool                           pool_full = false; // alone, it filled the pool: it ends as at a full context
+        // its logprob entries' scratch, made when it first asks for them
+        // (one per slot: slots sample at once, sample_all)
+        std::unique_ptr<token_logprob_calculator> logprobs;
+    };
+
+    // One slot's sampling in a step: the logits rows it samples from, taken
+    // before any slot samples (llama_get_logits_ith synchronizes the
+    // context, which is not for threads), and the event it makes.
+    struct sample_job {
+        int32_t                    slot = -1;
+        const float *              logits_p = nullptr;
+        const float *              logits_b = nullptr; // nullptr: B not decoded
+        std::vector<const float *> logits_extra;
+        step_event                 ev;
     };
 
     // A prefix one stream (the taker) takes from another's cells: the
@@ -444,7 +458,9 @@ private:
     int64_t answer_reserve(const prompt_list & prompts, int32_t n_active, int32_t max_tokens) const;
     llama_batch & llama_batch_ref() { return batch_.get(); }
     void run_decode(const char * what);
-    void describe_sample(slot & sl, step_event & ev);
+    void sample_all(std::vector<sample_job> & jobs);
+    void sample_one(sample_job & job) noexcept;
+    void describe_sample(slot & sl, sample_job & job);
     const float * logits_at(int32_t batch_index) const;
 
     std::shared_ptr<model> model_;
@@ -453,7 +469,7 @@ private:
     batch_owner            batch_;
     int32_t                n_vocab_ = 0;
     std::vector<slot>      slots_;
-    std::unique_ptr<token_logprob_calculator> logprobs_;  // made when a request first asks for logprobs
+    int32_t                n_sample_threads_ = 1; // threads that sample slots at once (sample_all)
     std::vector<kept_row>  kept_rows_;  // an evaluation's rows in the batch being built
     uint64_t               clock_ = 0;
     // atomic: the server's /health reads both while another thread decodes
