@@ -234,3 +234,32 @@ def test_submit_into_a_given_slot_takes_only_a_free_one(pool):
     with pytest.raises(ValueError, match="slot 4 is not a free slot"):
         pool.engine.submit(chat(pool, "Hi", "Be kind."), slot=4)
     run_all(pool, [first])
+
+
+def test_slots_sampled_at_once_are_each_their_own(pool):
+    """The slots of a step sample at once (engine.cpp, sample_all: on the
+    decode's OpenMP team), each with its own chain, seed and logprob scratch.
+    Two runs of the same four seeded, sampled requests with logprobs, each
+    from an empty cache (the same batches: exact by construction), give the
+    same tokens and the same entries; a slot reading another's scratch would
+    not, and the sanitizer run (.ci/sanitize) sees the same code."""
+    import dataclasses
+
+    def run() -> list[tuple[list[int], list]]:
+        pool.reset()
+        gens = []
+        for i, (q, p) in enumerate(QUESTIONS):
+            options = SamplingOptions(temperature=0.9, top_p=0.95, seed=100 + i, max_tokens=24)
+            gens.append(pool.submit(dataclasses.replace(chat(pool, q, p, options), want_logprobs=3)))
+        run_all(pool, gens)
+        runs = []
+        for g in gens:
+            entries = []  # TokenLogprob: dataclasses, compared whole
+            while (chunk := g.pop_chunk()) is not None:
+                entries += chunk[1]
+            runs.append((list(g.tokens), entries + list(g.final_logprobs)))
+        return runs
+
+    first, second = run(), run()
+    assert all(tokens and entries for tokens, entries in first)
+    assert first == second
