@@ -110,8 +110,15 @@ class _EngineThread:
         while True:
             with self.cond:
                 calls, self.calls = list(self.calls), deque()
-                work = [(loop, engine) for loop in list(self.loops)
-                        if (engine := loop._prepare()) is not None]
+                work = []
+                for loop in list(self.loops):
+                    try:
+                        engine = loop._prepare()
+                    except Exception:  # noqa: BLE001 - one loop's failure must not stop the others' thread
+                        log.exception("engine loop failed between steps")
+                        continue
+                    if engine is not None:
+                        work.append((loop, engine))
                 if not calls and not work:
                     self.cond.wait()
                     continue
