@@ -290,8 +290,10 @@ def _targets(doc: dict) -> list[dict]:
             mem[probe]["beyond_kv_bytes"] = delta - n_kv_expected * kv
         weights = doc["model"]["size_bytes"]
         if "linalign" in mem:
+            # per-stream buffers (issue 3's layout) hold one more sequence; the
+            # KV pool, the default since issue 22, shares what both streams hold
             add("memory: RSS(linalign) - RSS(plain) over one KV", mem["linalign"]["minus_plain_over_one_kv"],
-                "within", 0.1, "Aligner(model_path); within 10% of one extra sequence's KV cache")
+                "<=", 1.1, "Aligner(model_path); at most one extra sequence's KV cache, and 10%")
         if "linalign+llama" in mem:
             add("memory: shared weights loaded once: (RSS(linalign+llama) - RSS(plain) - 2 KV) / weights file",
                 mem["linalign+llama"]["beyond_kv_bytes"] / weights, "<=", 0.1,
