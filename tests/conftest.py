@@ -217,3 +217,35 @@ def greedy_alone_and_together(aligner, questions, options) -> tuple[list[list[tu
     while not all(g.done for g in gens):
         aligner.engine.step()
     return alone, [entries_of_generation(g) for g in gens]
+
+
+# -- llama.cpp's RPC backend (tests/test_rpc.py, tests/test_rpc_faults.py) ----
+
+REBUILD_WITH_RPC = 'CMAKE_ARGS="-DGGML_RPC=ON" pip install --no-cache-dir --force-reinstall --no-deps llama-cpp-python'
+
+
+def require_rpc_build() -> None:
+    """Skips (fails, with LINALIGN_TEST_REQUIRE_RPC=1, as CI sets) where
+    llama-cpp-python is built without the RPC backend."""
+    from linalign import _core
+
+    if _core.rpc_available():
+        return
+    reason = f"llama-cpp-python is built without llama.cpp's RPC backend (-DGGML_RPC=ON; rebuild: {REBUILD_WITH_RPC})"
+    if os.environ.get("LINALIGN_TEST_REQUIRE_RPC") == "1":
+        pytest.fail(reason + ", and LINALIGN_TEST_REQUIRE_RPC=1")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory):
+    """Two RPC workers on loopback, one thread each (the machine has two
+    cores), for the module that asks for them."""
+    from linalign.benchmarking.rpc_workers import LoopbackWorker
+
+    require_rpc_build()
+    logs = tmp_path_factory.mktemp("rpc")
+    pair = [LoopbackWorker(threads=1, log=logs / f"worker{i}.log").start() for i in range(2)]
+    yield pair
+    for w in pair:
+        w.stop()

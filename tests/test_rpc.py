@@ -21,30 +21,7 @@ from linalign.benchmarking.rpc_workers import LoopbackWorker, free_port
 from linalign.rpc import (RpcNotBuiltError, RpcVersionMismatchError, RpcWorkerBusyError, RpcWorkerUnreachableError,
                           greet_worker, parse_endpoints, protocol_version)
 
-from conftest import LOGPROB_TOL, TOP_ENTRIES, assert_same_greedy_decoding
-
-REBUILD = 'CMAKE_ARGS="-DGGML_RPC=ON" pip install --no-cache-dir --force-reinstall --no-deps llama-cpp-python'
-
-
-def require_rpc_build() -> None:
-    if _core.rpc_available():
-        return
-    reason = f"llama-cpp-python is built without llama.cpp's RPC backend (-DGGML_RPC=ON; rebuild: {REBUILD})"
-    if os.environ.get("LINALIGN_TEST_REQUIRE_RPC") == "1":
-        pytest.fail(reason + ", and LINALIGN_TEST_REQUIRE_RPC=1")
-    pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def workers(tmp_path_factory):
-    """Two workers on loopback, one thread each (the machine has two cores)."""
-    require_rpc_build()
-    logs = tmp_path_factory.mktemp("rpc")
-    pair = [LoopbackWorker(threads=1, log=logs / f"worker{i}.log").start() for i in range(2)]
-    yield pair
-    for w in pair:
-        w.stop()
-
+from conftest import LOGPROB_TOL, TOP_ENTRIES, assert_same_greedy_decoding, require_rpc_build
 
 # -- endpoints ----------------------------------------------------------------
 

@@ -21,8 +21,7 @@ import pytest
 
 from linalign.benchmarking.rpc_workers import LoopbackWorker, free_port
 
-from conftest import POOL_LOGPROB_TOL, TOP_ENTRIES, assert_same_greedy_decoding
-from test_rpc import require_rpc_build
+from conftest import POOL_LOGPROB_TOL, TOP_ENTRIES, assert_same_greedy_decoding, require_rpc_build
 
 STARTUP_TIMEOUT_S = 180
 # greedy continuation of this prompt counts on for hundreds of tokens
@@ -71,16 +70,6 @@ class SupervisedServer:
                 self.process.kill()
                 self.process.wait()
         self.log.close()
-
-
-@pytest.fixture(scope="module")
-def workers(tmp_path_factory):
-    require_rpc_build()
-    logs = tmp_path_factory.mktemp("rpc-faults")
-    pair = [LoopbackWorker(threads=1, log=logs / f"worker{i}.log").start() for i in range(2)]
-    yield pair
-    for w in pair:
-        w.stop()
 
 
 @pytest.fixture(scope="module")
