@@ -32,6 +32,8 @@ from pathlib import Path
 
 import httpx
 
+from linalign.benchmarking.processes import stop_process
+
 PRINCIPLE = "The user is a five-year-old child."
 DATA = Path(__file__).resolve().parents[1] / "python" / "linalign" / "data" / "long_chat.json"
 
@@ -94,12 +96,7 @@ class Served:
         return text, ttft if ttft is not None else float("nan"), cached
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, 15)
         self.log.close()
 
 

@@ -19,6 +19,7 @@ import time
 import httpx
 import pytest
 
+from linalign.benchmarking.processes import stop_process
 from linalign.benchmarking.rpc_workers import LoopbackWorker, free_port
 
 from conftest import POOL_LOGPROB_TOL, TOP_ENTRIES, assert_same_greedy_decoding, require_rpc_build
@@ -62,13 +63,7 @@ class SupervisedServer:
         return httpx.post(f"{self.url}{path}", json=body, timeout=120, **kw)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 20)
         self.log.close()
 
 

@@ -15,6 +15,8 @@ import httpx
 import openai
 import pytest
 
+from linalign.benchmarking.processes import stop_process
+
 from conftest import POOL_LOGPROB_TOL, TOP_ENTRIES, assert_same_greedy_decoding, entries_of_chat_response
 
 API_KEY = "test-key"
@@ -90,12 +92,7 @@ class Server:
         pytest.fail(f"slots still busy after {timeout} s: {self.health()}")
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, 15)
         self.log.close()
 
 

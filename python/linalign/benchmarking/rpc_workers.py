@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from .processes import stop_process
+
 __all__ = ["LoopbackWorker", "free_port"]
 
 
@@ -66,12 +68,7 @@ class LoopbackWorker:
 
     def stop(self) -> None:
         if self.running:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            stop_process(self.process, 10)
 
     def __enter__(self) -> "LoopbackWorker":
         return self.start() if not self.running else self

@@ -45,6 +45,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from .processes import stop_process
+
 __all__ = ["ServerBenchConfig", "ServerProcess", "format_table", "free_port", "peak_rss_bytes", "percentile",
            "rss_bytes", "run_server_bench", "write_json", "write_png", "write_txt"]
 
@@ -232,14 +234,7 @@ class ServerProcess:
     def stop(self) -> None:
         if self.process is None or self.returncode is not None:
             return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.returncode = self.process.returncode
+        self.returncode = stop_process(self.process, 30)
 
 
 # -- clients -------------------------------------------------------------------
