@@ -69,7 +69,7 @@ class Completions:
                                                   logprobs=logprobs, **sampling))
         builder = CompletionChunks(str(self.model_path), logprobs=gen.request.want_logprobs,
                                    text_offset=len(prompt) if isinstance(prompt, str) else 0)
-        chunks = chunks_of(builder, self.chunks(gen), gen)
+        chunks = chunks_of(builder, self.chunks(gen, whole=not stream), gen)
         return chunks if stream else collect_completion(chunks, logprobs_asked=logprobs is not None)
 
     def create_chat_completion(self, messages: Sequence[dict[str, Any]], *, principle: str | None = None,
@@ -120,5 +120,5 @@ class Completions:
                                             align_tool_calls=align_tool_calls, **sampling))
         chunks = chunks_of(ChatChunks(str(self.model_path), logprobs=gen.request.want_logprobs,
                                       tool_format=gen.request.tool_format),
-                           self.chunks(gen), gen)
+                           self.chunks(gen, whole=not stream), gen)
         return chunks if stream else collect_chat(chunks, logprobs_asked=gen.request.want_logprobs is not None)

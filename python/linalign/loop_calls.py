@@ -54,14 +54,14 @@ class LoopCalls:
         finally:
             chunks.close()
 
-    def chunks(self, gen: Generation) -> Iterator[tuple[str, list[TokenLogprob]]]:
+    def chunks(self, gen: Generation, *, whole: bool = False) -> Iterator[tuple[str, list[TokenLogprob]]]:
         """As :meth:`deltas`, each text delta with the logprob entries of the
         tokens it completes (see :class:`~linalign.engine.Generation`); it
         waits on ``gen``'s own queue (``gen.read()``), never on the engine."""
         self._require_open().loop.follow(gen)  # at the first read: calls made together start together
         # EngineClosedError is linalign.aligner's AlignerClosedError (the same class)
         yield from gen.read(lambda: EngineClosedError("this Aligner (or the Llama it borrows from) was closed")
-                            if self.closed else None)
+                            if self.closed else None, whole=whole)
 
     # -- evaluation ---------------------------------------------------------
 

@@ -126,6 +126,7 @@ class Generation:
     _carry: list[TokenLogprob] = field(default_factory=list)  # complete, awaiting a non-empty delta
     _cancelled: threading.Event = field(default_factory=threading.Event)
     _changed: threading.Event = field(default_factory=threading.Event)  # set after every change, for wait()
+    _ended: threading.Event = field(default_factory=threading.Event)  # set once it is done, for read(whole=True)
 
     def __post_init__(self) -> None:
         self.prompt_tokens = len(self.request.prompt)
@@ -150,15 +151,21 @@ class Generation:
         self._changed.wait(timeout)
         self._changed.clear()
 
-    def read(self, gone: Callable[[], BaseException | None] = lambda: None,
+    def read(self, gone: Callable[[], BaseException | None] = lambda: None, *, whole: bool = False,
              ) -> Iterator[tuple[str, list[TokenLogprob]]]:
         """Its text deltas, each with the logprob entries of the tokens it
         completes, as the engine loop decodes them, on the reader's thread;
         raises the request's error at the end. ``gone()``: an error to raise
         instead of the next delta (its owner was closed), or None. Closing
         the iterator early cancels the request (its slot is freed at the
-        next step)."""
+        next step). ``whole``: wait for the end before the first delta (a
+        reply collected whole), waking once instead of at every token, where
+        the reader would take a core from the decode."""
         try:
+            while whole and not self.done:
+                if (error := gone()) is not None:
+                    raise error
+                self._ended.wait(0.25)
             while True:
                 chunk = self.pop_chunk()
                 if chunk is not None and (error := gone()) is not None:
@@ -283,3 +290,4 @@ class Generation:
         self.error = error
         self.finish_reason = reason if error is None else None
         self.slot = -1
+        self._ended.set()
