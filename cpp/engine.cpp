@@ -839,7 +839,6 @@ void engine::sample_all(std::vector<sample_job> & jobs) {
     const int32_t n = (int32_t) jobs.size();
 #ifdef LINALIGN_OPENMP
     if (n > 1 && n_sample_threads_ > 1) {
-        // (no region at all for one slot: a team of one would not keep the decode's threads as they are)
 #    pragma omp parallel for num_threads(std::min(n, n_sample_threads_)) schedule(dynamic, 1)
         for (int32_t j = 0; j < n; ++j) {
             sample_one(jobs[j]);

@@ -104,6 +104,44 @@ template <typename Logits>
     return 0;
 }
 
+// The candidates a nucleus can lie among, at the front of ctx->order (their
+// count is returned), with every token's softmax weight at the mask
+// temperature in ctx->weight, top_p of their total in *target, and the
+// weight the candidates reach down to in *threshold.
+// Sorting the whole vocabulary would cost most of the step, while a
+// nucleus is usually a handful of tokens. The nucleus is a prefix of the
+// candidates by decreasing weight, so once the tokens of weight >= w hold
+// top_p of the mass it lies among them: try w = e^-2, e^-4, ... of the
+// best token's weight (vectorised passes) and keep only those. Below
+// 1e-13 a token changes the total by less than float rounding, even over
+// a 152k vocabulary, and cannot be in a nucleus of top_p < 1 unless
+// nothing else is: when no w holds the target, the candidates are those of
+// weight >= floor.
+template <typename Logits>
+static size_t linear_alignment_candidates(llama_sampler_linear_alignment * ctx, const Logits * src, size_t n,
+                                          float max_logit, float inv_t, float floor, double * target,
+                                          float * threshold) {
+    auto & weight = ctx->weight;
+    weight.resize(n);
+    ctx->order.resize(n); // room for every index; only the first m are used
+    constexpr float first_guess = 0.1353352832f; // e^-2
+    double first_guess_mass = 0.0;
+    const double total = linear_alignment_weights(src, n, max_logit, inv_t, weight.data(), first_guess, &first_guess_mass);
+    *target = ctx->top_p * total;
+    *threshold = floor;
+    if (first_guess_mass >= *target) {
+        *threshold = first_guess;
+    } else {
+        for (float w = first_guess * first_guess; w > 1e-13f; w *= w) {
+            if (linear_alignment_mass_at_least(weight.data(), n, w) >= *target) {
+                *threshold = w;
+                break;
+            }
+        }
+    }
+    return linear_alignment_indices_at_least(weight.data(), n, *threshold, ctx->order.data());
+}
+
 // Size of the nucleus: the smallest set of candidates, taken by decreasing
 // logit, whose probability mass reaches top_p; it is left at the front of
 // ctx->order. The first token is always kept.
@@ -115,36 +153,11 @@ static size_t linear_alignment_nucleus(llama_sampler_linear_alignment * ctx, con
     }
 
     const float inv_t = ctx->temperature > 0.0f ? 1.0f / ctx->temperature : 1.0f;
-
+    double target = 0.0;
+    float threshold = 0.0f;
+    const size_t m = linear_alignment_candidates(ctx, src, n, max_logit, inv_t, 1e-13f, &target, &threshold);
     auto & order  = ctx->order;
-    auto & weight = ctx->weight;
-    weight.resize(n);
-    order.resize(n); // room for every index; only the first m are used
-    constexpr float first_guess = 0.1353352832f; // e^-2, see below
-    double first_guess_mass = 0.0;
-    const double total = linear_alignment_weights(src, n, max_logit, inv_t, weight.data(), first_guess, &first_guess_mass);
-
-    // Sorting the whole vocabulary would cost most of the step, while a
-    // nucleus is usually a handful of tokens. The nucleus is a prefix of the
-    // candidates by decreasing weight, so once the tokens of weight >= w hold
-    // top_p of the mass it lies among them: try w = e^-2, e^-4, ... of the
-    // best token's weight (vectorised passes) and sort only those. Below
-    // 1e-13 a token changes the total by less than float rounding, even over
-    // a 152k vocabulary, and cannot be in a nucleus of top_p < 1 unless
-    // nothing else is.
-    const double target = ctx->top_p * total;
-    float threshold = 1e-13f;
-    if (first_guess_mass >= target) {
-        threshold = first_guess;
-    } else {
-        for (float w = first_guess * first_guess; w > threshold; w *= w) {
-            if (linear_alignment_mass_at_least(weight.data(), n, w) >= target) {
-                threshold = w;
-                break;
-            }
-        }
-    }
-    const size_t m = linear_alignment_indices_at_least(weight.data(), n, threshold, order.data());
+    const auto & weight = ctx->weight;
     const auto by_logit = [src](int32_t a, int32_t b) { return logit_of(src, a) > logit_of(src, b); };
 
     // Nuclei are usually a handful of tokens: sort a small head first.
@@ -461,28 +474,12 @@ static llama_token linear_alignment_nucleus_best(llama_sampler_linear_alignment 
         return -1;
     }
     const float inv_t = ctx->temperature > 0.0f ? 1.0f / ctx->temperature : 1.0f;
-    auto & order  = ctx->order;
-    auto & weight = ctx->weight;
-    weight.resize(n);
-    order.resize(n);
-    // the candidates: tokens of weight >= w hold top_p of the mass for the
-    // first w tried (as linear_alignment_nucleus), so the nucleus lies among them
-    constexpr float first_guess = 0.1353352832f; // e^-2
-    double first_guess_mass = 0.0;
-    const double total = linear_alignment_weights(src, n, max_logit, inv_t, weight.data(), first_guess, &first_guess_mass);
-    const double target = ctx->top_p * total;
+    double target = 0.0;
     float threshold = 0.0f;
-    if (first_guess_mass >= target) {
-        threshold = first_guess;
-    } else {
-        for (float w = first_guess * first_guess; w > 1e-13f; w *= w) {
-            if (linear_alignment_mass_at_least(weight.data(), n, w) >= target) {
-                threshold = w;
-                break;
-            }
-        }
-    }
-    size_t m = linear_alignment_indices_at_least(weight.data(), n, threshold, order.data());
+    // when no threshold holds the target, every token (floor 0): the test below is exact over any superset
+    size_t m = linear_alignment_candidates(ctx, src, n, max_logit, inv_t, 0.0f, &target, &threshold);
+    auto & order  = ctx->order;
+    const auto & weight = ctx->weight;
     const float keep = 1.0f + r;
     while (m > 0) {
         llama_token best = -1;
@@ -529,8 +526,9 @@ size_t llama_sampler_linear_alignment_apply_dense_best(llama_sampler * smpl, con
     llama_token id = -1;
     if (ctx->logits_base == nullptr || r == 0.0f) {
         // P alone: its best token is always in its nucleus
-        if (std::isfinite(linear_alignment_max_logit(row, n))) {
-            id = linear_alignment_argmax(row, n);
+        id = linear_alignment_argmax(row, n);
+        if (!std::isfinite(row[id])) {
+            id = -1; // nothing finite: apply_dense's answer below
         }
     } else if (ctx->top_p >= 1.0f) {
         id = -1; // every token: the combine over the whole vocabulary (apply_dense) is as cheap

@@ -112,11 +112,11 @@ size_t linear_alignment_indices_at_least(const float * weight, size_t n, float t
     size_t m = 0;
     size_t i = 0;
     for (; i + block <= n; i += block) {
-        int32_t hits = 0;
-        for (size_t j = 0; j < block; ++j) {
-            hits += weight[i + j] >= threshold; // an elementwise compare and an integer sum: vector instructions
+        float best = weight[i];
+        for (size_t j = 1; j < block; ++j) {
+            best = weight[i + j] > best ? weight[i + j] : best;
         }
-        if (hits > 0) {
+        if (best >= threshold) {
             for (size_t j = 0; j < block; ++j) {
                 out[m] = (int32_t) (i + j);
                 m += weight[i + j] >= threshold;

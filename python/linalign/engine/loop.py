@@ -36,6 +36,7 @@ import logging
 import os
 import threading
 from collections import deque
+from concurrent.futures import Future
 from typing import Any, Callable, Iterator, Protocol, TypeVar
 
 from .batched import BatchedEngine, EngineClosedError
@@ -66,23 +67,6 @@ class Admission(Protocol):
         """The loop closes before it was admitted."""
 
 
-class _Call:
-    """A function to run on the engine thread, and what it gave."""
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        self.fn = fn
-        self.done = threading.Event()
-        self.result: Any = None
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self.result = self.fn()
-        except BaseException as e:  # noqa: BLE001 - handed to the caller, raised there
-            self.error = e
-        self.done.set()
-
-
 class _EngineThread:
     """The process's one stepping thread: every loop's admissions and steps,
     and the calls posted to it, in turn."""
@@ -90,21 +74,18 @@ class _EngineThread:
     def __init__(self) -> None:
         self.cond = threading.Condition()
         self.loops: list[EngineLoop] = []
-        self.calls: deque[_Call] = deque()
+        self.calls: deque[tuple[Callable[[], Any], Future]] = deque()
         self.thread = threading.Thread(target=self._run, name="linalign-engine", daemon=True)
         self.thread.start()
 
     def call(self, fn: Callable[[], T]) -> T:
         if threading.current_thread() is self.thread:
             return fn()
-        call = _Call(fn)
+        future: Future = Future()
         with self.cond:
-            self.calls.append(call)
+            self.calls.append((fn, future))
             self.cond.notify()
-        call.done.wait()
-        if call.error is not None:
-            raise call.error
-        return call.result
+        return future.result()
 
     def _run(self) -> None:
         while True:
@@ -122,8 +103,11 @@ class _EngineThread:
                 if not calls and not work:
                     self.cond.wait()
                     continue
-            for call in calls:
-                call.run()
+            for fn, future in calls:
+                try:
+                    future.set_result(fn())
+                except BaseException as e:  # noqa: BLE001 - handed to the caller, raised there
+                    future.set_exception(e)
             for loop, engine in work:
                 loop._step(engine)
 
@@ -253,10 +237,8 @@ class EngineLoop:
             self._stopping = True
             with contextlib.suppress(ValueError):
                 self._driver.loops.remove(self)
-            pending, self._pending = list(self._pending), deque()
+            self._drop_pending(EngineClosedError("the engine loop was closed"))
             self._running = []
-        for admission in pending:
-            admission.drop(EngineClosedError("the engine loop was closed"))
         if not self.on_loop_thread():
             with self._engine.lock:  # the step in progress, if the engine thread is in one, ends first
                 pass
