@@ -104,42 +104,44 @@ template <typename Logits>
     return 0;
 }
 
-// The candidates a nucleus can lie among, at the front of ctx->order (their
-// count is returned), with every token's softmax weight at the mask
-// temperature in ctx->weight, top_p of their total in *target, and the
-// weight the candidates reach down to in *threshold.
+// The weight a nucleus's candidates reach down to, with every token's
+// softmax weight at the mask temperature in ctx->weight and top_p of their
+// total in *target.
 // Sorting the whole vocabulary would cost most of the step, while a
 // nucleus is usually a handful of tokens. The nucleus is a prefix of the
 // candidates by decreasing weight, so once the tokens of weight >= w hold
 // top_p of the mass it lies among them: try w = e^-2, e^-4, ... of the
-// best token's weight (vectorised passes) and keep only those. Below
-// 1e-13 a token changes the total by less than float rounding, even over
-// a 152k vocabulary, and cannot be in a nucleus of top_p < 1 unless
-// nothing else is: when no w holds the target, the candidates are those of
-// weight >= floor.
+// best token's weight (LINEAR_ALIGNMENT_GUESSES, whose masses come with the
+// weights). Below 1e-13 a token changes the total by less than float
+// rounding, even over a 152k vocabulary, and cannot be in a nucleus of
+// top_p < 1 unless nothing else is: when no w holds the target, the
+// candidates are those of weight >= floor.
+template <typename Logits>
+static float linear_alignment_threshold(llama_sampler_linear_alignment * ctx, const Logits * src, size_t n,
+                                        float max_logit, float inv_t, float floor, double * target) {
+    auto & weight = ctx->weight;
+    weight.resize(n);
+    double mass[LINEAR_ALIGNMENT_N_GUESSES];
+    const double total = linear_alignment_weights(src, n, max_logit, inv_t, weight.data(), mass);
+    *target = ctx->top_p * total;
+    for (size_t k = 0; k < LINEAR_ALIGNMENT_N_GUESSES; ++k) {
+        if (mass[k] >= *target) {
+            return LINEAR_ALIGNMENT_GUESSES[k];
+        }
+    }
+    return floor;
+}
+
+// The candidates a nucleus can lie among (linear_alignment_threshold), at
+// the front of ctx->order; their count is returned, and the weight they
+// reach down to in *threshold.
 template <typename Logits>
 static size_t linear_alignment_candidates(llama_sampler_linear_alignment * ctx, const Logits * src, size_t n,
                                           float max_logit, float inv_t, float floor, double * target,
                                           float * threshold) {
-    auto & weight = ctx->weight;
-    weight.resize(n);
+    *threshold = linear_alignment_threshold(ctx, src, n, max_logit, inv_t, floor, target);
     ctx->order.resize(n); // room for every index; only the first m are used
-    constexpr float first_guess = 0.1353352832f; // e^-2
-    double first_guess_mass = 0.0;
-    const double total = linear_alignment_weights(src, n, max_logit, inv_t, weight.data(), first_guess, &first_guess_mass);
-    *target = ctx->top_p * total;
-    *threshold = floor;
-    if (first_guess_mass >= *target) {
-        *threshold = first_guess;
-    } else {
-        for (float w = first_guess * first_guess; w > 1e-13f; w *= w) {
-            if (linear_alignment_mass_at_least(weight.data(), n, w) >= *target) {
-                *threshold = w;
-                break;
-            }
-        }
-    }
-    return linear_alignment_indices_at_least(weight.data(), n, *threshold, ctx->order.data());
+    return linear_alignment_indices_at_least(ctx->weight.data(), n, *threshold, ctx->order.data());
 }
 
 // Size of the nucleus: the smallest set of candidates, taken by decreasing
@@ -463,48 +465,34 @@ size_t llama_sampler_linear_alignment_apply_dense(llama_sampler * smpl, const fl
 // being the shortest run of tokens, by decreasing weight, that reaches it).
 // So: the best combined token among those that can be in it; if the mass
 // above it is short of top_p it is the answer, else neither it nor any token
-// as unlikely is in the nucleus, and the next best of the rest is tried.
-// Usually the first is in (the combine favours P's likely tokens): two
-// passes over the candidates, where the exact cut of a flat distribution
-// (thousands of tokens) sorts them. Returns -1 when nothing finite is left.
+// as unlikely is in the nucleus, and the best of the more likely ones is
+// tried. Usually the first is in (the combine favours P's likely tokens):
+// a few passes over the vocabulary in id order, where the exact cut of a
+// flat distribution (thousands of tokens) sorts them. Returns -1 when
+// nothing finite is left, or after MAX_TRIES (the exact cut decides).
 static llama_token linear_alignment_nucleus_best(llama_sampler_linear_alignment * ctx, const float * src, size_t n,
                                                  float r, const float * l0) {
+    constexpr int MAX_TRIES = 8;
     const float max_logit = linear_alignment_max_logit(src, n);
     if (!std::isfinite(max_logit)) {
         return -1;
     }
     const float inv_t = ctx->temperature > 0.0f ? 1.0f / ctx->temperature : 1.0f;
     double target = 0.0;
-    float threshold = 0.0f;
-    // when no threshold holds the target, every token (floor 0): the test below is exact over any superset
-    size_t m = linear_alignment_candidates(ctx, src, n, max_logit, inv_t, 0.0f, &target, &threshold);
-    auto & order  = ctx->order;
-    const auto & weight = ctx->weight;
-    const float keep = 1.0f + r;
-    while (m > 0) {
-        llama_token best = -1;
-        float best_logit = -INFINITY;
-        for (size_t i = 0; i < m; ++i) {
-            const int32_t id = order[i];
-            const float v = keep * src[id] - r * l0[id]; // the combine's own arithmetic (linear_alignment_combine)
-            if (v > best_logit) {
-                best = id;
-                best_logit = v;
-            }
-        }
+    // when no guess holds the target, every token (floor 0): the test below is exact over any superset
+    float threshold = linear_alignment_threshold(ctx, src, n, max_logit, inv_t, 0.0f, &target);
+    const float * weight = ctx->weight.data();
+    for (int tries = 0; tries < MAX_TRIES; ++tries) {
+        const llama_token best = linear_alignment_best_combined(src, l0, r, weight, n, threshold);
         if (best < 0) {
             return -1; // no finite combined logit: let the exact path decide
         }
         const float w_best = weight[best];
-        double above = 0.0;
-        for (size_t i = 0; i < m; ++i) {
-            above += weight[order[i]] > w_best ? (double) weight[order[i]] : 0.0;
-        }
-        if (above < target) {
+        if (linear_alignment_mass_above(weight, n, w_best) < target) {
             return best;
         }
-        m = (size_t) (std::remove_if(order.begin(), order.begin() + m, [&](int32_t id) { return weight[id] <= w_best; }) -
-                      order.begin());
+        // only tokens more likely than it can be in the nucleus
+        threshold = std::nextafter(w_best, INFINITY);
     }
     return -1;
 }

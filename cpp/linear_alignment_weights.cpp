@@ -15,6 +15,7 @@
 // portable wheel still gets 8- or 16-wide expf instead of SSE's 4.
 #include "linear_alignment_weights.h"
 #include "linear_alignment_vector.h"
+#include "linear_alignment_lanes.h"
 
 #include <algorithm>
 #include <cmath>
@@ -50,19 +51,44 @@ static inline float max_logit(LogitAt logit_at, size_t n) {
     return best;
 }
 
+// Sums run in float within a block and in double across blocks: a float
+// sum of 152k small weights drifts by ~1e-4, while one of a block's drifts
+// by ~1e-6 of the block's mass; and double sums in the loop (a conversion
+// and an add per sum per weight) took twice as long as the exp.
+constexpr size_t SUM_BLOCK = 256;
+
 template <typename LogitAt>
-static inline double weights(LogitAt logit_at, size_t n, float max_logit, float inv_t, float * weight, float threshold,
-                             double * mass) {
-    double total = 0.0; // a float sum of 152k small weights drifts by ~1e-4
-    double above = 0.0;
-    for (size_t i = 0; i < n; ++i) {
-        float z = (logit_at(i) - max_logit) * inv_t;
-        z = z > -87.0f ? z : -87.0f; // -inf (masked) and underflow both give ~0
-        weight[i] = expf(z);
-        total += weight[i];
-        above += weight[i] >= threshold ? (double) weight[i] : 0.0;
+static inline double weights(LogitAt logit_at, size_t n, float max_logit, float inv_t, float * weight,
+                             const volatile float * guesses, double mass[LINEAR_ALIGNMENT_N_GUESSES]) {
+    // One sum per guess, written out (a loop over them stays scalar), and
+    // the guesses read from memory: GCC 12 vectorises none of these sums
+    // when their thresholds are constants it can fold.
+    static_assert(LINEAR_ALIGNMENT_N_GUESSES == 4, "one sum per guess");
+    const float g0 = guesses[0], g1 = guesses[1], g2 = guesses[2], g3 = guesses[3];
+    double total = 0.0, m0 = 0.0, m1 = 0.0, m2 = 0.0, m3 = 0.0;
+    for (size_t start = 0; start < n; start += SUM_BLOCK) {
+        const size_t end = std::min(n, start + SUM_BLOCK);
+        float block = 0.0f, b0 = 0.0f, b1 = 0.0f, b2 = 0.0f, b3 = 0.0f;
+        for (size_t i = start; i < end; ++i) {
+            float z = (logit_at(i) - max_logit) * inv_t;
+            z = z > -87.0f ? z : -87.0f; // -inf (masked) and underflow both give ~0
+            weight[i] = expf(z);
+            block += weight[i];
+            b0 += weight[i] >= g0 ? weight[i] : 0.0f;
+            b1 += weight[i] >= g1 ? weight[i] : 0.0f;
+            b2 += weight[i] >= g2 ? weight[i] : 0.0f;
+            b3 += weight[i] >= g3 ? weight[i] : 0.0f;
+        }
+        total += block;
+        m0 += b0;
+        m1 += b1;
+        m2 += b2;
+        m3 += b3;
     }
-    *mass = above;
+    mass[0] = m0;
+    mass[1] = m1;
+    mass[2] = m2;
+    mass[3] = m3;
     return total;
 }
 
@@ -73,32 +99,81 @@ float linear_alignment_max_logit(const llama_token_data * data, size_t n) {
 
 LINALIGN_VECTOR_CLONES
 float linear_alignment_max_logit(const float * logits, size_t n) {
+#if LINALIGN_HAVE_LANES
+    // as vector types: the array of lanes above stays scalar here
+    lanes_f lane = lanes_splat(-INFINITY);
+    size_t i = 0;
+    for (; i + LINALIGN_LANES <= n; i += LINALIGN_LANES) {
+        const lanes_f x = lanes_load(logits + i);
+        lane = lanes_select(x > lane, x, lane); // NaN and -inf compare false: neither can win
+    }
+    float best = -INFINITY;
+    for (size_t j = 0; j < LINALIGN_LANES; ++j) {
+        best = lane[j] > best ? lane[j] : best;
+    }
+    for (; i < n; ++i) {
+        best = logits[i] > best ? logits[i] : best;
+    }
+    return best;
+#else
     return max_logit([logits](size_t i) { return logits[i]; }, n);
+#endif
 }
 
+LINALIGN_VECTOR_CLONES
 int32_t linear_alignment_argmax(const float * logits, size_t n) {
-    const float best = linear_alignment_max_logit(logits, n);
-    const float * at = std::isfinite(best) ? std::find(logits, logits + n, best) : std::max_element(logits, logits + n);
-    return (int32_t) (at - logits);
+    float best = -INFINITY;
+    int32_t best_id = -1;
+    size_t i = 0;
+#if LINALIGN_HAVE_LANES
+    // per lane, its max and the first id that has it (linear_alignment_lanes.h)
+    lanes_f lane = lanes_splat(-INFINITY);
+    lanes_i lane_id = lanes_splat(-1);
+    lanes_i id = lanes_iota(0);
+    const lanes_i id_step = lanes_splat((int32_t) LINALIGN_LANES);
+    for (; i + LINALIGN_LANES <= n; i += LINALIGN_LANES, id += id_step) {
+        const lanes_f x = lanes_load(logits + i);
+        const lanes_i take = x > lane;
+        lane = lanes_select(take, x, lane);
+        lane_id = lanes_select(take, id, lane_id);
+    }
+    lanes_fold_best(lane, lane_id, &best, &best_id);
+#endif
+    for (; i < n; ++i) {
+        if (logits[i] > best) {
+            best = logits[i];
+            best_id = (int32_t) i;
+        }
+    }
+    if (best_id < 0 || !std::isfinite(best)) {
+        // no finite logit beats -inf: std::max_element's answer, as before
+        return (int32_t) (std::max_element(logits, logits + n) - logits);
+    }
+    return best_id;
 }
 
 LINALIGN_VECTOR_CLONES
 double linear_alignment_weights(const llama_token_data * data, size_t n, float max_logit, float inv_t, float * weight,
-                                float threshold, double * mass) {
-    return weights([data](size_t i) { return data[i].logit; }, n, max_logit, inv_t, weight, threshold, mass);
+                                double mass[LINEAR_ALIGNMENT_N_GUESSES]) {
+    return weights([data](size_t i) { return data[i].logit; }, n, max_logit, inv_t, weight, LINEAR_ALIGNMENT_GUESSES, mass);
 }
 
 LINALIGN_VECTOR_CLONES
 double linear_alignment_weights(const float * logits, size_t n, float max_logit, float inv_t, float * weight,
-                                float threshold, double * mass) {
-    return weights([logits](size_t i) { return logits[i]; }, n, max_logit, inv_t, weight, threshold, mass);
+                                double mass[LINEAR_ALIGNMENT_N_GUESSES]) {
+    return weights([logits](size_t i) { return logits[i]; }, n, max_logit, inv_t, weight, LINEAR_ALIGNMENT_GUESSES, mass);
 }
 
 LINALIGN_VECTOR_CLONES
-double linear_alignment_mass_at_least(const float * weight, size_t n, float threshold) {
+double linear_alignment_mass_above(const float * weight, size_t n, float w) {
     double mass = 0.0;
-    for (size_t i = 0; i < n; ++i) {
-        mass += weight[i] >= threshold ? (double) weight[i] : 0.0;
+    for (size_t start = 0; start < n; start += SUM_BLOCK) {
+        const size_t end = std::min(n, start + SUM_BLOCK);
+        float block = 0.0f;
+        for (size_t i = start; i < end; ++i) {
+            block += weight[i] > w ? weight[i] : 0.0f;
+        }
+        mass += block;
     }
     return mass;
 }

@@ -11,23 +11,43 @@
 float linear_alignment_max_logit(const llama_token_data * data, size_t n);
 float linear_alignment_max_logit(const float * logits, size_t n);
 
-// The first index of the largest logit (numpy's argmax for finite values):
-// the vectorised max, then where it first is. std::max_element's chain of
-// dependent compare-and-moves costs several times as much over a vocabulary.
-// Without a finite logit, std::max_element's answer.
+// The first index of the largest logit (numpy's argmax for finite values),
+// in one vector pass that keeps each lane's first index of its max.
+// std::max_element's chain of dependent compare-and-moves costs several
+// times as much over a vocabulary. Without a finite logit, std::max_element's answer.
 int32_t linear_alignment_argmax(const float * logits, size_t n);
 
+// The weights the nucleus's candidates may reach down to, tried in turn, as
+// fractions of the best token's weight: e^-2, e^-4, e^-8, e^-16 (each the
+// square of the last, in float). Below 1e-13 a token cannot matter
+// (linear_alignment_candidates in linear_alignment_sampler.cpp).
+constexpr size_t LINEAR_ALIGNMENT_N_GUESSES = 4;
+constexpr float LINEAR_ALIGNMENT_GUESS_0 = 0.1353352832f; // e^-2
+constexpr float LINEAR_ALIGNMENT_GUESSES[LINEAR_ALIGNMENT_N_GUESSES] = {
+    LINEAR_ALIGNMENT_GUESS_0, LINEAR_ALIGNMENT_GUESS_0 * LINEAR_ALIGNMENT_GUESS_0,
+    (LINEAR_ALIGNMENT_GUESS_0 * LINEAR_ALIGNMENT_GUESS_0) * (LINEAR_ALIGNMENT_GUESS_0 * LINEAR_ALIGNMENT_GUESS_0),
+    ((LINEAR_ALIGNMENT_GUESS_0 * LINEAR_ALIGNMENT_GUESS_0) * (LINEAR_ALIGNMENT_GUESS_0 * LINEAR_ALIGNMENT_GUESS_0)) *
+        ((LINEAR_ALIGNMENT_GUESS_0 * LINEAR_ALIGNMENT_GUESS_0) * (LINEAR_ALIGNMENT_GUESS_0 * LINEAR_ALIGNMENT_GUESS_0))};
+
 // weight[i] = exp((logit_i - max_logit) * inv_t); returns their sum, and in
-// *mass the sum of those >= threshold (the first nucleus guess, in the same pass).
+// mass[k] the sum of those >= LINEAR_ALIGNMENT_GUESSES[k], all in one pass.
 // Logits of -inf get a weight of about 1e-38.
 double linear_alignment_weights(const llama_token_data * data, size_t n, float max_logit, float inv_t, float * weight,
-                                float threshold, double * mass);
+                                double mass[LINEAR_ALIGNMENT_N_GUESSES]);
 double linear_alignment_weights(const float * logits, size_t n, float max_logit, float inv_t, float * weight,
-                                float threshold, double * mass);
+                                double mass[LINEAR_ALIGNMENT_N_GUESSES]);
 
-// Sum of the weights that are >= threshold.
-double linear_alignment_mass_at_least(const float * weight, size_t n, float threshold);
+// Sum of the weights that are > w.
+double linear_alignment_mass_above(const float * weight, size_t n, float w);
 
 // Writes the indices of the weights >= threshold to out (room for n); returns
 // how many. Blocks with none are skipped by a vectorised test.
 size_t linear_alignment_indices_at_least(const float * weight, size_t n, float threshold, int32_t * out);
+
+// Greedy over the combine l = (1 + r) l_p - r l_0 among the tokens of weight
+// >= threshold: the first index of the largest finite combined logit, or -1
+// if there is none. Built without fused multiply-adds (CMakeLists.txt), so a
+// combined logit here is the one the exact cut computes
+// (linear_alignment_combine in linear_alignment_sampler.cpp).
+int32_t linear_alignment_best_combined(const float * logits_p, const float * logits_b, float r, const float * weight,
+                                       size_t n, float threshold);

@@ -360,6 +360,29 @@ def test_greedy_aligned_chain_takes_the_best_combined_token_of_the_nucleus(model
         assert fast == exact_cut == want
 
 
+def test_greedy_aligned_chain_passes_over_combined_winners_outside_the_nucleus(model):
+    """The best combined tokens lie outside P's nucleus (the base stream
+    finds them far less likely still), the less likely the better combined:
+    the fast path passes over each in turn, down to the best combined token
+    inside the nucleus, as the exact cut finds it."""
+    n = model.n_vocab
+    rng = np.random.default_rng(11)
+    logits_p = rng.normal(0, 1, n).astype(np.float32)
+    logits_b = logits_p.copy()
+    picked = rng.choice(n, 8, replace=False)
+    top, outside = picked[:3], picked[3:]
+    logits_p[top] = logits_b[top] = [20.0, 19.5, 19.0]  # the nucleus at top_p 0.9: these three
+    logits_p[outside] = [17.0, 16.0, 15.0, 14.0, 13.0]
+    combined_outside = np.array([101.0, 102.0, 103.0, 104.0, 105.0])  # 3 l_p - 2 l_0, exact in float
+    logits_b[outside] = (3 * logits_p[outside] - combined_outside) / 2
+    nucleus = np.flatnonzero(nucleus_mask(logits_p, 0.9))
+    assert sorted(nucleus) == sorted(top)
+    assert int(np.argmax(expected_combined(logits_p, logits_b, 2.0))) == outside[-1]
+    fast = _chain(model, ratio=2.0, top_p=0.9).sample(logits_p, logits_b, n)
+    exact_cut = _chain(model, ratio=2.0, top_p=0.9, frequency_penalty=1e-6).sample(logits_p, logits_b, n)
+    assert fast == exact_cut == top[0]
+
+
 @pytest.mark.parametrize("spread", [0.3, 2.4])
 def test_greedy_auto_ratio_chain_agrees_with_the_exact_cut(model, spread):
     """The same under ratio "auto" (a step size per token from the divergence)."""
