@@ -14,7 +14,9 @@
 #if defined(__GNUC__)
 #    define LINALIGN_HAVE_LANES 1
 // the helpers below are inlined, never called across units: no ABI to keep
-#    pragma GCC diagnostic ignored "-Wpsabi"
+#    if !defined(__clang__)
+#        pragma GCC diagnostic ignored "-Wpsabi"
+#    endif
 
 constexpr size_t LINALIGN_LANES = 8;
 typedef float lanes_f __attribute__((vector_size(LINALIGN_LANES * sizeof(float))));
@@ -51,18 +53,18 @@ static inline lanes_i lanes_iota(int32_t first) {
 }
 
 // a where mask (all ones), else b
-static inline lanes_f lanes_select(lanes_i mask, lanes_f a, lanes_f b) {
+static inline lanes_f lanes_select(const lanes_i & mask, const lanes_f & a, const lanes_f & b) {
     return (lanes_f) (((lanes_i) a & mask) | ((lanes_i) b & ~mask));
 }
 
-static inline lanes_i lanes_select(lanes_i mask, lanes_i a, lanes_i b) {
+static inline lanes_i lanes_select(const lanes_i & mask, const lanes_i & a, const lanes_i & b) {
     return (a & mask) | (b & ~mask);
 }
 
 // The lanes' best value and the lowest id that has it, folded into
 // (*best, *best_id): lane j holds its best value and the first id that
 // reached it (ids < 0 for none).
-static inline void lanes_fold_best(lanes_f lane, lanes_i lane_id, float * best, int32_t * best_id) {
+static inline void lanes_fold_best(const lanes_f & lane, const lanes_i & lane_id, float * best, int32_t * best_id) {
     for (size_t j = 0; j < LINALIGN_LANES; ++j) {
         if (lane_id[j] < 0) {
             continue;
