@@ -124,8 +124,11 @@ static float linear_alignment_threshold(llama_sampler_linear_alignment * ctx, co
     double mass[LINEAR_ALIGNMENT_N_GUESSES];
     const double total = linear_alignment_weights(src, n, max_logit, inv_t, weight.data(), mass);
     *target = ctx->top_p * total;
+    // a guess must hold the target beyond the masses' rounding: a candidate
+    // set that falls short of it by a rounding would cut the nucleus early
+    const double enough = *target + LINEAR_ALIGNMENT_MASS_SLACK * total;
     for (size_t k = 0; k < LINEAR_ALIGNMENT_N_GUESSES; ++k) {
-        if (mass[k] >= *target) {
+        if (mass[k] >= enough) {
             return LINEAR_ALIGNMENT_GUESSES[k];
         }
     }

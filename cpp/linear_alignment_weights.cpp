@@ -51,10 +51,15 @@ static inline float max_logit(LogitAt logit_at, size_t n) {
     return best;
 }
 
-// Sums run in float within a block and in double across blocks: a float
-// sum of 152k small weights drifts by ~1e-4, while one of a block's drifts
-// by ~1e-6 of the block's mass; and double sums in the loop (a conversion
-// and an add per sum per weight) took twice as long as the exp.
+// The masses at the guesses run in float within a block and in double
+// across blocks: a float sum of 152k small weights drifts by ~1e-4, while a
+// block's drifts by at most 256 roundings of its own mass (1.5e-5 of it);
+// double sums (a conversion and an add per sum per weight) took twice as
+// long as the exp. The total is summed in double per weight, in a pass of
+// its own (in this loop it ran out of registers): it sets top_p's target,
+// which a heavy tail (thousands of tokens of ~1e-6 each) compares to the
+// mass of single tokens, and a small weight added to a float sum that holds
+// the best token (weight 1) loses half its bits.
 constexpr size_t SUM_BLOCK = 256;
 
 template <typename LogitAt>
@@ -65,21 +70,19 @@ static inline double weights(LogitAt logit_at, size_t n, float max_logit, float 
     // when their thresholds are constants it can fold.
     static_assert(LINEAR_ALIGNMENT_N_GUESSES == 4, "one sum per guess");
     const float g0 = guesses[0], g1 = guesses[1], g2 = guesses[2], g3 = guesses[3];
-    double total = 0.0, m0 = 0.0, m1 = 0.0, m2 = 0.0, m3 = 0.0;
+    double m0 = 0.0, m1 = 0.0, m2 = 0.0, m3 = 0.0;
     for (size_t start = 0; start < n; start += SUM_BLOCK) {
         const size_t end = std::min(n, start + SUM_BLOCK);
-        float block = 0.0f, b0 = 0.0f, b1 = 0.0f, b2 = 0.0f, b3 = 0.0f;
+        float b0 = 0.0f, b1 = 0.0f, b2 = 0.0f, b3 = 0.0f;
         for (size_t i = start; i < end; ++i) {
             float z = (logit_at(i) - max_logit) * inv_t;
             z = z > -87.0f ? z : -87.0f; // -inf (masked) and underflow both give ~0
             weight[i] = expf(z);
-            block += weight[i];
             b0 += weight[i] >= g0 ? weight[i] : 0.0f;
             b1 += weight[i] >= g1 ? weight[i] : 0.0f;
             b2 += weight[i] >= g2 ? weight[i] : 0.0f;
             b3 += weight[i] >= g3 ? weight[i] : 0.0f;
         }
-        total += block;
         m0 += b0;
         m1 += b1;
         m2 += b2;
@@ -89,6 +92,10 @@ static inline double weights(LogitAt logit_at, size_t n, float max_logit, float 
     mass[1] = m1;
     mass[2] = m2;
     mass[3] = m3;
+    double total = 0.0;
+    for (size_t i = 0; i < n; ++i) {
+        total += weight[i];
+    }
     return total;
 }
 
@@ -166,14 +173,10 @@ double linear_alignment_weights(const float * logits, size_t n, float max_logit,
 
 LINALIGN_VECTOR_CLONES
 double linear_alignment_mass_above(const float * weight, size_t n, float w) {
+    // in double per weight, as the total it is compared with (see weights above)
     double mass = 0.0;
-    for (size_t start = 0; start < n; start += SUM_BLOCK) {
-        const size_t end = std::min(n, start + SUM_BLOCK);
-        float block = 0.0f;
-        for (size_t i = start; i < end; ++i) {
-            block += weight[i] > w ? weight[i] : 0.0f;
-        }
-        mass += block;
+    for (size_t i = 0; i < n; ++i) {
+        mass += weight[i] > w ? (double) weight[i] : 0.0;
     }
     return mass;
 }

@@ -22,6 +22,7 @@ int32_t linear_alignment_argmax(const float * logits, size_t n);
 // square of the last, in float). Below 1e-13 a token cannot matter
 // (linear_alignment_candidates in linear_alignment_sampler.cpp).
 constexpr size_t LINEAR_ALIGNMENT_N_GUESSES = 4;
+constexpr double LINEAR_ALIGNMENT_MASS_SLACK = 1e-4; // > 256 float roundings (1.5e-5)
 constexpr float LINEAR_ALIGNMENT_GUESS_0 = 0.1353352832f; // e^-2
 constexpr float LINEAR_ALIGNMENT_GUESSES[LINEAR_ALIGNMENT_N_GUESSES] = {
     LINEAR_ALIGNMENT_GUESS_0, LINEAR_ALIGNMENT_GUESS_0 * LINEAR_ALIGNMENT_GUESS_0,
@@ -29,8 +30,11 @@ constexpr float LINEAR_ALIGNMENT_GUESSES[LINEAR_ALIGNMENT_N_GUESSES] = {
     ((LINEAR_ALIGNMENT_GUESS_0 * LINEAR_ALIGNMENT_GUESS_0) * (LINEAR_ALIGNMENT_GUESS_0 * LINEAR_ALIGNMENT_GUESS_0)) *
         ((LINEAR_ALIGNMENT_GUESS_0 * LINEAR_ALIGNMENT_GUESS_0) * (LINEAR_ALIGNMENT_GUESS_0 * LINEAR_ALIGNMENT_GUESS_0))};
 
-// weight[i] = exp((logit_i - max_logit) * inv_t); returns their sum, and in
-// mass[k] the sum of those >= LINEAR_ALIGNMENT_GUESSES[k], all in one pass.
+// weight[i] = exp((logit_i - max_logit) * inv_t); returns their sum (in
+// double), and in mass[k] the sum of those >= LINEAR_ALIGNMENT_GUESSES[k],
+// all in one pass. The masses are summed in float blocks: each is within
+// LINEAR_ALIGNMENT_MASS_SLACK of the exact sum, relative to the total, so a
+// caller that needs a mass to hold a target asks for that much more.
 // Logits of -inf get a weight of about 1e-38.
 double linear_alignment_weights(const llama_token_data * data, size_t n, float max_logit, float inv_t, float * weight,
                                 double mass[LINEAR_ALIGNMENT_N_GUESSES]);
