@@ -37,6 +37,13 @@ def test_bench_overhead_prints_every_row_and_ratio_for_each_vocabulary(tmp_path,
             assert min(row["tokens"]) >= per_run, key
             assert row["us_per_token"]["median"] > 0
         assert rows["aligned-x4"]["steps"][0] <= MAX_TOKENS + 2  # the 4 requests step together
+        # each ratio also per repetition: the two rows of one repetition divided
+        for name, num, den, per, _ in RATIOS:
+            ratio = doc["vocabs"][str(n_vocab)]["ratios"][name]
+            unit = f"us_per_{per}"
+            want = rows[num]["reps"][unit][0] / rows[den]["reps"][unit][0]
+            assert ratio["per_rep"]["median"] == pytest.approx(want)
+            assert ratio["value"] == pytest.approx(rows[num][unit]["median"] / rows[den][unit]["median"])
 
 
 def test_bench_overhead_refuses_a_bad_vocabulary_list(capsys):

@@ -202,9 +202,20 @@ def _summary(runs: list[Run]) -> dict[str, Any]:
     def stats(values: list[float]) -> dict[str, float]:
         return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
-    return {"us_per_token": stats([r.seconds / r.tokens * 1e6 for r in runs]),
-            "us_per_step": stats([r.seconds / r.steps * 1e6 for r in runs]),
-            "tokens": [r.tokens for r in runs], "steps": [r.steps for r in runs]}
+    per_token = [r.seconds / r.tokens * 1e6 for r in runs]
+    per_step = [r.seconds / r.steps * 1e6 for r in runs]
+    return {"us_per_token": stats(per_token), "us_per_step": stats(per_step),
+            "tokens": [r.tokens for r in runs], "steps": [r.steps for r in runs],
+            "reps": {"us_per_token": per_token, "us_per_step": per_step}}
+
+
+def _ratio(rows: dict[str, Any], num: str, den: str, unit: str, target: float | None) -> dict[str, Any]:
+    """Of the medians, and per repetition: each repetition's two rows ran
+    seconds apart, under the same load, so their ratio moves less with a
+    shared machine than the ratio of medians taken over the whole run."""
+    per_rep = [a / b for a, b in zip(rows[num]["reps"][unit], rows[den]["reps"][unit])]
+    return {"value": rows[num][unit]["median"] / rows[den][unit]["median"], "target": target,
+            "per_rep": {"median": statistics.median(per_rep), "min": min(per_rep), "max": max(per_rep)}}
 
 
 def run_overhead(config: OverheadConfig, *, log: Callable[[str], None] = lambda s: None,
@@ -228,10 +239,7 @@ def run_overhead(config: OverheadConfig, *, log: Callable[[str], None] = lambda 
                         samples[key].append(paths.runs[key]())
                     log(f"vocabulary {n_vocab}: repetition {rep + 1}/{config.reps}")
             rows = {key: _summary(values) for key, values in samples.items()}
-            ratios = {}
-            for name, num, den, per, target in RATIOS:
-                unit = f"us_per_{per}"
-                ratios[name] = {"value": rows[num][unit]["median"] / rows[den][unit]["median"], "target": target}
+            ratios = {name: _ratio(rows, num, den, f"us_per_{per}", target) for name, num, den, per, target in RATIOS}
             doc["vocabs"][str(n_vocab)] = {"rows": rows, "ratios": ratios}
     return doc
 
@@ -250,10 +258,12 @@ def format_overhead(doc: dict[str, Any]) -> str:
             tok, step = row["us_per_token"], row["us_per_step"]
             span = f"{tok['median']:.0f} [{tok['min']:.0f}-{tok['max']:.0f}]"
             lines.append(f"  {label:52s} {span:>22s} {step['median']:>10.0f} {min(row['tokens']):>7d}")
-        lines.append("")
+        lines += ["", f"  {'ratio':52s} {'of medians':>10s} {'per repetition: median [min-max]':>34s}"]
         for name, ratio in result["ratios"].items():
             target = "" if ratio["target"] is None else f"   target <= {ratio['target']:.2f}"
-            lines.append(f"  {name:52s} {ratio['value']:>8.2f}{target}")
+            rep = ratio["per_rep"]
+            span = f"{rep['median']:.2f} [{rep['min']:.2f}-{rep['max']:.2f}]"
+            lines.append(f"  {name:52s} {ratio['value']:>10.2f} {span:>34s}{target}")
     return "\n".join(lines)
 
 
