@@ -53,6 +53,12 @@ class TextAssembler:
         """
         if self.stopped:
             return ""
+        if not self._stops:
+            # nothing to hold back but an incomplete character (the decoder keeps it)
+            delta = self._decoder.decode(piece)
+            self._text += delta
+            self._emitted = len(self._text)
+            return delta
         search_from = max(0, len(self._text) - self._longest_stop + 1)
         self._text += self._decoder.decode(piece)
         cut = self._find_stop(search_from)
@@ -85,8 +91,14 @@ class TextAssembler:
     def _held_back(self) -> int:
         """Length of the longest tail of the text that could begin a stop string."""
         text = self._text
-        for n in range(min(self._longest_stop - 1, len(text)), 0, -1):
-            tail = text[-n:]
-            if any(s.startswith(tail) for s in self._stops):
-                return n
-        return 0
+        longest = 0
+        for stop in self._stops:
+            # a tail that begins ``stop`` starts with its first character:
+            # only those positions (usually none) are compared
+            i = text.find(stop[0], max(len(text) - len(stop) + 1, 0))
+            while i != -1 and len(text) - i > longest:
+                if stop.startswith(text[i:]):
+                    longest = len(text) - i
+                    break
+                i = text.find(stop[0], i + 1)
+        return longest
