@@ -5,7 +5,7 @@
 // A dense pass, not a walk over a list of candidate indices: on a flat
 // distribution the candidates are thousands of tokens scattered over the
 // vocabulary, and gathering their logits costs more than reading every
-// row in order, 16 lanes at a time (linear_alignment_lanes.h).
+// row in order, 8 lanes at a time (linear_alignment_lanes.h).
 //
 // No fast math here, and no fused multiply-adds (CMakeLists.txt): each
 // combined logit must be the one the exact cut computes, to the bit, or the

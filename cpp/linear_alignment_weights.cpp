@@ -23,9 +23,11 @@
 // Each loop is written once, over an accessor of the i-th logit, and built
 // for the candidate array (strided) and for a plain logits vector (dense).
 
-// A max over 16 running lanes: an elementwise max the compiler turns into
-// vector instructions, where one running max (a reduction whose NaNs it
-// may not reorder without finite-math-only) stays one compare at a time.
+// A max over 16 running lanes, for the candidate array (strided) and where
+// the vector types of linear_alignment_lanes.h are missing: 16 independent
+// compare chains instead of one (a reduction whose NaNs the compiler may not
+// reorder without finite-math-only). GCC 12 keeps it scalar; the dense
+// vector's max below uses the vector types.
 constexpr size_t MAX_LANES = 16;
 
 template <typename LogitAt>

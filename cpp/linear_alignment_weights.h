@@ -20,7 +20,7 @@ int32_t linear_alignment_argmax(const float * logits, size_t n);
 // The weights the nucleus's candidates may reach down to, tried in turn, as
 // fractions of the best token's weight: e^-2, e^-4, e^-8, e^-16 (each the
 // square of the last, in float). Below 1e-13 a token cannot matter
-// (linear_alignment_candidates in linear_alignment_sampler.cpp).
+// (linear_alignment_threshold in linear_alignment_sampler.cpp).
 constexpr size_t LINEAR_ALIGNMENT_N_GUESSES = 4;
 constexpr double LINEAR_ALIGNMENT_MASS_SLACK = 1e-4; // > 256 float roundings (1.5e-5)
 constexpr float LINEAR_ALIGNMENT_GUESS_0 = 0.1353352832f; // e^-2
