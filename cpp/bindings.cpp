@@ -3,6 +3,7 @@
 // that decode release the GIL.
 #include "engine.h"
 #include "linear_alignment_sampler.h"
+#include "linear_alignment_weights.h"
 #include "model.h"
 #include "rpc.h"
 #include "sampling.h"
@@ -558,6 +559,27 @@ PYBIND11_MODULE(_core, m) {
 #undef LINALIGN_STEP_ARGS
     m.attr("AUTO_RATIO_SCALE") = LINEAR_ALIGNMENT_AUTO_SCALE;
     m.attr("AUTO_RATIO_MAX") = LINEAR_ALIGNMENT_AUTO_MAX;
+    // the vocabulary scans of greedy decoding, on arrays of any length: for
+    // tests of their edges (ties across lanes, tails, NaN, -inf)
+    m.def("scan_argmax", [](float_array logits) {
+              if (logits.ndim() != 1 || logits.size() == 0) {
+                  throw std::invalid_argument("logits must be a non-empty 1-D array");
+              }
+              return linear_alignment_argmax(logits.data(), (size_t) logits.size());
+          }, py::arg("logits"),
+          "The sampler's argmax: the first index of the largest logit (numpy's for finite values).");
+    m.def("scan_best_combined", [](float_array logits_p, float_array logits_b, float ratio, float_array weight,
+                                   float threshold) {
+              const py::ssize_t n = logits_p.size();
+              if (logits_p.ndim() != 1 || logits_b.ndim() != 1 || weight.ndim() != 1 || logits_b.size() != n ||
+                  weight.size() != n) {
+                  throw std::invalid_argument("logits_p, logits_b and weight must be 1-D arrays of one length");
+              }
+              return linear_alignment_best_combined(logits_p.data(), logits_b.data(), ratio, weight.data(), (size_t) n,
+                                                    threshold);
+          }, py::arg("logits_p"), py::arg("logits_b"), py::arg("ratio"), py::arg("weight"), py::arg("threshold"),
+          "Greedy's scan: the first index of the largest (1 + ratio) l_p - ratio l_b among the tokens of weight >= "
+          "threshold, or -1.");
     m.def("time_combine_us", &time_combine_us, py::arg("logits_p"), py::arg("logits_b"), py::arg("n_iter") = 200,
           py::arg("ratio") = 2.0f, py::arg("top_p") = 0.8f, py::arg("dense") = true, py::arg("auto_ratio") = false);
 }

@@ -20,33 +20,33 @@ LINALIGN_VECTOR_CLONES
 int32_t linear_alignment_best_combined(const float * logits_p, const float * logits_b, float r, const float * weight,
                                        size_t n, float threshold) {
     const float keep = 1.0f + r;
+    // a token's combined logit, -inf where it cannot be in the nucleus
+    const auto value_at = [=](size_t i) {
+        return weight[i] >= threshold ? keep * logits_p[i] - r * logits_b[i] : -INFINITY;
+    };
+#if LINALIGN_HAVE_LANES
+    // the best, then the first id that has it (the token a walk in id order
+    // picks): two passes at the vector units' pace (linear_alignment_lanes.h),
+    // each computing a combined logit as the other does, to the bit
+    const lanes_f keep_v = lanes_splat(keep), r_v = lanes_splat(r), threshold_v = lanes_splat(threshold);
+    const lanes_f none = lanes_splat(-INFINITY);
+    const auto lanes_at = [=](size_t i) {
+        const lanes_f v = keep_v * lanes_load(logits_p + i) - r_v * lanes_load(logits_b + i);
+        return lanes_select(lanes_load(weight + i) >= threshold_v, v, none);
+    };
+    // NaN loses every comparison, and -inf never beats -inf
+    const float best = lanes_max(n, lanes_at, value_at);
+    return best > -INFINITY ? lanes_find(n, lanes_at, value_at, best) : -1;
+#else
     float best = -INFINITY;
     int32_t best_id = -1;
-    size_t i = 0;
-#if LINALIGN_HAVE_LANES
-    // per lane, the best combined logit and the first id that has it: the
-    // first id of the best over all lanes is then the lowest id among
-    // equals, the token a walk in id order picks
-    const lanes_f keep_v = lanes_splat(keep), r_v = lanes_splat(r), threshold_v = lanes_splat(threshold);
-    lanes_f lane = lanes_splat(-INFINITY);
-    lanes_i lane_id = lanes_splat(-1);
-    lanes_i id = lanes_iota(0);
-    const lanes_i id_step = lanes_splat((int32_t) LINALIGN_LANES);
-    for (; i + LINALIGN_LANES <= n; i += LINALIGN_LANES, id += id_step) {
-        const lanes_f v = keep_v * lanes_load(logits_p + i) - r_v * lanes_load(logits_b + i);
-        // NaN loses every comparison, and -inf never beats -inf
-        const lanes_i take = (lanes_load(weight + i) >= threshold_v) & (v > lane);
-        lane = lanes_select(take, v, lane);
-        lane_id = lanes_select(take, id, lane_id);
-    }
-    lanes_fold_best(lane, lane_id, &best, &best_id);
-#endif
-    for (; i < n; ++i) {
-        const float v = keep * logits_p[i] - r * logits_b[i];
-        if (weight[i] >= threshold && v > best) {
+    for (size_t i = 0; i < n; ++i) {
+        const float v = value_at(i);
+        if (v > best) {
             best = v;
             best_id = (int32_t) i;
         }
     }
     return best_id;
+#endif
 }

@@ -1,12 +1,13 @@
 // Eight floats at a time, as GCC and Clang vector types: the scans over a
-// vocabulary (a max, an argmax, greedy's best combined logit) in vector
-// instructions on every target. GCC 12 leaves the same loops written over
+// vocabulary (a max, an argmax, greedy's best combined logit, the
+// nucleus's masses) in vector instructions on every target. GCC 12 leaves the same loops written over
 // arrays scalar (a select it will not if-convert without fast math), and
 // splits these types into what each target has: one AVX2 register, two SSE
 // or NEON ones. (Sixteen, one AVX-512 register, came out scalar in the AVX2
 // build.) Compares are IEEE's: NaN loses every one.
 #pragma once
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -36,43 +37,106 @@ static inline lanes_f lanes_splat(float x) {
     return v;
 }
 
-static inline lanes_i lanes_splat(int32_t x) {
-    lanes_i v;
-    for (size_t j = 0; j < LINALIGN_LANES; ++j) {
-        v[j] = x;
-    }
-    return v;
-}
-
-static inline lanes_i lanes_iota(int32_t first) {
-    lanes_i v;
-    for (size_t j = 0; j < LINALIGN_LANES; ++j) {
-        v[j] = first + (int32_t) j;
-    }
-    return v;
-}
-
 // a where mask (all ones), else b
 static inline lanes_f lanes_select(const lanes_i & mask, const lanes_f & a, const lanes_f & b) {
     return (lanes_f) (((lanes_i) a & mask) | ((lanes_i) b & ~mask));
 }
 
-static inline lanes_i lanes_select(const lanes_i & mask, const lanes_i & a, const lanes_i & b) {
-    return (a & mask) | (b & ~mask);
-}
+// Four running vectors where a scan would keep one: a max or a sum carried
+// in one vector is a chain of dependent instructions, each waiting 3-4
+// cycles for the last, and a pass over a vocabulary's row then runs at the
+// chain's pace; four independent chains keep the vector units busy.
+constexpr size_t LINALIGN_CHAINS = 4;
+constexpr size_t LINALIGN_ROUND = LINALIGN_CHAINS * LINALIGN_LANES; // floats per round of the chains
 
-// The lanes' best value and the lowest id that has it, folded into
-// (*best, *best_id): lane j holds its best value and the first id that
-// reached it (ids < 0 for none).
-static inline void lanes_fold_best(const lanes_f & lane, const lanes_i & lane_id, float * best, int32_t * best_id) {
-    for (size_t j = 0; j < LINALIGN_LANES; ++j) {
-        if (lane_id[j] < 0) {
-            continue;
-        }
-        if (*best_id < 0 || lane[j] > *best || (lane[j] == *best && lane_id[j] < *best_id)) {
-            *best = lane[j];
-            *best_id = lane_id[j];
+// The largest value(i) over i < n (-inf if none; NaN and -inf never win):
+// lanes(i) gives the 8 values from i, value(i) one of them, for the tail.
+template <typename LanesAt, typename ValueAt>
+static inline float lanes_max(size_t n, LanesAt lanes_at, ValueAt value_at) {
+    lanes_f chain[LINALIGN_CHAINS];
+    for (lanes_f & c : chain) {
+        c = lanes_splat(-INFINITY);
+    }
+    size_t i = 0;
+    for (; i + LINALIGN_ROUND <= n; i += LINALIGN_ROUND) {
+        for (size_t c = 0; c < LINALIGN_CHAINS; ++c) {
+            const lanes_f x = lanes_at(i + c * LINALIGN_LANES);
+            // NaN compares false; written as a select of the same compare, GCC makes it a blend and a compare
+            chain[c] = x > chain[c] ? x : chain[c]; // one maxps, which has these semantics
         }
     }
+    for (size_t c = 1; c < LINALIGN_CHAINS; ++c) {
+        chain[0] = chain[c] > chain[0] ? chain[c] : chain[0];
+    }
+    float best = -INFINITY;
+    for (size_t j = 0; j < LINALIGN_LANES; ++j) {
+        best = chain[0][j] > best ? chain[0][j] : best;
+    }
+    for (; i < n; ++i) {
+        const float x = value_at(i);
+        best = x > best ? x : best;
+    }
+    return best;
 }
+
+// The first i < n whose value(i) == x, or -1. With x the max of the same
+// values (lanes_max), an argmax in two passes that each run at the vector
+// units' pace: the max, then the search, which stops at the first hit. A
+// round's four compares are tested at once: moving a mask out of the vector
+// registers costs more than the compares.
+template <typename LanesAt, typename ValueAt>
+static inline int32_t lanes_find(size_t n, LanesAt lanes_at, ValueAt value_at, float x) {
+    const lanes_f target = lanes_splat(x);
+    size_t i = 0;
+    for (; i + LINALIGN_ROUND <= n; i += LINALIGN_ROUND) {
+        lanes_i hit = lanes_at(i) == target;
+        for (size_t c = 1; c < LINALIGN_CHAINS; ++c) {
+            hit |= lanes_at(i + c * LINALIGN_LANES) == target;
+        }
+        uint64_t any[4];
+        static_assert(sizeof any == sizeof hit, "the mask as four words");
+        std::memcpy(any, &hit, sizeof any);
+        if ((any[0] | any[1] | any[2] | any[3]) != 0) {
+            break; // it is in this round
+        }
+    }
+    for (; i < n; ++i) {
+        if (value_at(i) == x) {
+            return (int32_t) i;
+        }
+    }
+    return -1;
+}
+
+// Sum over i < n of x[i] where x[i] > above, in double per value (four
+// chains of four doubles).
+typedef float lanes4_f __attribute__((vector_size(4 * sizeof(float))));
+typedef int32_t lanes4_i __attribute__((vector_size(4 * sizeof(int32_t))));
+typedef double lanes4_d __attribute__((vector_size(4 * sizeof(double))));
+
+static inline double lanes_sum_above(const float * x, size_t n, float above) {
+    lanes4_f above_v;
+    for (size_t j = 0; j < 4; ++j) {
+        above_v[j] = above;
+    }
+    lanes4_d chain[LINALIGN_CHAINS] = {};
+    size_t i = 0;
+    for (; i + 4 * LINALIGN_CHAINS <= n; i += 4 * LINALIGN_CHAINS) {
+        for (size_t c = 0; c < LINALIGN_CHAINS; ++c) {
+            lanes4_f v;
+            std::memcpy(&v, x + i + 4 * c, sizeof v);
+            if (above > -INFINITY) { // (a sum of all is the same without the mask: the compiler drops it)
+                v = (lanes4_f) ((lanes4_i) v & (v > above_v)); // 0 where not above
+            }
+            chain[c] += __builtin_convertvector(v, lanes4_d);
+        }
+    }
+    const lanes4_d s = (chain[0] + chain[1]) + (chain[2] + chain[3]);
+    double total = (s[0] + s[1]) + (s[2] + s[3]);
+    for (; i < n; ++i) {
+        total += x[i] > above ? (double) x[i] : 0.0;
+    }
+    return total;
+}
+
 #endif

@@ -53,6 +53,19 @@ static inline float max_logit(LogitAt logit_at, size_t n) {
     return best;
 }
 
+// The sum of the weights > above, in double per weight.
+static inline double sum_above(const float * weight, size_t n, float above) {
+#if LINALIGN_HAVE_LANES
+    return lanes_sum_above(weight, n, above); // four chains, where one would wait on each add
+#else
+    double sum = 0.0;
+    for (size_t i = 0; i < n; ++i) {
+        sum += weight[i] > above ? (double) weight[i] : 0.0;
+    }
+    return sum;
+#endif
+}
+
 // The masses at the guesses run in float within a block and in double
 // across blocks: a float sum of 152k small weights drifts by ~1e-4, while a
 // block's drifts by at most 256 roundings of its own mass (1.5e-5 of it);
@@ -73,13 +86,18 @@ static inline double weights(LogitAt logit_at, size_t n, float max_logit, float 
     static_assert(LINEAR_ALIGNMENT_N_GUESSES == 4, "one sum per guess");
     const float g0 = guesses[0], g1 = guesses[1], g2 = guesses[2], g3 = guesses[3];
     double m0 = 0.0, m1 = 0.0, m2 = 0.0, m3 = 0.0;
+    // The exp in a pass of its own: the vector expf is a call, which may
+    // clobber every vector register, so sums carried across it are stored
+    // and loaded again at every call.
+    for (size_t i = 0; i < n; ++i) {
+        float z = (logit_at(i) - max_logit) * inv_t;
+        z = z > -87.0f ? z : -87.0f; // -inf (masked) and underflow both give ~0
+        weight[i] = expf(z);
+    }
     for (size_t start = 0; start < n; start += SUM_BLOCK) {
         const size_t end = std::min(n, start + SUM_BLOCK);
         float b0 = 0.0f, b1 = 0.0f, b2 = 0.0f, b3 = 0.0f;
         for (size_t i = start; i < end; ++i) {
-            float z = (logit_at(i) - max_logit) * inv_t;
-            z = z > -87.0f ? z : -87.0f; // -inf (masked) and underflow both give ~0
-            weight[i] = expf(z);
             b0 += weight[i] >= g0 ? weight[i] : 0.0f;
             b1 += weight[i] >= g1 ? weight[i] : 0.0f;
             b2 += weight[i] >= g2 ? weight[i] : 0.0f;
@@ -94,11 +112,7 @@ static inline double weights(LogitAt logit_at, size_t n, float max_logit, float 
     mass[1] = m1;
     mass[2] = m2;
     mass[3] = m3;
-    double total = 0.0;
-    for (size_t i = 0; i < n; ++i) {
-        total += weight[i];
-    }
-    return total;
+    return sum_above(weight, n, -INFINITY); // every weight (none is NaN or -inf)
 }
 
 LINALIGN_VECTOR_CLONES
@@ -109,21 +123,8 @@ float linear_alignment_max_logit(const llama_token_data * data, size_t n) {
 LINALIGN_VECTOR_CLONES
 float linear_alignment_max_logit(const float * logits, size_t n) {
 #if LINALIGN_HAVE_LANES
-    // as vector types: the array of lanes above stays scalar here
-    lanes_f lane = lanes_splat(-INFINITY);
-    size_t i = 0;
-    for (; i + LINALIGN_LANES <= n; i += LINALIGN_LANES) {
-        const lanes_f x = lanes_load(logits + i);
-        lane = lanes_select(x > lane, x, lane); // NaN and -inf compare false: neither can win
-    }
-    float best = -INFINITY;
-    for (size_t j = 0; j < LINALIGN_LANES; ++j) {
-        best = lane[j] > best ? lane[j] : best;
-    }
-    for (; i < n; ++i) {
-        best = logits[i] > best ? logits[i] : best;
-    }
-    return best;
+    // as vector types, in four chains (linear_alignment_lanes.h): the array of lanes above stays scalar here
+    return lanes_max(n, [logits](size_t i) { return lanes_load(logits + i); }, [logits](size_t i) { return logits[i]; });
 #else
     return max_logit([logits](size_t i) { return logits[i]; }, n);
 #endif
@@ -133,27 +134,23 @@ LINALIGN_VECTOR_CLONES
 int32_t linear_alignment_argmax(const float * logits, size_t n) {
     float best = -INFINITY;
     int32_t best_id = -1;
-    size_t i = 0;
 #if LINALIGN_HAVE_LANES
-    // per lane, its max and the first id that has it (linear_alignment_lanes.h)
-    lanes_f lane = lanes_splat(-INFINITY);
-    lanes_i lane_id = lanes_splat(-1);
-    lanes_i id = lanes_iota(0);
-    const lanes_i id_step = lanes_splat((int32_t) LINALIGN_LANES);
-    for (; i + LINALIGN_LANES <= n; i += LINALIGN_LANES, id += id_step) {
-        const lanes_f x = lanes_load(logits + i);
-        const lanes_i take = x > lane;
-        lane = lanes_select(take, x, lane);
-        lane_id = lanes_select(take, id, lane_id);
+    // the max, then the first id that has it: two passes at the vector
+    // units' pace, where one that carries each lane's id is a chain
+    const auto lanes_at = [logits](size_t i) { return lanes_load(logits + i); };
+    const auto value_at = [logits](size_t i) { return logits[i]; };
+    best = lanes_max(n, lanes_at, value_at);
+    if (best > -INFINITY) {
+        best_id = lanes_find(n, lanes_at, value_at, best);
     }
-    lanes_fold_best(lane, lane_id, &best, &best_id);
-#endif
-    for (; i < n; ++i) {
+#else
+    for (size_t i = 0; i < n; ++i) {
         if (logits[i] > best) {
             best = logits[i];
             best_id = (int32_t) i;
         }
     }
+#endif
     if (best_id < 0 || !std::isfinite(best)) {
         // no finite logit beats -inf: std::max_element's answer, as before
         return (int32_t) (std::max_element(logits, logits + n) - logits);
@@ -176,11 +173,7 @@ double linear_alignment_weights(const float * logits, size_t n, float max_logit,
 LINALIGN_VECTOR_CLONES
 double linear_alignment_mass_above(const float * weight, size_t n, float w) {
     // in double per weight, as the total it is compared with (see weights above)
-    double mass = 0.0;
-    for (size_t i = 0; i < n; ++i) {
-        mass += weight[i] > w ? (double) weight[i] : 0.0;
-    }
-    return mass;
+    return sum_above(weight, n, w);
 }
 
 LINALIGN_VECTOR_CLONES

@@ -12,9 +12,10 @@ float linear_alignment_max_logit(const llama_token_data * data, size_t n);
 float linear_alignment_max_logit(const float * logits, size_t n);
 
 // The first index of the largest logit (numpy's argmax for finite values),
-// in one vector pass that keeps each lane's first index of its max.
-// std::max_element's chain of dependent compare-and-moves costs several
-// times as much over a vocabulary. Without a finite logit, std::max_element's answer.
+// as the max and then a search for it, two vector passes
+// (linear_alignment_lanes.h). std::max_element's chain of dependent
+// compare-and-moves costs several times as much over a vocabulary. Without
+// a finite logit, std::max_element's answer.
 int32_t linear_alignment_argmax(const float * logits, size_t n);
 
 // The weights the nucleus's candidates may reach down to, tried in turn, as

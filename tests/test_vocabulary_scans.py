@@ -1,0 +1,93 @@
+"""The vocabulary scans of greedy decoding (cpp/linear_alignment_lanes.h):
+the argmax, and the best combined logit among a nucleus's candidates, each a
+max over four chains of 8 lanes then a search for its first position. They
+must give numpy's answer, the first index among equals, wherever the equals
+fall (the same lane, different chains, a later round, the scalar tail), with
+NaN and -inf never winning, on arrays of every length. No model involved."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from linalign import _core
+
+
+def first_max(values: np.ndarray) -> int:
+    """First index of the largest value that is not NaN, or -1 if none is
+    above -inf."""
+    ok = ~np.isnan(values) & (values > -np.inf)
+    if not ok.any():
+        return -1
+    best = values[ok].max()
+    return int(np.flatnonzero(ok & (values == best))[0])
+
+
+@st.composite
+def rows(draw, min_size: int = 1):
+    n = draw(st.integers(min_size, 300))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    levels = draw(st.sampled_from([0, 1, 2, 3]))  # 0: continuous; else that many distinct values (ties)
+    values = rng.normal(0, 2, n) if not levels else rng.integers(0, levels, n).astype(np.float64)
+    values = values.astype(np.float32)
+    for special in (np.nan, -np.inf):
+        if draw(st.booleans()):
+            values[rng.random(n) < draw(st.sampled_from([0.05, 0.5, 1.0]))] = special
+    return values
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows())
+def test_argmax_is_the_first_index_of_the_max(values):
+    want = first_max(values)
+    got = _core.scan_argmax(values)
+    if want >= 0:
+        assert got == want
+    else:  # nothing finite: std::max_element's answer, some index of the array
+        assert 0 <= got < values.size
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 31, 32, 33, 64, 95, 1000, 49152, 49155])
+def test_argmax_ties_in_every_place(n):
+    """Two equal maxima anywhere: the first wins, whichever chain, round or
+    tail holds each."""
+    rng = np.random.default_rng(n)
+    positions = sorted({0, n - 1, n // 2, min(n - 1, 8), min(n - 1, 31), min(n - 1, 32)})
+    for a in positions:
+        for b in positions:
+            if a >= b:
+                continue
+            values = rng.normal(0, 1, n).astype(np.float32)
+            values[[a, b]] = 50.0
+            assert _core.scan_argmax(values) == a
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows(), st.floats(-1.0, 4.0, width=32), st.floats(0.0, 1.0), st.integers(0, 2**32 - 1))
+def test_best_combined_is_the_first_index_of_the_best_candidate(logits_p, ratio, threshold, seed):
+    rng = np.random.default_rng(seed)
+    n = logits_p.size
+    logits_b = (np.nan_to_num(logits_p, nan=0.0, neginf=0.0) + rng.normal(0, 1, n)).astype(np.float32)
+    weight = rng.random(n).astype(np.float32)
+    # the combine in float32 with the sampler's rounding: (1 + r) once, then
+    # each product and the difference rounded (no fused multiply-add)
+    r = np.float32(ratio)
+    keep = np.float32(1.0) + r
+    with np.errstate(invalid="ignore", over="ignore"):
+        combined = keep * logits_p - r * logits_b
+    combined = np.where(weight >= np.float32(threshold), combined, np.float32(-np.inf))
+    assert _core.scan_best_combined(logits_p, logits_b, ratio, weight, threshold) == first_max(combined)
+
+
+def test_best_combined_without_candidates_is_minus_one():
+    values = np.zeros(100, dtype=np.float32)
+    assert _core.scan_best_combined(values, values, 2.0, values, 0.5) == -1
+
+
+def test_scans_refuse_what_is_not_a_row():
+    with pytest.raises(ValueError):
+        _core.scan_argmax(np.zeros(0, dtype=np.float32))
+    with pytest.raises(ValueError):
+        _core.scan_best_combined(np.zeros(4, np.float32), np.zeros(5, np.float32), 1.0, np.zeros(4, np.float32), 0.0)
