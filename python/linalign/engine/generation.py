@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from time import monotonic
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
@@ -104,11 +105,8 @@ class Generation:
     cached_tokens: int = 0      # prompt tokens of stream P found in the slot's cache
     completion_tokens: int = 0
     prefill: dict[str, object] = field(default_factory=dict)  # per stream (P, B): reused, decoded; B's shared
-    # per generated token: the step size each principled stream was applied
-    # at (P first) and the (stream, token) pairs the echo guard lowered, the
-    # last token's and their running totals
-    last_ratios: list[float] = field(default_factory=list)
-    last_guarded: list[tuple[int, int]] = field(default_factory=list)
+    # over the generated tokens: the sum of the step size each principled
+    # stream was applied at (P first), and how many the echo guard acted at
     _ratio_sums: list[float] = field(default_factory=list)
     _steered_tokens: int = 0
     _guarded_tokens: int = 0
@@ -240,21 +238,26 @@ class Generation:
 
     # -- written by the engine, under its lock ----------------------------
 
-    def _record_step(self, ratios: Sequence[float], guarded: Sequence[tuple[int, int]], *, token: int = -1,
+    def _record_step(self, ratios: Sequence[float], guarded: Sequence[tuple[int, int]], token: int = -1,
                      plain_top: int = -1) -> None:
-        """The steering of the token just sampled (a native step event's;
-        ``plain_top``: the base stream's most likely token, -1: none)."""
-        self.token_times.append(time.monotonic())
+        """The steering of the token just sampled (a native step event's):
+        the step size each principled stream was applied at (P first), the
+        (stream, token) pairs the echo guard lowered, and the base stream's
+        most likely token (-1: none). Runs once per token on the engine
+        thread: only running totals."""
+        self.token_times.append(monotonic())
         if plain_top >= 0:
             self.aligned_tokens += 1
-            self.changed_tokens += token != plain_top
-        self.last_ratios, self.last_guarded = list(ratios), [tuple(g) for g in guarded]
-        if len(self._ratio_sums) < len(ratios):
-            self._ratio_sums += [0.0] * (len(ratios) - len(self._ratio_sums))
+            if token != plain_top:
+                self.changed_tokens += 1
+        sums = self._ratio_sums
+        if len(sums) != len(ratios):
+            sums += [0.0] * (len(ratios) - len(sums))
         for i, r in enumerate(ratios):
-            self._ratio_sums[i] += r
+            sums[i] += r
         self._steered_tokens += 1
-        self._guarded_tokens += bool(guarded)
+        if guarded:
+            self._guarded_tokens += 1
 
     def _push(self, delta: str, logprobs: list[TokenLogprob] | None = None) -> None:
         if logprobs:

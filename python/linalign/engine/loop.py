@@ -90,7 +90,9 @@ class _EngineThread:
     def _run(self) -> None:
         while True:
             with self.cond:
-                calls, self.calls = list(self.calls), deque()
+                calls = ()
+                if self.calls:
+                    calls, self.calls = list(self.calls), deque()
                 work = []
                 for loop in list(self.loops):
                     try:
@@ -271,8 +273,13 @@ class EngineLoop:
         else:
             self._admit(engine)
         engine = self._engine
-        self._running = [g for g in self._running if not g.done]
-        if engine.closed or not self._running:
+        running = self._running
+        if len(running) == 1:  # the common case, without a new list per step
+            if running[0].done:
+                running.clear()
+        else:
+            self._running = running = [g for g in running if not g.done]
+        if engine.closed or not running:
             return None
         return engine
 
