@@ -9,16 +9,31 @@
 #include "linear_alignment_weights.h"
 #include "linear_alignment_vector.h"
 
+#include <algorithm>
 #include <cmath>
 
 // a log-probability clamped where expf underflows: -inf and NaN land here too
 static inline float clamp_log(float z) { return z > -87.0f ? z : -87.0f; }
 
+// Each loop clamps a block of log-probabilities into a buffer before the
+// exp: clamped in the same loop, GCC moves the clamp after the call
+// (z < c ? exp(c) : exp(z)), and the vector expf takes its slow scalar path
+// for every lane far below -87 (a peaked distribution's tail, a grammar's
+// -inf). See linear_alignment_weights.cpp.
+constexpr size_t CLAMP_BLOCK = 256;
+
 LINALIGN_VECTOR_CLONES
 static double sum_exp(const float * logits, size_t n, float max_logit) {
     double total = 0.0;
-    for (size_t i = 0; i < n; ++i) {
-        total += expf(clamp_log(logits[i] - max_logit));
+    float z[CLAMP_BLOCK];
+    for (size_t start = 0; start < n; start += CLAMP_BLOCK) {
+        const size_t m = std::min(CLAMP_BLOCK, n - start);
+        for (size_t i = 0; i < m; ++i) {
+            z[i] = clamp_log(logits[start + i] - max_logit);
+        }
+        for (size_t i = 0; i < m; ++i) {
+            total += expf(z[i]);
+        }
     }
     return total;
 }
@@ -34,14 +49,20 @@ double linear_alignment_logsumexp(const float * logits, size_t n) {
 LINALIGN_VECTOR_CLONES
 static double jsd_nats_twice(const float * a, float lse_a, const float * b, float lse_b, size_t n) {
     double acc = 0.0;
-    for (size_t i = 0; i < n; ++i) {
-        const float la = clamp_log(a[i] - lse_a);
-        const float lb = clamp_log(b[i] - lse_b);
-        const float pa = expf(la);
-        const float pb = expf(lb);
-        const float m  = 0.5f * (pa + pb);
-        const float lm = logf(m > 1e-37f ? m : 1e-37f);
-        acc += (double) (pa * (la - lm) + pb * (lb - lm));
+    float la[CLAMP_BLOCK], lb[CLAMP_BLOCK];
+    for (size_t start = 0; start < n; start += CLAMP_BLOCK) {
+        const size_t m = std::min(CLAMP_BLOCK, n - start);
+        for (size_t i = 0; i < m; ++i) {
+            la[i] = clamp_log(a[start + i] - lse_a);
+            lb[i] = clamp_log(b[start + i] - lse_b);
+        }
+        for (size_t i = 0; i < m; ++i) {
+            const float pa = expf(la[i]);
+            const float pb = expf(lb[i]);
+            const float m_ab = 0.5f * (pa + pb);
+            const float lm = logf(m_ab > 1e-37f ? m_ab : 1e-37f);
+            acc += (double) (pa * (la[i] - lm) + pb * (lb[i] - lm));
+        }
     }
     return acc;
 }

@@ -86,13 +86,19 @@ static inline double weights(LogitAt logit_at, size_t n, float max_logit, float 
     static_assert(LINEAR_ALIGNMENT_N_GUESSES == 4, "one sum per guess");
     const float g0 = guesses[0], g1 = guesses[1], g2 = guesses[2], g3 = guesses[3];
     double m0 = 0.0, m1 = 0.0, m2 = 0.0, m3 = 0.0;
-    // The exp in a pass of its own: the vector expf is a call, which may
+    // The exp in passes of their own: the vector expf is a call, which may
     // clobber every vector register, so sums carried across it are stored
-    // and loaded again at every call.
+    // and loaded again at every call. And the clamp before it in a pass of
+    // its own: in one loop GCC moves it after the call (z < c ? exp(c) :
+    // exp(z)), so expf saw every z, and took its slow scalar path (errno,
+    // underflow) for each lane far below -87: most of a peaked
+    // distribution's vocabulary, and a grammar's -inf.
     for (size_t i = 0; i < n; ++i) {
-        float z = (logit_at(i) - max_logit) * inv_t;
-        z = z > -87.0f ? z : -87.0f; // -inf (masked) and underflow both give ~0
-        weight[i] = expf(z);
+        const float z = (logit_at(i) - max_logit) * inv_t;
+        weight[i] = z > -87.0f ? z : -87.0f; // -inf (masked), NaN and underflow all give ~0
+    }
+    for (size_t i = 0; i < n; ++i) {
+        weight[i] = expf(weight[i]);
     }
     for (size_t start = 0; start < n; start += SUM_BLOCK) {
         const size_t end = std::min(n, start + SUM_BLOCK);
