@@ -42,6 +42,14 @@ static inline lanes_f lanes_select(const lanes_i & mask, const lanes_f & a, cons
     return (lanes_f) (((lanes_i) a & mask) | ((lanes_i) b & ~mask));
 }
 
+// Whether any lane of a compare's mask is set.
+static inline bool lanes_any(const lanes_i & mask) {
+    uint64_t word[4];
+    static_assert(sizeof word == sizeof mask, "the mask as four words");
+    std::memcpy(word, &mask, sizeof word);
+    return (word[0] | word[1] | word[2] | word[3]) != 0;
+}
+
 // Four running vectors where a scan would keep one: a max or a sum carried
 // in one vector is a chain of dependent instructions, each waiting 3-4
 // cycles for the last, and a pass over a vocabulary's row then runs at the
@@ -93,10 +101,7 @@ static inline int32_t lanes_find(size_t n, LanesAt lanes_at, ValueAt value_at, f
         for (size_t c = 1; c < LINALIGN_CHAINS; ++c) {
             hit |= lanes_at(i + c * LINALIGN_LANES) == target;
         }
-        uint64_t any[4];
-        static_assert(sizeof any == sizeof hit, "the mask as four words");
-        std::memcpy(any, &hit, sizeof any);
-        if ((any[0] | any[1] | any[2] | any[3]) != 0) {
+        if (lanes_any(hit)) {
             break; // it is in this round
         }
     }

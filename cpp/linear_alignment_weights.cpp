@@ -185,11 +185,26 @@ double linear_alignment_mass_above(const float * weight, size_t n, float w) {
 LINALIGN_VECTOR_CLONES
 size_t linear_alignment_indices_at_least(const float * weight, size_t n, float threshold, int32_t * out) {
     // A nucleus is usually a handful of tokens among tens of thousands: test
-    // 16 weights at a time (one vector compare) and look closer only at the
-    // blocks that hold one.
-    constexpr size_t block = 16;
+    // a round of 32 weights at a time (four vector compares, one test) and
+    // look closer only at the rounds that hold one.
     size_t m = 0;
     size_t i = 0;
+#if LINALIGN_HAVE_LANES
+    const lanes_f t = lanes_splat(threshold);
+    for (; i + LINALIGN_ROUND <= n; i += LINALIGN_ROUND) {
+        lanes_i hit = lanes_load(weight + i) >= t;
+        for (size_t c = 1; c < LINALIGN_CHAINS; ++c) {
+            hit |= lanes_load(weight + i + c * LINALIGN_LANES) >= t;
+        }
+        if (lanes_any(hit)) {
+            for (size_t j = 0; j < LINALIGN_ROUND; ++j) {
+                out[m] = (int32_t) (i + j);
+                m += weight[i + j] >= threshold;
+            }
+        }
+    }
+#else
+    constexpr size_t block = 16;
     for (; i + block <= n; i += block) {
         float best = weight[i];
         for (size_t j = 1; j < block; ++j) {
@@ -202,6 +217,7 @@ size_t linear_alignment_indices_at_least(const float * weight, size_t n, float t
             }
         }
     }
+#endif
     for (; i < n; ++i) {
         out[m] = (int32_t) i;
         m += weight[i] >= threshold;
