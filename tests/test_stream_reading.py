@@ -1,6 +1,7 @@
 """How a streaming reader waits for its request's deltas (Generation.read):
 one delta per token either way; at each token when tokens come slowly, and
-several tokens per wake when they come faster than STREAM_COALESCE_S apart.
+several tokens per wake (one every STREAM_POLL_S) when they come faster than
+STREAM_COALESCE_S apart.
 
 A thread plays the engine's part on a real Generation (the calls the engine
 makes after each sampled token: _record_step, _push_token, the notify), so
@@ -15,7 +16,7 @@ import pytest
 
 from linalign import SamplingOptions
 from linalign.engine import generation as generation_module
-from linalign.engine.generation import STREAM_COALESCE_S, Generation, GenerationRequest
+from linalign.engine.generation import STREAM_COALESCE_S, STREAM_POLL_S, Generation, GenerationRequest
 
 _sleep = time.sleep  # the producer's own: the tests count the reader's calls of time.sleep
 
@@ -35,7 +36,7 @@ def _produce(gen: Generation, n: int, interval_s: float) -> threading.Thread:
     return thread
 
 
-def _read_counting_wakes(monkeypatch, n: int, interval_s: float) -> tuple[list[str], int, int]:
+def _read_counting_wakes(monkeypatch, n: int, interval_s: float) -> tuple[list[str], list[float], int]:
     gen = Generation(request=GenerationRequest([1], [1], SamplingOptions()), limit=n)
     sleeps, waits = [], []
     real_wait = Generation.wait
@@ -45,22 +46,22 @@ def _read_counting_wakes(monkeypatch, n: int, interval_s: float) -> tuple[list[s
     deltas = [delta for delta, _ in gen.read()]
     producer.join()
     monkeypatch.undo()
-    return deltas, len(sleeps), len(waits)
+    return deltas, sleeps, len(waits)
 
 
 def test_fast_tokens_are_read_several_per_wake_one_delta_each(monkeypatch):
     n = 400
     deltas, sleeps, waits = _read_counting_wakes(monkeypatch, n, interval_s=0.0002)
     assert deltas == [f"t{i} " for i in range(n)]  # every token, in order, a delta of its own
-    assert sleeps > 0
-    assert sleeps + waits < n / 2, f"{sleeps} sleeps and {waits} waits for {n} tokens"
+    assert sleeps and set(sleeps) == {STREAM_POLL_S}
+    assert len(sleeps) + waits < n / 2, f"{len(sleeps)} sleeps and {waits} waits for {n} tokens"
 
 
 def test_slow_tokens_wake_the_reader_at_each(monkeypatch):
     n = 20
     deltas, sleeps, waits = _read_counting_wakes(monkeypatch, n, interval_s=5 * STREAM_COALESCE_S)
     assert deltas == [f"t{i} " for i in range(n)]
-    assert sleeps == 0  # never polls: it waits for each token
+    assert sleeps == []  # never polls: it waits for each token
     assert waits >= n
 
 

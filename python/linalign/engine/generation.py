@@ -17,9 +17,13 @@ from ..text_stream import TextAssembler
 
 __all__ = ["GenerationRequest", "Generation"]
 
-# A streaming reader whose deltas come less than this apart reads them every
-# this long instead of waking at each (Generation.read).
+# A streaming reader whose deltas come less than STREAM_COALESCE_S apart
+# (more than 500 tokens a second) reads them every STREAM_POLL_S instead of
+# waking at each (Generation.read). Each wake costs the decode some 50 µs
+# of a core, cold caches and all (docs/overhead.md, item 12); 8 ms is under
+# half a frame of a 60 Hz screen.
 STREAM_COALESCE_S = 0.002
+STREAM_POLL_S = 0.008
 
 
 @dataclass(frozen=True)
@@ -165,12 +169,12 @@ class Generation:
         the reader would take a core from the decode.
 
         Streaming, when the last two tokens came less than STREAM_COALESCE_S
-        (2 ms) apart, the reader sleeps that long before it looks again, and
-        so reads the deltas of several steps per wake (still one delta per
-        token), for as long as steps are that fast (a tiny model; more than
-        500 tokens a second): each wake costs the decode a core's time on a
-        machine whose cores all decode, and no one sees 2 ms. Slower steps
-        wake it at each delta, as before."""
+        (2 ms) apart, the reader sleeps STREAM_POLL_S (8 ms) before it looks
+        again, and so reads the deltas of several steps per wake (still one
+        delta per token), for as long as steps are that fast (a tiny model;
+        more than 500 tokens a second): each wake costs the decode a core's
+        time on a machine whose cores all decode, and no one sees 8 ms.
+        Slower steps wake it at each delta, as before."""
         try:
             while whole and not self.done:
                 if (error := gone()) is not None:
@@ -190,7 +194,7 @@ class Generation:
                     break
                 else:
                     if fast:
-                        time.sleep(STREAM_COALESCE_S)
+                        time.sleep(STREAM_POLL_S)
                         fast = self.has_delta  # still coming that fast; else wait for the next one
                     else:
                         self.wait()
