@@ -12,14 +12,8 @@
 #include <algorithm>
 #include <cmath>
 
-// a log-probability clamped where expf underflows: -inf and NaN land here too
-static inline float clamp_log(float z) { return z > -87.0f ? z : -87.0f; }
-
 // Each loop clamps a block of log-probabilities into a buffer before the
-// exp: clamped in the same loop, GCC moves the clamp after the call
-// (z < c ? exp(c) : exp(z)), and the vector expf takes its slow scalar path
-// for every lane far below -87 (a peaked distribution's tail, a grammar's
-// -inf). See linear_alignment_weights.cpp.
+// exp (linear_alignment_exp_arg: the clamp must not share the exp's loop).
 constexpr size_t CLAMP_BLOCK = 256;
 
 LINALIGN_VECTOR_CLONES
@@ -29,7 +23,7 @@ static double sum_exp(const float * logits, size_t n, float max_logit) {
     for (size_t start = 0; start < n; start += CLAMP_BLOCK) {
         const size_t m = std::min(CLAMP_BLOCK, n - start);
         for (size_t i = 0; i < m; ++i) {
-            z[i] = clamp_log(logits[start + i] - max_logit);
+            z[i] = linear_alignment_exp_arg(logits[start + i] - max_logit);
         }
         for (size_t i = 0; i < m; ++i) {
             total += expf(z[i]);
@@ -53,8 +47,8 @@ static double jsd_nats_twice(const float * a, float lse_a, const float * b, floa
     for (size_t start = 0; start < n; start += CLAMP_BLOCK) {
         const size_t m = std::min(CLAMP_BLOCK, n - start);
         for (size_t i = 0; i < m; ++i) {
-            la[i] = clamp_log(a[start + i] - lse_a);
-            lb[i] = clamp_log(b[start + i] - lse_b);
+            la[i] = linear_alignment_exp_arg(a[start + i] - lse_a);
+            lb[i] = linear_alignment_exp_arg(b[start + i] - lse_b);
         }
         for (size_t i = 0; i < m; ++i) {
             const float pa = expf(la[i]);

@@ -1,6 +1,7 @@
 // Eight floats at a time, as GCC and Clang vector types: the scans over a
 // vocabulary (a max, an argmax, greedy's best combined logit, the
-// nucleus's masses) in vector instructions on every target. GCC 12 leaves the same loops written over
+// nucleus's masses and candidates) in vector instructions on every target.
+// GCC 12 leaves the same loops written over
 // arrays scalar (a select it will not if-convert without fast math), and
 // splits these types into what each target has: one AVX2 register, two SSE
 // or NEON ones. (Sixteen, one AVX-512 register, came out scalar in the AVX2
@@ -69,8 +70,9 @@ static inline float lanes_max(size_t n, LanesAt lanes_at, ValueAt value_at) {
     for (; i + LINALIGN_ROUND <= n; i += LINALIGN_ROUND) {
         for (size_t c = 0; c < LINALIGN_CHAINS; ++c) {
             const lanes_f x = lanes_at(i + c * LINALIGN_LANES);
-            // NaN compares false; written as a select of the same compare, GCC makes it a blend and a compare
-            chain[c] = x > chain[c] ? x : chain[c]; // one maxps, which has these semantics
+            // one maxps, whose semantics these are (NaN compares false); the
+            // bitwise lanes_select of the same compare compiles to a compare and a blend
+            chain[c] = x > chain[c] ? x : chain[c];
         }
     }
     for (size_t c = 1; c < LINALIGN_CHAINS; ++c) {
@@ -87,21 +89,29 @@ static inline float lanes_max(size_t n, LanesAt lanes_at, ValueAt value_at) {
     return best;
 }
 
+// Whether any of the round of 32 values from i passes a test: hit_at(j)
+// gives the test's mask of the 8 values from j. The round's four masks are
+// tested at once: moving a mask out of the vector registers costs more
+// than the compares.
+template <typename HitAt>
+static inline bool lanes_round_any(size_t i, HitAt hit_at) {
+    lanes_i hit = hit_at(i);
+    for (size_t c = 1; c < LINALIGN_CHAINS; ++c) {
+        hit |= hit_at(i + c * LINALIGN_LANES);
+    }
+    return lanes_any(hit);
+}
+
 // The first i < n whose value(i) == x, or -1. With x the max of the same
 // values (lanes_max), an argmax in two passes that each run at the vector
-// units' pace: the max, then the search, which stops at the first hit. A
-// round's four compares are tested at once: moving a mask out of the vector
-// registers costs more than the compares.
+// units' pace: the max, then the search, which stops at the first round
+// that holds it.
 template <typename LanesAt, typename ValueAt>
 static inline int32_t lanes_find(size_t n, LanesAt lanes_at, ValueAt value_at, float x) {
     const lanes_f target = lanes_splat(x);
     size_t i = 0;
     for (; i + LINALIGN_ROUND <= n; i += LINALIGN_ROUND) {
-        lanes_i hit = lanes_at(i) == target;
-        for (size_t c = 1; c < LINALIGN_CHAINS; ++c) {
-            hit |= lanes_at(i + c * LINALIGN_LANES) == target;
-        }
-        if (lanes_any(hit)) {
+        if (lanes_round_any(i, [&](size_t j) { return lanes_at(j) == target; })) {
             break; // it is in this round
         }
     }

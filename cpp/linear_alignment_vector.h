@@ -18,3 +18,13 @@ extern "C" float logf(float) noexcept __attribute__((__simd__("notinbranch")));
 #else
 #    define LINALIGN_VECTOR_CLONES
 #endif
+
+// The argument of an exp whose result counts as ~0 below e^-87: -inf (a
+// masked token) and NaN land there too. Clamp in a loop of its own, before
+// the one that calls expf: in one loop GCC moves the clamp after the call
+// (z < c ? exp(c) : exp(z)), so the vector expf sees every z and takes its
+// slow scalar path (errno, underflow) for each lane far below -87: most of
+// a peaked distribution's vocabulary, and every token a grammar masks.
+static inline float linear_alignment_exp_arg(float z) {
+    return z > -87.0f ? z : -87.0f;
+}

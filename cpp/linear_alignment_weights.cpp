@@ -71,7 +71,7 @@ static inline double sum_above(const float * weight, size_t n, float above) {
 // block's drifts by at most 256 roundings of its own mass (1.5e-5 of it);
 // double sums (a conversion and an add per sum per weight) took twice as
 // long as the exp. The total is summed in double per weight, in a pass of
-// its own (in this loop it ran out of registers): it sets top_p's target,
+// its own (sum_above): it sets top_p's target,
 // which a heavy tail (thousands of tokens of ~1e-6 each) compares to the
 // mass of single tokens, and a small weight added to a float sum that holds
 // the best token (weight 1) loses half its bits.
@@ -88,14 +88,10 @@ static inline double weights(LogitAt logit_at, size_t n, float max_logit, float 
     double m0 = 0.0, m1 = 0.0, m2 = 0.0, m3 = 0.0;
     // The exp in passes of their own: the vector expf is a call, which may
     // clobber every vector register, so sums carried across it are stored
-    // and loaded again at every call. And the clamp before it in a pass of
-    // its own: in one loop GCC moves it after the call (z < c ? exp(c) :
-    // exp(z)), so expf saw every z, and took its slow scalar path (errno,
-    // underflow) for each lane far below -87: most of a peaked
-    // distribution's vocabulary, and a grammar's -inf.
+    // and loaded again at every call. And its clamp in a pass before it
+    // (linear_alignment_exp_arg).
     for (size_t i = 0; i < n; ++i) {
-        const float z = (logit_at(i) - max_logit) * inv_t;
-        weight[i] = z > -87.0f ? z : -87.0f; // -inf (masked), NaN and underflow all give ~0
+        weight[i] = linear_alignment_exp_arg((logit_at(i) - max_logit) * inv_t);
     }
     for (size_t i = 0; i < n; ++i) {
         weight[i] = expf(weight[i]);
@@ -192,11 +188,7 @@ size_t linear_alignment_indices_at_least(const float * weight, size_t n, float t
 #if LINALIGN_HAVE_LANES
     const lanes_f t = lanes_splat(threshold);
     for (; i + LINALIGN_ROUND <= n; i += LINALIGN_ROUND) {
-        lanes_i hit = lanes_load(weight + i) >= t;
-        for (size_t c = 1; c < LINALIGN_CHAINS; ++c) {
-            hit |= lanes_load(weight + i + c * LINALIGN_LANES) >= t;
-        }
-        if (lanes_any(hit)) {
+        if (lanes_round_any(i, [&](size_t j) { return lanes_load(weight + j) >= t; })) {
             for (size_t j = 0; j < LINALIGN_ROUND; ++j) {
                 out[m] = (int32_t) (i + j);
                 m += weight[i + j] >= threshold;

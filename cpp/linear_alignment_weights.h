@@ -32,8 +32,8 @@ constexpr float LINEAR_ALIGNMENT_GUESSES[LINEAR_ALIGNMENT_N_GUESSES] = {
         ((LINEAR_ALIGNMENT_GUESS_0 * LINEAR_ALIGNMENT_GUESS_0) * (LINEAR_ALIGNMENT_GUESS_0 * LINEAR_ALIGNMENT_GUESS_0))};
 
 // weight[i] = exp((logit_i - max_logit) * inv_t); returns their sum (in
-// double), and in mass[k] the sum of those >= LINEAR_ALIGNMENT_GUESSES[k],
-// all in one pass. The masses are summed in float blocks: each is within
+// double), and in mass[k] the sum of those >= LINEAR_ALIGNMENT_GUESSES[k].
+// The masses are summed in float blocks: each is within
 // LINEAR_ALIGNMENT_MASS_SLACK of the exact sum, relative to the total, so a
 // caller that needs a mass to hold a target asks for that much more.
 // Logits of -inf get a weight of about 1e-38.
