@@ -365,9 +365,7 @@ class BatchedEngine:
         else:  # an end-of-generation token
             self._release(gen)
             gen._finish("stop")
-        gen._changed.set()  # _notify, inlined
-        if gen.notify is not None:
-            gen.notify()
+        self._notify(gen)
 
     def _release(self, gen: Generation) -> None:
         self._stats_pending.discard(id(gen))

@@ -273,13 +273,8 @@ class EngineLoop:
         else:
             self._admit(engine)
         engine = self._engine
-        running = self._running
-        if len(running) == 1:  # the common case, without a new list per step
-            if running[0].done:
-                running.clear()
-        else:
-            self._running = running = [g for g in running if not g.done]
-        if engine.closed or not running:
+        self._running = [g for g in self._running if not g.done]
+        if engine.closed or not self._running:
             return None
         return engine
 
