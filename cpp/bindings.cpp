@@ -557,6 +557,7 @@ PYBIND11_MODULE(_core, m) {
               return py::make_tuple(r[0], r[1]);
           }, LINALIGN_STEP_ARGS, "linear_alignment_step's (ids, logits).");
 #undef LINALIGN_STEP_ARGS
+    m.attr("AUTO_RATIO_FLOOR") = LINEAR_ALIGNMENT_AUTO_FLOOR;
     m.attr("AUTO_RATIO_SCALE") = LINEAR_ALIGNMENT_AUTO_SCALE;
     m.attr("AUTO_RATIO_MAX") = LINEAR_ALIGNMENT_AUTO_MAX;
     // the vocabulary scans of greedy decoding, on arrays of any length: for

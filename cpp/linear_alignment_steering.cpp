@@ -130,7 +130,7 @@ static void steering_begin(linear_alignment_steering & st, const float * const *
         if (st.auto_ratio[k]) {
             need_base();
             const double jsd = linear_alignment_jsd_bits(rows[k], lse_of(st, rows, k, n), base, st.lse_base, n);
-            st.applied[k] = std::min(LINEAR_ALIGNMENT_AUTO_MAX, LINEAR_ALIGNMENT_AUTO_SCALE * (float) jsd);
+            st.applied[k] = linear_alignment_auto_step((float) jsd);
         }
     }
     // the guard compares log-probabilities: the normalisers of the streams it checks

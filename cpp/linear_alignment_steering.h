@@ -15,17 +15,24 @@
 
 #include "llama.h"
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
 
 // ratio "auto": a stream's step size at a token is
-//   r_t = min(LINEAR_ALIGNMENT_AUTO_MAX, LINEAR_ALIGNMENT_AUTO_SCALE * JSD_t)
+//   r_t = min(LINEAR_ALIGNMENT_AUTO_MAX, LINEAR_ALIGNMENT_AUTO_FLOOR + LINEAR_ALIGNMENT_AUTO_SCALE * JSD_t)
 // with JSD_t the Jensen-Shannon divergence, in bits, between the softmaxes
 // (temperature 1, whole vocabulary) of the stream's and the base stream's
-// logits. Chosen in docs/auto_ratio.md.
+// logits: the paper's step everywhere, and more, up to the bound, where the
+// principle changes the prediction. Chosen in docs/auto_ratio.md.
+constexpr float LINEAR_ALIGNMENT_AUTO_FLOOR = 2.0f;
 constexpr float LINEAR_ALIGNMENT_AUTO_SCALE = 10.0f;
 constexpr float LINEAR_ALIGNMENT_AUTO_MAX   = 4.0f;
+
+inline float linear_alignment_auto_step(float jsd_bits) {
+    return std::min(LINEAR_ALIGNMENT_AUTO_MAX, LINEAR_ALIGNMENT_AUTO_FLOOR + LINEAR_ALIGNMENT_AUTO_SCALE * jsd_bits);
+}
 
 // A candidate whose boost from a principled stream the echo guard drops.
 struct linear_alignment_guard {

@@ -97,6 +97,11 @@ def last_logits(llm: llama_cpp.Llama) -> np.ndarray:
 # A real fault (a wrong cache cell, another stream's logits) moves logprobs
 # by nats, far past it.
 LOGPROB_TOL = 0.25  # nats, per token, on the sampled (aligned, ratio <= 2) distribution
+# The combine l_p + r (l_p - l_0) carries each stream's rounding into the
+# sampled distribution up to 1 + 2r times, so the bounds here are for a step
+# of at most 2: comparisons across batch shapes fix the ratio at 2 instead of
+# the default "auto", whose steps reach 4 (docs/auto_ratio.md).
+CLOSENESS_RATIO = 2.0
 TOP_ENTRIES = 5     # alternatives the greedy comparisons ask for per token
 # In the KV pool a stream's cells lie where the pool had room, and that moves
 # its logits by rounding on every CPU (0.34 nats seen between a request alone

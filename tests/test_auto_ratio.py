@@ -1,5 +1,5 @@
 """ratio="auto" (docs/auto_ratio.md): each principled stream's step size at
-a token is r_t = min(AUTO_RATIO_MAX, AUTO_RATIO_SCALE * JSD_t), JSD_t the
+a token is r_t = min(AUTO_RATIO_MAX, AUTO_RATIO_FLOOR + AUTO_RATIO_SCALE * JSD_t), JSD_t the
 Jensen-Shannon divergence in bits between the softmaxes (temperature 1, whole
 vocabulary) of that stream's and the base stream's logits, after AdaCAD
 (Wang et al., NAACL 2025). The rule in numpy against the native sampler,
@@ -33,7 +33,7 @@ def jsd_bits(logits_a: np.ndarray, logits_b: np.ndarray) -> float:
 
 
 def documented_ratio(logits_a: np.ndarray, logits_b: np.ndarray) -> float:
-    return min(_core.AUTO_RATIO_MAX, _core.AUTO_RATIO_SCALE * jsd_bits(logits_a, logits_b))
+    return min(_core.AUTO_RATIO_MAX, _core.AUTO_RATIO_FLOOR + _core.AUTO_RATIO_SCALE * jsd_bits(logits_a, logits_b))
 
 
 def auto_step(logits_p, logits_b, *, top_p=0.8, dense=True, extra=(), extra_auto=()):
@@ -42,11 +42,11 @@ def auto_step(logits_p, logits_b, *, top_p=0.8, dense=True, extra=(), extra_auto
 
 
 def test_the_documented_constants() -> None:
-    assert (_core.AUTO_RATIO_SCALE, _core.AUTO_RATIO_MAX) == (10.0, 4.0)
+    assert (_core.AUTO_RATIO_FLOOR, _core.AUTO_RATIO_SCALE, _core.AUTO_RATIO_MAX) == (2.0, 10.0, 4.0)
 
 
 @pytest.mark.parametrize("probs_p, probs_b", [
-    ([0.7, 0.2, 0.1], [0.7, 0.2, 0.1]),     # the same distribution: r = 0
+    ([0.7, 0.2, 0.1], [0.7, 0.2, 0.1]),     # the same distribution: the floor
     ([0.7, 0.2, 0.1], [0.6, 0.3, 0.1]),     # a little apart
     ([0.5, 0.3, 0.15, 0.05], [0.1, 0.2, 0.3, 0.4]),
     ([0.98, 0.01, 0.01], [0.01, 0.01, 0.98]),  # far apart: bounded
@@ -72,9 +72,9 @@ def test_auto_ratio_over_a_real_sized_vocabulary_is_the_rule(scale, dense) -> No
     np.testing.assert_allclose(values, combine(logits_p, logits_b, want, 0.8)[ids], rtol=1e-5, atol=1e-4)
 
 
-def test_auto_ratio_is_bounded_and_zero_without_divergence() -> None:
+def test_auto_ratio_is_the_floor_without_divergence_and_bounded() -> None:
     logits = np.log(np.array([0.5, 0.25, 0.25])).astype(np.float32)
-    assert auto_step(logits, logits)[2] == [0.0]
+    assert auto_step(logits, logits)[2] == [_core.AUTO_RATIO_FLOOR]
     far = np.array([20.0, -20.0, -20.0], dtype=np.float32)
     assert auto_step(far, far[::-1].copy())[2] == [_core.AUTO_RATIO_MAX]
 
@@ -116,7 +116,7 @@ def test_auto_reports_the_mean_step_size_it_used(aligner) -> None:
                                          temperature=0.0, max_tokens=16, logprobs=True)
     content = out["choices"][0]["logprobs"]["content"]
     per_token = [e["linalign"]["ratio"] for e in content]
-    assert all(0.0 <= r <= _core.AUTO_RATIO_MAX for r in per_token) and len(set(per_token)) > 1
+    assert all(_core.AUTO_RATIO_FLOOR <= r <= _core.AUTO_RATIO_MAX for r in per_token) and len(set(per_token)) > 1
     assert out["linalign"]["mean_ratio"] == pytest.approx(sum(per_token) / len(per_token), abs=1e-6)
     assert out["linalign"]["mean_ratios"] == [out["linalign"]["mean_ratio"]]
     fixed = aligner.create_chat_completion(CHAT, principle="The user is a five-year-old child.", ratio=1.5,
@@ -146,7 +146,12 @@ def test_composed_principles_take_auto_each(aligner) -> None:
                                                            {"text": "Be concise.", "ratio": 1.0}],
                                          temperature=0.0, max_tokens=8)
     means = out["linalign"]["mean_ratios"]
-    assert len(means) == 2 and means[1] == 1.0 and 0.0 <= means[0] <= _core.AUTO_RATIO_MAX
+    assert len(means) == 2 and means[1] == 1.0 and _core.AUTO_RATIO_FLOOR <= means[0] <= _core.AUTO_RATIO_MAX
+    # a further principle (not P) takes auto too, also when it inherits the default ratio
+    out = aligner.create_chat_completion(CHAT, principles=[{"text": "Be concise.", "ratio": 1.0}, "Answer in French."],
+                                         temperature=0.0, max_tokens=8, logprobs=True)
+    means = out["linalign"]["mean_ratios"]
+    assert len(means) == 2 and means[0] == 1.0 and _core.AUTO_RATIO_FLOOR <= means[1] <= _core.AUTO_RATIO_MAX
 
 
 def test_cli_flags_take_auto() -> None:
@@ -193,4 +198,4 @@ def test_the_evaluations_auto_ratio_is_the_native_one() -> None:
     native = [auto_step(p, b)[2][0] for p, b in zip(rows_p, rows_b)]
     np.testing.assert_allclose(auto_ratio(rows_p, rows_b), native, atol=1e-5)
     assert auto_ratio(rows_p[1], rows_b[1]) == pytest.approx(native[1], abs=1e-5)
-    assert auto_ratio(rows_p[0], rows_p[0]) == 0.0
+    assert auto_ratio(rows_p[0], rows_p[0]) == _core.AUTO_RATIO_FLOOR

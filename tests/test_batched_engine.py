@@ -8,10 +8,10 @@ import pytest
 import linalign
 from linalign import GenerationRequest, SamplingOptions
 
-from conftest import (CHAT_PAIRS, N_GPU_LAYERS, TOP_ENTRIES, assert_same_greedy_decoding, entries_of_completion,
-                      greedy_alone_and_together)
+from conftest import (CHAT_PAIRS, CLOSENESS_RATIO, N_GPU_LAYERS, TOP_ENTRIES, assert_same_greedy_decoding,
+                      entries_of_completion, greedy_alone_and_together)
 
-GREEDY = SamplingOptions(temperature=0.0, max_tokens=32)
+GREEDY = SamplingOptions(ratio=CLOSENESS_RATIO, temperature=0.0, max_tokens=32)
 QUESTIONS = CHAT_PAIRS + [("Tell me about cats.", "Answer in one short sentence.")]
 
 

@@ -14,7 +14,7 @@ def test_demo_compare_prints_three_answers():
     result = run("Why is the sky blue?", "--principle", "The user is a five-year-old child.", "--compare",
                  "-n", "12", "--seed", "1", "--n-ctx", "512")
     assert result.returncode == 0, result.stderr
-    for title in ("plain (no principle)", "principle in the prompt only", "aligned (ratio 2)"):
+    for title in ("plain (no principle)", "principle in the prompt only", "aligned (ratio auto)"):
         assert title in result.stdout
 
 

@@ -14,6 +14,7 @@ import openai
 import pytest
 
 import linalign
+from linalign.options import DEFAULT_RATIO
 from linalign.principles import Principle, compose, parse_principle_flag
 from linalign.server.presets import PresetError, read_presets_file
 from test_composition_math import nucleus_bounds, reference_combine
@@ -195,7 +196,9 @@ def test_preset_files_take_principles_and_a_negative_one(tmp_path) -> None:
     path.write_text('[fr]\nprinciples = [{ text = "Answer in French.", ratio = 2 }, "Be brief."]\n'
                     'negative_principle = "Be rude."\n[away]\nnegative_principle = "Be rude."\nratio = 1.5\n')
     fr, away = read_presets_file(path)
-    assert fr.principles == (Principle(FRENCH, 2.0), Principle("Be brief.", 2.0)) and fr.negative_principle == "Be rude."
+    # a principle without a ratio takes the default
+    assert fr.principles == (Principle(FRENCH, 2.0), Principle("Be brief.", DEFAULT_RATIO))
+    assert fr.negative_principle == "Be rude."
     assert fr.composition().k == 2 and away.composition().negative == "Be rude."
     for text, message in [('[p]\nprinciples = []\n', "principles is empty"),
                           ('[p]\nprinciple = "x"\nprinciples = ["y"]\n', "principle and principles"),

@@ -9,8 +9,8 @@ import pytest
 import linalign
 from linalign.server.cli import _flash_attn, main as serve_main
 
-from conftest import (CHAT_PAIRS, N_GPU_LAYERS, assert_same_greedy_decoding, assert_streams_are_separate_contexts,
-                      greedy_alone_and_together)
+from conftest import (CHAT_PAIRS, CLOSENESS_RATIO, N_GPU_LAYERS, assert_same_greedy_decoding,
+                      assert_streams_are_separate_contexts, greedy_alone_and_together)
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +36,8 @@ def test_each_stream_matches_a_flash_attention_context(fa_aligner, fa_llamas):
 
 def test_four_concurrent_greedy_requests_match_each_alone_with_flash_attention(fa_aligner):
     questions = CHAT_PAIRS + [("Tell me about cats.", "Answer in one short sentence.")]
-    alone, together = greedy_alone_and_together(fa_aligner, questions,
-                                                linalign.SamplingOptions(temperature=0.0, max_tokens=32))
+    options = linalign.SamplingOptions(ratio=CLOSENESS_RATIO, temperature=0.0, max_tokens=32)
+    alone, together = greedy_alone_and_together(fa_aligner, questions, options)
     for each_alone, each_together in zip(alone, together):
         assert_same_greedy_decoding(each_together, each_alone)
 

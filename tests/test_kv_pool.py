@@ -19,7 +19,7 @@ import pytest
 import linalign
 from linalign.server.cli import _kv_unified, main as serve_main
 
-from conftest import N_GPU_LAYERS, assert_same_greedy_decoding, entries_of_generation
+from conftest import CLOSENESS_RATIO, N_GPU_LAYERS, assert_same_greedy_decoding, entries_of_generation
 
 PIRATE = "Always answer like a pirate."
 HISTORY = [{"role": "user", "content": "Tell me about the sea. " * 30}]
@@ -36,7 +36,7 @@ def run_all(aligner, gens) -> None:
 
 def count(aligner, prompt: str, max_tokens: int, **kw):
     return aligner.completion_request(prompt, principle=COUNT_PRINCIPLE, max_tokens=max_tokens, temperature=0.0,
-                                      **kw)
+                                      ratio=CLOSENESS_RATIO, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -62,6 +62,8 @@ def test_aligned_and_plain_stream_side_by_side_with_changes_highlighted(server: 
 
     page.fill("#principle", "Always answer like a pirate.")
     page.fill("#negative", "Be formal and serious.")
+    assert page.text_content("#ratio-value") == "auto" and page.is_disabled("#ratio")  # the default
+    page.uncheck("#ratio-auto")
     page.fill("#ratio", "4")  # the slider
     assert page.text_content("#ratio-value") == "4.0"
     page.fill("#temperature", "0")

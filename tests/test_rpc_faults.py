@@ -22,7 +22,7 @@ import pytest
 from linalign.benchmarking.processes import stop_process
 from linalign.benchmarking.rpc_workers import LoopbackWorker, free_port
 
-from conftest import POOL_LOGPROB_TOL, TOP_ENTRIES, assert_same_greedy_decoding, require_rpc_build
+from conftest import CLOSENESS_RATIO, POOL_LOGPROB_TOL, TOP_ENTRIES, assert_same_greedy_decoding, require_rpc_build
 
 STARTUP_TIMEOUT_S = 180
 # greedy continuation of this prompt counts on for hundreds of tokens
@@ -76,7 +76,7 @@ def server(workers):
 
 def _chat(server, content: str, history=(), max_tokens: int = 12, logprobs: bool = False) -> dict:
     body = {"messages": [*history, {"role": "user", "content": content}], "principle": "Answer in one word.",
-            "max_tokens": max_tokens, "temperature": 0}
+            "alignment_ratio": CLOSENESS_RATIO, "max_tokens": max_tokens, "temperature": 0}
     if logprobs:
         body.update(logprobs=True, top_logprobs=TOP_ENTRIES)
     r = server.post("/v1/chat/completions", body)

@@ -17,7 +17,7 @@ import pytest
 
 from linalign.benchmarking.processes import stop_process
 
-from conftest import POOL_LOGPROB_TOL, TOP_ENTRIES, assert_same_greedy_decoding, entries_of_chat_response
+from conftest import CLOSENESS_RATIO, POOL_LOGPROB_TOL, TOP_ENTRIES, assert_same_greedy_decoding, entries_of_chat_response
 
 API_KEY = "test-key"
 STARTUP_TIMEOUT_S = 90
@@ -210,7 +210,7 @@ def test_auto_alignment_ratio_is_accepted_and_its_mean_reported(server: Server) 
             "temperature": 0, "principle": "Always talk like a pirate.", "alignment_ratio": "auto"}
     r = server.post("/v1/chat/completions", body)
     assert r.status_code == 200, r.text
-    assert 0.0 <= r.json()["linalign"]["mean_ratio"] <= 4.0
+    assert 2.0 <= r.json()["linalign"]["mean_ratio"] <= 4.0  # the floor and the bound of auto
     r = server.post("/v1/completions", {"prompt": "The sea is", "max_tokens": 4, "principle": "Be a poet.",
                                         "alignment_ratio": "auto", "echo_guard": False})
     assert r.status_code == 200, r.text
@@ -411,11 +411,12 @@ def test_four_concurrent_greedy_clients_get_what_each_gets_alone(four_slot_serve
 
     def ask(question: str, principle: str) -> list[tuple]:
         return entries_of_chat_response(_ask(four_slot_server, question, principle, logprobs=True,
-                                             top_logprobs=TOP_ENTRIES))
+                                             top_logprobs=TOP_ENTRIES,
+                                             extra_body={"alignment_ratio": CLOSENESS_RATIO}))
     # a long system message in front of each question, so that every request
     # runs from the cache both times (see the note above the streaming tests)
     for q, p in QUESTIONS:
-        _ask(four_slot_server, q, p)
+        _ask(four_slot_server, q, p, extra_body={"alignment_ratio": CLOSENESS_RATIO})
     alone = [ask(q, p) for q, p in QUESTIONS]
     with ThreadPoolExecutor(4) as pool:
         together = list(pool.map(lambda qp: ask(*qp), QUESTIONS))

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import linalign
-from conftest import (LOGPROB_TOL, POOL_LOGPROB_TOL, TOP_ENTRIES, assert_same_greedy_decoding, entries_of_chat_response,
+from conftest import (CLOSENESS_RATIO, LOGPROB_TOL, POOL_LOGPROB_TOL, TOP_ENTRIES, assert_same_greedy_decoding, entries_of_chat_response,
                       entries_of_generation)
 from linalign.engine import SlotBusyError, SlotFileError
 from linalign.engine.slot_files import MAGIC, model_fingerprint
@@ -23,7 +23,7 @@ from test_server import Server
 
 PRINCIPLE = "The user is a five-year-old child."
 FIRST = [{"role": "user", "content": "Why is the sky blue?"}]
-GREEDY = dict(temperature=0.0, top_k=40, repeat_penalty=1.0)
+GREEDY = dict(ratio=CLOSENESS_RATIO, temperature=0.0, top_k=40, repeat_penalty=1.0)
 
 
 def make_aligner(model_path, **kw) -> linalign.Aligner:

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-from .options import AUTO_RATIO, check_ratio
+from .options import AUTO_RATIO, DEFAULT_RATIO, check_ratio
 
 __all__ = ["MAX_PRINCIPLES", "MAX_PRINCIPLE_RATIO", "POSITIONS", "Composition", "Principle", "compose",
            "parse_principle_flag"]
@@ -72,7 +72,7 @@ class Composition:
     negative: str = ""
     # the ratio of the one principled stream when there is no positive
     # principle (away from the negative one only)
-    away_ratio: float | str = 2.0
+    away_ratio: float | str = DEFAULT_RATIO
     # where chat principles go: one of POSITIONS, or None (not given:
     # DEFAULT_POSITION in a chat, before the prompt in a completion)
     position: str | None = None
@@ -141,7 +141,7 @@ def _principle(i: int, item: Any, default_ratio: float) -> Principle:
 
 
 def compose(*, principle: str | None = None, principles: Iterable[Any] | None = None,
-            negative_principle: str | None = None, ratio: float | str = 2.0, ratio_given: bool = False,
+            negative_principle: str | None = None, ratio: float | str = DEFAULT_RATIO, ratio_given: bool = False,
             ratio_name: str = "ratio", principle_position: str | None = None) -> Composition:
     """Checks a request's principle fields and composes them.
 

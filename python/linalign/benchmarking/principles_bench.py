@@ -60,7 +60,7 @@ def run_principles_bench(*, model: str | None = None, ks: Sequence[int] = (1, 2,
                          log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     threads = threads or physical_cores()
     path = str(model or default_model_path())
-    options = SamplingOptions(temperature=0.0, max_tokens=max_tokens, top_p=0.8, seed=1)
+    options = SamplingOptions(ratio=2.0, temperature=0.0, max_tokens=max_tokens, top_p=0.8, seed=1)
     messages = [{"role": "user", "content": QUESTION}]
     llama = load_llama(path, n_ctx=n_ctx, n_threads=threads, verbose=False)
     samples: dict[str, dict[str, list[float]]] = {}

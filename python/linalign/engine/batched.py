@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from .. import _core
 from ..logprobs import token_logprob
+from ..options import AUTO_RATIO
 from ..llama_version import installed_llama_cpp_version
 from .generation import Generation, GenerationRequest
 from .slot_files import SavedStream, SlotFileError, check_matches, read_slot_file, write_slot_file
@@ -446,7 +447,9 @@ class BatchedEngine:
     def _native_params(self, request: GenerationRequest) -> Any:
         """The engine's sampling parameters of ``request`` (a missing seed drawn)."""
         params = request.options.to_native(self._seed)
-        params.extra_ratios = list(request.extra_ratios)
+        # a further principle's "auto" is a flag beside its ratio, as P's is
+        params.extra_auto_ratio = [r == AUTO_RATIO for r in request.extra_ratios]
+        params.extra_ratios = [0.0 if r == AUTO_RATIO else r for r in request.extra_ratios]
         return params
 
     def logits(self, gen: Generation, stream: int = 0):

@@ -20,6 +20,7 @@ from .compare import comparison_html, format_comparison, generate_comparison
 from .follow import INSTRUCTIONS, evaluate_follow, follow_methods, load_instructions, plot_follow
 from .data import load_pairs, load_persona_items, load_prompts
 from .pairs import DEFAULT_FLOOR, evaluate_pairs
+from .pool import pool_follow
 from .persona import DEFAULT_PRINCIPLE_TEMPLATE, DEFAULT_SYSTEM, evaluate_persona, method_name
 from .report import ProgressBar, format_table, plot_sensitivity, write_json
 
@@ -75,7 +76,7 @@ def _top_p(text: str) -> float:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="linalign eval", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="protocol", required=True, metavar="{persona,pairs,compare,follow}")
+    sub = parser.add_subparsers(dest="protocol", required=True, metavar="{persona,pairs,compare,follow,pool}")
 
     def common(p: argparse.ArgumentParser, ratios: str) -> None:
         p.add_argument("--model", default=None, help="GGUF file (default: SmolLM2-135M-Instruct Q4_1)")
@@ -143,6 +144,12 @@ def _parser() -> argparse.ArgumentParser:
     follow.add_argument("--plot", default=None, metavar="OUT.png", help="adherence per method")
     follow.add_argument("--echo-guard", action=argparse.BooleanOptionalAction, default=True,
                         help="the echo guard of the aligned methods (default on)")
+
+    pool = sub.add_parser("pool", help="several eval follow runs (their --json files) read as one evaluation")
+    pool.add_argument("files", nargs="+", metavar="FOLLOW.json", help="eval follow --json outputs")
+    pool.add_argument("--instructions", default=None,
+                      help="comma-separated: pool only these instructions (default: all in the files)")
+    pool.add_argument("--json", dest="json_out", default=None, metavar="OUT", help="write the results as JSON")
     return parser
 
 
@@ -223,7 +230,36 @@ def _plot(path: str, result: dict[str, Any], title: str, chance: float | None) -
                      baselines=baselines, title=title, chance=chance)
 
 
+def _print_pool(result: dict[str, Any]) -> None:
+    files = result["files"]
+    print(f"pooled eval follow runs: {len(files)} files"
+          + (f", instructions {','.join(result['instructions'])}" if result["instructions"] else ""))
+    for i, path in enumerate(files, 1):
+        print(f"  [{i}] {path}")
+    if result["conflicts"]:
+        print(f"  {result['conflicts']} answers recorded in several files differ there: the first file's counts")
+    rows = []
+    for method, m in result["methods"].items():
+        cells = [f"{m['files'][p]['strict']}/{m['files'][p]['n']}" if p in m["files"] else "-" for p in files]
+        rows.append([method, *cells, f"{m['strict']}/{m['n']}", f"{m['strict_adherence']:.3f}",
+                     _fmt_interval(*m["interval"]), f"{m['rep4']:.3f}"])
+    print(format_table(["method", *[f"[{i}]" for i in range(1, len(files) + 1)], "strict", "pooled",
+                        "95% interval", "rep-4"], rows))
+
+
+def _run_pool(args: argparse.Namespace) -> int:
+    _check_output(args.json_out, "--json")
+    names = [n.strip() for n in args.instructions.split(",") if n.strip()] if args.instructions else None
+    result = pool_follow(args.files, names)
+    _print_pool(result)
+    if args.json_out:
+        write_json(args.json_out, result)
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.protocol == "pool":
+        return _run_pool(args)
     for path, flag in ((args.json_out, "--json"), (getattr(args, "plot", None), "--plot"),
                        (getattr(args, "html", None), "--html")):
         _check_output(path, flag)

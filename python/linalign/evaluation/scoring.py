@@ -27,7 +27,7 @@ def combine(logits_p: np.ndarray, logits_b: np.ndarray, ratio: float | np.ndarra
 
 def auto_ratio(logits_p: np.ndarray, logits_b: np.ndarray) -> np.ndarray | float:
     """``ratio="auto"``'s step for each row (docs/auto_ratio.md):
-    ``min(R_MAX, C * JSD)``, the Jensen-Shannon divergence in bits between
+    ``min(R_MAX, FLOOR + C * JSD)``, the Jensen-Shannon divergence in bits between
     the two streams' distributions at temperature 1 over the whole
     vocabulary, as the native sampler computes it. A 1-D pair of rows gives
     a number."""
@@ -40,7 +40,7 @@ def auto_ratio(logits_p: np.ndarray, logits_b: np.ndarray) -> np.ndarray | float
         kl_p = np.where(p > 0, p * (lp - lm), 0.0).sum(axis=-1)
         kl_q = np.where(q > 0, q * (lq - lm), 0.0).sum(axis=-1)
     jsd = np.clip((kl_p + kl_q) / 2 / np.log(2), 0.0, 1.0)
-    r = np.minimum(_core.AUTO_RATIO_MAX, _core.AUTO_RATIO_SCALE * jsd)
+    r = np.minimum(_core.AUTO_RATIO_MAX, _core.AUTO_RATIO_FLOOR + _core.AUTO_RATIO_SCALE * jsd)
     return float(r) if np.ndim(r) == 0 else r
 
 

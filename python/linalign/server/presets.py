@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from ..options import AUTO_RATIO, SamplingOptions
+from ..options import AUTO_RATIO, DEFAULT_RATIO, SamplingOptions
 from ..principles import Composition, Principle, compose
 
 __all__ = ["PRESET_SAMPLING_FIELDS", "Preset", "PresetError", "Presets", "UnknownModelError", "load_presets",
@@ -81,7 +81,7 @@ class Preset:
     def composition(self) -> Composition:
         """What the preset steers by, alone (a request may replace parts)."""
         return compose(principle=self.principle, principles=self.principles,
-                       negative_principle=self.negative_principle, ratio=2.0 if self.ratio is None else self.ratio,
+                       negative_principle=self.negative_principle, ratio=DEFAULT_RATIO if self.ratio is None else self.ratio,
                        principle_position=self.principle_position)
 
     def defaults(self) -> dict[str, Any]:
@@ -227,7 +227,7 @@ def _preset_of(path: Path, name: Any, value: Any) -> Preset:
     negative = value.get("negative_principle")
     try:
         composition = compose(principle=principle, principles=value.get("principles"), negative_principle=negative,
-                              ratio=2.0 if ratio is None else ratio,
+                              ratio=DEFAULT_RATIO if ratio is None else ratio,
                               ratio_given=ratio is not None and "principles" in value,
                               principle_position=value.get("principle_position"))
     except (TypeError, ValueError) as e:
