@@ -17,7 +17,9 @@ cells), ``plain`` (no principle), ``system`` and ``end`` (the principle's
 placements: at the end the streams share the history's cells; in the system
 message each holds its own, and the pool grows to ``n_ctx`` per stream),
 ``end-per-stream`` (a KV buffer per stream: the shared prefix decoded once
-but stored twice) and ``prior-default`` (the defaults before the pool, the
+but stored twice), ``end-ratio-2`` (the fixed ratio that was the default
+before ``"auto"``: what the per-token divergence costs) and
+``prior-default`` (the defaults before the pool, the
 end placement and the echo guard: ``system``, a buffer per stream, ratio 2,
 no guard), the anchor of the decode-speed target.
 """
@@ -43,6 +45,7 @@ CASES = {
     "system": {"principle": True, "position": "system"},
     "end": {"principle": True, "position": "end"},
     "end-per-stream": {"principle": True, "position": "end", "kv_unified": False},
+    "end-ratio-2": {"principle": True, "position": "end", "sampling": {"ratio": 2.0}},
     "prior-default": {"principle": True, "position": "system", "kv_unified": False,
                       "sampling": {"ratio": 2.0, "echo_guard": False}},
 }
@@ -208,6 +211,8 @@ def run_long_chat(*, model: str | None = None, reps: int = 3, max_tokens: int = 
             targets.append((f"end {what} / llama.cpp plain", by["end"][key] / by["llama.cpp"][key], "<= 1.05"))
     if "prior-default" in by and "end" in by:
         targets.append(("end decode / prior default", by["end"]["tok_s"] / by["prior-default"]["tok_s"], ">= 0.95"))
+    if "end-ratio-2" in by and "end" in by:
+        targets.append(("end decode / end at ratio 2", by["end"]["tok_s"] / by["end-ratio-2"]["tok_s"], ">= 0.95"))
     return {"benchmark": "long-chat", **{k: v for k, v in spec.items() if k != "data"}, "reps": reps,
             "principle": PRINCIPLE, "rows": rows, "targets": targets, "runs": runs}
 

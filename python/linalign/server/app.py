@@ -29,8 +29,8 @@ Extra request fields:
   appended to the system message of stream P (see :mod:`linalign.chat`).
   In completions, stream P is ``principle + "\\n\\n" + prompt`` and stream B
   is ``prompt`` (each principle's stream, and a negative principle's, alike).
-* ``alignment_ratio`` (number, default 2.0, or ``"auto"``: set per token
-  from the streams' divergence, docs/auto_ratio.md): the step ``r`` of
+* ``alignment_ratio`` (``"auto"``, the default: set per token from the
+  streams' divergence, docs/auto_ratio.md; or a number): the step ``r`` of
   ``l_p + r * (l_p - l_0)``. A response's ``linalign.mean_ratio`` is the
   mean step size applied.
 * ``echo_guard`` (bool, default true) and ``echo_guard_n`` (default 4): no
