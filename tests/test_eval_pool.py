@@ -37,6 +37,8 @@ def test_pooled_counts_per_file_and_together(tmp_path) -> None:
     lo, hi = m["la@2.0/end"]["interval"]
     assert lo < 1 / 3 < hi
     assert pool_follow([one, two], ["keyword"])["methods"]["la@2.0/end"]["n"] == 1
+    with pytest.raises(ValueError, match="no answers of instruction"):
+        pool_follow([one, two], ["french"])
 
 
 def test_an_answer_that_differs_between_files_is_counted_once_and_reported(tmp_path) -> None:

@@ -118,7 +118,7 @@ def _text(name: str, value: Any) -> str:
     return value
 
 
-def _principle(i: int, item: Any, default_ratio: float) -> Principle:
+def _principle(i: int, item: Any, default_ratio: float | str) -> Principle:
     where = f"principles[{i}]"
     if isinstance(item, Principle):
         return Principle(_text(f"{where}.text", item.text), _ratio(f"{where}.ratio", item.ratio))

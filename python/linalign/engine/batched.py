@@ -26,8 +26,8 @@ from typing import Any, Callable
 
 from .. import _core
 from ..logprobs import token_logprob
-from ..options import AUTO_RATIO
 from ..llama_version import installed_llama_cpp_version
+from ..options import AUTO_RATIO
 from .generation import Generation, GenerationRequest
 from .slot_files import SavedStream, SlotFileError, check_matches, read_slot_file, write_slot_file
 

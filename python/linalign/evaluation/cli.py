@@ -20,8 +20,8 @@ from .compare import comparison_html, format_comparison, generate_comparison
 from .follow import INSTRUCTIONS, evaluate_follow, follow_methods, load_instructions, plot_follow
 from .data import load_pairs, load_persona_items, load_prompts
 from .pairs import DEFAULT_FLOOR, evaluate_pairs
-from .pool import pool_follow
 from .persona import DEFAULT_PRINCIPLE_TEMPLATE, DEFAULT_SYSTEM, evaluate_persona, method_name
+from .pool import pool_follow
 from .report import ProgressBar, format_table, plot_sensitivity, write_json
 
 __all__ = ["main"]

@@ -51,6 +51,8 @@ def pool_follow(paths: Sequence[str], instructions: Sequence[str] | None = None)
                 continue
             seen[key] = s["answer"]
             per_file.setdefault(s["method"], {}).setdefault(path, []).append(s)
+    if not per_file:
+        raise ValueError(f"no answers of instruction(s) {', '.join(sorted(keep or ()))} in the files")
     methods = {}
     for method, files in per_file.items():
         answers = [s for ss in files.values() for s in ss]

@@ -81,7 +81,8 @@ class Preset:
     def composition(self) -> Composition:
         """What the preset steers by, alone (a request may replace parts)."""
         return compose(principle=self.principle, principles=self.principles,
-                       negative_principle=self.negative_principle, ratio=DEFAULT_RATIO if self.ratio is None else self.ratio,
+                       negative_principle=self.negative_principle,
+                       ratio=DEFAULT_RATIO if self.ratio is None else self.ratio,
                        principle_position=self.principle_position)
 
     def defaults(self) -> dict[str, Any]:
