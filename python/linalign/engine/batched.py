@@ -27,7 +27,6 @@ from typing import Any, Callable
 from .. import _core
 from ..logprobs import token_logprob
 from ..llama_version import installed_llama_cpp_version
-from ..options import AUTO_RATIO
 from .generation import Generation, GenerationRequest
 from .slot_files import SavedStream, SlotFileError, check_matches, read_slot_file, write_slot_file
 
@@ -198,7 +197,7 @@ class BatchedEngine:
             bad = next((t for t in prompt if not 0 <= t < n_vocab), None)
             if bad is not None:
                 raise ValueError(f"token id {bad} is outside the vocabulary [0, {n_vocab})")
-        params = self._native_params(request)
+        params = request.native_params(self._seed)
         params.validate()
         # reads only what the engine was made with: safe beside a decode
         self._native.check_fits(request.prompts, params)
@@ -436,21 +435,13 @@ class BatchedEngine:
     def cells_alone(self, request: GenerationRequest) -> int:
         """The KV cells ``request``'s streams hold once its prompts are in,
         in an empty slot (a prefix they share counted once)."""
-        return self._native.cells_alone(request.prompts, self._native_params(request))
+        return self._native.cells_alone(request.prompts, request.native_params(self._seed))
 
     def cells_to_start(self, request: GenerationRequest) -> int:
         """:meth:`cells_alone` and the reserve that admission keeps free for
         the answer: the cells ``request`` needs free to start alone."""
-        return self._native.cells_to_start(request.prompts, self._native_params(request),
+        return self._native.cells_to_start(request.prompts, request.native_params(self._seed),
                                            request.options.token_limit(self.n_ctx))
-
-    def _native_params(self, request: GenerationRequest) -> Any:
-        """The engine's sampling parameters of ``request`` (a missing seed drawn)."""
-        params = request.options.to_native(self._seed)
-        # a further principle's "auto" is a flag beside its ratio, as P's is
-        params.extra_auto_ratio = [r == AUTO_RATIO for r in request.extra_ratios]
-        params.extra_ratios = [0.0 if r == AUTO_RATIO else r for r in request.extra_ratios]
-        return params
 
     def logits(self, gen: Generation, stream: int = 0):
         """The logits ``gen``'s stream (0: P, 1: B, 2...: further principled
