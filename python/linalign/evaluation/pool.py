@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any, Sequence
 
-from .fluency import repeated_ngram_share
+from .fluency import fluency
 from .stats import wilson_interval
 
 __all__ = ["load_follow_samples", "pool_follow"]
@@ -52,17 +52,17 @@ def pool_follow(paths: Sequence[str], instructions: Sequence[str] | None = None)
             seen[key] = s["answer"]
             per_file.setdefault(s["method"], {}).setdefault(path, []).append(s)
     if not per_file:
-        raise ValueError(f"no answers of instruction(s) {', '.join(sorted(keep or ()))} in the files")
+        which = f" of instruction(s) {', '.join(sorted(keep))}" if keep else ""
+        raise ValueError(f"no answers{which} in the files")
     methods = {}
     for method, files in per_file.items():
-        answers = [s for ss in files.values() for s in ss]
-        strict = sum(bool(s["followed"]) and not s["echo"] for s in answers)
+        counts = {p: {"strict": sum(bool(s["followed"]) and not s["echo"] for s in ss), "n": len(ss)}
+                  for p, ss in files.items()}
+        strict, n = sum(c["strict"] for c in counts.values()), sum(c["n"] for c in counts.values())
         methods[method] = {
-            "files": {p: {"strict": sum(bool(s["followed"]) and not s["echo"] for s in ss), "n": len(ss)}
-                      for p, ss in files.items()},
-            "strict": strict, "n": len(answers), "strict_adherence": strict / len(answers),
-            "interval": wilson_interval(strict, len(answers)),
-            "rep4": sum(repeated_ngram_share(s["answer"]) for s in answers) / len(answers),
+            "files": counts, "strict": strict, "n": n, "strict_adherence": strict / n,
+            "interval": wilson_interval(strict, n),
+            "rep4": fluency([s["answer"] for ss in files.values() for s in ss])["rep4"],
         }
     return {"files": list(paths), "instructions": sorted(keep) if keep else None, "conflicts": conflicts,
             "methods": methods}
