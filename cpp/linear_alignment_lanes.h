@@ -1,11 +1,11 @@
 // Eight floats at a time, as GCC and Clang vector types: the scans over a
 // vocabulary (a max, an argmax, greedy's best combined logit, the
 // nucleus's masses and candidates) in vector instructions on every target.
-// GCC 12 leaves the same loops written over
-// arrays scalar (a select it will not if-convert without fast math), and
-// splits these types into what each target has: one AVX2 register, two SSE
-// or NEON ones. (Sixteen, one AVX-512 register, came out scalar in the AVX2
-// build.) Compares are IEEE's: NaN loses every one.
+// GCC 12 leaves the same loops written over arrays scalar (a select it will
+// not if-convert without fast math), and splits these types into what each
+// target has: one AVX2 register, two SSE or NEON ones. (Sixteen, one
+// AVX-512 register, came out scalar in the AVX2 build.) Compares are
+// IEEE's: NaN loses every one.
 #pragma once
 
 #include <cmath>
