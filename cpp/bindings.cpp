@@ -314,6 +314,9 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("piece", [](const step_event & e) { return py::bytes(e.piece); },
                                "the token's bytes (special tokens unrendered)")
         .def_readonly("eog", &step_event::eog, "the token ends generation (an EOG token of the vocabulary)")
+        .def_readonly("stop_seen", &step_event::stop_seen, "the request's bytes now hold one of its stop strings")
+        .def_readonly("age", &step_event::age,
+                      "seconds from the end of its step to the return of the call that returned it")
         .def_property_readonly("logprob", [](const step_event & e) -> py::object {
                                    if (!e.has_logprob) {
                                        return py::none();
@@ -397,9 +400,10 @@ PYBIND11_MODULE(_core, m) {
         .def("pick_slot", &engine::pick_slot, py::arg("prompts"),
              "The free slot with the longest cached prefix of the prompts (P, B, further principled ones), or -1.")
         .def("start", &engine::start, py::arg("slot"), py::arg("prompts"), py::arg("params"),
-             py::arg("cache_prompt") = true, py::arg("max_tokens") = 0, py::call_guard<py::gil_scoped_release>(),
+             py::arg("cache_prompt") = true, py::arg("max_tokens") = 0, py::arg("stops") = std::vector<std::string>(),
+             py::call_guard<py::gil_scoped_release>(),
              "Starts a request: prompts are P, B, then one per params.extra_ratios. Without room in the KV pool it "
-             "waits in its slot and a later step starts it.")
+             "waits in its slot and a later step starts it. stops: its stop strings, which run() watches for.")
         .def("room_for", &engine::room_for, py::arg("slot"), py::arg("prompts"), py::arg("params"),
              py::arg("cache_prompt") = true, py::arg("max_tokens") = 0,
              "Whether the KV pool has room now for the request's prompts' cells and its reserve.")
@@ -413,6 +417,12 @@ PYBIND11_MODULE(_core, m) {
         .def("waiting", &engine::waiting, py::arg("slot"))
         .def("step", &engine::step, py::call_guard<py::gil_scoped_release>(),
              "One llama_decode over every busy slot, then a token for each slot whose logits are in.")
+        .def("run", &engine::run, py::arg("budget_us"), py::arg("seen"), py::call_guard<py::gil_scoped_release>(),
+             "Steps while nothing needs the caller, within about budget_us, and returns every step's events: after "
+             "a step whose events end, fail, preempt or start a request, reach its max_tokens or see a stop string, "
+             "or after any step once interrupt() was called since n_interrupts was seen.")
+        .def("interrupt", &engine::interrupt, "Makes a run() in progress return after its step (any thread).")
+        .def_property_readonly("n_interrupts", &engine::n_interrupts)
         .def("finish", &engine::finish, py::arg("slot"))
         .def("logits", [](const engine & self, int32_t slot, int32_t stream) {
                  const int32_t n_vocab = self.get_model().n_vocab();

@@ -161,6 +161,13 @@ struct step_event {
     token_logprob            logprob;
     std::vector<std::string> top_pieces;
     std::string              plain_top_piece;
+    // The bytes the request generated so far end with one of its stop
+    // strings (start(..., stops)): the caller's text may stop here.
+    bool        stop_seen = false;
+    // Seconds from the end of the step that made it to the return of the
+    // call that returned it (run() returns several steps' events; step()'s
+    // are 0): when the token came, on the caller's clock.
+    double      age = 0.0;
 };
 
 class engine {
@@ -195,12 +202,14 @@ public:
     // max_tokens: the most tokens it will sample (<= 0: up to n_ctx), which
     // sizes its reserve. Without room_for() it waits in its slot, holding no
     // more than its kept prefix, and a later step() starts it (see "KV pool").
+    // stops: the request's stop strings (UTF-8), which run() watches for in
+    // the bytes it generates (the caller cuts the text).
     // Throws std::invalid_argument for a busy slot, a prompt count that does
     // not match the parameters or the slot, empty or too-long prompts, bad
     // token ids, bad sampling parameters, or prompts whose cells alone do not
     // fit the pool (check_fits).
     prefill_stats start(int32_t slot, const prompt_list & prompts, const sampling_params & params, bool cache_prompt,
-                        int32_t max_tokens = 0);
+                        int32_t max_tokens = 0, const std::vector<std::string> & stops = {});
 
     // ---- KV pool --------------------------------------------------------
     //
@@ -267,6 +276,22 @@ public:
     // One llama_decode over every busy slot, then a sample for each slot whose
     // prompt is in. Returns nothing when no slot has work.
     std::vector<step_event> step();
+    // Steps while nothing needs the caller, within about budget_us, and
+    // returns every step's events in order (docs/overhead.md, item 13). It
+    // returns after the first step that decoded nothing, or whose events the
+    // caller must act on (needs_caller: a request ended, failed, was
+    // preempted, sampled its first token, reached max_tokens or saw a stop
+    // string); after any step once interrupt() was called since the caller
+    // read n_interrupts() (seen); and before a step that would likely end
+    // past the budget (as long as the last one took). At least one step runs.
+    // What it stepped before a failed llama_decode is lost with the
+    // exception, which fails every running request anyway.
+    std::vector<step_event> run(int64_t budget_us, uint64_t seen);
+    // Makes a run() in progress, or the next one called with an older seen,
+    // return after its step: the caller has work between steps (a request to
+    // start or cancel). Safe from any thread, without the caller's lock.
+    void     interrupt() { n_interrupts_.fetch_add(1, std::memory_order_acq_rel); }
+    uint64_t n_interrupts() const { return n_interrupts_.load(std::memory_order_acquire); }
 
     // Frees a slot (finished, cancelled, or waiting). Its KV stays as a prompt
     // cache; the token it sampled last is not decoded.
@@ -380,6 +405,9 @@ private:
         int64_t                        n_cells = 0;       // cells its streams hold, a shared one once
         int64_t                        reserve = 0;       // cells admission kept for its answer, all streams
         int32_t                        n_sampled = 0;     // tokens sampled so far
+        int32_t                        max_tokens = 0;    // the most it samples (<= 0: up to n_ctx)
+        std::vector<std::string>       stops;             // its stop strings, none empty
+        std::string                    recent;            // its last bytes, as many as the longest stop less one
         int32_t                        n_preempted = 0;   // times preempted (its stats are of its first prefill)
         bool                           pool_full = false; // alone, it filled the pool: it ends as at a full context
         // its logprob entries' scratch, made when it first asks for them
@@ -461,6 +489,8 @@ private:
     void sample_all(std::vector<sample_job> & jobs);
     void sample_one(sample_job & job) noexcept;
     void describe_sample(slot & sl, sample_job & job);
+    static bool watch_stops(slot & sl, const std::string & piece);
+    bool needs_caller(const step_event & ev) const;
     const float * logits_at(int32_t batch_index) const;
 
     std::shared_ptr<model> model_;
@@ -474,6 +504,7 @@ private:
     uint64_t               clock_ = 0;
     // atomic: the server's /health reads both while another thread decodes
     std::atomic<int64_t>   n_decode_calls_{0};
+    std::atomic<uint64_t>  n_interrupts_{0};
     std::atomic<int64_t>   n_forward_passes_{0};  // written by llama.cpp's eval callback
     // the KV pool: each cell id's holders (0: free, its id in free_cells_)
     int64_t                n_cells_total_ = 0;

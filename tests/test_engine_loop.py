@@ -24,12 +24,19 @@ class _RecordingStep:
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def step(self):
+    def _enter(self) -> None:
         self.threads.add(threading.current_thread().name)
         if self.hold.is_set():
             self.entered.set()
             assert self.release.wait(HANG_S), "the test never released the step"
+
+    def step(self):
+        self._enter()
         return self._native.step()
+
+    def run(self, budget_us, seen):  # the engine loop's call: steps while nothing needs Python
+        self._enter()
+        return self._native.run(budget_us, seen)
 
     def __getattr__(self, name):
         return getattr(self._native, name)
@@ -105,12 +112,14 @@ def test_the_scheduler_follows_an_engine_made_again(tiny_gguf) -> None:
 
 
 def test_cancel_does_not_wait_for_a_step_in_progress(tiny_gguf) -> None:
-    with linalign.Aligner(tiny_gguf, n_ctx=128, n_threads=2) as aligner:
+    # long enough that the loop is still stepping it when the test holds a
+    # step (a run of the tiny model's steps brings dozens of tokens at once)
+    with linalign.Aligner(tiny_gguf, n_ctx=1024, n_threads=2) as aligner:
         engine = aligner.engine
         recording = _RecordingStep(engine._native)
         engine._native = recording
         try:
-            stream = aligner.create_completion("one two", max_tokens=50, temperature=0.0, stream=True)
+            stream = aligner.create_completion("one two", max_tokens=1000, temperature=0.0, stream=True)
             next(stream)
             recording.hold.set()
             assert recording.entered.wait(HANG_S)

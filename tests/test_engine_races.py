@@ -159,18 +159,25 @@ def test_closing_the_llama_while_another_thread_streams(model_path):
 # -- the server's event loop ---------------------------------------------------
 
 class _HeldStep:
-    """Stands in for the engine's native object, step() waiting on an event:
-    a decode step held open for as long as the test wants."""
+    """Stands in for the engine's native object, step() and run() waiting on
+    an event: a decode step held open for as long as the test wants."""
 
     def __init__(self, native) -> None:
         self._native = native
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def step(self):
+    def _enter(self) -> None:
         self.entered.set()
         assert self.release.wait(HANG_S), "the test never released the step"
+
+    def step(self):
+        self._enter()
         return self._native.step()
+
+    def run(self, budget_us, seen):  # the engine loop's call
+        self._enter()
+        return self._native.run(budget_us, seen)
 
     def __getattr__(self, name):
         return getattr(self._native, name)

@@ -136,7 +136,10 @@ def llama_cpp_python_completion(llm: Any, prompt: str, n_tokens: int) -> Run:
 
 def linalign_completions(aligner: Any, requests: Sequence[dict[str, Any]], n_tokens: int) -> Run:
     """Streams every request at once (each submitted when its call is made)
-    and reads them in turn; the Aligner's engine loop steps them all."""
+    and reads them in turn; the Aligner's engine loop steps them all. Starts
+    cold, as the raw rows do (``ctx.clear()``): a prompt cache left by the
+    row before holds KV cells that every decode's attention then spans."""
+    aligner.reset()
     engine = aligner.engine
     calls = engine.n_decode_calls
     start = time.perf_counter()

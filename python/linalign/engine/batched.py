@@ -46,6 +46,12 @@ class SlotBusyError(RuntimeError):
 # llama_flash_attn_type
 _FLASH_ATTN = {False: 0, True: 1, "auto": -1}
 
+# How long the engine loop's one native call may step while nothing needs
+# Python (BatchedEngine.run): under half a frame of a 60 Hz screen. A fast
+# model's tokens reach their readers this many at a time.
+RUN_BUDGET_S = 0.008
+RUN_BUDGET_US = int(RUN_BUDGET_S * 1e6)
+
 
 def flash_attn_type(value: object) -> int:
     """llama.cpp's flash attention setting for ``value``: False (off, as in
@@ -131,6 +137,7 @@ class BatchedEngine:
 
     def close(self, reason: str | None = None) -> None:
         """Frees the context; requests still running fail with EngineClosedError."""
+        self._native.interrupt()  # a run in progress on another thread ends at its step
         with self.lock:
             if reason:
                 self._closed_reason = reason
@@ -151,6 +158,7 @@ class BatchedEngine:
         native, lock, this = self._native, self.lock, weakref.ref(self)
 
         def close() -> None:
+            native.interrupt()
             with lock:
                 engine = this()
                 if engine is not None:
@@ -246,8 +254,9 @@ class BatchedEngine:
             if not wait and not self._native.room_for(slot, prompts, params, cache_prompt, gen.limit):
                 self._native.check_fits(prompts, params)  # never fits: ValueError, not a wait
                 return None
-            stats = self._native.start(slot, prompts, params, cache_prompt, gen.limit)
+            stats = self._native.start(slot, prompts, params, cache_prompt, gen.limit, list(request.stop))
             gen.slot = slot
+            gen.interrupt = self._native.interrupt
             self._submitted += 1
             gen.order = self._submitted
             self._set_prefill(gen, stats)
@@ -295,19 +304,43 @@ class BatchedEngine:
     def step(self) -> int:
         """Frees the slots of cancelled requests, then decodes one step of all
         the others. Returns how many requests got a token (0: nothing to do)."""
+        return self._advance(self._native.step)
+
+    def run(self, seen: int) -> int:
+        """What the engine loop calls: steps as :meth:`step` does, in one
+        native call, for as long as no event needs Python and no one called
+        :meth:`interrupt` since :attr:`n_interrupts` was ``seen``, within
+        about RUN_BUDGET_S (``_core.Engine.run``). A step of a small model
+        is shorter than the Python each step would cost around it
+        (docs/overhead.md, item 13); a step longer than the budget runs
+        alone, as :meth:`step`. Returns how many tokens came."""
+        return self._advance(lambda: self._native.run(RUN_BUDGET_US, seen))
+
+    @property
+    def n_interrupts(self) -> int:
+        return self._native.n_interrupts
+
+    def interrupt(self) -> None:
+        """Ends a :meth:`run` in progress after its step (any thread, no lock):
+        there is work between steps."""
+        self._native.interrupt()
+
+    def _advance(self, native_steps: Callable[[], list]) -> int:
         with self.lock:
             self._require_open()
             self._reap_cancelled()
             if not self._active:
                 return 0
             try:
-                events = self._native.step()
+                events = native_steps()
             except RuntimeError as e:  # a failed llama_decode: every request in the batch fails
                 for gen in list(self._active.values()):
                     self._release(gen)
                     gen._finish(None, RuntimeError(str(e)))
                     self._notify(gen)
                 raise
+            now = time.monotonic()
+            changed: dict[int, Generation] = {}  # each request told once, after all its events
             for event in events:
                 gen = self._active.get(event.slot)
                 if gen is None:
@@ -317,21 +350,30 @@ class BatchedEngine:
                     # text and its sampler, and resumes when there is room
                     gen.preemptions += 1
                     continue
+                changed[id(gen)] = gen
                 try:
-                    self._on_token(gen, event)
+                    self._on_token(gen, event, now - event.age)
                 except Exception as e:  # noqa: BLE001 - a callback's error fails its own request only
                     # The other slots have sampled already: their events
                     # must still reach their requests, or their texts would
                     # silently lose this step's token.
-                    self._release(gen)
-                    gen._finish(None, e)
-                    try:
-                        self._notify(gen)
-                    except Exception:  # noqa: BLE001 - its consumer learns of the error when it next looks
-                        pass
+                    self._fail(gen, e)
+            for gen in changed.values():
+                try:
+                    self._notify(gen)
+                except Exception as e:  # noqa: BLE001 - a consumer's callback fails its own request only
+                    self._fail(gen, e)
             return sum(not event.preempted for event in events)
 
-    def _on_token(self, gen: Generation, event: Any) -> None:
+    def _fail(self, gen: Generation, error: BaseException) -> None:
+        self._release(gen)
+        gen._finish(None, error)
+        try:
+            self._notify(gen)
+        except Exception:  # noqa: BLE001 - its consumer learns of the error when it next looks
+            pass
+
+    def _on_token(self, gen: Generation, event: Any, when: float) -> None:
         # Runs for every token of every request, on the engine thread between
         # two decodes, where each attribute read and call shows (issue 21):
         # the common case (a token to append) first, each field read once.
@@ -342,7 +384,7 @@ class BatchedEngine:
         if token >= 0 and not event.eog and not event.error:
             gen.completion_tokens += 1
             gen.tokens.append(token)
-            gen._record_step(event.ratios, event.guarded, token, event.plain_top)
+            gen._record_step(event.ratios, event.guarded, token, event.plain_top, when)
             piece = event.piece
             native_entry = event.logprob  # None unless the request asked for logprobs
             if native_entry is None:
@@ -365,7 +407,6 @@ class BatchedEngine:
         else:  # an end-of-generation token
             self._release(gen)
             gen._finish("stop")
-        self._notify(gen)
 
     def _release(self, gen: Generation) -> None:
         self._stats_pending.discard(id(gen))

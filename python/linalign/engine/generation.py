@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from time import monotonic
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
@@ -16,14 +15,6 @@ from ..options import AUTO_RATIO, SamplingOptions
 from ..text_stream import TextAssembler
 
 __all__ = ["GenerationRequest", "Generation"]
-
-# A streaming reader whose deltas come less than STREAM_COALESCE_S apart
-# (more than 500 tokens a second) reads them every STREAM_POLL_S instead of
-# waking at each (Generation.read). Each wake costs the decode some 50 µs
-# of a core, cold caches and all (docs/overhead.md, item 12); 8 ms is under
-# half a frame of a 60 Hz screen.
-STREAM_COALESCE_S = 0.002
-STREAM_POLL_S = 0.008
 
 
 @dataclass(frozen=True)
@@ -103,6 +94,9 @@ class Generation:
     request: GenerationRequest
     limit: int
     notify: Callable[[], None] | None = None
+    # set by the engine that starts it: ends a run of steps in progress, so
+    # that a cancel frees the slot at the next step (BatchedEngine.run)
+    interrupt: Callable[[], None] | None = None
     slot: int = -1
     order: int = 0              # submission order
     prompt_tokens: int = 0
@@ -150,6 +144,8 @@ class Generation:
         """Asks the engine to free this request's slot at its next step
         (safe from any thread)."""
         self._cancelled.set()
+        if self.interrupt is not None:
+            self.interrupt()
 
     def wait(self, timeout: float | None = None) -> None:
         """Waits until the engine changed this request since the last wait
@@ -168,19 +164,15 @@ class Generation:
         reply collected whole), waking once instead of at every token, where
         the reader would take a core from the decode.
 
-        Streaming, when the last two tokens came less than STREAM_COALESCE_S
-        (2 ms) apart, the reader sleeps STREAM_POLL_S (8 ms) before it looks
-        again, and so reads the deltas of several steps per wake (still one
-        delta per token), for as long as steps are that fast (a tiny model;
-        more than 500 tokens a second): each wake costs the decode a core's
-        time on a machine whose cores all decode, and no one sees 8 ms.
-        Slower steps wake it at each delta, as before."""
+        Streaming, it wakes each time the engine loop tells it of new
+        deltas: once per native run of steps, which on a fast model holds
+        the tokens of several steps (BatchedEngine.run, RUN_BUDGET_S), still
+        one delta per token."""
         try:
             while whole and not self.done:
                 if (error := gone()) is not None:
                     raise error
                 self._ended.wait(0.25)
-            fast = False
             while True:
                 chunk = self.pop_chunk()
                 if chunk is not None and (error := gone()) is not None:
@@ -193,13 +185,7 @@ class Generation:
                         yield chunk
                     break
                 else:
-                    if fast:
-                        time.sleep(STREAM_POLL_S)
-                        fast = self.has_delta  # still coming that fast; else wait for the next one
-                    else:
-                        self.wait()
-                        times = self.token_times
-                        fast = len(times) >= 2 and times[-1] - times[-2] < STREAM_COALESCE_S
+                    self.wait()
             if self.error is not None:
                 raise self.error
         finally:
@@ -243,13 +229,14 @@ class Generation:
     # -- written by the engine, under its lock ----------------------------
 
     def _record_step(self, ratios: Sequence[float], guarded: Sequence[tuple[int, int]], token: int = -1,
-                     plain_top: int = -1) -> None:
+                     plain_top: int = -1, when: float | None = None) -> None:
         """The steering of the token just sampled (a native step event's):
         the step size each principled stream was applied at (P first), the
         (stream, token) pairs the echo guard lowered, and the base stream's
-        most likely token (-1: none). Runs once per token on the engine
-        thread: only running totals."""
-        self.token_times.append(monotonic())
+        most likely token (-1: none), and when it came (time.monotonic();
+        None: now). Runs once per token on the engine thread: only running
+        totals."""
+        self.token_times.append(time.monotonic() if when is None else when)
         if plain_top >= 0:
             self.aligned_tokens += 1
             if token != plain_top:

@@ -84,6 +84,8 @@ class _EngineThread:
         future: Future = Future()
         with self.cond:
             self.calls.append((fn, future))
+            for loop in self.loops:
+                loop._engine.interrupt()
             self.cond.notify()
         return future.result()
 
@@ -151,6 +153,7 @@ class EngineLoop:
         self._engine = engine
         self._pending: deque[Admission] = deque()
         self._running: list[Generation] = []  # what it started and steps until done
+        self._seen = 0  # the engine's n_interrupts when the thread last looked at the queue
         self._stopping = False
         self._driver = _the_engine_thread()
         self._wake = self._driver.cond
@@ -186,6 +189,7 @@ class EngineLoop:
             if self._stopping:
                 raise EngineClosedError("the engine loop was closed")
             self._pending.append(admission)
+            self._engine.interrupt()
             self._wake.notify()
 
     def follow(self, gen: Generation) -> None:
@@ -207,6 +211,7 @@ class EngineLoop:
     def wake(self) -> None:
         """Has the loop look again (a request was cancelled)."""
         with self._wake:
+            self._engine.interrupt()
             self._wake.notify()
 
     @contextlib.contextmanager
@@ -214,8 +219,10 @@ class EngineLoop:
         """Holds the engine thread between two steps (no admission, no decode
         runs) and yields this loop's engine: for making the engine again. It
         waits for the step in progress."""
-        with self._wake, self._engine.lock:
-            yield self._engine
+        with self._wake:
+            self._engine.interrupt()  # a run of steps in progress ends at its step
+            with self._engine.lock:
+                yield self._engine
 
     def call(self, fn: Callable[[BatchedEngine], T]) -> T:
         """Runs ``fn(engine)`` on the engine thread between steps, holding
@@ -276,11 +283,13 @@ class EngineLoop:
         self._running = [g for g in self._running if not g.done]
         if engine.closed or not self._running:
             return None
+        # what was posted after this look interrupts the run that follows it
+        self._seen = engine.n_interrupts
         return engine
 
     def _step(self, engine: BatchedEngine) -> None:
         try:
-            engine.step()
+            engine.run(self._seen)
         except EngineClosedError:
             pass  # closed under it (a borrowed Llama closed): its requests were told
         except Exception:  # noqa: BLE001 - the requests in the batch failed and were told
