@@ -1,0 +1,167 @@
+"""The engine loop's native call (``_core.Engine.run``, BatchedEngine.run):
+it steps while nothing needs Python, so a fast model's steps cost no Python
+each, and returns at once where Python must act: a request's first token,
+its last (an end token, max_tokens), a stop string, an error, an interrupt.
+
+On a tiny random model whose end token is never chosen, a run within a
+large budget brings many steps; the tokens are those of step() by step()
+(the same batches: exact), and nothing is sampled past what Python asked.
+Every decode runs on the engine thread, as the engine loop's do: a second
+thread that decodes would give the process a second OpenMP team and slow
+every later decode (engine/loop.py).
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+import linalign
+from linalign import _core
+from linalign.engine import BatchedEngine, run_on_engine_thread as on_engine_thread
+from linalign.engine.generation import Generation
+from linalign.options import SamplingOptions
+
+from conftest import load_model_writer
+
+BIG_BUDGET_US = 10_000_000  # ten seconds: only the rules end a run
+HANG_S = 60
+
+
+@pytest.fixture(scope="module")
+def endless_gguf(tmp_path_factory):
+    return load_model_writer()(tmp_path_factory.mktemp("endless") / "endless.gguf", n_vocab=512, seed=5,
+                               n_ctx_train=1024, eos_never_chosen=True)
+
+
+@pytest.fixture(scope="module")
+def model(endless_gguf):
+    m = _core.Model(str(endless_gguf), 0, True)
+    yield m
+    m.close()
+
+
+@pytest.fixture
+def engine(model):
+    e = BatchedEngine(model, n_ctx=512, n_slots=2, n_threads=2)
+    yield e
+    e.close()
+
+
+def _prompts(model, text: str, principle: str | None = None) -> list[list[int]]:
+    base = list(model.tokenize(text.encode(), True, False))
+    p = list(model.tokenize(f"{principle}\n{text}".encode(), True, False)) if principle else base
+    return [p, base]
+
+
+def _params(ratio: float = 2.0):
+    return SamplingOptions(temperature=0.0, ratio=ratio).to_native()
+
+
+def _tokens_step_by_step(model, prompts, n: int, ratio: float) -> list[int]:
+    e = BatchedEngine(model, n_ctx=512, n_threads=2)
+    try:
+        e._native.start(0, prompts, _params(ratio), True, n)
+        out: list[int] = []
+        while len(out) < n:
+            out += [ev.token for ev in on_engine_thread(e._native.step)]
+        return out
+    finally:
+        e.close()
+
+
+@pytest.mark.parametrize("ratio", [0.0, 2.0])
+def test_a_run_brings_many_steps_and_the_tokens_of_step_by_step(model, engine, ratio):
+    prompts = _prompts(model, "one two three", "four")
+    n = 60
+    native = engine._native
+    native.start(0, prompts, _params(ratio), True, n)
+    run = lambda: on_engine_thread(lambda: native.run(BIG_BUDGET_US, native.n_interrupts))  # noqa: E731
+    first = run()
+    assert [ev.token >= 0 for ev in first] == [True]  # the first token returns at once (time to first token)
+    rest = run()
+    assert len(rest) == n - 1  # then one call to max_tokens, and not a token past it
+    assert all(ev.slot == 0 and not ev.eog and not ev.error for ev in rest)
+    assert [ev.token for ev in first + rest] == _tokens_step_by_step(model, prompts, n, ratio)
+    ages = [ev.age for ev in rest]
+    assert all(a >= 0 for a in ages) and ages == sorted(ages, reverse=True)  # older steps first
+    assert run() and native.busy(0)  # Python has not finished it yet: the engine goes on
+
+
+def test_a_run_ends_at_a_stop_string(model, engine):
+    prompts = _prompts(model, "one two three")
+    plain = _tokens_step_by_step(model, prompts, 40, 0.0)
+    pieces = [model.token_to_piece(t, False) for t in plain]
+    # a stop string the bytes first hold at token j (>= 10): a text token's piece
+    def first_at(j: int) -> bool:
+        piece = pieces[j]
+        return piece.isascii() and piece.strip().isalnum() and piece not in b"".join(pieces[:j]) + piece[:-1]
+    j = next(j for j in range(10, len(pieces)) if first_at(j))
+    stop = pieces[j].decode()
+    native = engine._native
+    native.start(0, prompts, _params(0.0), True, 40, ["never in it", stop])
+    events = on_engine_thread(lambda: native.run(BIG_BUDGET_US, native.n_interrupts)
+                              + native.run(BIG_BUDGET_US, native.n_interrupts))
+    assert [ev.token for ev in events] == plain[:j + 1]
+    assert [ev.stop_seen for ev in events] == [False] * j + [True]
+
+
+def test_an_interrupt_ends_a_run_after_its_step(model, engine):
+    native = engine._native
+    native.start(0, _prompts(model, "one two", "three"), _params(), True, 1000)
+    on_engine_thread(lambda: native.run(BIG_BUDGET_US, native.n_interrupts))  # the first token
+    seen = native.n_interrupts
+    native.interrupt()
+    assert len(on_engine_thread(lambda: native.run(BIG_BUDGET_US, seen))) == 1  # interrupted before it began
+    # from another thread, during a run
+    seen = native.n_interrupts
+    timer = threading.Timer(0.01, native.interrupt)
+    timer.start()
+    events = on_engine_thread(lambda: native.run(BIG_BUDGET_US, seen))
+    timer.join()
+    assert 1 <= len(events) < 999
+
+
+def test_a_run_within_its_budget_returns_before_the_step_that_would_pass_it(model, engine):
+    native = engine._native
+    native.start(0, _prompts(model, "one two", "three"), _params(), True, 400)
+    on_engine_thread(lambda: native.run(BIG_BUDGET_US, native.n_interrupts))
+    assert len(on_engine_thread(lambda: native.run(1, native.n_interrupts))) == 1  # a budget under a step: one
+
+
+def test_step_events_are_of_no_age(model, engine):
+    native = engine._native
+    native.start(0, _prompts(model, "one"), _params(0.0), True, 5)
+    events = []
+    while not events:
+        events = on_engine_thread(native.step)
+    assert events[0].age == 0.0 and not events[0].stop_seen
+
+
+def test_streaming_wakes_the_reader_once_per_run_not_per_token(endless_gguf, monkeypatch):
+    """Through the public API on a fast model: every token a delta, the same
+    text as a reply collected whole, and far fewer wakes than tokens."""
+    waits = []
+    real_wait = Generation.wait
+    monkeypatch.setattr(Generation, "wait", lambda self, timeout=None: (waits.append(1), real_wait(self, timeout)))
+    with linalign.Aligner(endless_gguf, n_ctx=512, n_threads=2) as aligner:
+        n = 200
+        whole = aligner.create_completion("one two", principle="three", max_tokens=n, temperature=0.0, ratio=2.0)
+        chunks = list(aligner.create_completion("one two", principle="three", max_tokens=n, temperature=0.0,
+                                                ratio=2.0, stream=True))
+    text = "".join(c["choices"][0]["text"] for c in chunks)
+    assert text == whole["choices"][0]["text"]
+    assert whole["usage"]["completion_tokens"] == n
+    assert len(waits) < n / 4, f"{len(waits)} wakes for {n} tokens"
+
+
+def test_a_cancel_ends_the_run_and_frees_the_slot(endless_gguf):
+    with linalign.Aligner(endless_gguf, n_ctx=1024, n_threads=2) as aligner:
+        stream = aligner.create_completion("one two", max_tokens=1000, temperature=0.0, stream=True)
+        next(stream)
+        stream.close()
+        deadline = time.monotonic() + HANG_S
+        while aligner.engine.n_busy:
+            assert time.monotonic() < deadline, "the cancelled request kept its slot"
+            time.sleep(0.001)
