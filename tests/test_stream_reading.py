@@ -1,11 +1,11 @@
 """How a streaming reader waits for its request's deltas (Generation.read):
-one delta per token, and one wake per notify, however many tokens a notify
-brings (the engine loop notifies once per native run of steps: several
-tokens of a fast model at a time, tests/test_engine_runs.py).
+one delta per token either way; woken at each notify when tokens come
+slowly, and looking every STREAM_POLL_S when they come faster than
+STREAM_COALESCE_S apart, with the end still waking it at once.
 
 A thread plays the engine's part on a real Generation (the calls the engine
-makes for each sampled token: _record_step, _push_token; then the notify),
-so the timing and grouping of the tokens is the test's to choose.
+makes for each sampled token: _record_step, _push_token, then the notify),
+so the timing of the tokens is the test's to choose.
 """
 from __future__ import annotations
 
@@ -15,18 +15,37 @@ import time
 import pytest
 
 from linalign import SamplingOptions
-from linalign.engine.generation import Generation, GenerationRequest
+from linalign.engine import generation as generation_module
+from linalign.engine.generation import STREAM_COALESCE_S, STREAM_POLL_S, Generation, GenerationRequest
 
 
-def _produce(gen: Generation, n: int, interval_s: float, per_notify: int = 1) -> threading.Thread:
+class _CountingEvent(threading.Event):
+    """The request's end event, noting the reader's timed waits (its polls)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.polls: list[float] = []
+
+    def wait(self, timeout=None):
+        if timeout is not None:
+            self.polls.append(timeout)
+        return super().wait(timeout)
+
+
+def _generation(n: int) -> Generation:
+    gen = Generation(request=GenerationRequest([1], [1], SamplingOptions()), limit=n)
+    gen._ended = _CountingEvent()
+    return gen
+
+
+def _produce(gen: Generation, n: int, interval_s: float) -> threading.Thread:
     def run() -> None:
         for i in range(n):
             time.sleep(interval_s)
             gen._record_step([0.0], [], token=i)
             gen.completion_tokens += 1
             gen._push_token(f"t{i} ".encode())
-            if (i + 1) % per_notify == 0:
-                gen._changed.set()
+            gen._changed.set()
         gen._finish("length")
         gen._changed.set()
     thread = threading.Thread(target=run)
@@ -34,39 +53,45 @@ def _produce(gen: Generation, n: int, interval_s: float, per_notify: int = 1) ->
     return thread
 
 
-def _read_counting_waits(monkeypatch, n: int, interval_s: float, per_notify: int) -> tuple[list[str], int]:
-    gen = Generation(request=GenerationRequest([1], [1], SamplingOptions()), limit=n)
+def _read_counting_wakes(monkeypatch, n: int, interval_s: float) -> tuple[list[str], list[float], int]:
+    gen = _generation(n)
     waits = []
     real_wait = Generation.wait
     monkeypatch.setattr(Generation, "wait", lambda self, timeout=None: (waits.append(1), real_wait(self, timeout)))
-    producer = _produce(gen, n, interval_s, per_notify)
+    producer = _produce(gen, n, interval_s)
     deltas = [delta for delta, _ in gen.read()]
     producer.join()
     monkeypatch.undo()
-    return deltas, len(waits)
+    return deltas, gen._ended.polls, len(waits)
 
 
-@pytest.mark.parametrize("per_notify", [1, 8])
-def test_every_token_is_a_delta_of_its_own_in_order(monkeypatch, per_notify):
-    n = 40
-    deltas, _ = _read_counting_waits(monkeypatch, n, interval_s=0.0005, per_notify=per_notify)
-    assert deltas == [f"t{i} " for i in range(n)]
-
-
-def test_the_reader_wakes_once_per_notify_not_per_token(monkeypatch):
-    """Tokens notified eight at a time, as a run of steps brings them, wake
-    the reader about n / 8 times; it never polls in between."""
-    n, per_notify = 64, 8
-    deltas, waits = _read_counting_waits(monkeypatch, n, interval_s=0.002, per_notify=per_notify)
-    assert deltas == [f"t{i} " for i in range(n)]
-    assert waits <= n // per_notify + 2, f"{waits} waits for {n // per_notify} notifies"
+def test_fast_tokens_are_read_several_per_wake_one_delta_each(monkeypatch):
+    n = 400
+    deltas, polls, waits = _read_counting_wakes(monkeypatch, n, interval_s=0.0002)
+    assert deltas == [f"t{i} " for i in range(n)]  # every token, in order, a delta of its own
+    assert polls and set(polls) == {STREAM_POLL_S}
+    assert len(polls) + waits < n / 2, f"{len(polls)} polls and {waits} waits for {n} tokens"
 
 
 def test_slow_tokens_wake_the_reader_at_each(monkeypatch):
     n = 20
-    deltas, waits = _read_counting_waits(monkeypatch, n, interval_s=0.01, per_notify=1)
+    deltas, polls, waits = _read_counting_wakes(monkeypatch, n, interval_s=5 * STREAM_COALESCE_S)
     assert deltas == [f"t{i} " for i in range(n)]
+    assert polls == []  # never polls: it waits for each token
     assert waits >= n
+
+
+def test_the_end_wakes_a_polling_reader_at_once(monkeypatch):
+    """A reader between two looks learns of the end when it comes, not at
+    its next look: a poll of a minute here, and the read ends in seconds."""
+    monkeypatch.setattr(generation_module, "STREAM_POLL_S", 60.0)
+    gen = _generation(50)
+    producer = _produce(gen, 50, interval_s=0.0002)
+    started = time.monotonic()
+    deltas = [delta for delta, _ in gen.read()]
+    producer.join()
+    assert len(deltas) == 50 and gen._ended.polls  # it did poll
+    assert time.monotonic() - started < 30.0
 
 
 @pytest.mark.parametrize("interval_s", [0.0002, 0.01])

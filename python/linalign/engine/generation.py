@@ -16,6 +16,15 @@ from ..text_stream import TextAssembler
 
 __all__ = ["GenerationRequest", "Generation"]
 
+# A streaming reader whose tokens came less than STREAM_COALESCE_S apart
+# (more than 500 tokens a second) looks for deltas every STREAM_POLL_S
+# instead of being woken for them (Generation.read). A wake from the engine
+# thread costs that thread a cross-core wake-up (35 µs on a virtual machine,
+# docs/overhead.md, item 12) between two decodes; 8 ms is under half a
+# frame of a 60 Hz screen, and the end still wakes the reader at once.
+STREAM_COALESCE_S = 0.002
+STREAM_POLL_S = 0.008
+
 
 @dataclass(frozen=True)
 class GenerationRequest:
@@ -164,15 +173,18 @@ class Generation:
         reply collected whole), waking once instead of at every token, where
         the reader would take a core from the decode.
 
-        Streaming, it wakes each time the engine loop tells it of new
-        deltas: once per native run of steps, which on a fast model holds
-        the tokens of several steps (BatchedEngine.run, RUN_BUDGET_S), still
-        one delta per token."""
+        Streaming, it wakes each time the engine loop tells it of new deltas
+        (once per native run of steps: BatchedEngine.run). While tokens come
+        less than STREAM_COALESCE_S (2 ms) apart it looks every STREAM_POLL_S
+        (8 ms) instead, and only the end wakes it sooner: each wake would
+        cost the engine thread a wake-up of another core between two
+        decodes. Still one delta per token."""
         try:
             while whole and not self.done:
                 if (error := gone()) is not None:
                     raise error
                 self._ended.wait(0.25)
+            fast = False
             while True:
                 chunk = self.pop_chunk()
                 if chunk is not None and (error := gone()) is not None:
@@ -184,8 +196,13 @@ class Generation:
                     while (chunk := self.pop_chunk()) is not None:
                         yield chunk
                     break
+                elif fast:
+                    self._ended.wait(STREAM_POLL_S)
+                    fast = self.has_delta  # still coming that fast; else wait to be told
                 else:
                     self.wait()
+                    times = self.token_times
+                    fast = len(times) >= 2 and times[-1] - times[-2] < STREAM_COALESCE_S
             if self.error is not None:
                 raise self.error
         finally:
