@@ -883,6 +883,12 @@ bool engine::needs_caller(const step_event & ev) const {
 // thread woken); one after another otherwise.
 void engine::sample_all(std::vector<sample_job> & jobs) {
     const int32_t n = (int32_t) jobs.size();
+    // one slot: its greedy scans split the vocabulary across the team instead
+    for (sample_job & job : jobs) {
+        if (slots_[job.slot].chain) {
+            slots_[job.slot].chain->set_threads(n == 1 ? n_sample_threads_ : 1);
+        }
+    }
 #ifdef LINALIGN_OPENMP
     if (n > 1 && n_sample_threads_ > 1) {
 #    pragma omp parallel for num_threads(std::min(n, n_sample_threads_)) schedule(dynamic, 1)

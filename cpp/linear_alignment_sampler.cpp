@@ -37,6 +37,9 @@ struct llama_sampler_linear_alignment {
     std::vector<uint8_t>          in_union; // candidate index -> in the union of the nuclei
     std::vector<int32_t>          union_idx; // that union, in the order it was found
     std::vector<std::vector<float>> guarded_rows; // streams' logits without the echo guard's drops
+
+    // threads greedy's scans may take (llama_sampler_linear_alignment_set_threads)
+    int32_t n_threads = 1;
 };
 
 static const char * llama_sampler_linear_alignment_name(const struct llama_sampler * /*smpl*/) {
@@ -104,6 +107,43 @@ template <typename Logits>
     return 0;
 }
 
+// The vocabulary in two fixed parts, split at a multiple of 256 (the mass
+// sums' blocks). Every sum over it is the first part's sum plus the second's,
+// so it is the same to the bit whether one thread computes both or two
+// threads one each (greedy's scans on the decode's idle OpenMP team:
+// llama_sampler_linear_alignment_set_threads).
+constexpr int LINEAR_ALIGNMENT_N_PARTS = 2;
+
+struct vocab_part {
+    size_t begin;
+    size_t n;
+};
+
+static inline vocab_part linear_alignment_part(size_t n, int k) {
+    const size_t half = n / 2 / 256 * 256;
+    return k == 0 ? vocab_part{0, half} : vocab_part{half, n - half};
+}
+
+// f(k) for each part k: on two threads of the calling thread's OpenMP team
+// when n_threads > 1 (f must not throw), else in turn.
+template <typename F>
+static void linear_alignment_for_parts(int32_t n_threads, F f) {
+#ifdef LINALIGN_OPENMP
+    if (n_threads > 1) {
+#    pragma omp parallel for num_threads(LINEAR_ALIGNMENT_N_PARTS) schedule(static, 1)
+        for (int k = 0; k < LINEAR_ALIGNMENT_N_PARTS; ++k) {
+            f(k);
+        }
+        return;
+    }
+#else
+    (void) n_threads;
+#endif
+    for (int k = 0; k < LINEAR_ALIGNMENT_N_PARTS; ++k) {
+        f(k);
+    }
+}
+
 // The weight a nucleus's candidates reach down to, with every token's
 // softmax weight at the mask temperature in ctx->weight and top_p of their
 // total in *target.
@@ -121,8 +161,18 @@ static float linear_alignment_threshold(llama_sampler_linear_alignment * ctx, co
                                         float max_logit, float inv_t, float floor, double * target) {
     auto & weight = ctx->weight;
     weight.resize(n);
+    double part_mass[LINEAR_ALIGNMENT_N_PARTS][LINEAR_ALIGNMENT_N_GUESSES];
+    double part_total[LINEAR_ALIGNMENT_N_PARTS];
+    linear_alignment_for_parts(ctx->n_threads, [&](int k) {
+        const vocab_part p = linear_alignment_part(n, k);
+        part_total[k] = linear_alignment_weights(src + p.begin, p.n, max_logit, inv_t, weight.data() + p.begin,
+                                                 part_mass[k]);
+    });
     double mass[LINEAR_ALIGNMENT_N_GUESSES];
-    const double total = linear_alignment_weights(src, n, max_logit, inv_t, weight.data(), mass);
+    for (size_t g = 0; g < LINEAR_ALIGNMENT_N_GUESSES; ++g) {
+        mass[g] = part_mass[0][g] + part_mass[1][g];
+    }
+    const double total = part_total[0] + part_total[1];
     *target = ctx->top_p * total;
     // a guess must hold the target beyond the masses' rounding: a candidate
     // set that falls short of it by a rounding would cut the nucleus early
@@ -476,7 +526,13 @@ size_t llama_sampler_linear_alignment_apply_dense(llama_sampler * smpl, const fl
 static llama_token linear_alignment_nucleus_best(llama_sampler_linear_alignment * ctx, const float * src, size_t n,
                                                  float r, const float * l0) {
     constexpr int MAX_TRIES = 8;
-    const float max_logit = linear_alignment_max_logit(src, n);
+    const int32_t n_threads = ctx->n_threads;
+    float part_max[LINEAR_ALIGNMENT_N_PARTS];
+    linear_alignment_for_parts(n_threads, [&](int k) {
+        const vocab_part p = linear_alignment_part(n, k);
+        part_max[k] = linear_alignment_max_logit(src + p.begin, p.n);
+    });
+    const float max_logit = part_max[1] > part_max[0] ? part_max[1] : part_max[0];
     if (!std::isfinite(max_logit)) {
         return -1;
     }
@@ -486,12 +542,28 @@ static llama_token linear_alignment_nucleus_best(llama_sampler_linear_alignment 
     float threshold = linear_alignment_threshold(ctx, src, n, max_logit, inv_t, 0.0f, &target);
     const float * weight = ctx->weight.data();
     for (int tries = 0; tries < MAX_TRIES; ++tries) {
-        const llama_token best = linear_alignment_best_combined(src, l0, r, weight, n, threshold);
+        int32_t part_best[LINEAR_ALIGNMENT_N_PARTS];
+        linear_alignment_for_parts(n_threads, [&](int k) {
+            const vocab_part p = linear_alignment_part(n, k);
+            const int32_t i = linear_alignment_best_combined(src + p.begin, l0 + p.begin, r, weight + p.begin, p.n,
+                                                             threshold);
+            part_best[k] = i < 0 ? -1 : i + (int32_t) p.begin;
+        });
+        // the first token of the largest combined logit, as one scan finds it
+        const auto combined = [&](int32_t i) { return (1.0f + r) * src[i] - r * l0[i]; };
+        const llama_token best = part_best[0] < 0 ? part_best[1]
+                               : part_best[1] < 0 ? part_best[0]
+                               : combined(part_best[1]) > combined(part_best[0]) ? part_best[1] : part_best[0];
         if (best < 0) {
             return -1; // no finite combined logit: let the exact path decide
         }
         const float w_best = weight[best];
-        if (linear_alignment_mass_above(weight, n, w_best) < target) {
+        double part_above[LINEAR_ALIGNMENT_N_PARTS];
+        linear_alignment_for_parts(n_threads, [&](int k) {
+            const vocab_part p = linear_alignment_part(n, k);
+            part_above[k] = linear_alignment_mass_above(weight + p.begin, p.n, w_best);
+        });
+        if (part_above[0] + part_above[1] < target) {
             return best;
         }
         // only tokens more likely than it can be in the nucleus
@@ -690,6 +762,13 @@ void llama_sampler_linear_alignment_set_base(llama_sampler * smpl, const float *
         throw std::invalid_argument("not a linear-alignment sampler");
     }
     ((llama_sampler_linear_alignment *) smpl->ctx)->logits_base = logits_base;
+}
+
+void llama_sampler_linear_alignment_set_threads(llama_sampler * smpl, int32_t n_threads) {
+    if (!llama_sampler_is_linear_alignment(smpl)) {
+        throw std::invalid_argument("not a linear-alignment sampler");
+    }
+    ((llama_sampler_linear_alignment *) smpl->ctx)->n_threads = std::max<int32_t>(1, n_threads);
 }
 
 void llama_sampler_linear_alignment_set_principled(llama_sampler * smpl, const float * const * logits, size_t n) {

@@ -50,6 +50,12 @@ void llama_sampler_linear_alignment_set_base(llama_sampler * smpl, const float *
 
 bool llama_sampler_is_linear_alignment(const llama_sampler * smpl);
 
+// Threads greedy decoding's passes over the vocabulary may take (default 1):
+// with more, each pass runs in two parts on the calling thread's OpenMP team
+// (the engine's, idle between decodes, when one slot samples). The answer is
+// the same to the bit with any count: the parts are fixed and summed in order.
+void llama_sampler_linear_alignment_set_threads(llama_sampler * smpl, int32_t n_threads);
+
 // Several principles composed (ALGORITHM.md, "Composing principles"): stream
 // P (the candidate array, ratio params.ratio) and n_extra more principled
 // streams with their own ratios (and principles), over one base stream:

@@ -80,6 +80,11 @@ public:
 
     size_t n_extra() const { return n_extra_; }
 
+    // Threads greedy decoding's passes over the vocabulary may take, on the
+    // calling thread's OpenMP team (llama_sampler_linear_alignment_set_threads):
+    // the engine's, when one slot samples after a decode. Same tokens with any.
+    void set_threads(int32_t n_threads) { llama_sampler_linear_alignment_set_threads(la_, n_threads); }
+
     // The last sample's step size per principled stream (P first) and the
     // (stream, token) pairs whose boost the echo guard dropped.
     std::vector<float> applied_ratios() const;
