@@ -335,9 +335,7 @@ class BatchedEngine:
                 events = native_steps()
             except RuntimeError as e:  # a failed llama_decode: every request in the batch fails
                 for gen in list(self._active.values()):
-                    self._release(gen)
-                    gen._finish(None, RuntimeError(str(e)))
-                    self._notify(gen)
+                    self._fail(gen, RuntimeError(str(e)))
                 raise
             now = time.monotonic()
             changed: dict[int, Generation] = {}  # each request told once, after all its events

@@ -20,7 +20,7 @@ __all__ = ["GenerationRequest", "Generation"]
 # (more than 500 tokens a second) looks for deltas every STREAM_POLL_S
 # instead of being woken for them (Generation.read). A wake from the engine
 # thread costs that thread a cross-core wake-up (35 µs on a virtual machine,
-# docs/overhead.md, item 12) between two decodes; 8 ms is under half a
+# docs/overhead.md, items 12 and 15) between two decodes; 8 ms is under half a
 # frame of a 60 Hz screen, and the end still wakes the reader at once.
 STREAM_COALESCE_S = 0.002
 STREAM_POLL_S = 0.008
