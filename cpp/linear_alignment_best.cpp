@@ -26,8 +26,9 @@ int32_t linear_alignment_best_combined(const float * logits_p, const float * log
     };
 #if LINALIGN_HAVE_LANES
     // the best, then the first id that has it (the token a walk in id order
-    // picks): two passes at the vector units' pace (linear_alignment_lanes.h),
-    // each computing a combined logit as the other does, to the bit
+    // picks), in the first segment that holds it: passes at the vector units'
+    // pace (lanes_argmax), each computing a combined logit as the other does,
+    // to the bit
     const lanes_f keep_v = lanes_splat(keep), r_v = lanes_splat(r), threshold_v = lanes_splat(threshold);
     const lanes_f none = lanes_splat(-INFINITY);
     const auto lanes_at = [=](size_t i) {
@@ -35,8 +36,8 @@ int32_t linear_alignment_best_combined(const float * logits_p, const float * log
         return lanes_select(lanes_load(weight + i) >= threshold_v, v, none);
     };
     // NaN loses every comparison, and -inf never beats -inf
-    const float best = lanes_max(n, lanes_at, value_at);
-    return best > -INFINITY ? lanes_find(n, lanes_at, value_at, best) : -1;
+    float best = -INFINITY;
+    return lanes_argmax(n, lanes_at, value_at, &best);
 #else
     float best = -INFINITY;
     int32_t best_id = -1;

@@ -123,6 +123,35 @@ static inline int32_t lanes_find(size_t n, LanesAt lanes_at, ValueAt value_at, f
     return -1;
 }
 
+// The first i < n of the largest value(i), or -1 when none beats -inf (NaN
+// never wins), and that value in *best: the max of each segment of
+// LINALIGN_SEGMENT values (lanes_max), then the search (lanes_find) in the
+// first segment that holds the largest alone. Searching from the start
+// read half the values again, on average.
+constexpr size_t LINALIGN_SEGMENT = 128 * LINALIGN_ROUND; // 4096 floats: a multiple of a round
+
+template <typename LanesAt, typename ValueAt>
+static inline int32_t lanes_argmax(size_t n, LanesAt lanes_at, ValueAt value_at, float * best) {
+    *best = -INFINITY;
+    size_t where = 0;
+    for (size_t s = 0; s < n; s += LINALIGN_SEGMENT) {
+        const size_t m = n - s < LINALIGN_SEGMENT ? n - s : LINALIGN_SEGMENT;
+        const float x = lanes_max(m, [&](size_t i) { return lanes_at(s + i); }, [&](size_t i) { return value_at(s + i); });
+        if (x > *best) { // the first segment of the largest
+            *best = x;
+            where = s;
+        }
+    }
+    if (!(*best > -INFINITY)) {
+        return -1;
+    }
+    const size_t m = n - where < LINALIGN_SEGMENT ? n - where : LINALIGN_SEGMENT;
+    const float x = *best;
+    const int32_t i = lanes_find(m, [&](size_t j) { return lanes_at(where + j); },
+                                 [&](size_t j) { return value_at(where + j); }, x);
+    return i < 0 ? -1 : (int32_t) (where + i);
+}
+
 // Sum over i < n of x[i] where x[i] > above, in double per value (four
 // chains of four doubles).
 typedef float lanes4_f __attribute__((vector_size(4 * sizeof(float))));

@@ -70,8 +70,8 @@ static inline double sum_above(const float * weight, size_t n, float above) {
 // across blocks: a float sum of 152k small weights drifts by ~1e-4, while a
 // block's drifts by at most 256 roundings of its own mass (1.5e-5 of it);
 // double sums (a conversion and an add per sum per weight) took twice as
-// long as the exp. The total is summed in double per weight, in a pass of
-// its own (sum_above): it sets top_p's target,
+// long as the exp. The total is summed in double per weight (sum_above, a
+// block at a time, after its masses): it sets top_p's target,
 // which a heavy tail (thousands of tokens of ~1e-6 each) compares to the
 // mass of single tokens, and a small weight added to a float sum that holds
 // the best token (weight 1) loses half its bits.
@@ -96,6 +96,7 @@ static inline double weights(LogitAt logit_at, size_t n, float max_logit, float 
     for (size_t i = 0; i < n; ++i) {
         weight[i] = expf(weight[i]);
     }
+    double total = 0.0;
     for (size_t start = 0; start < n; start += SUM_BLOCK) {
         const size_t end = std::min(n, start + SUM_BLOCK);
         float b0 = 0.0f, b1 = 0.0f, b2 = 0.0f, b3 = 0.0f;
@@ -109,12 +110,15 @@ static inline double weights(LogitAt logit_at, size_t n, float max_logit, float 
         m1 += b1;
         m2 += b2;
         m3 += b3;
+        // every weight (none is NaN or -inf), in double, while the block is
+        // in the nearest cache: a pass of its own read the vocabulary again
+        total += sum_above(weight + start, end - start, -INFINITY);
     }
     mass[0] = m0;
     mass[1] = m1;
     mass[2] = m2;
     mass[3] = m3;
-    return sum_above(weight, n, -INFINITY); // every weight (none is NaN or -inf)
+    return total;
 }
 
 LINALIGN_VECTOR_CLONES
@@ -137,14 +141,11 @@ int32_t linear_alignment_argmax(const float * logits, size_t n) {
     float best = -INFINITY;
     int32_t best_id = -1;
 #if LINALIGN_HAVE_LANES
-    // the max, then the first id that has it: two passes at the vector
-    // units' pace, where one that carries each lane's id is a chain
+    // the max, then the first id that has it: passes at the vector units'
+    // pace, where one that carries each lane's id is a chain
     const auto lanes_at = [logits](size_t i) { return lanes_load(logits + i); };
     const auto value_at = [logits](size_t i) { return logits[i]; };
-    best = lanes_max(n, lanes_at, value_at);
-    if (best > -INFINITY) {
-        best_id = lanes_find(n, lanes_at, value_at, best);
-    }
+    best_id = lanes_argmax(n, lanes_at, value_at, &best);
 #else
     for (size_t i = 0; i < n; ++i) {
         if (logits[i] > best) {

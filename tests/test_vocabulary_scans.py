@@ -2,8 +2,9 @@
 the argmax, and the best combined logit among a nucleus's candidates, each a
 max over four chains of 8 lanes then a search for its first position. They
 must give numpy's answer, the first index among equals, wherever the equals
-fall (the same lane, different chains, a later round, the scalar tail), with
-NaN and -inf never winning, on arrays of every length. No model involved."""
+fall (the same lane, different chains, a later round, the scalar tail, a
+later segment of 4096), with NaN and -inf never winning, on arrays of every
+length. No model involved."""
 from __future__ import annotations
 
 import numpy as np
@@ -25,8 +26,8 @@ def first_max(values: np.ndarray) -> int:
 
 
 @st.composite
-def rows(draw, min_size: int = 1):
-    n = draw(st.integers(min_size, 300))
+def rows(draw, min_size: int = 1, max_size: int = 300):
+    n = draw(st.integers(min_size, max_size))
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
     levels = draw(st.sampled_from([0, 1, 2, 3]))  # 0: continuous; else that many distinct values (ties)
@@ -64,6 +65,34 @@ def test_argmax_ties_in_every_place(n):
             assert _core.scan_argmax(values) == a
 
 
+SEGMENT = 4096  # lanes_argmax searches only the first segment that holds the max
+
+
+@pytest.mark.parametrize("n", [SEGMENT - 1, SEGMENT, SEGMENT + 1, 3 * SEGMENT + 33, 49152])
+def test_argmax_ties_across_segments(n):
+    """Equal maxima in different segments, at their edges: the first wins;
+    a segment of NaN or -inf before it changes nothing."""
+    rng = np.random.default_rng(n)
+    edges = sorted({p for p in (0, SEGMENT - 1, SEGMENT, 2 * SEGMENT - 1, 2 * SEGMENT, n - 1) if p < n})
+    for a in edges:
+        for b in edges:
+            if a >= b:
+                continue
+            values = rng.normal(0, 1, n).astype(np.float32)
+            values[[a, b]] = 50.0
+            assert _core.scan_argmax(values) == a
+            values[: a - a % SEGMENT] = np.nan if a % 2 else -np.inf  # whole segments before a's
+            assert _core.scan_argmax(values) == a
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows(min_size=SEGMENT - 40, max_size=3 * SEGMENT + 40))
+def test_argmax_over_several_segments(values):
+    want = first_max(values)
+    if want >= 0:
+        assert _core.scan_argmax(values) == want
+
+
 @settings(max_examples=300, deadline=None)
 @given(rows(), st.floats(-1.0, 4.0, width=32), st.floats(0.0, 1.0), st.integers(0, 2**32 - 1))
 def test_best_combined_is_the_first_index_of_the_best_candidate(logits_p, ratio, threshold, seed):
@@ -79,6 +108,23 @@ def test_best_combined_is_the_first_index_of_the_best_candidate(logits_p, ratio,
         combined = keep * logits_p - r * logits_b
     combined = np.where(weight >= np.float32(threshold), combined, np.float32(-np.inf))
     assert _core.scan_best_combined(logits_p, logits_b, ratio, weight, threshold) == first_max(combined)
+
+
+@pytest.mark.parametrize("n", [SEGMENT + 1, 3 * SEGMENT + 33])
+def test_best_combined_ties_across_segments(n):
+    rng = np.random.default_rng(n)
+    logits_p = rng.normal(0, 1, n).astype(np.float32)
+    logits_b = rng.normal(0, 1, n).astype(np.float32)
+    weight = np.ones(n, dtype=np.float32)
+    for a, b in [(SEGMENT - 1, SEGMENT), (0, n - 1), (SEGMENT, n - 1)]:
+        if a >= b:
+            continue
+        p, q = logits_p.copy(), logits_b.copy()
+        p[[a, b]], q[[a, b]] = 40.0, 1.0  # the same combined logit at both
+        assert _core.scan_best_combined(p, q, 2.0, weight, 0.5) == a
+        w = weight.copy()
+        w[a] = 0.0  # a is no candidate: b is the best
+        assert _core.scan_best_combined(p, q, 2.0, w, 0.5) == b
 
 
 def test_best_combined_without_candidates_is_minus_one():

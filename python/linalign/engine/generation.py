@@ -320,4 +320,5 @@ class Generation:
         self.error = error
         self.finish_reason = reason if error is None else None
         self.slot = -1
+        self.interrupt = None  # nothing left to interrupt; nor to keep the engine alive for
         self._ended.set()
