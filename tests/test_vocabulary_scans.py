@@ -50,39 +50,37 @@ def test_argmax_is_the_first_index_of_the_max(values):
         assert 0 <= got < values.size
 
 
+SEGMENT = 4096  # lanes_argmax searches only the first segment that holds the max
+
+
+def _maxima_pairs(n: int, positions: set[int]):
+    """Rows of n with two equal maxima at each pair a < b of the positions."""
+    rng = np.random.default_rng(n)
+    positions = sorted(p for p in positions if 0 <= p < n)
+    for a in positions:
+        for b in positions:
+            if a < b:
+                values = rng.normal(0, 1, n).astype(np.float32)
+                values[[a, b]] = 50.0
+                yield a, values
+
+
 @pytest.mark.parametrize("n", [1, 7, 8, 31, 32, 33, 64, 95, 1000, 49152, 49155])
 def test_argmax_ties_in_every_place(n):
     """Two equal maxima anywhere: the first wins, whichever chain, round or
     tail holds each."""
-    rng = np.random.default_rng(n)
-    positions = sorted({0, n - 1, n // 2, min(n - 1, 8), min(n - 1, 31), min(n - 1, 32)})
-    for a in positions:
-        for b in positions:
-            if a >= b:
-                continue
-            values = rng.normal(0, 1, n).astype(np.float32)
-            values[[a, b]] = 50.0
-            assert _core.scan_argmax(values) == a
-
-
-SEGMENT = 4096  # lanes_argmax searches only the first segment that holds the max
+    for a, values in _maxima_pairs(n, {0, n - 1, n // 2, 8, 31, 32}):
+        assert _core.scan_argmax(values) == a
 
 
 @pytest.mark.parametrize("n", [SEGMENT - 1, SEGMENT, SEGMENT + 1, 3 * SEGMENT + 33, 49152])
 def test_argmax_ties_across_segments(n):
     """Equal maxima in different segments, at their edges: the first wins;
     a segment of NaN or -inf before it changes nothing."""
-    rng = np.random.default_rng(n)
-    edges = sorted({p for p in (0, SEGMENT - 1, SEGMENT, 2 * SEGMENT - 1, 2 * SEGMENT, n - 1) if p < n})
-    for a in edges:
-        for b in edges:
-            if a >= b:
-                continue
-            values = rng.normal(0, 1, n).astype(np.float32)
-            values[[a, b]] = 50.0
-            assert _core.scan_argmax(values) == a
-            values[: a - a % SEGMENT] = np.nan if a % 2 else -np.inf  # whole segments before a's
-            assert _core.scan_argmax(values) == a
+    for a, values in _maxima_pairs(n, {0, SEGMENT - 1, SEGMENT, 2 * SEGMENT - 1, 2 * SEGMENT, n - 1}):
+        assert _core.scan_argmax(values) == a
+        values[: a - a % SEGMENT] = np.nan if a % 2 else -np.inf  # whole segments before a's
+        assert _core.scan_argmax(values) == a
 
 
 @settings(max_examples=30, deadline=None)
