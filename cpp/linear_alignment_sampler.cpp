@@ -236,6 +236,13 @@ static size_t linear_alignment_nucleus(llama_sampler_linear_alignment * ctx, con
     return threshold > 1e-13f ? m : n;
 }
 
+// One token's combined logit, l = (1 + r) l_p - r l_0, rounded as every
+// path computes it (the exact cut, greedy's pick; the module has no fused
+// multiply-adds), so that the paths agree to the bit.
+static inline float linear_alignment_combined(float lp, float l0, float r) {
+    return (1.0f + r) * lp - r * l0;
+}
+
 // Step 3 over the nucleus: l = (1 + r) l_p - r l_0.
 static void linear_alignment_combine(const llama_sampler_linear_alignment * ctx, llama_token_data * data, size_t n) {
     const float * l0 = ctx->logits_base;
@@ -249,7 +256,7 @@ static void linear_alignment_combine(const llama_sampler_linear_alignment * ctx,
         if (td.id < 0 || td.id >= ctx->n_vocab || !std::isfinite(td.logit)) {
             continue;
         }
-        td.logit = (1.0f + r) * td.logit - r * l0[td.id];
+        td.logit = linear_alignment_combined(td.logit, l0[td.id], r);
     }
 }
 
@@ -550,7 +557,7 @@ static llama_token linear_alignment_nucleus_best(llama_sampler_linear_alignment 
             part_best[k] = i < 0 ? -1 : i + (int32_t) p.begin;
         });
         // the first token of the largest combined logit, as one scan finds it
-        const auto combined = [&](int32_t i) { return (1.0f + r) * src[i] - r * l0[i]; };
+        const auto combined = [&](int32_t i) { return linear_alignment_combined(src[i], l0[i], r); };
         const llama_token best = part_best[0] < 0 ? part_best[1]
                                : part_best[1] < 0 ? part_best[0]
                                : combined(part_best[1]) > combined(part_best[0]) ? part_best[1] : part_best[0];
@@ -603,7 +610,8 @@ size_t llama_sampler_linear_alignment_apply_dense_best(llama_sampler * smpl, con
         // set again from the same logits, to the same values
         return llama_sampler_linear_alignment_apply_dense(smpl, logits_p, out);
     }
-    const float l = ctx->logits_base == nullptr || r == 0.0f ? row[id] : (1.0f + r) * row[id] - r * ctx->logits_base[id];
+    const float l = ctx->logits_base == nullptr || r == 0.0f ? row[id]
+                                                             : linear_alignment_combined(row[id], ctx->logits_base[id], r);
     out[0] = llama_token_data{id, l, 0.0f};
     return 1;
 }

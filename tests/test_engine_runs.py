@@ -141,7 +141,8 @@ def test_step_events_are_of_no_age(model, engine):
 
 def test_streaming_wakes_the_reader_once_per_run_not_per_token(endless_gguf, monkeypatch):
     """Through the public API: every token a delta, the same text as a reply
-    collected whole, and one wake per run of steps, not one per token. (How
+    collected whole, and at most one wake per run of steps, not one per
+    token (fewer where the reader polls fast tokens). (How
     many steps a run brings depends on the machine's speed: a process where
     another thread has decoded too steps this model 30x slower, engine/loop.py.)"""
     waits, runs = [], []

@@ -85,7 +85,7 @@ class _EngineThread:
         with self.cond:
             self.calls.append((fn, future))
             for loop in self.loops:
-                loop._engine.interrupt()
+                loop.engine.interrupt()
             self.cond.notify()
         return future.result()
 
