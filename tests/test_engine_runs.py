@@ -42,9 +42,15 @@ def model(endless_gguf):
     m.close()
 
 
+def _new_engine(model) -> BatchedEngine:
+    # the same engine wherever tokens are compared: the same batches, the
+    # same shapes, so the same kernels on any CPU (exact by construction)
+    return BatchedEngine(model, n_ctx=512, n_slots=2, n_threads=2)
+
+
 @pytest.fixture
 def engine(model):
-    e = BatchedEngine(model, n_ctx=512, n_slots=2, n_threads=2)
+    e = _new_engine(model)
     yield e
     e.close()
 
@@ -60,7 +66,7 @@ def _params(ratio: float = 2.0):
 
 
 def _tokens_step_by_step(model, prompts, n: int, ratio: float) -> list[int]:
-    e = BatchedEngine(model, n_ctx=512, n_threads=2)
+    e = _new_engine(model)
     try:
         e._native.start(0, prompts, _params(ratio), True, n)
         out: list[int] = []
