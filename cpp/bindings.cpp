@@ -136,6 +136,68 @@ static py::list guards_to_list(const std::vector<linear_alignment_guard> & guard
     return out;
 }
 
+// A step's or a run's events as BatchedEngine takes them, per slot, in the
+// order the slots first appear: (slot, tokens, pieces, ages, plain_tops,
+// ratios, guarded_at, rest). The slot's plain tokens (sampled, not ending
+// anything, no logprobs asked) come as parallel lists built here, so the
+// engine thread's Python touches a run of them once instead of reading a
+// StepEvent's fields per token (issue 21): ratios holds one list per
+// principled stream, guarded_at the indices of the tokens at which the echo
+// guard acted. rest holds the slot's other events, as StepEvents, in order;
+// they end its events (an end, a failure, a full context, a preemption),
+// and once one came, so do the events after it (a request with logprobs).
+static py::list events_by_slot(std::vector<step_event> && events) {
+    struct slot_group {
+        py::list tokens, pieces, ages, plain_tops, guarded_at, rest;
+        std::vector<py::list> ratios;
+        int32_t slot = -1;
+        int32_t n = 0;
+    };
+    std::vector<slot_group> groups;
+    std::vector<int32_t> group_of; // slot -> index in groups, or -1
+    for (step_event & ev : events) {
+        if (ev.slot < 0) {
+            throw std::logic_error("a step event without a slot");
+        }
+        if ((size_t) ev.slot >= group_of.size()) {
+            group_of.resize(ev.slot + 1, -1);
+        }
+        if (group_of[ev.slot] < 0) {
+            group_of[ev.slot] = (int32_t) groups.size();
+            groups.emplace_back();
+            groups.back().slot = ev.slot;
+        }
+        slot_group & g = groups[group_of[ev.slot]];
+        const bool plain = ev.token >= 0 && !ev.eog && !ev.preempted && ev.error.empty() && !ev.has_logprob &&
+                           g.rest.empty() && (g.n == 0 || g.ratios.size() == ev.ratios.size());
+        if (!plain) {
+            g.rest.append(py::cast(std::move(ev)));
+            continue;
+        }
+        g.tokens.append(ev.token);
+        g.pieces.append(py::bytes(ev.piece));
+        g.ages.append(ev.age);
+        g.plain_tops.append(ev.plain_top);
+        g.ratios.resize(ev.ratios.size());
+        for (size_t k = 0; k < ev.ratios.size(); ++k) {
+            g.ratios[k].append(ev.ratios[k]);
+        }
+        if (!ev.guarded.empty()) {
+            g.guarded_at.append(g.n);
+        }
+        g.n++;
+    }
+    py::list out;
+    for (slot_group & g : groups) {
+        py::list ratios;
+        for (py::list & r : g.ratios) {
+            ratios.append(r);
+        }
+        out.append(py::make_tuple(g.slot, g.tokens, g.pieces, g.ages, g.plain_tops, ratios, g.guarded_at, g.rest));
+    }
+    return out;
+}
+
 // Microseconds per combine step over given logit vectors, as the engine runs
 // it when no grammar precedes the sampler (the dense entry point); with
 // dense = false, a candidate fill and llama_sampler_apply, as with a grammar.
@@ -421,6 +483,24 @@ PYBIND11_MODULE(_core, m) {
              "Steps while nothing needs the caller, within about budget_us, and returns every step's events: after "
              "a step whose events end, fail, preempt or start a request, reach its max_tokens or see a stop string, "
              "or after any step once interrupt() was called since n_interrupts was seen.")
+        .def("step_by_slot", [](engine & self) {
+                 std::vector<step_event> events;
+                 {
+                     py::gil_scoped_release release;
+                     events = self.step();
+                 }
+                 return events_by_slot(std::move(events));
+             },
+             "step()'s events grouped per slot: (slot, tokens, pieces, ages, plain_tops, ratios, guarded_at, rest), "
+             "the slot's plain tokens as lists and its other events (rest) as StepEvents.")
+        .def("run_by_slot", [](engine & self, int64_t budget_us, uint64_t seen) {
+                 std::vector<step_event> events;
+                 {
+                     py::gil_scoped_release release;
+                     events = self.run(budget_us, seen);
+                 }
+                 return events_by_slot(std::move(events));
+             }, py::arg("budget_us"), py::arg("seen"), "run()'s events grouped per slot, as step_by_slot's.")
         .def("interrupt", &engine::interrupt, "Makes a run() in progress return after its step (any thread).")
         .def_property_readonly("n_interrupts", &engine::n_interrupts)
         .def("finish", &engine::finish, py::arg("slot"))

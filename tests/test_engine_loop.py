@@ -30,13 +30,13 @@ class _RecordingStep:
             self.entered.set()
             assert self.release.wait(HANG_S), "the test never released the step"
 
-    def step(self):
+    def step_by_slot(self):
         self._enter()
-        return self._native.step()
+        return self._native.step_by_slot()
 
-    def run(self, budget_us, seen):  # the engine loop's call: steps while nothing needs Python
+    def run_by_slot(self, budget_us, seen):  # the engine loop's call: steps while nothing needs Python
         self._enter()
-        return self._native.run(budget_us, seen)
+        return self._native.run_by_slot(budget_us, seen)
 
     def __getattr__(self, name):
         return getattr(self._native, name)

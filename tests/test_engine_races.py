@@ -159,7 +159,7 @@ def test_closing_the_llama_while_another_thread_streams(model_path):
 # -- the server's event loop ---------------------------------------------------
 
 class _HeldStep:
-    """Stands in for the engine's native object, step() and run() waiting on
+    """Stands in for the engine's native object, step_by_slot() and run_by_slot() waiting on
     an event: a decode step held open for as long as the test wants."""
 
     def __init__(self, native) -> None:
@@ -171,13 +171,13 @@ class _HeldStep:
         self.entered.set()
         assert self.release.wait(HANG_S), "the test never released the step"
 
-    def step(self):
+    def step_by_slot(self):
         self._enter()
-        return self._native.step()
+        return self._native.step_by_slot()
 
-    def run(self, budget_us, seen):  # the engine loop's call
+    def run_by_slot(self, budget_us, seen):  # the engine loop's call
         self._enter()
-        return self._native.run(budget_us, seen)
+        return self._native.run_by_slot(budget_us, seen)
 
     def __getattr__(self, name):
         return getattr(self._native, name)

@@ -20,7 +20,7 @@ import pytest
 import linalign
 from linalign import _core
 from linalign.engine import BatchedEngine, run_on_engine_thread as on_engine_thread
-from linalign.engine.generation import Generation
+from linalign.engine.generation import Generation, GenerationRequest
 from linalign.options import SamplingOptions
 
 from conftest import load_model_writer
@@ -183,3 +183,76 @@ def test_a_cancel_ends_the_run_and_frees_the_slot(endless_gguf):
         while aligner.engine.n_busy:
             assert time.monotonic() < deadline, "the cancelled request kept its slot"
             time.sleep(0.001)
+
+
+def test_events_by_slot_hold_every_event_of_a_run(model):
+    """run_by_slot (what BatchedEngine takes) groups the events run() returns
+    per slot: a slot's plain tokens as lists, the rest (its end here, every
+    token of a request with logprobs) as events, in order. Two engines made
+    alike, the same requests: the same batches, so the same tokens."""
+    def start(native) -> None:
+        native.start(0, _prompts(model, "one two three", "four"), _params(2.0), True, 30)
+        with_logprobs = _params(2.0)
+        with_logprobs.n_logprobs = 2
+        native.start(1, _prompts(model, "five six", "seven"), with_logprobs, True, 20)
+
+    by_event, by_slot = _new_engine(model), _new_engine(model)
+    try:
+        events, groups = [], []
+        limits = (30, 20)
+        for engine, out, call in ((by_event, events, "run"), (by_slot, groups, "run_by_slot")):
+            native = engine._native
+            start(native)
+            made = [0, 0]
+            while made != list(limits):
+                got = on_engine_thread(lambda: getattr(native, call)(BIG_BUDGET_US, native.n_interrupts))
+                out += got
+                for slot, n in ([(e.slot, 1) for e in got] if call == "run" else
+                                [(g[0], len(g[1]) + len(g[7])) for g in got]):
+                    made[slot] += n
+                    if made[slot] == limits[slot]:
+                        native.finish(slot)  # as Python does at max_tokens
+        for slot in (0, 1):
+            expected = [e for e in events if e.slot == slot]
+            mine = [g for g in groups if g[0] == slot]
+            tokens = [t for g in mine for t in g[1]] + [e.token for g in mine for e in g[7]]
+            assert tokens == [e.token for e in expected]
+            if slot == 0:  # all plain: every field as its event's
+                assert all(not g[7] for g in mine)
+                assert [p for g in mine for p in g[2]] == [e.piece for e in expected]
+                assert [t for g in mine for t in g[4]] == [e.plain_top for e in expected]
+                assert [r for g in mine for r in g[5][0]] == [e.ratios[0] for e in expected]
+                assert all(a >= 0 for g in mine for a in g[3])
+            else:  # logprobs asked: events, each with its entry
+                assert all(not g[1] for g in mine)
+                assert all(e.logprob is not None for g in mine for e in g[7])
+    finally:
+        by_event.close()
+        by_slot.close()
+
+
+def test_a_stop_that_python_finds_within_a_run_ends_the_request_there(model, engine):
+    """Python's text may find a stop string the engine's byte watch did not
+    (one that holds U+FFFD): the tokens after it in the same run are dropped,
+    from the text, the tokens and the totals."""
+    gen = Generation(request=GenerationRequest([1], [1], SamplingOptions(), stop=("c",)), limit=10)
+    engine._on_tokens(gen, [1, 2, 3, 4], [b"a", b"b", b"xcx", b"d"], [1.0, 2.0, 3.0, 4.0], [1, 5, -1, 4],
+                      [[2.0, 2.0, 2.0, 2.0]], [1, 3])
+    assert gen.finish_reason == "stop" and gen.tokens == [1, 2, 3] and gen.completion_tokens == 3
+    assert gen.assembler.text == "abx" and gen.token_times == [1.0, 2.0, 3.0]
+    assert (gen.aligned_tokens, gen.changed_tokens) == (2, 1)  # token 3 had no base stream
+    assert gen.alignment() == {"mean_ratio": 2.0, "mean_ratios": [2.0], "echo_guarded_tokens": 1}
+
+
+def test_a_run_of_tokens_keeps_the_totals_of_token_by_token():
+    """_record_steps (a run's tokens at once) sums in the order _record_step
+    (one token) does: the same floats to the bit."""
+    ratios = [[0.1 * (i % 7) + 1.3 for i in range(50)], [2.0 / (i + 1) for i in range(50)]]
+    tokens, tops = list(range(50)), [t if t % 3 else t + 1 for t in range(50)]
+    one, run = (Generation(request=GenerationRequest([1], [1], SamplingOptions()), limit=100) for _ in range(2))
+    for i in range(50):
+        one._record_step([ratios[0][i], ratios[1][i]], [(0, 1)] if i % 10 == 0 else [], tokens[i], tops[i], float(i))
+    run._record_steps(tokens[:20], tops[:20], [r[:20] for r in ratios], 2, [float(i) for i in range(20)])
+    run._record_steps(tokens[20:], tops[20:], [r[20:] for r in ratios], 3, [float(i) for i in range(20, 50)])
+    assert run.alignment() == one.alignment() and run.token_times == one.token_times
+    assert (run.aligned_tokens, run.changed_tokens) == (one.aligned_tokens, one.changed_tokens)

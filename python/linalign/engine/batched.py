@@ -304,7 +304,7 @@ class BatchedEngine:
     def step(self) -> int:
         """Frees the slots of cancelled requests, then decodes one step of all
         the others. Returns how many requests got a token (0: nothing to do)."""
-        return self._advance(self._native.step)
+        return self._advance(self._native.step_by_slot)
 
     def run(self, seen: int) -> int:
         """What the engine loop calls: steps as :meth:`step` does, in one
@@ -314,7 +314,7 @@ class BatchedEngine:
         is shorter than the Python each step would cost around it
         (docs/overhead.md, item 13); a step longer than the budget runs
         alone, as :meth:`step`. Returns how many tokens came."""
-        return self._advance(lambda: self._native.run(RUN_BUDGET_US, seen))
+        return self._advance(lambda: self._native.run_by_slot(RUN_BUDGET_US, seen))
 
     @property
     def n_interrupts(self) -> int:
@@ -332,36 +332,46 @@ class BatchedEngine:
             if not self._active:
                 return 0
             try:
-                events = native_steps()
+                # per slot: its plain tokens as lists, then its other events
+                # (_core.Engine.step_by_slot)
+                by_slot = native_steps()
             except RuntimeError as e:  # a failed llama_decode: every request in the batch fails
                 for gen in list(self._active.values()):
                     self._fail(gen, RuntimeError(str(e)))
                 raise
             now = time.monotonic()
-            changed: dict[int, Generation] = {}  # each request told once, after all its events
-            for event in events:
-                gen = self._active.get(event.slot)
+            n_tokens = 0
+            for slot, tokens, pieces, ages, plain_tops, ratios, guarded_at, rest in by_slot:
+                n_events = len(tokens) + sum(not event.preempted for event in rest)
+                n_tokens += n_events
+                gen = self._active.get(slot)
                 if gen is None:
                     continue
-                if event.preempted:
-                    # its cells went to older requests; it keeps its slot, its
-                    # text and its sampler, and resumes when there is room
-                    gen.preemptions += 1
-                    continue
-                changed[id(gen)] = gen
                 try:
-                    self._on_token(gen, event, now - event.age)
+                    if tokens:
+                        self._on_tokens(gen, tokens, pieces, [now - age for age in ages], plain_tops, ratios,
+                                        guarded_at)
+                    for event in rest:
+                        if self._active.get(slot) is not gen:
+                            break  # it ended at an earlier event of this run
+                        if event.preempted:
+                            # its cells went to older requests; it keeps its slot, its
+                            # text and its sampler, and resumes when there is room
+                            gen.preemptions += 1
+                        else:
+                            self._on_token(gen, event, now - event.age)
                 except Exception as e:  # noqa: BLE001 - a callback's error fails its own request only
                     # The other slots have sampled already: their events
                     # must still reach their requests, or their texts would
                     # silently lose this step's token.
                     self._fail(gen, e)
-            for gen in changed.values():
-                try:
-                    self._notify(gen)
-                except Exception as e:  # noqa: BLE001 - a consumer's callback fails its own request only
-                    self._fail(gen, e)
-            return sum(not event.preempted for event in events)
+                    continue
+                if n_events:  # each request told once, after all its events
+                    try:
+                        self._notify(gen)
+                    except Exception as e:  # noqa: BLE001 - a consumer's callback fails its own request only
+                        self._fail(gen, e)
+            return n_tokens
 
     def _fail(self, gen: Generation, error: BaseException) -> None:
         self._release(gen)
@@ -370,6 +380,30 @@ class BatchedEngine:
             self._notify(gen)
         except Exception:  # noqa: BLE001 - its consumer learns of the error when it next looks
             pass
+
+    def _on_tokens(self, gen: Generation, tokens: list[int], pieces: list[bytes], times: list[float],
+                   plain_tops: list[int], ratios: list[list[float]], guarded_at: list[int]) -> None:
+        """A run of a request's plain tokens (sampled, none its last, no
+        logprobs asked), as step_by_slot lists them: taken together, not an
+        event each (issue 21), up to a stop string that Python's text finds
+        (the engine's byte watch finds nearly all, and returns there)."""
+        if self._stats_pending and id(gen) in self._stats_pending:
+            self._stats_pending.discard(id(gen))
+            self._set_prefill(gen, self._native.last_prefill(gen.slot))
+        n = gen._push_pieces(pieces[: max(gen.limit - gen.completion_tokens, 0)])
+        if n < len(tokens):
+            tokens, times, plain_tops = tokens[:n], times[:n], plain_tops[:n]
+            ratios = [r[:n] for r in ratios]
+            guarded_at = [i for i in guarded_at if i < n]
+        gen.completion_tokens += n
+        gen.tokens += tokens
+        gen._record_steps(tokens, plain_tops, ratios, len(guarded_at), times)
+        if gen.assembler.stopped:
+            self._release(gen)
+            gen._finish("stop")
+        elif gen.completion_tokens >= gen.limit:
+            self._release(gen)
+            gen._finish("length")
 
     def _on_token(self, gen: Generation, event: Any, when: float) -> None:
         # Runs for every token of every request, on the engine thread between

@@ -267,6 +267,40 @@ class Generation:
         if guarded:
             self._guarded_tokens += 1
 
+    def _record_steps(self, tokens: list[int], plain_tops: list[int], ratios: list[list[float]], n_guarded: int,
+                      times: list[float]) -> None:
+        """:meth:`_record_step` for a run of tokens at once: ``ratios`` one
+        list per principled stream, ``n_guarded`` how many of the tokens the
+        echo guard acted at. The same totals, summed in the same order."""
+        self.token_times += times
+        for token, top in zip(tokens, plain_tops):
+            if top >= 0:
+                self.aligned_tokens += 1
+                self.changed_tokens += token != top
+        sums = self._ratio_sums
+        if len(sums) < len(ratios):
+            sums += [0.0] * (len(ratios) - len(sums))
+        for i, stream_ratios in enumerate(ratios):
+            total = sums[i]
+            for r in stream_ratios:
+                total += r
+            sums[i] = total
+        self._steered_tokens += len(tokens)
+        self._guarded_tokens += n_guarded
+
+    def _push_pieces(self, pieces: list[bytes]) -> int:
+        """The bytes of a run of tokens that carry no logprob entries; returns
+        how many it took: all, or those up to the one that completed a stop
+        string (after it the text is cut)."""
+        assembler, deltas = self.assembler, self._deltas
+        for i, piece in enumerate(pieces):
+            delta = assembler.push(piece)
+            if delta:
+                deltas.append((delta, []))
+            if assembler.stopped:
+                return i + 1
+        return len(pieces)
+
     def _push(self, delta: str, logprobs: list[TokenLogprob] | None = None) -> None:
         if logprobs:
             self._carry.extend(logprobs)
