@@ -73,6 +73,38 @@ def test_fast_tokens_are_read_several_per_wake_one_delta_each(monkeypatch):
     assert len(polls) + waits < n / 2, f"{len(polls)} polls and {waits} waits for {n} tokens"
 
 
+def test_fast_tokens_in_runs_keep_the_reader_looking(monkeypatch):
+    """Fast tokens told a run at a time, the runs further apart than a look
+    (as BatchedEngine.run delivers them): the reader looks on between two
+    runs instead of waiting to be told of each (a wake of the engine
+    thread's)."""
+    n_runs, per_run = 8, 25
+    gen = _generation(n_runs * per_run)
+    waits = []
+    real_wait = Generation.wait
+    monkeypatch.setattr(Generation, "wait", lambda self, timeout=None: (waits.append(1), real_wait(self, timeout)))
+
+    def run() -> None:
+        for r in range(n_runs):
+            time.sleep(1.5 * STREAM_POLL_S)  # a look in between finds nothing
+            for i in range(r * per_run, (r + 1) * per_run):
+                gen._record_step([0.0], [], token=i)
+                gen.completion_tokens += 1
+                gen._push_token(f"t{i} ".encode())
+            gen._changed.set()
+        gen._finish("length")
+        gen._changed.set()
+
+    producer = threading.Thread(target=run)
+    producer.start()
+    deltas = [delta for delta, _ in gen.read()]
+    producer.join()
+    monkeypatch.undo()
+    assert deltas == [f"t{i} " for i in range(n_runs * per_run)]
+    assert len(gen._ended.polls) >= n_runs
+    assert len(waits) <= 2, f"waited to be told {len(waits)} times in {n_runs} runs"  # the first run, at most
+
+
 def test_slow_tokens_wake_the_reader_at_each(monkeypatch):
     n = 20
     deltas, polls, waits = _read_counting_wakes(monkeypatch, n, interval_s=5 * STREAM_COALESCE_S)

@@ -22,8 +22,14 @@ __all__ = ["GenerationRequest", "Generation"]
 # thread costs that thread a cross-core wake-up (35 µs on a virtual machine,
 # docs/overhead.md, items 12 and 15) between two decodes; 8 ms is under half a
 # frame of a 60 Hz screen, and the end still wakes the reader at once.
+# It goes on looking while its last token is less than STREAM_FLOWING_S old:
+# the engine delivers fast tokens a run at a time (up to 8 ms of steps, then
+# Python: BatchedEngine.run), so a look can come up empty between two runs,
+# and a reader that then waited to be told cost the engine thread a wake at
+# the next run.
 STREAM_COALESCE_S = 0.002
 STREAM_POLL_S = 0.008
+STREAM_FLOWING_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -178,7 +184,9 @@ class Generation:
         less than STREAM_COALESCE_S (2 ms) apart it looks every STREAM_POLL_S
         (8 ms) instead, and only the end wakes it sooner: each wake would
         cost the engine thread a wake-up of another core between two
-        decodes. Still one delta per token."""
+        decodes. It looks on while its last token is less than
+        STREAM_FLOWING_S (50 ms) old: a look between two runs finds nothing.
+        Still one delta per token."""
         try:
             while whole and not self.done:
                 if (error := gone()) is not None:
@@ -198,7 +206,9 @@ class Generation:
                     break
                 elif fast:
                     self._ended.wait(STREAM_POLL_S)
-                    fast = self.has_delta  # still coming that fast; else wait to be told
+                    # still coming (a run may be in progress); else wait to be told
+                    times = self.token_times
+                    fast = self.has_delta or (bool(times) and time.monotonic() - times[-1] < STREAM_FLOWING_S)
                 else:
                     self.wait()
                     times = self.token_times
