@@ -341,6 +341,9 @@ class BatchedEngine:
                 raise
             now = time.monotonic()
             n_tokens = 0
+            # Each request is told once, after every slot's events: a reader
+            # woken earlier would wait for the GIL while this thread delivers.
+            told: list[Generation] = []
             for slot, tokens, pieces, ages, plain_tops, ratios, guarded_at, rest in by_slot:
                 n_events = len(tokens) + sum(not event.preempted for event in rest)
                 n_tokens += n_events
@@ -366,11 +369,13 @@ class BatchedEngine:
                     # silently lose this step's token.
                     self._fail(gen, e)
                     continue
-                if n_events:  # each request told once, after all its events
-                    try:
-                        self._notify(gen)
-                    except Exception as e:  # noqa: BLE001 - a consumer's callback fails its own request only
-                        self._fail(gen, e)
+                if n_events:
+                    told.append(gen)
+            for gen in told:
+                try:
+                    self._notify(gen)
+                except Exception as e:  # noqa: BLE001 - a consumer's callback fails its own request only
+                    self._fail(gen, e)
             return n_tokens
 
     def _fail(self, gen: Generation, error: BaseException) -> None:
