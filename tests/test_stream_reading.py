@@ -38,16 +38,24 @@ def _generation(n: int) -> Generation:
     return gen
 
 
+def _add_token(gen: Generation, i: int) -> None:
+    gen._record_step([0.0], [], token=i)
+    gen.completion_tokens += 1
+    gen._push_token(f"t{i} ".encode())
+
+
+def _end(gen: Generation) -> None:
+    gen._finish("length")
+    gen._changed.set()
+
+
 def _produce(gen: Generation, n: int, interval_s: float) -> threading.Thread:
     def run() -> None:
         for i in range(n):
             time.sleep(interval_s)
-            gen._record_step([0.0], [], token=i)
-            gen.completion_tokens += 1
-            gen._push_token(f"t{i} ".encode())
+            _add_token(gen, i)
             gen._changed.set()
-        gen._finish("length")
-        gen._changed.set()
+        _end(gen)
     thread = threading.Thread(target=run)
     thread.start()
     return thread
@@ -88,12 +96,9 @@ def test_fast_tokens_in_runs_keep_the_reader_looking(monkeypatch):
         for r in range(n_runs):
             time.sleep(1.5 * STREAM_POLL_S)  # a look in between finds nothing
             for i in range(r * per_run, (r + 1) * per_run):
-                gen._record_step([0.0], [], token=i)
-                gen.completion_tokens += 1
-                gen._push_token(f"t{i} ".encode())
+                _add_token(gen, i)
             gen._changed.set()
-        gen._finish("length")
-        gen._changed.set()
+        _end(gen)
 
     producer = threading.Thread(target=run)
     producer.start()

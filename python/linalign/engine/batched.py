@@ -392,9 +392,7 @@ class BatchedEngine:
         logprobs asked), as step_by_slot lists them: taken together, not an
         event each (issue 21), up to a stop string that Python's text finds
         (the engine's byte watch finds nearly all, and returns there)."""
-        if self._stats_pending and id(gen) in self._stats_pending:
-            self._stats_pending.discard(id(gen))
-            self._set_prefill(gen, self._native.last_prefill(gen.slot))
+        self._take_prefill_stats(gen)
         n = gen._push_pieces(pieces[: max(gen.limit - gen.completion_tokens, 0)])
         if n < len(tokens):
             tokens, times, plain_tops = tokens[:n], times[:n], plain_tops[:n]
@@ -403,6 +401,15 @@ class BatchedEngine:
         gen.completion_tokens += n
         gen.tokens += tokens
         gen._record_steps(tokens, plain_tops, ratios, len(guarded_at), times)
+        self._end_at_stop_or_limit(gen)
+
+    def _take_prefill_stats(self, gen: Generation) -> None:
+        """At a request's first token: what its prefill reused and decoded."""
+        if self._stats_pending and id(gen) in self._stats_pending:
+            self._stats_pending.discard(id(gen))
+            self._set_prefill(gen, self._native.last_prefill(gen.slot))
+
+    def _end_at_stop_or_limit(self, gen: Generation) -> None:
         if gen.assembler.stopped:
             self._release(gen)
             gen._finish("stop")
@@ -411,12 +418,10 @@ class BatchedEngine:
             gen._finish("length")
 
     def _on_token(self, gen: Generation, event: Any, when: float) -> None:
-        # Runs for every token of every request, on the engine thread between
-        # two decodes, where each attribute read and call shows (issue 21):
-        # the common case (a token to append) first, each field read once.
-        if self._stats_pending and id(gen) in self._stats_pending:
-            self._stats_pending.discard(id(gen))
-            self._set_prefill(gen, self._native.last_prefill(gen.slot))
+        """One event that is not a plain token (step_by_slot's rest): a token
+        with its logprob entry, an end, a failure, a full context. Each
+        field read once: it runs between two decodes."""
+        self._take_prefill_stats(gen)
         token = event.token
         if token >= 0 and not event.eog and not event.error:
             gen.completion_tokens += 1
@@ -429,12 +434,7 @@ class BatchedEngine:
             else:
                 gen._push_token(piece, token_logprob(token, piece, native_entry,
                                                      text_offset=gen.assembler.decoded_length))
-            if gen.assembler.stopped:
-                self._release(gen)
-                gen._finish("stop")
-            elif gen.completion_tokens >= gen.limit:
-                self._release(gen)
-                gen._finish("length")
+            self._end_at_stop_or_limit(gen)
         elif event.error:
             self._release(gen)
             gen._finish(None, RuntimeError(f"sampling failed: {event.error}"))
