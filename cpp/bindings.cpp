@@ -146,7 +146,14 @@ static py::list guards_to_list(const std::vector<linear_alignment_guard> & guard
 // guard acted. rest holds the slot's other events, as StepEvents, in order;
 // they end its events (an end, a failure, a full context, a preemption),
 // and once one came, so do the events after it (a request with logprobs).
-static py::list events_by_slot(std::vector<step_event> && events) {
+// steps: the engine's step() or run(), called without the GIL.
+template <typename Steps>
+static py::list events_by_slot(Steps steps) {
+    std::vector<step_event> events;
+    {
+        py::gil_scoped_release release;
+        events = steps();
+    }
     struct slot_group {
         py::list tokens, pieces, ages, plain_tops, guarded_at, rest;
         std::vector<py::list> ratios;
@@ -483,23 +490,11 @@ PYBIND11_MODULE(_core, m) {
              "Steps while nothing needs the caller, within about budget_us, and returns every step's events: after "
              "a step whose events end, fail, preempt or start a request, reach its max_tokens or see a stop string, "
              "or after any step once interrupt() was called since n_interrupts was seen.")
-        .def("step_by_slot", [](engine & self) {
-                 std::vector<step_event> events;
-                 {
-                     py::gil_scoped_release release;
-                     events = self.step();
-                 }
-                 return events_by_slot(std::move(events));
-             },
+        .def("step_by_slot", [](engine & self) { return events_by_slot([&] { return self.step(); }); },
              "step()'s events grouped per slot: (slot, tokens, pieces, ages, plain_tops, ratios, guarded_at, rest), "
              "the slot's plain tokens as lists and its other events (rest) as StepEvents.")
         .def("run_by_slot", [](engine & self, int64_t budget_us, uint64_t seen) {
-                 std::vector<step_event> events;
-                 {
-                     py::gil_scoped_release release;
-                     events = self.run(budget_us, seen);
-                 }
-                 return events_by_slot(std::move(events));
+                 return events_by_slot([&] { return self.run(budget_us, seen); });
              }, py::arg("budget_us"), py::arg("seen"), "run()'s events grouped per slot, as step_by_slot's.")
         .def("interrupt", &engine::interrupt, "Makes a run() in progress return after its step (any thread).")
         .def_property_readonly("n_interrupts", &engine::n_interrupts)

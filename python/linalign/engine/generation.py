@@ -263,25 +263,15 @@ class Generation:
         most likely token (-1: none), and when it came (time.monotonic();
         None: now). Runs once per token on the engine thread: only running
         totals."""
-        self.token_times.append(time.monotonic() if when is None else when)
-        if plain_top >= 0:
-            self.aligned_tokens += 1
-            if token != plain_top:
-                self.changed_tokens += 1
-        sums = self._ratio_sums
-        if len(sums) != len(ratios):
-            sums += [0.0] * (len(ratios) - len(sums))
-        for i, r in enumerate(ratios):
-            sums[i] += r
-        self._steered_tokens += 1
-        if guarded:
-            self._guarded_tokens += 1
+        self._record_steps([token], [plain_top], [[r] for r in ratios], 1 if guarded else 0,
+                           [time.monotonic() if when is None else when])
 
     def _record_steps(self, tokens: list[int], plain_tops: list[int], ratios: list[list[float]], n_guarded: int,
                       times: list[float]) -> None:
         """:meth:`_record_step` for a run of tokens at once: ``ratios`` one
         list per principled stream, ``n_guarded`` how many of the tokens the
-        echo guard acted at. The same totals, summed in the same order."""
+        echo guard acted at, ``times`` when each came. The same totals,
+        summed a token at a time whatever the run's length."""
         self.token_times += times
         for token, top in zip(tokens, plain_tops):
             if top >= 0:
@@ -302,11 +292,9 @@ class Generation:
         """The bytes of a run of tokens that carry no logprob entries; returns
         how many it took: all, or those up to the one that completed a stop
         string (after it the text is cut)."""
-        assembler, deltas = self.assembler, self._deltas
+        assembler = self.assembler
         for i, piece in enumerate(pieces):
-            delta = assembler.push(piece)
-            if delta:
-                deltas.append((delta, []))
+            self._push(assembler.push(piece))
             if assembler.stopped:
                 return i + 1
         return len(pieces)
