@@ -3,6 +3,7 @@ logits of `linalign bench overhead`'s synthetic model: the part of a step's
 host work that the sampler's passes over the vocabulary set.
 
     python benchmarks/greedy_sampler.py [--vocab 49152,152064] [--calls 2000] [--reps 5] [--top-p 0.8]
+                                        [--threads 1]
 
 For each vocabulary it writes the random 2-layer model (`pip install
 ".[bench]"` for gguf), takes the last prompt position's logits of an
@@ -13,6 +14,8 @@ and at ratio 2 (aligned: the best combined token of P's nucleus). It
 prints µs per call (the min and the median of the repetitions) and the
 size of P's nucleus: random logits are flat, so the nucleus holds thousands
 of tokens, the sampler's hardest case; a real model's holds a handful.
+``--threads 2`` splits greedy's scans over two threads, as the engine does
+for a step that samples one request.
 """
 from __future__ import annotations
 
@@ -37,13 +40,14 @@ def nucleus_size(logits: np.ndarray, top_p: float) -> int:
 
 
 def time_chain(model, logits_p: np.ndarray, logits_b: np.ndarray, ratio: float, top_p: float, calls: int,
-               reps: int) -> list[float]:
+               reps: int, threads: int) -> list[float]:
     params = _core.SamplingParams()
     params.temperature = 0.0
     params.top_k = 0
     params.top_p = top_p
     params.ratio = ratio
     chain = _core.SamplerChain(params, model)
+    chain.set_threads(threads)
     n = logits_p.size
     for _ in range(calls // 10):  # warm-up
         chain.sample(logits_p, logits_b, n)
@@ -62,6 +66,7 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=2000, help="sampler calls per repetition")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--top-p", type=float, default=0.8)
+    ap.add_argument("--threads", type=int, default=1, help="threads greedy's scans may take")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="linalign-greedy-") as tmp:
         for n_vocab in (int(v) for v in args.vocab.split(",")):
@@ -74,7 +79,8 @@ def main() -> None:
                 print(f"vocabulary {n_vocab:,}: P's nucleus at top_p {args.top_p} holds "
                       f"{nucleus_size(logits_p, args.top_p):,} tokens")
                 for name, ratio in (("plain (ratio 0)", 0.0), ("aligned (ratio 2)", 2.0)):
-                    us = time_chain(aligner._model, logits_p, logits_b, ratio, args.top_p, args.calls, args.reps)
+                    us = time_chain(aligner._model, logits_p, logits_b, ratio, args.top_p, args.calls, args.reps,
+                                    args.threads)
                     print(f"  {name:18s} {min(us):7.1f} us per call (min of {args.reps}), "
                           f"median {statistics.median(us):7.1f}")
 

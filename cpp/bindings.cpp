@@ -436,6 +436,14 @@ PYBIND11_MODULE(_core, m) {
              py::arg("logits_extra") = std::vector<float_array>(),
              "Runs the chain over P's logits steered by B's (None: no base stream), and by the further "
              "principled streams' when the parameters compose several, and accepts the token.")
+        .def("set_threads", [](sampler_chain & self, int32_t n_threads) {
+                 if (n_threads < 1) {
+                     throw std::invalid_argument("n_threads must be >= 1");
+                 }
+                 self.set_threads(n_threads);
+             }, py::arg("n_threads"),
+             "Threads of the calling thread's OpenMP team that greedy's scans may take (1: the calling thread "
+             "alone), as the engine sets them for a step that samples one slot.")
         .def_property_readonly("applied_ratios", &sampler_chain::applied_ratios,
                                "the last sample's step size per principled stream, P first")
         .def_property_readonly("guarded", [](const sampler_chain & self) { return guards_to_list(self.guarded()); },

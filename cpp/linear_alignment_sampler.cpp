@@ -145,8 +145,9 @@ static void linear_alignment_for_parts(int32_t n_threads, F f) {
 }
 
 // The weight a nucleus's candidates reach down to, with every token's
-// softmax weight at the mask temperature in ctx->weight and top_p of their
-// total in *target.
+// softmax weight at the mask temperature in ctx->weight and their total in
+// *total: summed in double per weight when exact (the exact cut's), else as
+// the masses are, within LINEAR_ALIGNMENT_MASS_SLACK of it (greedy's).
 // Sorting the whole vocabulary would cost most of the step, while a
 // nucleus is usually a handful of tokens. The nucleus is a prefix of the
 // candidates by decreasing weight, so once the tokens of weight >= w hold
@@ -158,25 +159,25 @@ static void linear_alignment_for_parts(int32_t n_threads, F f) {
 // candidates are those of weight >= floor.
 template <typename Logits>
 static float linear_alignment_threshold(llama_sampler_linear_alignment * ctx, const Logits * src, size_t n,
-                                        float max_logit, float inv_t, float floor, double * target) {
+                                        float max_logit, float inv_t, float floor, bool exact, double * total) {
     auto & weight = ctx->weight;
     weight.resize(n);
     double part_mass[LINEAR_ALIGNMENT_N_PARTS][LINEAR_ALIGNMENT_N_GUESSES];
-    double part_total[LINEAR_ALIGNMENT_N_PARTS];
+    double part_total[LINEAR_ALIGNMENT_N_PARTS], part_exact[LINEAR_ALIGNMENT_N_PARTS] = {};
     linear_alignment_for_parts(ctx->n_threads, [&](int k) {
         const vocab_part p = linear_alignment_part(n, k);
         part_total[k] = linear_alignment_weights(src + p.begin, p.n, max_logit, inv_t, weight.data() + p.begin,
-                                                 part_mass[k]);
+                                                 part_mass[k], exact ? &part_exact[k] : nullptr);
     });
     double mass[LINEAR_ALIGNMENT_N_GUESSES];
     for (size_t g = 0; g < LINEAR_ALIGNMENT_N_GUESSES; ++g) {
         mass[g] = part_mass[0][g] + part_mass[1][g];
     }
-    const double total = part_total[0] + part_total[1];
-    *target = ctx->top_p * total;
-    // a guess must hold the target beyond the masses' rounding: a candidate
-    // set that falls short of it by a rounding would cut the nucleus early
-    const double enough = *target + LINEAR_ALIGNMENT_MASS_SLACK * total;
+    *total = exact ? part_exact[0] + part_exact[1] : part_total[0] + part_total[1];
+    // a guess must hold the target beyond the masses' and the total's
+    // roundings: a candidate set that falls short of it by a rounding would
+    // cut the nucleus early
+    const double enough = ctx->top_p * *total + LINEAR_ALIGNMENT_MASS_SLACK * *total;
     for (size_t k = 0; k < LINEAR_ALIGNMENT_N_GUESSES; ++k) {
         if (mass[k] >= enough) {
             return LINEAR_ALIGNMENT_GUESSES[k];
@@ -192,7 +193,9 @@ template <typename Logits>
 static size_t linear_alignment_candidates(llama_sampler_linear_alignment * ctx, const Logits * src, size_t n,
                                           float max_logit, float inv_t, float floor, double * target,
                                           float * threshold) {
-    *threshold = linear_alignment_threshold(ctx, src, n, max_logit, inv_t, floor, target);
+    double total = 0.0;
+    *threshold = linear_alignment_threshold(ctx, src, n, max_logit, inv_t, floor, true, &total);
+    *target = ctx->top_p * total;
     ctx->order.resize(n); // room for every index; only the first m are used
     return linear_alignment_indices_at_least(ctx->weight.data(), n, *threshold, ctx->order.data());
 }
@@ -530,6 +533,11 @@ size_t llama_sampler_linear_alignment_apply_dense(llama_sampler * smpl, const fl
 // a few passes over the vocabulary in id order, where the exact cut of a
 // flat distribution (thousands of tokens) sorts them. Returns -1 when
 // nothing finite is left, or after MAX_TRIES (the exact cut decides).
+//
+// The masses are summed as the guesses' are, in float blocks, at a third
+// of the cost of sums in double per weight. Where a mass and the target lie
+// further apart than those sums' roundings (LINEAR_ALIGNMENT_MASS_SLACK) it
+// is the exact sums' answer; within it, the exact sums decide.
 static llama_token linear_alignment_nucleus_best(llama_sampler_linear_alignment * ctx, const float * src, size_t n,
                                                  float r, const float * l0) {
     constexpr int MAX_TRIES = 8;
@@ -544,10 +552,32 @@ static llama_token linear_alignment_nucleus_best(llama_sampler_linear_alignment 
         return -1;
     }
     const float inv_t = ctx->temperature > 0.0f ? 1.0f / ctx->temperature : 1.0f;
-    double target = 0.0;
+    double total = 0.0;
     // when no guess holds the target, every token (floor 0): the test below is exact over any superset
-    float threshold = linear_alignment_threshold(ctx, src, n, max_logit, inv_t, 0.0f, &target);
+    float threshold = linear_alignment_threshold(ctx, src, n, max_logit, inv_t, 0.0f, false, &total);
     const float * weight = ctx->weight.data();
+    double exact_total = -1.0; // summed when a test first needs it
+    const auto mass_above = [&](float w, bool exact) {
+        double part[LINEAR_ALIGNMENT_N_PARTS];
+        linear_alignment_for_parts(n_threads, [&](int k) {
+            const vocab_part p = linear_alignment_part(n, k);
+            part[k] = exact ? linear_alignment_mass_above(weight + p.begin, p.n, w)
+                            : linear_alignment_mass_above_estimate(weight + p.begin, p.n, w);
+        });
+        return part[0] + part[1];
+    };
+    // whether the tokens more likely than one of weight w hold less than top_p of the mass
+    const auto short_of_target = [&](float w) {
+        const double above = mass_above(w, false);
+        const double slack = LINEAR_ALIGNMENT_MASS_SLACK * total;
+        if (std::fabs(above - ctx->top_p * total) > slack) {
+            return above < ctx->top_p * total;
+        }
+        if (exact_total < 0.0) {
+            exact_total = mass_above(-INFINITY, true);
+        }
+        return mass_above(w, true) < ctx->top_p * exact_total;
+    };
     for (int tries = 0; tries < MAX_TRIES; ++tries) {
         int32_t part_best[LINEAR_ALIGNMENT_N_PARTS];
         linear_alignment_for_parts(n_threads, [&](int k) {
@@ -565,12 +595,7 @@ static llama_token linear_alignment_nucleus_best(llama_sampler_linear_alignment 
             return -1; // no finite combined logit: let the exact path decide
         }
         const float w_best = weight[best];
-        double part_above[LINEAR_ALIGNMENT_N_PARTS];
-        linear_alignment_for_parts(n_threads, [&](int k) {
-            const vocab_part p = linear_alignment_part(n, k);
-            part_above[k] = linear_alignment_mass_above(weight + p.begin, p.n, w_best);
-        });
-        if (part_above[0] + part_above[1] < target) {
+        if (short_of_target(w_best)) {
             return best;
         }
         // only tokens more likely than it can be in the nucleus

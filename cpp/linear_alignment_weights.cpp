@@ -70,16 +70,18 @@ static inline double sum_above(const float * weight, size_t n, float above) {
 // across blocks: a float sum of 152k small weights drifts by ~1e-4, while a
 // block's drifts by at most 256 roundings of its own mass (1.5e-5 of it);
 // double sums (a conversion and an add per sum per weight) took twice as
-// long as the exp. The total is summed in double per weight (sum_above, a
-// block at a time, after its masses): it sets top_p's target,
-// which a heavy tail (thousands of tokens of ~1e-6 each) compares to the
-// mass of single tokens, and a small weight added to a float sum that holds
-// the best token (weight 1) loses half its bits.
+// long as the exp. So does the total, for callers that test a mass against
+// it with room for those roundings (greedy's pick). The exact cut sums it
+// in double per weight too (sum_above, a block at a time, after its
+// masses): its target decides between single tokens of a heavy tail
+// (thousands of ~1e-6 each), and a small weight added to a float sum that
+// holds the best token (weight 1) loses half its bits.
 constexpr size_t SUM_BLOCK = 256;
 
 template <typename LogitAt>
 static inline double weights(LogitAt logit_at, size_t n, float max_logit, float inv_t, float * weight,
-                             const volatile float * guesses, double mass[LINEAR_ALIGNMENT_N_GUESSES]) {
+                             const volatile float * guesses, double mass[LINEAR_ALIGNMENT_N_GUESSES],
+                             double * exact_total) {
     // One sum per guess, written out (a loop over them stays scalar), and
     // the guesses read from memory: GCC 12 vectorises none of these sums
     // when their thresholds are constants it can fold.
@@ -96,28 +98,35 @@ static inline double weights(LogitAt logit_at, size_t n, float max_logit, float 
     for (size_t i = 0; i < n; ++i) {
         weight[i] = expf(weight[i]);
     }
-    double total = 0.0;
+    double total = 0.0, exact = 0.0;
     for (size_t start = 0; start < n; start += SUM_BLOCK) {
         const size_t end = std::min(n, start + SUM_BLOCK);
-        float b0 = 0.0f, b1 = 0.0f, b2 = 0.0f, b3 = 0.0f;
+        float b0 = 0.0f, b1 = 0.0f, b2 = 0.0f, b3 = 0.0f, all = 0.0f;
         for (size_t i = start; i < end; ++i) {
             b0 += weight[i] >= g0 ? weight[i] : 0.0f;
             b1 += weight[i] >= g1 ? weight[i] : 0.0f;
             b2 += weight[i] >= g2 ? weight[i] : 0.0f;
             b3 += weight[i] >= g3 ? weight[i] : 0.0f;
+            all += weight[i];
         }
         m0 += b0;
         m1 += b1;
         m2 += b2;
         m3 += b3;
-        // every weight (none is NaN or -inf), in double, while the block is
-        // in the nearest cache: a pass of its own read the vocabulary again
-        total += sum_above(weight + start, end - start, -INFINITY);
+        total += all;
+        if (exact_total != nullptr) {
+            // every weight (none is NaN or -inf), in double, while the block is
+            // in the nearest cache: a pass of its own read the vocabulary again
+            exact += sum_above(weight + start, end - start, -INFINITY);
+        }
     }
     mass[0] = m0;
     mass[1] = m1;
     mass[2] = m2;
     mass[3] = m3;
+    if (exact_total != nullptr) {
+        *exact_total = exact;
+    }
     return total;
 }
 
@@ -163,20 +172,36 @@ int32_t linear_alignment_argmax(const float * logits, size_t n) {
 
 LINALIGN_VECTOR_CLONES
 double linear_alignment_weights(const llama_token_data * data, size_t n, float max_logit, float inv_t, float * weight,
-                                double mass[LINEAR_ALIGNMENT_N_GUESSES]) {
-    return weights([data](size_t i) { return data[i].logit; }, n, max_logit, inv_t, weight, LINEAR_ALIGNMENT_GUESSES, mass);
+                                double mass[LINEAR_ALIGNMENT_N_GUESSES], double * exact_total) {
+    return weights([data](size_t i) { return data[i].logit; }, n, max_logit, inv_t, weight, LINEAR_ALIGNMENT_GUESSES,
+                   mass, exact_total);
 }
 
 LINALIGN_VECTOR_CLONES
 double linear_alignment_weights(const float * logits, size_t n, float max_logit, float inv_t, float * weight,
-                                double mass[LINEAR_ALIGNMENT_N_GUESSES]) {
-    return weights([logits](size_t i) { return logits[i]; }, n, max_logit, inv_t, weight, LINEAR_ALIGNMENT_GUESSES, mass);
+                                double mass[LINEAR_ALIGNMENT_N_GUESSES], double * exact_total) {
+    return weights([logits](size_t i) { return logits[i]; }, n, max_logit, inv_t, weight, LINEAR_ALIGNMENT_GUESSES,
+                   mass, exact_total);
 }
 
 LINALIGN_VECTOR_CLONES
 double linear_alignment_mass_above(const float * weight, size_t n, float w) {
-    // in double per weight, as the total it is compared with (see weights above)
+    // in double per weight, as the exact total it is compared with (see weights above)
     return sum_above(weight, n, w);
+}
+
+LINALIGN_VECTOR_CLONES
+double linear_alignment_mass_above_estimate(const float * weight, size_t n, float w) {
+    double mass = 0.0;
+    for (size_t start = 0; start < n; start += SUM_BLOCK) {
+        const size_t end = std::min(n, start + SUM_BLOCK);
+        float block = 0.0f;
+        for (size_t i = start; i < end; ++i) {
+            block += weight[i] > w ? weight[i] : 0.0f;
+        }
+        mass += block;
+    }
+    return mass;
 }
 
 LINALIGN_VECTOR_CLONES

@@ -23,7 +23,7 @@ int32_t linear_alignment_argmax(const float * logits, size_t n);
 // square of the last, in float). Below 1e-13 a token cannot matter
 // (linear_alignment_threshold in linear_alignment_sampler.cpp).
 constexpr size_t LINEAR_ALIGNMENT_N_GUESSES = 4;
-constexpr double LINEAR_ALIGNMENT_MASS_SLACK = 1e-4; // > 256 float roundings (1.5e-5)
+constexpr double LINEAR_ALIGNMENT_MASS_SLACK = 1e-4; // > two sums' 256 float roundings (2 x 1.5e-5)
 constexpr float LINEAR_ALIGNMENT_GUESS_0 = 0.1353352832f; // e^-2
 constexpr float LINEAR_ALIGNMENT_GUESSES[LINEAR_ALIGNMENT_N_GUESSES] = {
     LINEAR_ALIGNMENT_GUESS_0, LINEAR_ALIGNMENT_GUESS_0 * LINEAR_ALIGNMENT_GUESS_0,
@@ -31,19 +31,25 @@ constexpr float LINEAR_ALIGNMENT_GUESSES[LINEAR_ALIGNMENT_N_GUESSES] = {
     ((LINEAR_ALIGNMENT_GUESS_0 * LINEAR_ALIGNMENT_GUESS_0) * (LINEAR_ALIGNMENT_GUESS_0 * LINEAR_ALIGNMENT_GUESS_0)) *
         ((LINEAR_ALIGNMENT_GUESS_0 * LINEAR_ALIGNMENT_GUESS_0) * (LINEAR_ALIGNMENT_GUESS_0 * LINEAR_ALIGNMENT_GUESS_0))};
 
-// weight[i] = exp((logit_i - max_logit) * inv_t); returns their sum (in
-// double), and in mass[k] the sum of those >= LINEAR_ALIGNMENT_GUESSES[k].
-// The masses are summed in float blocks: each is within
+// weight[i] = exp((logit_i - max_logit) * inv_t); returns their sum, in
+// mass[k] the sum of those >= LINEAR_ALIGNMENT_GUESSES[k], and, unless
+// exact_total is null, their sum in double per weight there. The returned
+// sum and the masses are summed in float blocks: each is within
 // LINEAR_ALIGNMENT_MASS_SLACK of the exact sum, relative to the total, so a
 // caller that needs a mass to hold a target asks for that much more.
 // Logits of -inf get a weight of about 1e-38.
 double linear_alignment_weights(const llama_token_data * data, size_t n, float max_logit, float inv_t, float * weight,
-                                double mass[LINEAR_ALIGNMENT_N_GUESSES]);
+                                double mass[LINEAR_ALIGNMENT_N_GUESSES], double * exact_total);
 double linear_alignment_weights(const float * logits, size_t n, float max_logit, float inv_t, float * weight,
-                                double mass[LINEAR_ALIGNMENT_N_GUESSES]);
+                                double mass[LINEAR_ALIGNMENT_N_GUESSES], double * exact_total);
 
-// Sum of the weights that are > w.
+// Sum of the weights that are > w, in double per weight.
 double linear_alignment_mass_above(const float * weight, size_t n, float w);
+
+// The same sum in float blocks, as the masses: within
+// LINEAR_ALIGNMENT_MASS_SLACK of it, relative to the total, at a third of
+// the cost (no conversion to double per weight).
+double linear_alignment_mass_above_estimate(const float * weight, size_t n, float w);
 
 // Writes the indices of the weights >= threshold to out (room for n); returns
 // how many. Blocks with none are skipped by a vectorised test.

@@ -383,6 +383,33 @@ def test_greedy_aligned_chain_passes_over_combined_winners_outside_the_nucleus(m
     assert fast == exact_cut == top[0]
 
 
+@pytest.mark.parametrize("short", [True, False])
+def test_greedy_settles_a_mass_at_the_target_with_exact_sums(model, short):
+    """Greedy's fast path sums the masses in float blocks; where the mass
+    above its candidate lies within those sums' roundings of the target
+    (1e-4 of the total) the sums in double decide. Here the tokens more
+    likely than the best combined token b hold top_p of the mass but for
+    4e-6 of it, below it or above it: b is in the nucleus, or only the top
+    token is, and the exact cut agrees."""
+    n = model.n_vocab
+    rng = np.random.default_rng(5)
+    top, b = rng.choice(n, 2, replace=False)
+    eps = 2e-5 if short else -2e-5
+    # weights: the top token 1, b 0.25, the rest 0.75 (1 + eps) in all; top_p 0.5 of the total
+    logits_p = np.full(n, np.log(0.75 * (1 + eps) / (n - 2)), dtype=np.float32)
+    logits_p[top], logits_p[b] = 0.0, np.log(0.25)
+    logits_b = logits_p.copy()
+    logits_b[b] -= 10.0  # the base stream finds b far less likely: it combines best
+    w = np.exp(logits_p.astype(np.float64))
+    above = w[top] / w.sum()
+    assert (above < 0.5) == short and 1e-6 < abs(above - 0.5) < 1e-5, "the construction missed the target"
+    want = b if short else top
+    assert want in np.flatnonzero(nucleus_mask(logits_p, 0.5))
+    fast = _chain(model, ratio=2.0, top_p=0.5).sample(logits_p, logits_b, n)
+    exact_cut = _chain(model, ratio=2.0, top_p=0.5, frequency_penalty=1e-6).sample(logits_p, logits_b, n)
+    assert fast == exact_cut == want
+
+
 @pytest.mark.parametrize("spread", [0.3, 2.4])
 def test_greedy_auto_ratio_chain_agrees_with_the_exact_cut(model, spread):
     """The same under ratio "auto" (a step size per token from the divergence)."""
