@@ -581,6 +581,7 @@ PYBIND11_MODULE(_core, m) {
         .def("n_active_streams", &engine::n_active_streams, py::arg("slot"))
         .def("last_prefill", &engine::last_prefill, py::arg("slot"))
         .def_property_readonly("n_decode_calls", &engine::n_decode_calls)
+        .def_property_readonly("decode_seconds", &engine::decode_seconds)
         .def_property_readonly("n_forward_passes", [](const engine & self) -> py::object {
                                    if (!self.counts_passes()) {
                                        return py::none();

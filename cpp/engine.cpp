@@ -766,7 +766,10 @@ std::vector<step_event> engine::step() {
         if (params_.kv_unified && n_cells_free() < llama_batch_ref().n_tokens && make_room(events)) {
             continue;
         }
+        const auto decode_start = std::chrono::steady_clock::now();
         int32_t rc = llama_decode(ctx_.get(), batch_.get());
+        decode_ns_ += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() -
+                                                                           decode_start).count();
         n_decode_calls_++;
         if (rc == 0) {
             break;

@@ -359,6 +359,7 @@ public:
     int32_t n_active_streams(int32_t slot) const { return slot_at(slot).n_active; }
     const prefill_stats & last_prefill(int32_t slot) const { return slot_at(slot).stats; }
     int64_t n_decode_calls() const { return n_decode_calls_; }
+    double decode_seconds() const { return (double) decode_ns_ * 1e-9; }
     // Forward passes llama.cpp ran (its ubatches: graphs computed). One
     // llama_decode can be several: with a KV buffer per stream llama.cpp
     // splits a batch where sequence ids are not consecutive, and where a
@@ -504,6 +505,7 @@ private:
     uint64_t               clock_ = 0;
     // atomic: the server's /health reads both while another thread decodes
     std::atomic<int64_t>   n_decode_calls_{0};
+    std::atomic<int64_t>   decode_ns_{0};
     std::atomic<uint64_t>  n_interrupts_{0};
     std::atomic<int64_t>   n_forward_passes_{0};  // written by llama.cpp's eval callback
     // the KV pool: each cell id's holders (0: free, its id in free_cells_)
