@@ -663,18 +663,31 @@ PYBIND11_MODULE(_core, m) {
               return linear_alignment_argmax(logits.data(), (size_t) logits.size());
           }, py::arg("logits"),
           "The sampler's argmax: the first index of the largest logit (numpy's for finite values).");
-    m.def("scan_best_combined", [](float_array logits_p, float_array logits_b, float ratio, float_array weight,
-                                   float threshold) {
+    m.def("scan_best_combined", [](float_array logits_p, float_array logits_b, float ratio,
+                                   std::optional<float_array> weight, float threshold) {
               const py::ssize_t n = logits_p.size();
-              if (logits_p.ndim() != 1 || logits_b.ndim() != 1 || weight.ndim() != 1 || logits_b.size() != n ||
-                  weight.size() != n) {
+              if (logits_p.ndim() != 1 || logits_b.ndim() != 1 || logits_b.size() != n ||
+                  (weight && (weight->ndim() != 1 || weight->size() != n))) {
                   throw std::invalid_argument("logits_p, logits_b and weight must be 1-D arrays of one length");
               }
-              return linear_alignment_best_combined(logits_p.data(), logits_b.data(), ratio, weight.data(), (size_t) n,
-                                                    threshold);
+              return linear_alignment_best_combined(logits_p.data(), logits_b.data(), ratio,
+                                                    weight ? weight->data() : nullptr, (size_t) n, threshold);
           }, py::arg("logits_p"), py::arg("logits_b"), py::arg("ratio"), py::arg("weight"), py::arg("threshold"),
           "Greedy's scan: the first index of the largest (1 + ratio) l_p - ratio l_b among the tokens of weight >= "
-          "threshold, or -1.");
+          "threshold (every token when weight is None), or -1.");
+    m.def("scan_approx_masses", [](float_array logits, float max_logit, float inv_t, float logit_min) {
+              if (logits.ndim() != 1) {
+                  throw std::invalid_argument("logits must be a 1-D array");
+              }
+              double all = 0.0, at_least = 0.0;
+              linear_alignment_approx_masses(logits.data(), (size_t) logits.size(), max_logit, inv_t, logit_min, &all,
+                                             &at_least);
+              return py::make_tuple(all, at_least);
+          }, py::arg("logits"), py::arg("max_logit"), py::arg("inv_t"), py::arg("logit_min"),
+          "Greedy's quick bounds: the sums of the approximate exp((logit - max_logit) inv_t) over every token and over "
+          "those of logit >= logit_min; the exact sums lie within [APPROX_LOW, APPROX_HIGH] times them.");
+    m.attr("APPROX_LOW") = LINEAR_ALIGNMENT_APPROX_LOW;
+    m.attr("APPROX_HIGH") = LINEAR_ALIGNMENT_APPROX_HIGH;
     m.def("time_combine_us", &time_combine_us, py::arg("logits_p"), py::arg("logits_b"), py::arg("n_iter") = 200,
           py::arg("ratio") = 2.0f, py::arg("top_p") = 0.8f, py::arg("dense") = true, py::arg("auto_ratio") = false);
 }

@@ -538,6 +538,52 @@ size_t llama_sampler_linear_alignment_apply_dense(llama_sampler * smpl, const fl
 // of the cost of sums in double per weight. Where a mass and the target lie
 // further apart than those sums' roundings (LINEAR_ALIGNMENT_MASS_SLACK) it
 // is the exact sums' answer; within it, the exact sums decide.
+//
+// Before any weight: the best combined token of the whole vocabulary is the
+// answer when it is surely in the nucleus (linear_alignment_surely_in_nucleus).
+
+// The best combined token among those of weight >= threshold (every token
+// when weight is null): the first of the largest, as one scan finds it.
+static llama_token linear_alignment_best_of(int32_t n_threads, const float * src, const float * l0, float r, size_t n,
+                                            const float * weight, float threshold) {
+    int32_t part_best[LINEAR_ALIGNMENT_N_PARTS];
+    linear_alignment_for_parts(n_threads, [&](int k) {
+        const vocab_part p = linear_alignment_part(n, k);
+        const int32_t i = linear_alignment_best_combined(src + p.begin, l0 + p.begin, r,
+                                                         weight == nullptr ? nullptr : weight + p.begin, p.n, threshold);
+        part_best[k] = i < 0 ? -1 : i + (int32_t) p.begin;
+    });
+    const auto combined = [&](int32_t i) { return linear_alignment_combined(src[i], l0[i], r); };
+    return part_best[0] < 0 ? part_best[1]
+         : part_best[1] < 0 ? part_best[0]
+         : combined(part_best[1]) > combined(part_best[0]) ? part_best[1] : part_best[0];
+}
+
+// Whether token b is in P's nucleus for sure, before any exact exp: the
+// tokens at least as likely as b (b aside) hold less than top_p of the mass
+// even with the bounds of one pass of an exp within 6.2% (the mass above b
+// at its most, the total at its least: linear_alignment_approx_masses).
+// Enough when b is P's best token or near it, and for most steps of a flat
+// distribution (the synthetic model's at 49k: the mass above the best
+// combined token about 13% of the total, against top_p 0.8). A token below
+// the last guess (e^-16 of P's best) is not tried.
+static bool linear_alignment_surely_in_nucleus(const llama_sampler_linear_alignment * ctx, const float * src,
+                                               size_t n, float max_logit, float inv_t, llama_token b) {
+    const float z = (src[b] - max_logit) * inv_t;
+    if (!(z >= -16.0f)) {
+        return false;
+    }
+    double part_all[LINEAR_ALIGNMENT_N_PARTS], part_at_least[LINEAR_ALIGNMENT_N_PARTS];
+    linear_alignment_for_parts(ctx->n_threads, [&](int k) {
+        const vocab_part p = linear_alignment_part(n, k);
+        linear_alignment_approx_masses(src + p.begin, p.n, max_logit, inv_t, src[b], &part_all[k], &part_at_least[k]);
+    });
+    const double total_least = (part_all[0] + part_all[1]) * LINEAR_ALIGNMENT_APPROX_LOW;
+    const double above_most  = (part_at_least[0] + part_at_least[1]) * LINEAR_ALIGNMENT_APPROX_HIGH -
+                              linear_alignment_approx_exp(z) * LINEAR_ALIGNMENT_APPROX_LOW;
+    return above_most < ctx->top_p * total_least;
+}
+
 static llama_token linear_alignment_nucleus_best(llama_sampler_linear_alignment * ctx, const float * src, size_t n,
                                                  float r, const float * l0) {
     constexpr int MAX_TRIES = 8;
@@ -552,6 +598,13 @@ static llama_token linear_alignment_nucleus_best(llama_sampler_linear_alignment 
         return -1;
     }
     const float inv_t = ctx->temperature > 0.0f ? 1.0f / ctx->temperature : 1.0f;
+    const llama_token best_of_all = linear_alignment_best_of(n_threads, src, l0, r, n, nullptr, 0.0f);
+    if (best_of_all < 0) {
+        return -1; // no finite combined logit: let the exact path decide
+    }
+    if (linear_alignment_surely_in_nucleus(ctx, src, n, max_logit, inv_t, best_of_all)) {
+        return best_of_all;
+    }
     double total = 0.0;
     // when no guess holds the target, every token (floor 0): the test below is exact over any superset
     float threshold = linear_alignment_threshold(ctx, src, n, max_logit, inv_t, 0.0f, false, &total);
@@ -579,18 +632,10 @@ static llama_token linear_alignment_nucleus_best(llama_sampler_linear_alignment 
         return mass_above(w, true) < ctx->top_p * exact_total;
     };
     for (int tries = 0; tries < MAX_TRIES; ++tries) {
-        int32_t part_best[LINEAR_ALIGNMENT_N_PARTS];
-        linear_alignment_for_parts(n_threads, [&](int k) {
-            const vocab_part p = linear_alignment_part(n, k);
-            const int32_t i = linear_alignment_best_combined(src + p.begin, l0 + p.begin, r, weight + p.begin, p.n,
-                                                             threshold);
-            part_best[k] = i < 0 ? -1 : i + (int32_t) p.begin;
-        });
-        // the first token of the largest combined logit, as one scan finds it
-        const auto combined = [&](int32_t i) { return linear_alignment_combined(src[i], l0[i], r); };
-        const llama_token best = part_best[0] < 0 ? part_best[1]
-                               : part_best[1] < 0 ? part_best[0]
-                               : combined(part_best[1]) > combined(part_best[0]) ? part_best[1] : part_best[0];
+        // the best of all, when a candidate, is the candidates' best (the first of the largest)
+        const llama_token best = tries == 0 && weight[best_of_all] >= threshold
+                                   ? best_of_all
+                                   : linear_alignment_best_of(n_threads, src, l0, r, n, weight, threshold);
         if (best < 0) {
             return -1; // no finite combined logit: let the exact path decide
         }

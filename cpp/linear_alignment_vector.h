@@ -19,6 +19,14 @@ extern "C" float logf(float) noexcept __attribute__((__simd__("notinbranch")));
 #    define LINALIGN_VECTOR_CLONES
 #endif
 
+// A helper of a LINALIGN_VECTOR_CLONES function that must be built into each
+// clone: one left out of line is built once, for the baseline target.
+#if defined(__GNUC__)
+#    define LINALIGN_ALWAYS_INLINE __attribute__((always_inline))
+#else
+#    define LINALIGN_ALWAYS_INLINE
+#endif
+
 // The argument of an exp whose result counts as ~0 below e^-87: -inf (a
 // masked token) and NaN land there too. Clamp in a loop of its own, before
 // the one that calls expf: in one loop GCC moves the clamp after the call

@@ -242,3 +242,39 @@ size_t linear_alignment_indices_at_least(const float * weight, size_t n, float t
     }
     return m;
 }
+
+// exp's float from z's bits (linear_alignment_weights.h): 2^23 / ln 2 (a
+// float integer) scales z to the exponent field, 127 << 23 is its bias. The
+// conversion truncates toward zero: at most one unit up, 1.2e-7.
+constexpr float APPROX_EXP_SCALE = 12102203.0f;
+constexpr int32_t APPROX_EXP_BIAS = 127 << 23;
+
+static inline float approx_exp(float z) {
+    const int32_t bits = (int32_t) (linear_alignment_exp_arg(z) * APPROX_EXP_SCALE) + APPROX_EXP_BIAS;
+    return __builtin_bit_cast(float, bits);
+}
+
+float linear_alignment_approx_exp(float z) {
+    return approx_exp(z);
+}
+
+LINALIGN_VECTOR_CLONES
+void linear_alignment_approx_masses(const float * logits, size_t n, float max_logit, float inv_t, float logit_min,
+                                    double * all, double * at_least) {
+    // in float blocks and double across them, as the masses (the sums'
+    // roundings: within 1.5e-5), z as the weights compute it
+    double sum_all = 0.0, sum_at_least = 0.0;
+    for (size_t start = 0; start < n; start += SUM_BLOCK) {
+        const size_t end = std::min(n, start + SUM_BLOCK);
+        float block_all = 0.0f, block_at_least = 0.0f;
+        for (size_t i = start; i < end; ++i) {
+            const float e = approx_exp((logits[i] - max_logit) * inv_t);
+            block_all += e;
+            block_at_least += logits[i] >= logit_min ? e : 0.0f; // NaN: not at least
+        }
+        sum_all += block_all;
+        sum_at_least += block_at_least;
+    }
+    *all = sum_all;
+    *at_least = sum_at_least;
+}

@@ -56,9 +56,29 @@ double linear_alignment_mass_above_estimate(const float * weight, size_t n, floa
 size_t linear_alignment_indices_at_least(const float * weight, size_t n, float threshold, int32_t * out);
 
 // Greedy over the combine l = (1 + r) l_p - r l_0 among the tokens of weight
-// >= threshold: the first index of the largest finite combined logit, or -1
-// if there is none. Built without fused multiply-adds (CMakeLists.txt), so a
-// combined logit here is the one the exact cut computes
-// (linear_alignment_combine in linear_alignment_sampler.cpp).
+// >= threshold (every token when weight is null): the first index of the
+// largest finite combined logit, or -1 if there is none. Built without fused
+// multiply-adds (CMakeLists.txt), so a combined logit here is the one the
+// exact cut computes (linear_alignment_combine in linear_alignment_sampler.cpp).
 int32_t linear_alignment_best_combined(const float * logits_p, const float * logits_b, float r, const float * weight,
                                        size_t n, float threshold);
+
+// exp(z) for z <= 0 in a few instructions (Schraudolph's): the float whose
+// bits are z log2(e) 2^23 plus the exponent's bias, a line between the powers
+// of two around exp(z), clamped at -87 as the weights are (NaN and -inf
+// too). Over [-87, 0] the line lies up to 6.2% above exp(z):
+//   approx LINEAR_ALIGNMENT_APPROX_LOW <= exp(z) <= approx LINEAR_ALIGNMENT_APPROX_HIGH,
+// with 1.0615 for the line's most, (1 + f) / 2^f <= 1.06148, and 1e-4 for
+// the rounding of z's product (5.3e-6), of the sums below (1.5e-5) and of z
+// itself, which fast math may compute in another order than the weights do
+// (a few roundings of the logits: 2.4e-5 for logits up to 100).
+constexpr double LINEAR_ALIGNMENT_APPROX_LOW  = (1.0 - 1e-4) / 1.0615;
+constexpr double LINEAR_ALIGNMENT_APPROX_HIGH = 1.0 + 1e-4;
+float linear_alignment_approx_exp(float z);
+
+// Greedy's quick bounds, with no exact exp: the sums of
+// linear_alignment_approx_exp((logit_i - max_logit) * inv_t) over every token
+// (*all) and over the tokens of logit >= logit_min (*at_least), in float
+// blocks as the masses (within 1.5e-5 of the exact sums of those values).
+void linear_alignment_approx_masses(const float * logits, size_t n, float max_logit, float inv_t, float logit_min,
+                                    double * all, double * at_least);

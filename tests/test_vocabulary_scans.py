@@ -104,6 +104,8 @@ def test_best_combined_is_the_first_index_of_the_best_candidate(logits_p, ratio,
     keep = np.float32(1.0) + r
     with np.errstate(invalid="ignore", over="ignore"):
         combined = keep * logits_p - r * logits_b
+    # with no weights, every token is a candidate
+    assert _core.scan_best_combined(logits_p, logits_b, ratio, None, threshold) == first_max(combined)
     combined = np.where(weight >= np.float32(threshold), combined, np.float32(-np.inf))
     assert _core.scan_best_combined(logits_p, logits_b, ratio, weight, threshold) == first_max(combined)
 
@@ -135,3 +137,52 @@ def test_scans_refuse_what_is_not_a_row():
         _core.scan_argmax(np.zeros(0, dtype=np.float32))
     with pytest.raises(ValueError):
         _core.scan_best_combined(np.zeros(4, np.float32), np.zeros(5, np.float32), 1.0, np.zeros(4, np.float32), 0.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows(max_size=3000), st.sampled_from([0.01, 1.0, 5.0, 30.0]), st.sampled_from([1.0, 0.5, 2.0]),
+       st.floats(0.0, 1.0), st.integers(0, 2**32 - 1))
+def test_approx_masses_bound_the_weights_masses(values, spread, inv_t, where, seed):
+    """Greedy's quick test (linear_alignment_surely_in_nucleus) trusts that
+    its cheap sums, times APPROX_LOW and APPROX_HIGH, bound the masses of the
+    weights exp((l - max) inv_t), clamped at -87 as the weights are: every
+    token's, and those of logit >= a given one. Logits of any spread (up to
+    |l| ~ 100), ties, NaN and -inf."""
+    logits = (values * np.float32(spread)).astype(np.float32)
+    finite = logits[np.isfinite(logits)]
+    max_logit = np.float32(finite.max()) if finite.size else np.float32(0.0)
+    logit_min = np.float32(np.quantile(finite, where)) if finite.size else np.float32(0.0)
+    with np.errstate(invalid="ignore"):
+        z = (logits.astype(np.float64) - float(max_logit)) * inv_t
+    z = np.where(np.isnan(z), -87.0, np.maximum(z, -87.0))
+    weight = np.exp(z)
+    all_, at_least = _core.scan_approx_masses(logits, float(max_logit), inv_t, float(logit_min))
+    want_all, want_at_least = weight.sum(), weight[logits >= logit_min].sum()
+    assert all_ * _core.APPROX_LOW <= want_all <= all_ * _core.APPROX_HIGH
+    assert at_least * _core.APPROX_LOW <= want_at_least <= at_least * _core.APPROX_HIGH
+
+
+def test_approx_masses_are_within_six_percent():
+    """Not just bounds that hold: the sums are near the masses (the line
+    between powers of two is at most 6.2% above exp), or the quick test
+    would seldom decide."""
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 2.4, 49152).astype(np.float32)
+    max_logit = float(logits.max())
+    all_, at_least = _core.scan_approx_masses(logits, max_logit, 1.0, float(np.sort(logits)[-6]))
+    weight = np.exp(logits.astype(np.float64) - max_logit)
+    assert 0.9999 <= all_ / weight.sum() <= 1.062
+    assert 0.9999 <= at_least / np.sort(weight)[-6:].sum() <= 1.062
+
+
+def test_approx_exp_is_bounded_token_by_token():
+    """One token at a time over a fine grid of z in [-87, 0]: each
+    approximate exp is within the bounds, and the line's excess reaches
+    nearly all of the 6.15% that APPROX_LOW allows for."""
+    ratios = []
+    for z in np.linspace(-87.0, 0.0, 20001).astype(np.float32):
+        approx, _ = _core.scan_approx_masses(np.array([z], dtype=np.float32), 0.0, 1.0, 0.0)
+        exact = np.exp(np.float64(z))
+        assert approx * _core.APPROX_LOW <= exact <= approx * _core.APPROX_HIGH
+        ratios.append(approx / exact)
+    assert max(ratios) > 1.06 and min(ratios) > 0.99999
