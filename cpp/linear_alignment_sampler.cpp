@@ -124,12 +124,20 @@ static inline vocab_part linear_alignment_part(size_t n, int k) {
     return k == 0 ? vocab_part{0, half} : vocab_part{half, n - half};
 }
 
-// f(k) for each part k: on two threads of the calling thread's OpenMP team
-// when n_threads > 1 (f must not throw), else in turn.
+// The least vocabulary whose pass pays for two threads: a fork and a join
+// of the team cost about 2 µs on a 2-core machine, while a light scan (a
+// max, the combine, the bounds, a mass above: a few vector instructions a
+// value) takes 1.4-3.3 µs at 49k, and the weights (an exp a value) 19.
+constexpr size_t LINEAR_ALIGNMENT_SPLIT_LIGHT = 65536;
+constexpr size_t LINEAR_ALIGNMENT_SPLIT_EXP   = 16384;
+
+// f(k) for each part k of a vocabulary of n: on two threads of the calling
+// thread's OpenMP team when n_threads > 1 and n >= split (f must not
+// throw), else in turn.
 template <typename F>
-static void linear_alignment_for_parts(int32_t n_threads, F f) {
+static void linear_alignment_for_parts(int32_t n_threads, size_t n, size_t split, F f) {
 #ifdef LINALIGN_OPENMP
-    if (n_threads > 1) {
+    if (n_threads > 1 && n >= split) {
 #    pragma omp parallel for num_threads(LINEAR_ALIGNMENT_N_PARTS) schedule(static, 1)
         for (int k = 0; k < LINEAR_ALIGNMENT_N_PARTS; ++k) {
             f(k);
@@ -138,6 +146,8 @@ static void linear_alignment_for_parts(int32_t n_threads, F f) {
     }
 #else
     (void) n_threads;
+    (void) n;
+    (void) split;
 #endif
     for (int k = 0; k < LINEAR_ALIGNMENT_N_PARTS; ++k) {
         f(k);
@@ -164,7 +174,7 @@ static float linear_alignment_threshold(llama_sampler_linear_alignment * ctx, co
     weight.resize(n);
     double part_mass[LINEAR_ALIGNMENT_N_PARTS][LINEAR_ALIGNMENT_N_GUESSES];
     double part_total[LINEAR_ALIGNMENT_N_PARTS], part_exact[LINEAR_ALIGNMENT_N_PARTS] = {};
-    linear_alignment_for_parts(ctx->n_threads, [&](int k) {
+    linear_alignment_for_parts(ctx->n_threads, n, LINEAR_ALIGNMENT_SPLIT_EXP, [&](int k) {
         const vocab_part p = linear_alignment_part(n, k);
         part_total[k] = linear_alignment_weights(src + p.begin, p.n, max_logit, inv_t, weight.data() + p.begin,
                                                  part_mass[k], exact ? &part_exact[k] : nullptr);
@@ -522,32 +532,12 @@ size_t llama_sampler_linear_alignment_apply_dense(llama_sampler * smpl, const fl
     return n_keep;
 }
 
-// Greedy over the combine: the token of the best combined logit inside P's
-// nucleus, without cutting the nucleus. A token is in the nucleus when the
-// tokens more likely than it hold less than top_p of the mass (the nucleus
-// being the shortest run of tokens, by decreasing weight, that reaches it).
-// So: the best combined token among those that can be in it; if the mass
-// above it is short of top_p it is the answer, else neither it nor any token
-// as unlikely is in the nucleus, and the best of the more likely ones is
-// tried. Usually the first is in (the combine favours P's likely tokens):
-// a few passes over the vocabulary in id order, where the exact cut of a
-// flat distribution (thousands of tokens) sorts them. Returns -1 when
-// nothing finite is left, or after MAX_TRIES (the exact cut decides).
-//
-// The masses are summed as the guesses' are, in float blocks, at a third
-// of the cost of sums in double per weight. Where a mass and the target lie
-// further apart than those sums' roundings (LINEAR_ALIGNMENT_MASS_SLACK) it
-// is the exact sums' answer; within it, the exact sums decide.
-//
-// Before any weight: the best combined token of the whole vocabulary is the
-// answer when it is surely in the nucleus (linear_alignment_surely_in_nucleus).
-
 // The best combined token among those of weight >= threshold (every token
 // when weight is null): the first of the largest, as one scan finds it.
 static llama_token linear_alignment_best_of(int32_t n_threads, const float * src, const float * l0, float r, size_t n,
                                             const float * weight, float threshold) {
     int32_t part_best[LINEAR_ALIGNMENT_N_PARTS];
-    linear_alignment_for_parts(n_threads, [&](int k) {
+    linear_alignment_for_parts(n_threads, n, LINEAR_ALIGNMENT_SPLIT_LIGHT, [&](int k) {
         const vocab_part p = linear_alignment_part(n, k);
         const int32_t i = linear_alignment_best_combined(src + p.begin, l0 + p.begin, r,
                                                          weight == nullptr ? nullptr : weight + p.begin, p.n, threshold);
@@ -574,7 +564,7 @@ static bool linear_alignment_surely_in_nucleus(const llama_sampler_linear_alignm
         return false;
     }
     double part_all[LINEAR_ALIGNMENT_N_PARTS], part_at_least[LINEAR_ALIGNMENT_N_PARTS];
-    linear_alignment_for_parts(ctx->n_threads, [&](int k) {
+    linear_alignment_for_parts(ctx->n_threads, n, LINEAR_ALIGNMENT_SPLIT_LIGHT, [&](int k) {
         const vocab_part p = linear_alignment_part(n, k);
         linear_alignment_approx_masses(src + p.begin, p.n, max_logit, inv_t, src[b], &part_all[k], &part_at_least[k]);
     });
@@ -584,12 +574,31 @@ static bool linear_alignment_surely_in_nucleus(const llama_sampler_linear_alignm
     return above_most < ctx->top_p * total_least;
 }
 
+// Greedy over the combine: the token of the best combined logit inside P's
+// nucleus, without cutting the nucleus. A token is in the nucleus when the
+// tokens more likely than it hold less than top_p of the mass (the nucleus
+// being the shortest run of tokens, by decreasing weight, that reaches it).
+// So: the best combined token among those that can be in it; if the mass
+// above it is short of top_p it is the answer, else neither it nor any token
+// as unlikely is in the nucleus, and the best of the more likely ones is
+// tried. Usually the first is in (the combine favours P's likely tokens):
+// a few passes over the vocabulary in id order, where the exact cut of a
+// flat distribution (thousands of tokens) sorts them. Returns -1 when
+// nothing finite is left, or after MAX_TRIES (the exact cut decides).
+//
+// The masses are summed as the guesses' are, in float blocks, at a third
+// of the cost of sums in double per weight. Where a mass and the target lie
+// further apart than those sums' roundings (LINEAR_ALIGNMENT_MASS_SLACK) it
+// is the exact sums' answer; within it, the exact sums decide.
+//
+// Before any weight: the best combined token of the whole vocabulary is the
+// answer when it is surely in the nucleus (linear_alignment_surely_in_nucleus).
 static llama_token linear_alignment_nucleus_best(llama_sampler_linear_alignment * ctx, const float * src, size_t n,
                                                  float r, const float * l0) {
     constexpr int MAX_TRIES = 8;
     const int32_t n_threads = ctx->n_threads;
     float part_max[LINEAR_ALIGNMENT_N_PARTS];
-    linear_alignment_for_parts(n_threads, [&](int k) {
+    linear_alignment_for_parts(n_threads, n, LINEAR_ALIGNMENT_SPLIT_LIGHT, [&](int k) {
         const vocab_part p = linear_alignment_part(n, k);
         part_max[k] = linear_alignment_max_logit(src + p.begin, p.n);
     });
@@ -612,7 +621,7 @@ static llama_token linear_alignment_nucleus_best(llama_sampler_linear_alignment 
     double exact_total = -1.0; // summed when a test first needs it
     const auto mass_above = [&](float w, bool exact) {
         double part[LINEAR_ALIGNMENT_N_PARTS];
-        linear_alignment_for_parts(n_threads, [&](int k) {
+        linear_alignment_for_parts(n_threads, n, LINEAR_ALIGNMENT_SPLIT_LIGHT, [&](int k) {
             const vocab_part p = linear_alignment_part(n, k);
             part[k] = exact ? linear_alignment_mass_above(weight + p.begin, p.n, w)
                             : linear_alignment_mass_above_estimate(weight + p.begin, p.n, w);

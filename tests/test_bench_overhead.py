@@ -44,6 +44,18 @@ def test_bench_overhead_prints_every_row_and_ratio_for_each_vocabulary(tmp_path,
             want = rows[num]["reps"][unit][0] / rows[den]["reps"][unit][0]
             assert ratio["per_rep"]["median"] == pytest.approx(want)
             assert ratio["value"] == pytest.approx(rows[num][unit]["median"] / rows[den][unit]["median"])
+        # the host work: each timed row's step less its llama_decode, which takes most but not all of it
+        for key, row in rows.items():
+            if key == "llama-cpp-python":
+                assert "host_us_per_step" not in row  # its loop's decode is not timed apart
+                continue
+            assert 0 < row["host_us_per_step"]["median"] < row["us_per_step"]["median"], key
+        host = doc["vocabs"][str(n_vocab)]["host_beyond_floor"]
+        assert set(host) == {name.replace(" / ", " - ") for name, *_, target in RATIOS if target is not None}
+        for name, num, den, _, _ in [r for r in RATIOS if r[4] is not None]:
+            want = rows[num]["reps"]["host_us_per_step"][0] - rows[den]["reps"]["host_us_per_step"][0]
+            assert host[name.replace(" / ", " - ")]["median"] == pytest.approx(want)
+    assert table.count("host work per step beyond the floor's") == len(VOCABS)
 
 
 def test_bench_overhead_refuses_a_bad_vocabulary_list(capsys):

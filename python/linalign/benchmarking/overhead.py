@@ -98,6 +98,7 @@ class Run:
     seconds: float
     tokens: int  # generated, over every request of the run
     steps: int   # llama_decode calls, the prompt's included
+    decode_seconds: float | None = None  # inside those calls (None: not timed apart)
 
 
 # -- the runs -----------------------------------------------------------------
@@ -110,9 +111,11 @@ def raw_decode(ctx: Any, prompts: Sequence[Sequence[int]], group: int, n_tokens:
     if sum(map(len, prompts)) > ctx.n_batch:
         raise ValueError("the prompts must fit one batch")
     ctx.clear()
-    start = time.perf_counter()
+    clock = time.perf_counter
+    start = clock()
     items = [(tok, pos, seq, pos == len(p) - 1) for seq, p in enumerate(prompts) for pos, tok in enumerate(p)]
     ctx.decode_tokens(items)
+    decoding = clock() - start
     last_rows = np.cumsum([len(p) for p in prompts]) - 1  # batch index of each sequence's last prompt token
     tokens = [int(np.argmax(ctx.logits(int(last_rows[s])))) for s in range(0, n_seq, group)]
     batch = ctx.step_batch(n_seq)  # row i: sequence i, with logits
@@ -120,10 +123,12 @@ def raw_decode(ctx: Any, prompts: Sequence[Sequence[int]], group: int, n_tokens:
         for i in range(n_seq):
             batch.token[i] = tokens[i // group]
             batch.pos[i] = len(prompts[i]) + step
+        before = clock()
         ctx.decode("raw step")
+        decoding += clock() - before
         tokens = [int(np.argmax(ctx.logits(s))) for s in range(0, n_seq, group)]
     ctx.synchronize()
-    return Run(time.perf_counter() - start, n_tokens * (n_seq // group), n_tokens)
+    return Run(clock() - start, n_tokens * (n_seq // group), n_tokens, decoding)
 
 
 def llama_cpp_python_completion(llm: Any, prompt: str, n_tokens: int) -> Run:
@@ -141,7 +146,7 @@ def linalign_completions(aligner: Any, requests: Sequence[dict[str, Any]], n_tok
     row before holds KV cells that every decode's attention then spans."""
     aligner.reset()
     engine = aligner.engine
-    calls = engine.n_decode_calls
+    calls, decoding = engine.n_decode_calls, engine.decode_seconds
     start = time.perf_counter()
     streams = [aligner.create_completion(**request, max_tokens=n_tokens, temperature=0.0, stream=True)
                for request in requests]
@@ -153,7 +158,7 @@ def linalign_completions(aligner: Any, requests: Sequence[dict[str, Any]], n_tok
                 streams.remove(stream)
             elif chunk.get("usage"):
                 produced += chunk["usage"]["completion_tokens"]
-    return Run(time.perf_counter() - start, produced, engine.n_decode_calls - calls)
+    return Run(time.perf_counter() - start, produced, engine.n_decode_calls - calls, engine.decode_seconds - decoding)
 
 
 class PathsOnOneModel:
@@ -207,9 +212,24 @@ def _summary(runs: list[Run]) -> dict[str, Any]:
 
     per_token = [r.seconds / r.tokens * 1e6 for r in runs]
     per_step = [r.seconds / r.steps * 1e6 for r in runs]
-    return {"us_per_token": stats(per_token), "us_per_step": stats(per_step),
-            "tokens": [r.tokens for r in runs], "steps": [r.steps for r in runs],
-            "reps": {"us_per_token": per_token, "us_per_step": per_step}}
+    summary = {"us_per_token": stats(per_token), "us_per_step": stats(per_step),
+               "tokens": [r.tokens for r in runs], "steps": [r.steps for r in runs],
+               "reps": {"us_per_token": per_token, "us_per_step": per_step}}
+    if all(r.decode_seconds is not None for r in runs):
+        # the step less its llama_decode: the host work, which the decode's own drift does not move
+        host = [(r.seconds - r.decode_seconds) / r.steps * 1e6 for r in runs]
+        summary["host_us_per_step"] = stats(host)
+        summary["reps"]["host_us_per_step"] = host
+    return summary
+
+
+def _host_difference(rows: dict[str, Any], num: str, den: str) -> dict[str, float] | None:
+    """A row's host work per step beyond its floor's, µs: per repetition,
+    median and range."""
+    if "host_us_per_step" not in rows[num] or "host_us_per_step" not in rows[den]:
+        return None
+    diff = [a - b for a, b in zip(rows[num]["reps"]["host_us_per_step"], rows[den]["reps"]["host_us_per_step"])]
+    return {"median": statistics.median(diff), "min": min(diff), "max": max(diff)}
 
 
 def _ratio(rows: dict[str, Any], num: str, den: str, unit: str, target: float | None) -> dict[str, Any]:
@@ -243,7 +263,9 @@ def run_overhead(config: OverheadConfig, *, log: Callable[[str], None] = lambda 
                     log(f"vocabulary {n_vocab}: repetition {rep + 1}/{config.reps}")
             rows = {key: _summary(values) for key, values in samples.items()}
             ratios = {name: _ratio(rows, num, den, f"us_per_{per}", target) for name, num, den, per, target in RATIOS}
-            doc["vocabs"][str(n_vocab)] = {"rows": rows, "ratios": ratios}
+            host = {name.replace(" / ", " - "): diff for name, num, den, _, target in RATIOS
+                    if target is not None and (diff := _host_difference(rows, num, den)) is not None}
+            doc["vocabs"][str(n_vocab)] = {"rows": rows, "ratios": ratios, "host_beyond_floor": host}
     return doc
 
 
@@ -255,18 +277,24 @@ def format_overhead(doc: dict[str, Any]) -> str:
              f"{doc['shape']['n_embd']}-wide llama; {cfg['max_tokens']} greedy tokens; median [min-max] of "
              f"{cfg['reps']} interleaved repetitions, microseconds"]
     for n_vocab, result in doc["vocabs"].items():
-        lines += ["", f"vocabulary {int(n_vocab):,}", f"  {'path':52s} {'us/token':>22s} {'us/step':>10s} {'tokens':>7s}"]
+        lines += ["", f"vocabulary {int(n_vocab):,}",
+                  f"  {'path':52s} {'us/token':>22s} {'us/step':>10s} {'host/step':>10s} {'tokens':>7s}"]
         for key, label in doc["rows"].items():
             row = result["rows"][key]
             tok, step = row["us_per_token"], row["us_per_step"]
             span = f"{tok['median']:.0f} [{tok['min']:.0f}-{tok['max']:.0f}]"
-            lines.append(f"  {label:52s} {span:>22s} {step['median']:>10.0f} {min(row['tokens']):>7d}")
+            host = f"{row['host_us_per_step']['median']:.0f}" if "host_us_per_step" in row else "-"
+            lines.append(f"  {label:52s} {span:>22s} {step['median']:>10.0f} {host:>10s} {min(row['tokens']):>7d}")
         lines += ["", f"  {'ratio':52s} {'of medians':>10s} {'per repetition: median [min-max]':>34s}"]
         for name, ratio in result["ratios"].items():
             target = "" if ratio["target"] is None else f"   target <= {ratio['target']:.2f}"
             rep = ratio["per_rep"]
             span = f"{rep['median']:.2f} [{rep['min']:.2f}-{rep['max']:.2f}]"
             lines.append(f"  {name:52s} {ratio['value']:>10.2f} {span:>34s}{target}")
+        if result.get("host_beyond_floor"):
+            lines += ["", "  host work per step beyond the floor's (the step less its llama_decode), us, per repetition:"]
+            for name, diff in result["host_beyond_floor"].items():
+                lines.append(f"  {name:52s} {diff['median']:>10.1f} [{diff['min']:.1f} to {diff['max']:.1f}]")
     return "\n".join(lines)
 
 

@@ -466,6 +466,12 @@ class BatchedEngine:
         return self._native.n_decode_calls
 
     @property
+    def decode_seconds(self) -> float:
+        """Seconds spent inside the steps' llama_decode calls so far: a step's
+        time less this is the host work around the decode."""
+        return self._native.decode_seconds
+
+    @property
     def counts_passes(self) -> bool:
         """Whether this engine was made with ``count_passes=True``."""
         return self._native.counts_passes
