@@ -55,6 +55,10 @@ def test_bench_overhead_prints_every_row_and_ratio_for_each_vocabulary(tmp_path,
         for name, num, den, _, _ in [r for r in RATIOS if r[4] is not None]:
             want = rows[num]["reps"]["host_us_per_step"][0] - rows[den]["reps"]["host_us_per_step"][0]
             assert host[name.replace(" / ", " - ")]["median"] == pytest.approx(want)
+            steps, hosts = rows[num]["reps"]["us_per_step"], rows[num]["reps"]["host_us_per_step"]
+            floor_steps, floor_hosts = rows[den]["reps"]["us_per_step"], rows[den]["reps"]["host_us_per_step"]
+            want = (steps[0] - hosts[0]) / (floor_steps[0] - floor_hosts[0])
+            assert host[name.replace(" / ", " - ")]["decode_ratio"]["median"] == pytest.approx(want)
     assert table.count("host work per step beyond the floor's") == len(VOCABS)
 
 

@@ -223,13 +223,21 @@ def _summary(runs: list[Run]) -> dict[str, Any]:
     return summary
 
 
-def _host_difference(rows: dict[str, Any], num: str, den: str) -> dict[str, float] | None:
-    """A row's host work per step beyond its floor's, µs: per repetition,
-    median and range."""
+def _host_difference(rows: dict[str, Any], num: str, den: str) -> dict[str, Any] | None:
+    """A row's host work per step beyond its floor's, µs, and its
+    llama_decode time over the floor's: per repetition, median and range."""
     if "host_us_per_step" not in rows[num] or "host_us_per_step" not in rows[den]:
         return None
+
+    def decode(key: str) -> list[float]:
+        reps = rows[key]["reps"]
+        return [step - host for step, host in zip(reps["us_per_step"], reps["host_us_per_step"])]
+
+    def stats(values: list[float]) -> dict[str, float]:
+        return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
     diff = [a - b for a, b in zip(rows[num]["reps"]["host_us_per_step"], rows[den]["reps"]["host_us_per_step"])]
-    return {"median": statistics.median(diff), "min": min(diff), "max": max(diff)}
+    return dict(stats(diff), decode_ratio=stats([a / b for a, b in zip(decode(num), decode(den))]))
 
 
 def _ratio(rows: dict[str, Any], num: str, den: str, unit: str, target: float | None) -> dict[str, Any]:
@@ -292,9 +300,12 @@ def format_overhead(doc: dict[str, Any]) -> str:
             span = f"{rep['median']:.2f} [{rep['min']:.2f}-{rep['max']:.2f}]"
             lines.append(f"  {name:52s} {ratio['value']:>10.2f} {span:>34s}{target}")
         if result.get("host_beyond_floor"):
-            lines += ["", "  host work per step beyond the floor's (the step less its llama_decode), us, per repetition:"]
+            lines += ["", "  per repetition: host work per step beyond the floor's (the step less its llama_decode), us;",
+                      "  and the llama_decode time over the floor's: median [min-max]"]
             for name, diff in result["host_beyond_floor"].items():
-                lines.append(f"  {name:52s} {diff['median']:>10.1f} [{diff['min']:.1f} to {diff['max']:.1f}]")
+                dec = diff["decode_ratio"]
+                lines.append(f"  {name:52s} {diff['median']:>10.1f} [{diff['min']:.1f} to {diff['max']:.1f}]   "
+                             f"decode {dec['median']:.2f} [{dec['min']:.2f}-{dec['max']:.2f}]")
     return "\n".join(lines)
 
 
