@@ -14,12 +14,13 @@ and at ratio 2 (aligned: the best combined token of P's nucleus). It
 prints µs per call (the min and the median of the repetitions) and the
 size of P's nucleus: random logits are flat, so the nucleus holds thousands
 of tokens, the sampler's hardest case; a real model's holds a handful.
-``--threads 2`` splits greedy's scans over two threads, as the engine does
-for a step that samples one request. ``--default-model`` times it instead
-on the default model's rows over an answer of its own (a chat request with
-a principle, the answer decoded aligned, then each of its positions' logits
-by teacher forcing), each call on the next row: peaked rows, whose best
-combined token often lies outside the nucleus.
+``--threads 2`` lets greedy's scans split over two threads, as the engine
+does for a step that samples one request (those that pay for it: every scan
+from a 64k vocabulary, the weights from 16k). ``--default-model`` times it
+instead on the default model's rows over an answer of its own (a chat
+request with a principle, the answer decoded aligned, then each of its
+positions' logits by teacher forcing), each call on the next row: a real
+model's rows, peaked, with nuclei of a few to a hundred tokens.
 """
 from __future__ import annotations
 

@@ -206,19 +206,20 @@ class PathsOnOneModel:
         self.llm.close()
 
 
-def _summary(runs: list[Run]) -> dict[str, Any]:
-    def stats(values: list[float]) -> dict[str, float]:
-        return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+def _stats(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
+
+def _summary(runs: list[Run]) -> dict[str, Any]:
     per_token = [r.seconds / r.tokens * 1e6 for r in runs]
     per_step = [r.seconds / r.steps * 1e6 for r in runs]
-    summary = {"us_per_token": stats(per_token), "us_per_step": stats(per_step),
+    summary = {"us_per_token": _stats(per_token), "us_per_step": _stats(per_step),
                "tokens": [r.tokens for r in runs], "steps": [r.steps for r in runs],
                "reps": {"us_per_token": per_token, "us_per_step": per_step}}
     if all(r.decode_seconds is not None for r in runs):
         # the step less its llama_decode: the host work, which the decode's own drift does not move
         host = [(r.seconds - r.decode_seconds) / r.steps * 1e6 for r in runs]
-        summary["host_us_per_step"] = stats(host)
+        summary["host_us_per_step"] = _stats(host)
         summary["reps"]["host_us_per_step"] = host
     return summary
 
@@ -233,11 +234,8 @@ def _host_difference(rows: dict[str, Any], num: str, den: str) -> dict[str, Any]
         reps = rows[key]["reps"]
         return [step - host for step, host in zip(reps["us_per_step"], reps["host_us_per_step"])]
 
-    def stats(values: list[float]) -> dict[str, float]:
-        return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
     diff = [a - b for a, b in zip(rows[num]["reps"]["host_us_per_step"], rows[den]["reps"]["host_us_per_step"])]
-    return dict(stats(diff), decode_ratio=stats([a / b for a, b in zip(decode(num), decode(den))]))
+    return dict(_stats(diff), decode_ratio=_stats([a / b for a, b in zip(decode(num), decode(den))]))
 
 
 def _ratio(rows: dict[str, Any], num: str, den: str, unit: str, target: float | None) -> dict[str, Any]:
